@@ -1,0 +1,69 @@
+//! What the `peer` CLI says to its running agent over the local control socket.
+//!
+//! One request per connection: the CLI writes a [`ControlRequest`] frame and reads one [`ControlResponse`]
+//! frame, except for [`ControlRequest::Watch`], after which the agent writes [`ControlResponse::Event`] frames
+//! until either side goes away. Broker requests pass through the agent unchanged
+//! ([`ControlRequest::Broker`]), so that every CLI command uses the agent's one authenticated session.
+
+use crate::proto::{self, Millis};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// A CLI command for the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// The agent's state ([`ControlResponse::Status`]).
+    Status,
+    /// Stream events until the connection closes.
+    Watch,
+    /// Revoke the token at the broker, forget it, and stop the agent.
+    Logout,
+    /// Forward a request to the broker over the agent's session.
+    Broker(proto::Request),
+}
+
+/// The agent's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    Status(AgentStatus),
+    Ok,
+    /// The broker's answer to a forwarded request.
+    Broker(proto::Response),
+    /// One event of a watch.
+    Event(AgentEvent),
+    /// The agent could not do it (for example: not connected to the broker right now).
+    Error(String),
+}
+
+/// What `peer status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub username: String,
+    pub display_name: Option<String>,
+    pub broker: String,
+    pub broker_fingerprint: String,
+    /// This device's identity: what the broker vouches for to friends.
+    pub device_fingerprint: String,
+    pub online: bool,
+    pub session_id: Option<u64>,
+    /// The public address the broker sees for this agent's one UDP socket.
+    pub observed_addr: Option<SocketAddr>,
+    pub local_addrs: Vec<SocketAddr>,
+    /// When the current broker session opened, or when the last one was lost.
+    pub since: Option<Millis>,
+    pub agent_pid: u32,
+}
+
+/// An event as `peer watch` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentEvent {
+    /// The agent's broker session opened.
+    Connected {
+        observed_addr: SocketAddr,
+        at: Millis,
+    },
+    /// The agent lost its broker session; it is reconnecting.
+    Disconnected { reason: String, at: Millis },
+    /// Something the broker pushed.
+    Broker { event: proto::Event, at: Millis },
+}

@@ -1,0 +1,223 @@
+//! Frames: a 4-byte big-endian length, then that many bytes of bincode.
+//!
+//! The length is checked against [`MAX_FRAME`] before any buffer is sized from it, so a hostile length prefix
+//! costs the receiver nothing. Decoding is also limited to the frame's own bytes: bincode cannot be talked into
+//! allocating more than the frame holds.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Largest frame body either side accepts. A 16 KiB chat message plus its envelope fits with room to spare;
+/// anything bulkier (files) travels as raw bytes on its own stream, never as a frame.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Bytes of the length prefix.
+pub const HEADER_LEN: usize = 4;
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length prefix announces more than [`MAX_FRAME`] bytes.
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    /// The bytes are not a valid message of the expected type (garbage, or a newer protocol's variant).
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The frame holds a valid message followed by extra bytes.
+    #[error("frame has {0} trailing bytes")]
+    Trailing(usize),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME>()
+}
+
+/// Encodes `msg` as one frame (header included).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut out = vec![0u8; HEADER_LEN];
+    bincode::serde::encode_into_std_write(msg, &mut out, config())
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let body = out.len() - HEADER_LEN;
+    if body > MAX_FRAME {
+        return Err(FrameError::TooLarge(body));
+    }
+    out[..HEADER_LEN].copy_from_slice(&(body as u32).to_be_bytes());
+    Ok(out)
+}
+
+/// Reads the body length out of a header, refusing lengths over the limit.
+pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Decodes one frame body (without its header). The whole body must be one message.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    let (msg, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(FrameError::Trailing(body.len() - used));
+    }
+    Ok(msg)
+}
+
+/// Sans-IO frame splitter: feed it bytes as they arrive, take whole frames out.
+///
+/// Used where frames arrive on a long-lived byte stream (the broker's event stream, the agent's control
+/// socket); one-shot request streams simply read one frame.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+}
+
+impl Decoder {
+    /// A decoder with nothing buffered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Takes the next whole frame out, `Ok(None)` if more bytes are needed. An oversized length prefix is
+    /// reported as soon as the header is in, before its body is waited for.
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        let Some(header) = self.buf.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let len = body_len(*header)?;
+        if self.buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let msg = decode_body(&self.buf[HEADER_LEN..HEADER_LEN + len]);
+        self.buf.drain(..HEADER_LEN + len);
+        msg.map(Some)
+    }
+
+    /// Called at end of stream: a clean end has no partial frame left.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError::Truncated)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{ErrorCode, Request, Response};
+
+    #[test]
+    fn round_trip_with_unicode() {
+        let req = Request::Register {
+            username: "zhang_san".into(),
+            display_name: "张三 🎉".into(),
+            password: "correct horse".into(),
+        };
+        let bytes = encode(&req).unwrap();
+        let mut d = Decoder::new();
+        d.push(&bytes);
+        assert_eq!(d.next::<Request>().unwrap(), Some(req));
+        d.finish().unwrap();
+    }
+
+    #[test]
+    fn byte_at_a_time() {
+        let resp = Response::Error(
+            ErrorCode::RateLimited {
+                retry_after_secs: 7,
+            }
+            .into(),
+        );
+        let bytes = encode(&resp).unwrap();
+        let mut d = Decoder::new();
+        for (i, b) in bytes.iter().enumerate() {
+            assert_eq!(
+                d.next::<Response>().unwrap(),
+                None,
+                "frame complete too early at {i}"
+            );
+            d.push(&[*b]);
+        }
+        assert_eq!(d.next::<Response>().unwrap(), Some(resp));
+    }
+
+    #[test]
+    fn oversized_header_rejected_before_body() {
+        let mut d = Decoder::new();
+        d.push(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            d.next::<Request>(),
+            Err(FrameError::TooLarge(u32::MAX as usize))
+        );
+    }
+
+    #[test]
+    fn oversized_message_not_encoded() {
+        let req = Request::Register {
+            username: "a".repeat(MAX_FRAME + 1),
+            display_name: String::new(),
+            password: String::new(),
+        };
+        assert!(matches!(
+            encode(&req),
+            Err(FrameError::Malformed(_) | FrameError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let mut bytes = 5u32.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff]);
+        let mut d = Decoder::new();
+        d.push(&bytes);
+        assert!(matches!(d.next::<Request>(), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn unknown_variant_is_malformed() {
+        // Variant index 200 does not exist in this protocol version.
+        let body = [200u8];
+        assert!(matches!(
+            decode_body::<Request>(&body),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_rejected() {
+        let mut body = encode(&Request::Ping).unwrap()[HEADER_LEN..].to_vec();
+        body.push(0);
+        assert_eq!(decode_body::<Request>(&body), Err(FrameError::Trailing(1)));
+    }
+
+    #[test]
+    fn truncated_stream_detected() {
+        let bytes = encode(&Request::Ping).unwrap();
+        let mut d = Decoder::new();
+        d.push(&bytes[..bytes.len() - 1]);
+        assert_eq!(d.next::<Request>().unwrap(), None);
+        assert_eq!(d.finish(), Err(FrameError::Truncated));
+    }
+
+    #[test]
+    fn hostile_length_inside_body_bounded() {
+        // A string claiming to be 2^60 bytes long must fail without allocating it.
+        let mut body = vec![1u8]; // Register
+        body.push(253); // bincode varint marker for u64
+        body.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(matches!(
+            decode_body::<Request>(&body),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+}

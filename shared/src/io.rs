@@ -1,0 +1,52 @@
+//! Async shell around [`crate::frame`]: reads and writes whole frames on any tokio stream.
+
+use crate::frame::{self, FrameError, HEADER_LEN};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A frame could not be moved.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one frame. `Ok(None)` on a clean end of stream before any byte of a frame; an end inside a frame
+/// is [`FrameError::Truncated`]. The body buffer is sized only after the length passed the limit.
+pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<T>, IoError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        let n = r.read(&mut header[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated.into())
+            };
+        }
+        got += n;
+    }
+    let len = frame::body_len(header)?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => IoError::Frame(FrameError::Truncated),
+        _ => IoError::Io(e),
+    })?;
+    Ok(Some(frame::decode_body(&body)?))
+}
+
+/// Writes one frame and flushes it.
+pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), IoError> {
+    let bytes = frame::encode(msg)?;
+    w.write_all(&bytes).await?;
+    w.flush().await?;
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! The messenger's wire protocol, free of I/O so that every rule in it can be tested without sockets.
+//!
+//! # Layout
+//! - [`frame`]: length-prefixed bincode frames with a hard size limit, and a sans-IO decoder.
+//! - [`proto`]: what a peer and the broker say to each other: requests, responses, typed errors, pushed events.
+//! - [`control`]: what the `peer` CLI says to its own running agent over the local control socket.
+//! - [`session`]: which broker requests are allowed in which state of a broker connection.
+//! - [`validate`]: the rules for usernames, display names and passwords, shared by both ends.
+//! - [`backoff`]: the agent's reconnect schedule.
+//! - [`io`] (feature `io`): thin async adapters that move frames over tokio streams.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod backoff;
+pub mod control;
+pub mod frame;
+#[cfg(feature = "io")]
+pub mod io;
+pub mod proto;
+pub mod session;
+pub mod validate;
+
+pub use frame::{FrameError, MAX_FRAME};

@@ -1,0 +1,278 @@
+//! What a peer and the broker say to each other.
+//!
+//! Flow on one QUIC connection (ALPN [`BROKER_ALPN`]):
+//! - Every request travels on its own bidirectional stream: the peer writes one [`Request`] frame and
+//!   finishes; the broker answers with exactly one [`Response`] frame and finishes. A stream that carries
+//!   garbage gets a [`Response::Error`] and is closed; the connection and every other stream carry on.
+//! - The CLI's `register` and `login` use an anonymous connection for just that request.
+//! - The agent opens its session with [`Request::Hello`] and its token. From then on the connection is the
+//!   user's row in the broker's connection table, and the broker pushes [`Event`]s on one unidirectional
+//!   stream that it opens towards the peer.
+//!
+//! New variants are only ever appended, so that an older peer sees an unknown variant as a malformed frame
+//! (a typed error) rather than as a different message.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// ALPN of a peer's session with the broker; the suffix is the protocol version.
+pub const BROKER_ALPN: &[u8] = b"p2pim-broker/1";
+/// ALPN of a direct connection between two peers.
+pub const PEER_ALPN: &[u8] = b"p2pim-peer/1";
+/// The broker's default UDP port.
+pub const DEFAULT_PORT: u16 = 7878;
+/// Most results one search returns.
+pub const MAX_SEARCH_RESULTS: u32 = 50;
+
+/// Milliseconds since the Unix epoch: portable across all three databases and across platforms.
+pub type Millis = i64;
+
+/// A request from a peer to the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Liveness check; allowed in any state.
+    Ping,
+    /// Creates an account and logs it in ([`Response::Token`]).
+    Register {
+        username: String,
+        display_name: String,
+        password: String,
+    },
+    /// Exchanges a password for a session token ([`Response::Token`]).
+    Login { username: String, password: String },
+    /// Opens the agent's session with a token; answered with [`Response::Welcome`].
+    Hello {
+        token: String,
+        local_addrs: Vec<SocketAddr>,
+    },
+    /// Revokes this session's token and ends the session.
+    Logout,
+    /// Users whose username or display name contains the text (case-insensitive), yourself excluded.
+    SearchUsers {
+        query: String,
+        offset: u32,
+        limit: u32,
+    },
+    /// Asks `username` to become a friend.
+    FriendAdd { username: String, message: String },
+    /// Pending friend requests, both directions.
+    FriendRequests,
+    /// Accepts a pending request from `username`.
+    FriendAccept { username: String },
+    /// Declines a pending request from `username`.
+    FriendDecline { username: String },
+    /// Ends a friendship on both sides.
+    FriendRemove { username: String },
+    /// Sets (or with an empty string clears) your private alias for a friend.
+    FriendRemark { username: String, remark: String },
+    /// Your friends with their presence.
+    Friends,
+    /// Changes your display name.
+    SetDisplayName { display_name: String },
+    /// Changes your password; every other session's token is revoked.
+    ChangePassword { old: String, new: String },
+}
+
+impl Request {
+    /// The request's name for logs: never its fields, which may hold a password or token.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Ping => "ping",
+            Self::Register { .. } => "register",
+            Self::Login { .. } => "login",
+            Self::Hello { .. } => "hello",
+            Self::Logout => "logout",
+            Self::SearchUsers { .. } => "search_users",
+            Self::FriendAdd { .. } => "friend_add",
+            Self::FriendRequests => "friend_requests",
+            Self::FriendAccept { .. } => "friend_accept",
+            Self::FriendDecline { .. } => "friend_decline",
+            Self::FriendRemove { .. } => "friend_remove",
+            Self::FriendRemark { .. } => "friend_remark",
+            Self::Friends => "friends",
+            Self::SetDisplayName { .. } => "set_display_name",
+            Self::ChangePassword { .. } => "change_password",
+        }
+    }
+}
+
+/// The broker's one answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Done, nothing to report.
+    Ok,
+    /// Answer to [`Request::Ping`].
+    Pong,
+    /// A fresh session token. Only its hash is kept by the broker.
+    Token {
+        username: String,
+        token: String,
+        expires_at: Millis,
+    },
+    /// The session is open.
+    Welcome {
+        session_id: u64,
+        user: UserInfo,
+        observed_addr: SocketAddr,
+    },
+    /// Search results.
+    Users(Vec<UserInfo>),
+    /// Pending friend requests.
+    FriendRequests {
+        incoming: Vec<FriendRequestInfo>,
+        outgoing: Vec<FriendRequestInfo>,
+    },
+    /// Your friends.
+    Friends(Vec<FriendInfo>),
+    /// Answer to [`Request::FriendAdd`]: `true` when the other side had already asked you, so you are
+    /// friends now; `false` when the request is waiting for them.
+    FriendAdded { now_friends: bool },
+    /// The request failed; nothing was changed.
+    Error(ErrorBody),
+}
+
+/// A user as others may see them: never an address, never presence unless they are friends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub username: String,
+    pub display_name: String,
+}
+
+/// A pending friend request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendRequestInfo {
+    /// The other side: the requester for incoming, the addressee for outgoing.
+    pub user: UserInfo,
+    pub message: String,
+    pub created_at: Millis,
+}
+
+/// One friend, as the friend list shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendInfo {
+    pub user: UserInfo,
+    /// Your private alias for them, if you set one.
+    pub remark: Option<String>,
+    pub online: bool,
+    /// Online since (when online), or last seen by this broker (when offline; `None` if not since it started).
+    pub since: Option<Millis>,
+}
+
+/// Something the broker tells a connected agent without being asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// Someone asked to become your friend.
+    FriendRequest {
+        from: UserInfo,
+        message: String,
+        created_at: Millis,
+    },
+    /// You and `friend` are friends now (they accepted, or you accepted on another device).
+    FriendAccepted { friend: UserInfo },
+    /// The friendship with `username` ended (either side removed it).
+    FriendRemoved { username: String },
+    /// A friend came online (first device) or went offline (last device).
+    Presence {
+        username: String,
+        online: bool,
+        at: Millis,
+    },
+    /// A friend changed their display name.
+    FriendProfile { friend: UserInfo },
+    /// This session's token was revoked (password change elsewhere): log in again.
+    SessionRevoked,
+}
+
+/// A failed request: the code is for programs, the message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl From<ErrorCode> for ErrorBody {
+    fn from(code: ErrorCode) -> Self {
+        Self {
+            message: code.to_string(),
+            code,
+        }
+    }
+}
+
+impl From<ErrorCode> for Response {
+    fn from(code: ErrorCode) -> Self {
+        Self::Error(code.into())
+    }
+}
+
+/// Every way a request can fail. Messages say what to do next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ErrorCode {
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("username must be 3-32 characters of a-z, 0-9, '_', '.' or '-'")]
+    InvalidUsername,
+    #[error("display name must be 1-64 characters with no control characters")]
+    InvalidDisplayName,
+    #[error("password must be at least 8 characters (and at most 1024 bytes)")]
+    InvalidPassword,
+    #[error("text too long or contains control characters: {0}")]
+    InvalidText(String),
+    #[error("that username is taken; pick another")]
+    UsernameTaken,
+    #[error("unknown user or wrong password")]
+    BadCredentials,
+    #[error("too many failed attempts; try again in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("this connection has no session yet: run `peer login` and start the agent")]
+    NotLoggedIn,
+    #[error("the session token is unknown, revoked or expired: run `peer login` again")]
+    InvalidToken,
+    #[error("this connection already has a session")]
+    AlreadyInSession,
+    #[error("no such user")]
+    UnknownUser,
+    #[error("you are not friends with that user")]
+    NotFriends,
+    #[error("you are already friends")]
+    AlreadyFriends,
+    #[error("a friend request to that user is already pending")]
+    RequestPending,
+    #[error("there is no pending friend request from that user")]
+    NoSuchRequest,
+    #[error("you cannot befriend yourself")]
+    SelfRequest,
+    #[error("the broker is busy; try again shortly")]
+    Busy,
+    #[error("internal broker error; try again, and tell the operator if it persists")]
+    Internal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_say_what_to_do() {
+        let e: ErrorBody = ErrorCode::RateLimited {
+            retry_after_secs: 12,
+        }
+        .into();
+        assert_eq!(e.to_string(), "too many failed attempts; try again in 12 s");
+        assert!(
+            ErrorBody::from(ErrorCode::InvalidToken)
+                .message
+                .contains("peer login")
+        );
+    }
+
+    #[test]
+    fn request_kind_hides_secrets() {
+        let r = Request::Login {
+            username: "u".into(),
+            password: "hunter2hunter2".into(),
+        };
+        assert_eq!(r.kind(), "login");
+    }
+}
