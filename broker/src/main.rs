@@ -1,1 +1,98 @@
-fn main() {}
+//! `broker`: the command line only. Everything else is in the library.
+
+use broker::accounts::HashCost;
+use broker::server::{Broker, Config};
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The messenger's rendezvous broker.
+///
+/// Peers log in here, find their friends' addresses here (friends only), and get group chat and NAT relay
+/// from here. With no arguments it listens on UDP 0.0.0.0:7878 and keeps everything (SQLite database, TLS
+/// identity) in ./broker-data. Open that UDP port in your firewall.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// UDP address to listen on. Port 0 picks a free port (printed once ready).
+    #[arg(long, env = "BROKER_LISTEN", default_value = "0.0.0.0:7878")]
+    listen: SocketAddr,
+    /// Directory for the broker's TLS identity and (by default) its SQLite database. Created 0700.
+    #[arg(long, env = "BROKER_DATA", default_value = "broker-data")]
+    data: PathBuf,
+    /// Database URL: sqlite:PATH, postgres://user@host/db or mysql://user@host/db. Default: sqlite in --data.
+    #[arg(long, env = "BROKER_DATABASE")]
+    database: Option<String>,
+    /// Days a session token stays valid.
+    #[arg(long, env = "BROKER_TOKEN_TTL_DAYS", default_value_t = 30)]
+    token_ttl_days: u64,
+    /// Most concurrent QUIC connections; more are refused.
+    #[arg(long, env = "BROKER_MAX_CONNECTIONS", default_value_t = 100_000)]
+    max_connections: usize,
+    /// Argon2id memory per password hash, in KiB (OWASP: 19456). Lower only for tests.
+    #[arg(long, env = "BROKER_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
+    argon2_memory_kib: u32,
+    /// Argon2id iterations (OWASP: 2).
+    #[arg(long, env = "BROKER_ARGON2_ITERATIONS", default_value_t = 2)]
+    argon2_iterations: u32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BROKER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let database_url = match args.database {
+        Some(url) => url,
+        None => format!("sqlite:{}?mode=rwc", args.data.join("broker.db").display()),
+    };
+    let cfg = Config {
+        listen: args.listen,
+        data_dir: args.data,
+        database_url,
+        hash_cost: HashCost {
+            memory_kib: args.argon2_memory_kib,
+            iterations: args.argon2_iterations,
+        },
+        token_ttl: Duration::from_secs(args.token_ttl_days * 86_400),
+        max_connections: args.max_connections,
+    };
+    let broker = Broker::bind(&cfg).await?;
+    let addr = broker.local_addr()?;
+    // Scripts and tests wait for this exact line.
+    println!(
+        "broker listening on {addr} fingerprint {}",
+        broker.fingerprint
+    );
+    tracing::info!(%addr, fingerprint = %broker.fingerprint, data = %cfg.data_dir.display(), "ready");
+    broker.run(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,360 @@
+//! Accounts and session tokens: registration, password login, token checks, logout, password changes.
+//!
+//! Passwords are argon2id, hashed on blocking threads with a cap on concurrent hashes so that a login storm
+//! cannot starve the event loop or exhaust memory. Tokens are 32 random bytes; only their SHA-256 is stored,
+//! so a leaked database holds no usable token.
+
+use crate::db::{Db, DbError, now_ms};
+use crate::ratelimit::Limiter;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Params, Version};
+use shared::proto::{ErrorCode, Millis, UserInfo};
+use shared::validate;
+use sqlx::Row;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Argon2id cost. The default is OWASP's recommendation; tests lower it through the broker's flags.
+#[derive(Debug, Clone, Copy)]
+pub struct HashCost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+}
+
+impl Default for HashCost {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+        }
+    }
+}
+
+/// Why an account operation failed: either the user's fault (typed, sent back) or the broker's (logged).
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("{0}")]
+    User(#[from] ErrorCode),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("password hashing: {0}")]
+    Hash(String),
+}
+
+impl From<sqlx::Error> for AccountError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(e.into())
+    }
+}
+
+/// A token exchanged for a session.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub token: String,
+    pub expires_at: Millis,
+}
+
+/// What a valid token stands for.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    pub user: UserInfo,
+    pub token_hash: String,
+}
+
+/// Account operations over the database.
+pub struct Accounts {
+    db: Db,
+    argon: Argon2<'static>,
+    hashing: Semaphore,
+    token_ttl: Duration,
+    /// A real hash of a random password, verified against when the user does not exist, so that unknown
+    /// users and wrong passwords take the same time.
+    decoy_hash: String,
+    by_user: Mutex<Limiter<String>>,
+    by_addr: Mutex<Limiter<IpAddr>>,
+}
+
+impl Accounts {
+    pub fn new(db: Db, cost: HashCost, token_ttl: Duration) -> Result<Arc<Self>, AccountError> {
+        let params = Params::new(cost.memory_kib, cost.iterations, 1, None)
+            .map_err(|e| AccountError::Hash(e.to_string()))?;
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let decoy_hash = argon
+            .hash_password(&random_bytes::<16>())
+            .map_err(|e| AccountError::Hash(e.to_string()))?
+            .to_string();
+        let permits = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            * 2;
+        Ok(Arc::new(Self {
+            db,
+            argon,
+            hashing: Semaphore::new(permits),
+            token_ttl,
+            decoy_hash,
+            by_user: Mutex::default(),
+            by_addr: Mutex::default(),
+        }))
+    }
+
+    /// Creates an account and issues its first token.
+    pub async fn register(
+        &self,
+        username: &str,
+        display_name: &str,
+        password: &str,
+    ) -> Result<Issued, AccountError> {
+        validate::username(username)?;
+        validate::display_name(display_name)?;
+        validate::password(password)?;
+        let hash = self.hash(password).await?;
+        let res = sqlx::query(self.db.sql(
+            "INSERT INTO users (username, display_name, search_key, password_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+        ))
+        .bind(username)
+        .bind(display_name)
+        .bind(search_key(username, display_name))
+        .bind(hash)
+        .bind(now_ms())
+        .execute(&self.db.pool)
+        .await
+        .map_err(DbError::from);
+        match res {
+            Err(e) if e.is_duplicate() => return Err(ErrorCode::UsernameTaken.into()),
+            other => other?,
+        };
+        tracing::info!(user = username, "registered");
+        self.issue(username).await
+    }
+
+    /// Checks a password and issues a token. Unknown users and wrong passwords are the same error, and both
+    /// count towards the per-account and per-address limits.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        from: IpAddr,
+    ) -> Result<Issued, AccountError> {
+        let now = Instant::now();
+        let user_key = username.to_string();
+        self.check_limits(&user_key, from, now)?;
+        let stored = if password.len() > validate::MAX_PASSWORD_BYTES {
+            None
+        } else {
+            self.password_hash(username).await?
+        };
+        let ok = match &stored {
+            Some(hash) => self.verify(password, hash).await?,
+            None => {
+                let _ = self.verify(password, &self.decoy_hash.clone()).await?;
+                false
+            }
+        };
+        if !ok {
+            self.record_failure(&user_key, from, now);
+            tracing::info!(user = username, %from, "failed login");
+            return Err(ErrorCode::BadCredentials.into());
+        }
+        lock(&self.by_user).success(&user_key);
+        lock(&self.by_addr).success(&from);
+        self.issue(username).await
+    }
+
+    /// Who a token belongs to, if it is known and unexpired.
+    pub async fn check_token(&self, token: &str) -> Result<TokenOwner, AccountError> {
+        let token_hash = sha256_hex(token.as_bytes());
+        let row = sqlx::query(self.db.sql(
+            "SELECT u.username, u.display_name, t.expires_at FROM tokens t JOIN users u ON u.username = t.username \
+             WHERE t.token_hash = ?",
+        ))
+        .bind(&token_hash)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some(row) = row else {
+            return Err(ErrorCode::InvalidToken.into());
+        };
+        let expires_at: i64 = row.try_get(2)?;
+        if expires_at <= now_ms() {
+            self.revoke(&token_hash).await?;
+            return Err(ErrorCode::InvalidToken.into());
+        }
+        Ok(TokenOwner {
+            user: UserInfo {
+                username: row.try_get(0)?,
+                display_name: row.try_get(1)?,
+            },
+            token_hash,
+        })
+    }
+
+    /// Revokes one token (logout).
+    pub async fn revoke(&self, token_hash: &str) -> Result<(), AccountError> {
+        sqlx::query(self.db.sql("DELETE FROM tokens WHERE token_hash = ?"))
+            .bind(token_hash)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Changes a password after checking the old one, and revokes every token of the user but `keep`.
+    pub async fn change_password(
+        &self,
+        username: &str,
+        old: &str,
+        new: &str,
+        keep: &str,
+        from: IpAddr,
+    ) -> Result<(), AccountError> {
+        validate::password(new)?;
+        let now = Instant::now();
+        let key = username.to_string();
+        self.check_limits(&key, from, now)?;
+        let Some(hash) = self.password_hash(username).await? else {
+            return Err(ErrorCode::UnknownUser.into());
+        };
+        if !self.verify(old, &hash).await? {
+            self.record_failure(&key, from, now);
+            return Err(ErrorCode::BadCredentials.into());
+        }
+        let new_hash = self.hash(new).await?;
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query(
+            self.db
+                .sql("UPDATE users SET password_hash = ? WHERE username = ?"),
+        )
+        .bind(new_hash)
+        .bind(username)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            self.db
+                .sql("DELETE FROM tokens WHERE username = ? AND token_hash <> ?"),
+        )
+        .bind(username)
+        .bind(keep)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(user = username, "password changed; other sessions revoked");
+        Ok(())
+    }
+
+    /// Changes a display name.
+    pub async fn set_display_name(
+        &self,
+        username: &str,
+        display_name: &str,
+    ) -> Result<(), AccountError> {
+        validate::display_name(display_name)?;
+        sqlx::query(
+            self.db
+                .sql("UPDATE users SET display_name = ?, search_key = ? WHERE username = ?"),
+        )
+        .bind(display_name)
+        .bind(search_key(username, display_name))
+        .bind(username)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    fn check_limits(&self, user: &String, from: IpAddr, now: Instant) -> Result<(), ErrorCode> {
+        let wait = [
+            lock(&self.by_user).check(user, now),
+            lock(&self.by_addr).check(&from, now),
+        ]
+        .into_iter()
+        .filter_map(Result::err)
+        .max();
+        match wait {
+            Some(retry_after_secs) => Err(ErrorCode::RateLimited { retry_after_secs }),
+            None => Ok(()),
+        }
+    }
+
+    fn record_failure(&self, user: &String, from: IpAddr, now: Instant) {
+        lock(&self.by_user).failure(user, now);
+        lock(&self.by_addr).failure(&from, now);
+    }
+
+    async fn password_hash(&self, username: &str) -> Result<Option<String>, AccountError> {
+        let row = sqlx::query(
+            self.db
+                .sql("SELECT password_hash FROM users WHERE username = ?"),
+        )
+        .bind(username)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn issue(&self, username: &str) -> Result<Issued, AccountError> {
+        let token = hex(&random_bytes::<32>());
+        let now = now_ms();
+        let expires_at = now + self.token_ttl.as_millis() as i64;
+        sqlx::query(self.db.sql(
+            "INSERT INTO tokens (token_hash, username, created_at, expires_at) VALUES (?, ?, ?, ?)",
+        ))
+        .bind(sha256_hex(token.as_bytes()))
+        .bind(username)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(Issued { token, expires_at })
+    }
+
+    async fn hash(&self, password: &str) -> Result<String, AccountError> {
+        let _permit = self.hashing.acquire().await.map_err(|_| ErrorCode::Busy)?;
+        let argon = self.argon.clone();
+        let pw = password.to_string();
+        tokio::task::spawn_blocking(move || {
+            argon.hash_password(pw.as_bytes()).map(|h| h.to_string())
+        })
+        .await
+        .map_err(|e| AccountError::Hash(e.to_string()))?
+        .map_err(|e| AccountError::Hash(e.to_string()))
+    }
+
+    async fn verify(&self, password: &str, hash: &str) -> Result<bool, AccountError> {
+        let _permit = self.hashing.acquire().await.map_err(|_| ErrorCode::Busy)?;
+        let argon = self.argon.clone();
+        let (pw, hash) = (password.to_string(), hash.to_string());
+        tokio::task::spawn_blocking(move || {
+            argon.verify_password(pw.as_bytes(), hash.as_str()).is_ok()
+        })
+        .await
+        .map_err(|e| AccountError::Hash(e.to_string()))
+    }
+}
+
+/// What user search matches against: lower-cased in Rust, so that all three databases compare the same way.
+pub fn search_key(username: &str, display_name: &str) -> String {
+    format!("{username}\n{}", display_name.to_lowercase())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; N];
+    // The system RNG failing is not recoverable for a security service; ring documents it as practically
+    // impossible on supported platforms.
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system random number generator failed");
+    b
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

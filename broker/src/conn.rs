@@ -1,0 +1,285 @@
+//! One peer connection: its session state, its request streams, its event stream, and its row in the
+//! connection table from `Hello` until the connection ends.
+
+use crate::accounts::AccountError;
+use crate::db::now_ms;
+use crate::server::Ctx;
+use certs::Fingerprint;
+use shared::io::{IoError, read_frame, write_frame};
+use shared::proto::{ErrorCode, Event, Request, Response};
+use shared::session::SessionState;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, mpsc};
+
+/// How long a request stream may take to deliver its one frame.
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most local addresses an agent may announce.
+const MAX_LOCAL_ADDRS: usize = 16;
+
+/// State shared by the streams of one connection.
+struct Conn {
+    ctx: Arc<Ctx>,
+    quic: quinn::Connection,
+    fingerprint: Fingerprint,
+    /// Held across `Hello` so that two racing `Hello`s cannot both open a session.
+    state: Mutex<SessionState>,
+    token_hash: std::sync::Mutex<Option<String>>,
+}
+
+/// Serves a connection until it closes, then takes its row out of the table.
+pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
+    let Some(fingerprint) = device_fingerprint(&quic) else {
+        quic.close(quinn::VarInt::from_u32(1), b"client certificate required");
+        return;
+    };
+    let conn = Arc::new(Conn {
+        ctx,
+        quic: quic.clone(),
+        fingerprint,
+        state: Mutex::new(SessionState::Anonymous),
+        token_hash: std::sync::Mutex::default(),
+    });
+    loop {
+        match quic.accept_bi().await {
+            Ok((send, recv)) => {
+                let conn = conn.clone();
+                tokio::spawn(async move { conn.stream(send, recv).await });
+            }
+            Err(e) => {
+                tracing::debug!(remote = %quic.remote_address(), reason = %e, "connection ended");
+                break;
+            }
+        }
+    }
+    let state = std::mem::replace(&mut *conn.state.lock().await, SessionState::Closed);
+    if let SessionState::Online { user, session_id } = state {
+        conn.go_offline(&user, session_id).await;
+    }
+}
+
+fn device_fingerprint(quic: &quinn::Connection) -> Option<Fingerprint> {
+    let identity = quic.peer_identity()?;
+    let certs = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().map(|c| Fingerprint::of(c))
+}
+
+impl Conn {
+    async fn stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let read =
+            tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame::<Request, _>(&mut recv)).await;
+        let response = match read {
+            Ok(Ok(Some(req))) => {
+                let kind = req.kind();
+                let resp = self.handle(req).await;
+                if let Response::Error(e) = &resp {
+                    tracing::debug!(request = kind, error = %e, "request refused");
+                }
+                resp
+            }
+            Ok(Ok(None)) => return,
+            Ok(Err(IoError::Frame(e))) => {
+                tracing::info!(remote = %self.quic.remote_address(), error = %e, "bad frame");
+                let _ = recv.stop(quinn::VarInt::from_u32(1));
+                ErrorCode::Malformed(e.to_string()).into()
+            }
+            Ok(Err(IoError::Io(_))) => return,
+            Err(_) => ErrorCode::Malformed("no request within 10 s".into()).into(),
+        };
+        if write_frame(&mut send, &response).await.is_ok() {
+            let _ = send.finish();
+        }
+    }
+
+    async fn handle(&self, req: Request) -> Response {
+        match self.dispatch(req).await {
+            Ok(r) => r,
+            Err(AccountError::User(code)) => code.into(),
+            Err(e) => {
+                tracing::error!(error = %e, "request failed");
+                ErrorCode::Internal.into()
+            }
+        }
+    }
+
+    async fn dispatch(&self, req: Request) -> Result<Response, AccountError> {
+        let (me, session_id) = {
+            let state = self.state.lock().await;
+            state.admits(&req)?;
+            match &*state {
+                SessionState::Online { user, session_id } => (user.clone(), *session_id),
+                _ => (String::new(), 0),
+            }
+        };
+        let ctx = &self.ctx;
+        let from = self.quic.remote_address().ip();
+        Ok(match req {
+            Request::Ping => Response::Pong,
+            Request::Register {
+                username,
+                display_name,
+                password,
+            } => {
+                let t = ctx
+                    .accounts
+                    .register(&username, &display_name, &password)
+                    .await?;
+                Response::Token {
+                    username,
+                    token: t.token,
+                    expires_at: t.expires_at,
+                }
+            }
+            Request::Login { username, password } => {
+                let t = ctx.accounts.login(&username, &password, from).await?;
+                Response::Token {
+                    username,
+                    token: t.token,
+                    expires_at: t.expires_at,
+                }
+            }
+            Request::Hello { token, local_addrs } => self.hello(&token, local_addrs).await?,
+            Request::Logout => {
+                let hash = self
+                    .token_hash
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                if let Some(hash) = hash {
+                    ctx.accounts.revoke(&hash).await?;
+                }
+                *self.state.lock().await = SessionState::Closed;
+                self.go_offline(&me, session_id).await;
+                tracing::info!(user = me, session = session_id, "logged out");
+                Response::Ok
+            }
+            Request::SearchUsers {
+                query,
+                offset,
+                limit,
+            } => Response::Users(ctx.friends.search(&me, &query, offset, limit).await?),
+            Request::FriendAdd { username, message } => Response::FriendAdded {
+                now_friends: ctx.friends.add(&me, &username, &message).await?,
+            },
+            Request::FriendRequests => {
+                let (incoming, outgoing) = ctx.friends.requests(&me).await?;
+                Response::FriendRequests { incoming, outgoing }
+            }
+            Request::FriendAccept { username } => {
+                ctx.friends.accept(&me, &username).await?;
+                Response::Ok
+            }
+            Request::FriendDecline { username } => {
+                ctx.friends.decline(&me, &username).await?;
+                Response::Ok
+            }
+            Request::FriendRemove { username } => {
+                ctx.friends.remove(&me, &username).await?;
+                Response::Ok
+            }
+            Request::FriendRemark { username, remark } => {
+                ctx.friends.remark(&me, &username, &remark).await?;
+                Response::Ok
+            }
+            Request::Friends => Response::Friends(ctx.friends.list(&me).await?),
+            Request::SetDisplayName { display_name } => {
+                ctx.accounts.set_display_name(&me, &display_name).await?;
+                let user = shared::proto::UserInfo {
+                    username: me.clone(),
+                    display_name,
+                };
+                ctx.friends.announce_profile(&user).await?;
+                Response::Ok
+            }
+            Request::ChangePassword { old, new } => {
+                let keep = self
+                    .token_hash
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_default();
+                ctx.accounts
+                    .change_password(&me, &old, &new, &keep, from)
+                    .await?;
+                ctx.table
+                    .close_others(&me, session_id, &Event::SessionRevoked);
+                Response::Ok
+            }
+        })
+    }
+
+    /// Opens the session: checks the token, opens the event stream, adds the table row, tells friends.
+    async fn hello(
+        &self,
+        token: &str,
+        mut local_addrs: Vec<std::net::SocketAddr>,
+    ) -> Result<Response, AccountError> {
+        let mut state = self.state.lock().await;
+        if *state != SessionState::Anonymous {
+            return Err(ErrorCode::AlreadyInSession.into());
+        }
+        let owner = self.ctx.accounts.check_token(token).await?;
+        local_addrs.truncate(MAX_LOCAL_ADDRS);
+        let events = self
+            .quic
+            .open_uni()
+            .await
+            .map_err(|_| ErrorCode::Internal)?;
+        let (tx, rx) = mpsc::channel(crate::table::EVENT_QUEUE);
+        tokio::spawn(write_events(events, rx, self.quic.clone()));
+        let observed = self.quic.remote_address();
+        let now = now_ms();
+        let (session_id, first) = self.ctx.table.insert(
+            &owner.user.username,
+            observed,
+            local_addrs,
+            self.fingerprint,
+            now,
+            tx,
+            self.quic.clone(),
+        );
+        *state = SessionState::Online {
+            user: owner.user.username.clone(),
+            session_id,
+        };
+        *self.token_hash.lock().unwrap_or_else(|p| p.into_inner()) = Some(owner.token_hash);
+        drop(state);
+        tracing::info!(user = owner.user.username, session = session_id, %observed, device = %self.fingerprint, "online");
+        if first {
+            self.ctx
+                .friends
+                .announce_presence(&owner.user.username, true, now)
+                .await?;
+        }
+        Ok(Response::Welcome {
+            session_id,
+            user: owner.user,
+            observed_addr: observed,
+        })
+    }
+
+    async fn go_offline(&self, user: &str, session_id: u64) {
+        let now = now_ms();
+        if self.ctx.table.remove(user, session_id, now) {
+            tracing::info!(user, session = session_id, "offline");
+            if let Err(e) = self.ctx.friends.announce_presence(user, false, now).await {
+                tracing::error!(error = %e, "could not announce offline presence");
+            }
+        }
+    }
+}
+
+async fn write_events(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Event>,
+    quic: quinn::Connection,
+) {
+    while let Some(ev) = rx.recv().await {
+        if write_frame(&mut send, &ev).await.is_err() {
+            quic.close(quinn::VarInt::from_u32(2), b"event stream failed");
+            return;
+        }
+    }
+}

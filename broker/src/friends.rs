@@ -1,0 +1,388 @@
+//! The friend graph: search, requests with consent, accept/decline, remove, remarks, and the presence that
+//! friendship unlocks. Every operation acts for the session's own user; nothing about another user's graph is
+//! taken from the client.
+
+use crate::accounts::AccountError;
+use crate::db::{Db, now_ms};
+use crate::table::Table;
+use shared::proto::{
+    ErrorCode, Event, FriendInfo, FriendRequestInfo, MAX_SEARCH_RESULTS, UserInfo,
+};
+use shared::validate;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use std::sync::Arc;
+
+type Result<T> = std::result::Result<T, AccountError>;
+
+/// Friend operations over the database, announcing changes through the connection table.
+pub struct Friends {
+    db: Db,
+    table: Arc<Table>,
+}
+
+fn user_info(row: &AnyRow) -> std::result::Result<UserInfo, sqlx::Error> {
+    Ok(UserInfo {
+        username: row.try_get(0)?,
+        display_name: row.try_get(1)?,
+    })
+}
+
+impl Friends {
+    pub fn new(db: Db, table: Arc<Table>) -> Self {
+        Self { db, table }
+    }
+
+    /// Users whose username or display name contains `query`, case-insensitively; never `me`.
+    pub async fn search(
+        &self,
+        me: &str,
+        query: &str,
+        offset: u32,
+        limit: u32,
+    ) -> Result<Vec<UserInfo>> {
+        let q = query.trim();
+        if q.is_empty() {
+            return Err(ErrorCode::InvalidText("search text must not be empty".into()).into());
+        }
+        validate::text("search text", q, validate::MAX_NAME_CHARS)?;
+        let pattern = format!("%{}%", escape_like(&q.to_lowercase()));
+        let limit = limit.clamp(1, MAX_SEARCH_RESULTS);
+        let rows = sqlx::query(self.db.sql(
+            "SELECT username, display_name FROM users WHERE search_key LIKE ? ESCAPE '!' AND username <> ? \
+             ORDER BY username LIMIT ? OFFSET ?",
+        ))
+        .bind(pattern)
+        .bind(me)
+        .bind(i64::from(limit))
+        .bind(i64::from(offset))
+        .fetch_all(&self.db.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(user_info)
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Asks `to` to become `me`'s friend; if `to` already asked `me`, they become friends at once.
+    pub async fn add(&self, me: &str, to: &str, message: &str) -> Result<bool> {
+        validate::username(to).map_err(|_| ErrorCode::UnknownUser)?;
+        validate::text(
+            "request message",
+            message,
+            validate::MAX_REQUEST_MESSAGE_CHARS,
+        )?;
+        if me == to {
+            return Err(ErrorCode::SelfRequest.into());
+        }
+        let Some(target) = self.user(to).await? else {
+            return Err(ErrorCode::UnknownUser.into());
+        };
+        if self.are_friends(me, to).await? {
+            return Err(ErrorCode::AlreadyFriends.into());
+        }
+        if self.pending(to, me).await? {
+            self.befriend(me, to).await?;
+            return Ok(true);
+        }
+        if self.pending(me, to).await? {
+            return Err(ErrorCode::RequestPending.into());
+        }
+        let created_at = now_ms();
+        let res = sqlx::query(self.db.sql(
+            "INSERT INTO friend_requests (from_user, to_user, message, created_at) VALUES (?, ?, ?, ?)",
+        ))
+        .bind(me)
+        .bind(&target.username)
+        .bind(message)
+        .bind(created_at)
+        .execute(&self.db.pool)
+        .await
+        .map_err(crate::db::DbError::from);
+        match res {
+            Err(e) if e.is_duplicate() => return Err(ErrorCode::RequestPending.into()),
+            other => other?,
+        };
+        let from = self.user(me).await?.ok_or(ErrorCode::UnknownUser)?;
+        self.table.push(
+            to,
+            &Event::FriendRequest {
+                from,
+                message: message.to_string(),
+                created_at,
+            },
+            None,
+        );
+        Ok(false)
+    }
+
+    /// Pending requests to and from `me`.
+    pub async fn requests(
+        &self,
+        me: &str,
+    ) -> Result<(Vec<FriendRequestInfo>, Vec<FriendRequestInfo>)> {
+        let incoming = self
+            .request_rows(
+                "SELECT u.username, u.display_name, r.message, r.created_at FROM friend_requests r \
+                 JOIN users u ON u.username = r.from_user WHERE r.to_user = ? ORDER BY r.created_at",
+                me,
+            )
+            .await?;
+        let outgoing = self
+            .request_rows(
+                "SELECT u.username, u.display_name, r.message, r.created_at FROM friend_requests r \
+                 JOIN users u ON u.username = r.to_user WHERE r.from_user = ? ORDER BY r.created_at",
+                me,
+            )
+            .await?;
+        Ok((incoming, outgoing))
+    }
+
+    /// Accepts the pending request from `from`.
+    pub async fn accept(&self, me: &str, from: &str) -> Result<()> {
+        if !self.pending(from, me).await? {
+            return Err(ErrorCode::NoSuchRequest.into());
+        }
+        self.befriend(me, from).await
+    }
+
+    /// Declines the pending request from `from`. The requester is not told (as in most messengers): their
+    /// request simply stops being pending.
+    pub async fn decline(&self, me: &str, from: &str) -> Result<()> {
+        let res = sqlx::query(
+            self.db
+                .sql("DELETE FROM friend_requests WHERE from_user = ? AND to_user = ?"),
+        )
+        .bind(from)
+        .bind(me)
+        .execute(&self.db.pool)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Err(ErrorCode::NoSuchRequest.into());
+        }
+        Ok(())
+    }
+
+    /// Ends the friendship on both sides at once.
+    pub async fn remove(&self, me: &str, other: &str) -> Result<()> {
+        let res = sqlx::query(self.db.sql(
+            "DELETE FROM friends WHERE (owner = ? AND friend = ?) OR (owner = ? AND friend = ?)",
+        ))
+        .bind(me)
+        .bind(other)
+        .bind(other)
+        .bind(me)
+        .execute(&self.db.pool)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Err(ErrorCode::NotFriends.into());
+        }
+        self.table.push(
+            other,
+            &Event::FriendRemoved {
+                username: me.to_string(),
+            },
+            None,
+        );
+        self.table.push(
+            me,
+            &Event::FriendRemoved {
+                username: other.to_string(),
+            },
+            None,
+        );
+        Ok(())
+    }
+
+    /// Sets `me`'s private alias for `friend` (empty clears it).
+    pub async fn remark(&self, me: &str, friend: &str, remark: &str) -> Result<()> {
+        validate::text("remark", remark, validate::MAX_NAME_CHARS)?;
+        if !self.are_friends(me, friend).await? {
+            return Err(ErrorCode::NotFriends.into());
+        }
+        let remark = (!remark.trim().is_empty()).then(|| remark.trim().to_string());
+        sqlx::query(
+            self.db
+                .sql("UPDATE friends SET remark = ? WHERE owner = ? AND friend = ?"),
+        )
+        .bind(remark)
+        .bind(me)
+        .bind(friend)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// `me`'s friends, with presence from the connection table.
+    pub async fn list(&self, me: &str) -> Result<Vec<FriendInfo>> {
+        let rows = sqlx::query(self.db.sql(
+            "SELECT u.username, u.display_name, f.remark FROM friends f JOIN users u ON u.username = f.friend \
+             WHERE f.owner = ? ORDER BY u.username",
+        ))
+        .bind(me)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let user = user_info(r)?;
+                let p = self.table.presence(&user.username);
+                Ok(FriendInfo {
+                    remark: r.try_get(2)?,
+                    online: p.online,
+                    since: p.since,
+                    user,
+                })
+            })
+            .collect()
+    }
+
+    /// Usernames of `me`'s friends: who hears about `me`'s presence.
+    pub async fn usernames(&self, me: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(self.db.sql("SELECT friend FROM friends WHERE owner = ?"))
+            .bind(me)
+            .fetch_all(&self.db.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Tells `me`'s online friends that `me` came online or went offline.
+    pub async fn announce_presence(&self, me: &str, online: bool, at: i64) -> Result<()> {
+        let event = Event::Presence {
+            username: me.to_string(),
+            online,
+            at,
+        };
+        for f in self.usernames(me).await? {
+            self.table.push(&f, &event, None);
+        }
+        Ok(())
+    }
+
+    /// Tells `me`'s friends about a new display name.
+    pub async fn announce_profile(&self, me: &UserInfo) -> Result<()> {
+        let event = Event::FriendProfile { friend: me.clone() };
+        for f in self.usernames(&me.username).await? {
+            self.table.push(&f, &event, None);
+        }
+        Ok(())
+    }
+
+    pub async fn are_friends(&self, a: &str, b: &str) -> Result<bool> {
+        let row = sqlx::query(
+            self.db
+                .sql("SELECT 1 FROM friends WHERE owner = ? AND friend = ?"),
+        )
+        .bind(a)
+        .bind(b)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn pending(&self, from: &str, to: &str) -> Result<bool> {
+        let row = sqlx::query(
+            self.db
+                .sql("SELECT 1 FROM friend_requests WHERE from_user = ? AND to_user = ?"),
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn user(&self, username: &str) -> Result<Option<UserInfo>> {
+        let row = sqlx::query(
+            self.db
+                .sql("SELECT username, display_name FROM users WHERE username = ?"),
+        )
+        .bind(username)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(row.as_ref().map(user_info).transpose()?)
+    }
+
+    /// Makes `a` and `b` friends (both rows, requests between them gone) and tells both, with presence.
+    async fn befriend(&self, a: &str, b: &str) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query(self.db.sql(
+            "DELETE FROM friend_requests WHERE (from_user = ? AND to_user = ?) OR (from_user = ? AND to_user = ?)",
+        ))
+        .bind(a)
+        .bind(b)
+        .bind(b)
+        .bind(a)
+        .execute(&mut *tx)
+        .await?;
+        for (owner, friend) in [(a, b), (b, a)] {
+            sqlx::query(self.db.sql(
+                "INSERT INTO friends (owner, friend, remark, created_at) VALUES (?, ?, NULL, ?)",
+            ))
+            .bind(owner)
+            .bind(friend)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let (ua, ub) = (self.user(a).await?, self.user(b).await?);
+        for (to, friend) in [(a, ub), (b, ua)] {
+            let Some(friend) = friend else { continue };
+            let presence = self.table.presence(&friend.username);
+            let name = friend.username.clone();
+            self.table.push(to, &Event::FriendAccepted { friend }, None);
+            if presence.online {
+                self.table.push(
+                    to,
+                    &Event::Presence {
+                        username: name,
+                        online: true,
+                        at: presence.since.unwrap_or(now),
+                    },
+                    None,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn request_rows(&self, q: &'static str, me: &str) -> Result<Vec<FriendRequestInfo>> {
+        let rows = sqlx::query(self.db.sql(q))
+            .bind(me)
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FriendRequestInfo {
+                    user: user_info(r)?,
+                    message: r.try_get(2)?,
+                    created_at: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Escapes LIKE wildcards with `!`, an escape character that means the same to all three databases.
+fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '!') {
+            out.push('!');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn like_wildcards_escaped() {
+        assert_eq!(super::escape_like("a_b%c!d"), "a!_b!%c!!d");
+    }
+}

@@ -1,0 +1,20 @@
+//! The broker: a rendezvous for peers. It authenticates users, keeps the connection table, the friend graph
+//! and groups, answers friends-only lookups, and relays what cannot go direct. It never sees direct messages.
+//!
+//! # Layout
+//! - [`server`]: the QUIC endpoint, accept loop and shutdown.
+//! - [`conn`]: one peer connection: request streams, event stream, session life.
+//! - [`accounts`]: registration, password login (argon2id), tokens (stored hashed).
+//! - [`ratelimit`]: per-account and per-address slow-down of failed logins (pure).
+//! - [`table`]: the in-memory connection table and event fan-out.
+//! - [`friends`]: the friend graph and presence announcements.
+//! - [`db`]: one storage layer over SQLite, PostgreSQL and MySQL/MariaDB, with per-backend migrations.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod accounts;
+pub mod conn;
+pub mod db;
+pub mod friends;
+pub mod ratelimit;
+pub mod server;
+pub mod table;

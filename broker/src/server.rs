@@ -1,0 +1,126 @@
+//! The broker's QUIC endpoint: accept loop, connection cap, graceful shutdown.
+
+use crate::accounts::{Accounts, HashCost};
+use crate::db::Db;
+use crate::friends::Friends;
+use crate::table::Table;
+use certs::Identity;
+use certs::verify::ClientPolicy;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything the broker needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub hash_cost: HashCost,
+    pub token_ttl: Duration,
+    pub max_connections: usize,
+}
+
+/// Shared state of all connections.
+pub struct Ctx {
+    pub accounts: Arc<Accounts>,
+    pub friends: Friends,
+    pub table: Arc<Table>,
+}
+
+/// A broker bound and ready to serve.
+pub struct Broker {
+    endpoint: quinn::Endpoint,
+    ctx: Arc<Ctx>,
+    db: Db,
+    max_connections: usize,
+    pub fingerprint: certs::Fingerprint,
+}
+
+/// The idle timeout after which a silent peer counts as gone (its agent sends keep-alives well inside it).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Broker {
+    /// Opens the data directory, identity and database, and binds the UDP socket.
+    pub async fn bind(cfg: &Config) -> anyhow::Result<Self> {
+        certs::secret_file::private_dir(&cfg.data_dir)?;
+        let identity = Identity::load_or_create(&cfg.data_dir, "broker", "p2pim-broker")?;
+        let db = Db::open(&cfg.database_url).await?;
+        let table = Arc::new(Table::default());
+        let accounts = Accounts::new(db.clone(), cfg.hash_cost, cfg.token_ttl)?;
+        let friends = Friends::new(db.clone(), table.clone());
+        let tls = certs::config::server(
+            &identity,
+            ClientPolicy::AnyDevice,
+            &[shared::proto::BROKER_ALPN],
+        )?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(tls)?,
+        ));
+        server.transport_config(Arc::new(transport()));
+        let endpoint = quinn::Endpoint::server(server, cfg.listen)?;
+        Ok(Self {
+            endpoint,
+            ctx: Arc::new(Ctx {
+                accounts,
+                friends,
+                table,
+            }),
+            db,
+            max_connections: cfg.max_connections,
+            fingerprint: identity.fingerprint(),
+        })
+    }
+
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then closes every connection and the database.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    if self.endpoint.open_connections() > self.max_connections {
+                        tracing::warn!(remote = %incoming.remote_address(), "connection cap reached; refusing");
+                        incoming.refuse();
+                        continue;
+                    }
+                    let ctx = self.ctx.clone();
+                    tokio::spawn(async move {
+                        match incoming.await {
+                            Ok(conn) => crate::conn::serve(ctx, conn).await,
+                            Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        tracing::info!(online = self.ctx.table.len(), "shutting down");
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"broker shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+        self.db.pool.close().await;
+    }
+}
+
+/// Small windows: a broker session carries small frames, and 10,000 idle sessions must fit in little memory.
+fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(15_000))),
+    ));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(32));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.stream_receive_window(quinn::VarInt::from_u32(128 * 1024));
+    t.receive_window(quinn::VarInt::from_u32(512 * 1024));
+    t.send_window(512 * 1024);
+    t
+}

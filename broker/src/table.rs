@@ -1,0 +1,165 @@
+//! The connection table: who is online, on which devices, at which addresses (the seed's core structure).
+//!
+//! It lives in memory, not in the database: it describes live QUIC connections, which do not survive a
+//! broker restart anyway ("a restart starts with nobody online"), and keeping it out of SQL keeps a login
+//! storm off the database. Each row also holds the session's event queue, so pushing an event to a user
+//! means pushing to every one of their devices.
+
+use certs::Fingerprint;
+use shared::proto::{Event, Millis};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+/// Events queued per session before the session counts as stuck and is disconnected (it resynchronises
+/// when it reconnects, since friend lists and requests are re-read on demand).
+pub const EVENT_QUEUE: usize = 256;
+
+/// One online device.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub session_id: u64,
+    /// The address the broker observes on the QUIC connection: the one friends can reach.
+    pub observed: SocketAddr,
+    /// The addresses the agent announced (its LAN side).
+    pub local: Vec<SocketAddr>,
+    /// The device's certificate, as presented in its TLS handshake.
+    pub fingerprint: Fingerprint,
+    pub connected_at: Millis,
+    events: mpsc::Sender<Event>,
+    conn: quinn::Connection,
+}
+
+#[derive(Default)]
+struct Inner {
+    online: HashMap<String, Vec<Row>>,
+    /// When each user's last device went offline (since this broker started).
+    last_seen: HashMap<String, Millis>,
+    next_session: u64,
+}
+
+/// The table. One std mutex: every operation is a few map lookups, never held across an await.
+#[derive(Default)]
+pub struct Table {
+    inner: Mutex<Inner>,
+}
+
+/// A user's presence as friends see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presence {
+    pub online: bool,
+    pub since: Option<Millis>,
+}
+
+impl Table {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a device row; returns its session id and whether it is the user's first online device.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert(
+        &self,
+        user: &str,
+        observed: SocketAddr,
+        local: Vec<SocketAddr>,
+        fingerprint: Fingerprint,
+        connected_at: Millis,
+        events: mpsc::Sender<Event>,
+        conn: quinn::Connection,
+    ) -> (u64, bool) {
+        let mut t = self.lock();
+        t.next_session += 1;
+        let session_id = t.next_session;
+        let rows = t.online.entry(user.to_string()).or_default();
+        let first = rows.is_empty();
+        rows.push(Row {
+            session_id,
+            observed,
+            local,
+            fingerprint,
+            connected_at,
+            events,
+            conn,
+        });
+        (session_id, first)
+    }
+
+    /// Removes a device row; returns whether that was the user's last online device.
+    pub fn remove(&self, user: &str, session_id: u64, at: Millis) -> bool {
+        let mut t = self.lock();
+        let Some(rows) = t.online.get_mut(user) else {
+            return false;
+        };
+        let before = rows.len();
+        rows.retain(|r| r.session_id != session_id);
+        let removed = rows.len() < before;
+        if removed && rows.is_empty() {
+            t.online.remove(user);
+            t.last_seen.insert(user.to_string(), at);
+            return true;
+        }
+        false
+    }
+
+    /// Online since the earliest device connected, or offline since last seen.
+    pub fn presence(&self, user: &str) -> Presence {
+        let t = self.lock();
+        match t.online.get(user) {
+            Some(rows) => Presence {
+                online: true,
+                since: rows.iter().map(|r| r.connected_at).min(),
+            },
+            None => Presence {
+                online: false,
+                since: t.last_seen.get(user).copied(),
+            },
+        }
+    }
+
+    /// The user's online devices.
+    pub fn sessions(&self, user: &str) -> Vec<Row> {
+        self.lock().online.get(user).cloned().unwrap_or_default()
+    }
+
+    /// Number of online devices.
+    pub fn len(&self) -> usize {
+        self.lock().online.values().map(Vec::len).sum()
+    }
+
+    /// Whether nobody is online.
+    pub fn is_empty(&self) -> bool {
+        self.lock().online.is_empty()
+    }
+
+    /// Queues `event` for every device of `user`, except `skip_session`. A device whose queue is full is
+    /// disconnected rather than allowed to hold the event back for everyone.
+    pub fn push(&self, user: &str, event: &Event, skip_session: Option<u64>) {
+        let rows = self.sessions(user);
+        for row in rows.iter().filter(|r| Some(r.session_id) != skip_session) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = row.events.try_send(event.clone()) {
+                tracing::warn!(
+                    user,
+                    session = row.session_id,
+                    "event queue full; disconnecting the session"
+                );
+                row.conn
+                    .close(quinn::VarInt::from_u32(2), b"event queue overflow");
+            }
+        }
+    }
+
+    /// Closes every device of `user` but `keep` (their tokens were revoked).
+    pub fn close_others(&self, user: &str, keep: u64, event: &Event) {
+        for row in self
+            .sessions(user)
+            .into_iter()
+            .filter(|r| r.session_id != keep)
+        {
+            let _ = row.events.try_send(event.clone());
+            row.conn
+                .close(quinn::VarInt::from_u32(3), b"session revoked");
+        }
+    }
+}
