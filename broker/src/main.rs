@@ -71,28 +71,6 @@ async fn main() -> anyhow::Result<()> {
         broker.fingerprint
     );
     tracing::info!(%addr, fingerprint = %broker.fingerprint, data = %cfg.data_dir.display(), "ready");
-    broker.run(shutdown_signal()).await;
+    broker.run(shared::io::shutdown_signal()).await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

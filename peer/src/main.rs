@@ -1,1 +1,41 @@
-fn main() {}
+//! `peer`: the messenger's command line. `peer up` runs the agent; every other command after login talks to
+//! that agent over its local control channel.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod agent;
+mod cli;
+mod control;
+mod home;
+mod net;
+mod output;
+mod password;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PEER_LOG").unwrap_or_else(|_| {
+        if matches!(args.cmd, cli::Cmd::Up { .. }) {
+            "info"
+        } else {
+            "warn"
+        }
+        .into()
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("peer: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(cli::run(args)) {
+        eprintln!("peer: {e:#}");
+        std::process::exit(1);
+    }
+}

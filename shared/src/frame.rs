@@ -88,7 +88,7 @@ impl Decoder {
 
     /// Takes the next whole frame out, `Ok(None)` if more bytes are needed. An oversized length prefix is
     /// reported as soon as the header is in, before its body is waited for.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         let Some(header) = self.buf.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
@@ -126,7 +126,7 @@ mod tests {
         let bytes = encode(&req).unwrap();
         let mut d = Decoder::new();
         d.push(&bytes);
-        assert_eq!(d.next::<Request>().unwrap(), Some(req));
+        assert_eq!(d.next_frame::<Request>().unwrap(), Some(req));
         d.finish().unwrap();
     }
 
@@ -142,13 +142,13 @@ mod tests {
         let mut d = Decoder::new();
         for (i, b) in bytes.iter().enumerate() {
             assert_eq!(
-                d.next::<Response>().unwrap(),
+                d.next_frame::<Response>().unwrap(),
                 None,
                 "frame complete too early at {i}"
             );
             d.push(&[*b]);
         }
-        assert_eq!(d.next::<Response>().unwrap(), Some(resp));
+        assert_eq!(d.next_frame::<Response>().unwrap(), Some(resp));
     }
 
     #[test]
@@ -156,7 +156,7 @@ mod tests {
         let mut d = Decoder::new();
         d.push(&u32::MAX.to_be_bytes());
         assert_eq!(
-            d.next::<Request>(),
+            d.next_frame::<Request>(),
             Err(FrameError::TooLarge(u32::MAX as usize))
         );
     }
@@ -180,7 +180,7 @@ mod tests {
         bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff]);
         let mut d = Decoder::new();
         d.push(&bytes);
-        assert!(matches!(d.next::<Request>(), Err(FrameError::Malformed(_))));
+        assert!(matches!(d.next_frame::<Request>(), Err(FrameError::Malformed(_))));
     }
 
     #[test]
@@ -205,7 +205,7 @@ mod tests {
         let bytes = encode(&Request::Ping).unwrap();
         let mut d = Decoder::new();
         d.push(&bytes[..bytes.len() - 1]);
-        assert_eq!(d.next::<Request>().unwrap(), None);
+        assert_eq!(d.next_frame::<Request>().unwrap(), None);
         assert_eq!(d.finish(), Err(FrameError::Truncated));
     }
 

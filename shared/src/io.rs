@@ -50,3 +50,19 @@ pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
     w.flush().await?;
     Ok(())
 }
+
+/// Resolves on Ctrl-C, or on SIGTERM where there is one: what a daemon and the agent stop on.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,328 @@
+//! `peer up`: the long-running agent. It keeps one broker session alive (reconnecting with backoff), relays
+//! broker events to watchers, and serves the CLI over the control channel.
+
+use crate::control::{self, Duplex};
+use crate::home::{Account, Home};
+use crate::net;
+use anyhow::{Result, anyhow};
+use certs::Identity;
+use certs::verify::ServerPin;
+use shared::backoff::Backoff;
+use shared::control::{AgentEvent, AgentStatus, ControlRequest, ControlResponse};
+use shared::io::{read_frame, write_frame};
+use shared::proto::{ErrorCode, Event, Request, Response};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, broadcast};
+
+/// Events buffered for a slow `peer watch` before it starts missing some.
+const WATCH_BUFFER: usize = 1024;
+
+/// How a broker session ended.
+enum SessionEnd {
+    /// It was up and then dropped: reconnect promptly.
+    Lost(String),
+    /// It never came up: reconnect with growing delays.
+    Failed(String),
+    /// Reconnecting cannot help (token refused or revoked).
+    Fatal(anyhow::Error),
+}
+
+/// The running agent.
+pub(crate) struct Agent {
+    home: Home,
+    account: Account,
+    identity: Identity,
+    endpoint: quinn::Endpoint,
+    broker_addr: SocketAddr,
+    status: Mutex<AgentStatus>,
+    conn: Mutex<Option<quinn::Connection>>,
+    events: broadcast::Sender<AgentEvent>,
+    stop: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn jitter() -> f64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 1];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    f64::from(b[0]) / 256.0
+}
+
+/// Runs the agent in the foreground until it is stopped (signal, `peer logout`) or its token is refused.
+pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
+    let account = home.account().await?;
+    let listener = control::Listener::bind(&home.dir).await?;
+    let identity = home.identity()?;
+    let endpoint = net::endpoint(&identity, bind, Default::default())?;
+    let broker_addr = net::resolve(&account.broker).await?;
+    let status = AgentStatus {
+        username: account.username.clone(),
+        display_name: None,
+        broker: account.broker.clone(),
+        broker_fingerprint: account.broker_fingerprint.to_string(),
+        device_fingerprint: identity.fingerprint().to_string(),
+        online: false,
+        session_id: None,
+        observed_addr: None,
+        local_addrs: net::local_candidates(&endpoint, broker_addr),
+        since: None,
+        agent_pid: std::process::id(),
+    };
+    let (events, _) = broadcast::channel(WATCH_BUFFER);
+    let agent = Arc::new(Agent {
+        home,
+        account,
+        identity,
+        endpoint,
+        broker_addr,
+        status: Mutex::new(status),
+        conn: Mutex::new(None),
+        events,
+        stop: Notify::new(),
+    });
+    tracing::info!(user = agent.account.username, broker = agent.account.broker, udp = ?agent.endpoint.local_addr().ok(), "agent starting");
+    let server = tokio::spawn(agent.clone().serve_control(listener));
+    let result = tokio::select! {
+        r = agent.broker_loop() => r,
+        () = shared::io::shutdown_signal() => Ok(()),
+        () = agent.stop.notified() => Ok(()),
+    };
+    server.abort();
+    if let Some(conn) = lock(&agent.conn).take() {
+        conn.close(quinn::VarInt::from_u32(0), b"agent stopping");
+    }
+    agent
+        .endpoint
+        .close(quinn::VarInt::from_u32(0), b"agent stopping");
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        agent.endpoint.wait_idle(),
+    )
+    .await;
+    control::Listener::cleanup(&agent.home.dir);
+    tracing::info!("agent stopped");
+    result
+}
+
+impl Agent {
+    fn emit(&self, event: AgentEvent) {
+        let _ = self.events.send(event);
+    }
+
+    async fn broker_loop(&self) -> Result<()> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.session().await {
+                SessionEnd::Lost(reason) => {
+                    tracing::warn!(reason, "broker session lost; reconnecting");
+                    backoff.reset();
+                }
+                SessionEnd::Failed(reason) => {
+                    tracing::warn!(reason, "cannot reach the broker; will retry")
+                }
+                SessionEnd::Fatal(e) => return Err(e),
+            }
+            tokio::time::sleep(backoff.next_delay(jitter())).await;
+        }
+    }
+
+    /// One broker session, from connect to loss.
+    async fn session(&self) -> SessionEnd {
+        let pin = ServerPin::Exact(self.account.broker_fingerprint);
+        let conn = match net::connect_broker(&self.endpoint, &self.identity, self.broker_addr, pin)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if e.to_string().contains("BROKER IDENTITY CHANGED") => {
+                return SessionEnd::Fatal(e);
+            }
+            Err(e) => return SessionEnd::Failed(e.to_string()),
+        };
+        let local_addrs = lock(&self.status).local_addrs.clone();
+        let hello = Request::Hello {
+            token: self.account.token.clone(),
+            local_addrs,
+        };
+        let welcome = match net::request(&conn, &hello).await {
+            Ok(Response::Welcome {
+                session_id,
+                user,
+                observed_addr,
+            }) => (session_id, user, observed_addr),
+            Ok(Response::Error(e)) if e.code == ErrorCode::InvalidToken => {
+                return SessionEnd::Fatal(anyhow!("{}", e.message));
+            }
+            Ok(other) => {
+                return SessionEnd::Failed(format!("unexpected answer to hello: {other:?}"));
+            }
+            Err(e) => return SessionEnd::Failed(e.to_string()),
+        };
+        let (session_id, user, observed_addr) = welcome;
+        let at = now_ms();
+        {
+            let mut s = lock(&self.status);
+            s.online = true;
+            s.session_id = Some(session_id);
+            s.observed_addr = Some(observed_addr);
+            s.display_name = Some(user.display_name);
+            s.since = Some(at);
+        }
+        *lock(&self.conn) = Some(conn.clone());
+        tracing::info!(session = session_id, %observed_addr, "online");
+        self.emit(AgentEvent::Connected { observed_addr, at });
+        let end = self.read_events(&conn).await;
+        *lock(&self.conn) = None;
+        let at = now_ms();
+        {
+            let mut s = lock(&self.status);
+            s.online = false;
+            s.session_id = None;
+            s.since = Some(at);
+        }
+        let reason = match &end {
+            SessionEnd::Lost(r) | SessionEnd::Failed(r) => r.clone(),
+            SessionEnd::Fatal(e) => e.to_string(),
+        };
+        self.emit(AgentEvent::Disconnected { reason, at });
+        end
+    }
+
+    /// Relays broker events until the connection ends.
+    async fn read_events(&self, conn: &quinn::Connection) -> SessionEnd {
+        let mut stream = match conn.accept_uni().await {
+            Ok(s) => s,
+            Err(e) => return SessionEnd::Lost(e.to_string()),
+        };
+        loop {
+            match read_frame::<Event, _>(&mut stream).await {
+                Ok(Some(Event::SessionRevoked)) => {
+                    return SessionEnd::Fatal(anyhow!(
+                        "this session was revoked (password changed on another device): run `peer login {}`",
+                        self.account.username
+                    ));
+                }
+                Ok(Some(event)) => {
+                    if let Event::Presence {
+                        username, online, ..
+                    } = &event
+                    {
+                        tracing::info!(friend = username, online, "presence");
+                    }
+                    self.emit(AgentEvent::Broker {
+                        event,
+                        at: now_ms(),
+                    });
+                }
+                Ok(None) => {
+                    return SessionEnd::Lost(
+                        conn.close_reason()
+                            .map(|r| r.to_string())
+                            .unwrap_or("event stream ended".into()),
+                    );
+                }
+                Err(e) => {
+                    let reason = conn
+                        .close_reason()
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| e.to_string());
+                    return SessionEnd::Lost(reason);
+                }
+            }
+        }
+    }
+
+    async fn serve_control(self: Arc<Self>, listener: control::Listener) {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    let agent = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = agent.control(stream).await {
+                            tracing::debug!(error = %e, "control connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn control(&self, mut stream: Box<dyn Duplex>) -> Result<()> {
+        let Some(req) = read_frame::<ControlRequest, _>(&mut stream).await? else {
+            return Ok(());
+        };
+        let resp = match req {
+            ControlRequest::Status => ControlResponse::Status(lock(&self.status).clone()),
+            ControlRequest::Watch => return self.watch(stream).await,
+            ControlRequest::Broker(req) => self.forward(&req).await,
+            ControlRequest::Logout => self.logout().await,
+        };
+        write_frame(&mut stream, &resp).await?;
+        Ok(())
+    }
+
+    async fn forward(&self, req: &Request) -> ControlResponse {
+        let conn = lock(&self.conn).clone();
+        let Some(conn) = conn else {
+            return ControlResponse::Error(
+                "the agent is not connected to the broker right now; it keeps retrying (see `peer status`)".into(),
+            );
+        };
+        match net::request(&conn, req).await {
+            Ok(resp) => ControlResponse::Broker(resp),
+            Err(e) => ControlResponse::Error(e.to_string()),
+        }
+    }
+
+    async fn logout(&self) -> ControlResponse {
+        let revoked = match self.forward(&Request::Logout).await {
+            ControlResponse::Broker(Response::Ok) => Ok(()),
+            ControlResponse::Broker(Response::Error(e)) => Err(e.message),
+            ControlResponse::Error(e) => Err(e),
+            other => Err(format!("unexpected answer: {other:?}")),
+        };
+        if let Err(e) = self.home.delete("token").await {
+            return ControlResponse::Error(format!("could not forget the token: {e}"));
+        }
+        self.stop.notify_one();
+        match revoked {
+            Ok(()) => ControlResponse::Ok,
+            Err(e) => ControlResponse::Error(format!(
+                "the token was forgotten here but the broker could not revoke it ({e}); it expires by itself"
+            )),
+        }
+    }
+
+    async fn watch(&self, mut stream: Box<dyn Duplex>) -> Result<()> {
+        let mut rx = self.events.subscribe();
+        loop {
+            let event = match rx.recv().await {
+                Ok(e) => e,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    write_frame(
+                        &mut stream,
+                        &ControlResponse::Error(format!("watch fell behind; {n} events skipped")),
+                    )
+                    .await?;
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            };
+            write_frame(&mut stream, &ControlResponse::Event(event)).await?;
+        }
+    }
+}

@@ -1,0 +1,548 @@
+//! Command-line definitions and what each command does.
+
+use crate::control;
+use crate::home::{Account, Home};
+use crate::{agent, net, output, password};
+use anyhow::{Context, Result, anyhow, bail};
+use certs::Fingerprint;
+use certs::verify::ServerPin;
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+use shared::control::{ControlRequest, ControlResponse};
+use shared::io::{read_frame, write_frame};
+use shared::proto::{FriendInfo, MAX_SEARCH_RESULTS, Request, Response};
+use shared::validate;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Peer-to-peer messenger.
+///
+/// Register or log in once against a broker, then run `peer up` (the agent) and use the other commands from
+/// another terminal. Every device has its own home directory with its identity, login and chat history.
+#[derive(Parser, Debug)]
+#[command(name = "peer", version, about, long_about)]
+pub(crate) struct Cli {
+    /// Home directory of this device (identity, login, database). Default: the platform's data directory.
+    #[arg(long, env = "PEER_HOME", global = true)]
+    pub(crate) home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Cmd {
+    /// Create an account on a broker and log this device in.
+    Register {
+        /// 3-32 characters of a-z, 0-9, '_', '.', '-'.
+        username: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// The name friends see (any Unicode, e.g. 张三). Default: the username.
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// Log this device in to an existing account.
+    Login {
+        username: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Run the agent in the foreground: stays online, reconnects by itself, serves the other commands.
+    Up {
+        /// Local UDP address for the agent's one socket (broker session and friends' connections).
+        #[arg(long, env = "PEER_BIND", default_value = "0.0.0.0:0")]
+        bind: SocketAddr,
+    },
+    /// Show who you are, the broker, and whether the agent is online.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke this device's session token at the broker, forget it, and stop the agent.
+    Logout,
+    /// Stream the agent's events (friend requests, presence, ...), one per line.
+    Watch {
+        /// JSON Lines: one object per event, with a "type" field.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find other users.
+    Users {
+        #[command(subcommand)]
+        cmd: UsersCmd,
+    },
+    /// List friends (with no subcommand), or manage them.
+    Friends(FriendsArgs),
+    /// Your own profile.
+    Profile {
+        #[command(subcommand)]
+        cmd: ProfileCmd,
+    },
+    /// Change your password; every other device is logged out.
+    Passwd {
+        /// Read the old and then the new password as two lines of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct BrokerArgs {
+    /// The broker, as HOST:PORT (port 7878 if left out).
+    #[arg(long, env = "PEER_BROKER")]
+    broker: String,
+    /// Pin the broker's SHA-256 fingerprint up front instead of trusting it on first use.
+    #[arg(long)]
+    broker_fingerprint: Option<String>,
+    /// Read the password from stdin (one line) instead of the terminal. Env PEER_PASSWORD also works.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum UsersCmd {
+    /// Users whose username or display name contains TEXT (case-insensitive).
+    Search {
+        text: String,
+        /// Page number, from 1 (50 results a page).
+        #[arg(long, default_value_t = 1)]
+        page: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct FriendsArgs {
+    #[command(subcommand)]
+    cmd: Option<FriendsCmd>,
+    /// With no subcommand: print the list as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum FriendsCmd {
+    /// Ask USER to be your friend.
+    Add {
+        user: String,
+        /// A note shown with the request (at most 256 characters).
+        #[arg(long, default_value = "")]
+        message: String,
+    },
+    /// Pending friend requests, to you and from you.
+    Requests {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept USER's friend request.
+    Accept { user: String },
+    /// Decline USER's friend request.
+    Decline { user: String },
+    /// End the friendship with USER (on both sides).
+    Remove { user: String },
+    /// Set your private alias for a friend ("" clears it).
+    Remark { user: String, alias: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ProfileCmd {
+    /// Change what others see.
+    Set {
+        #[arg(long)]
+        display_name: String,
+    },
+}
+
+/// Runs one command.
+pub(crate) async fn run(cli: Cli) -> Result<()> {
+    let home = Home::open(&Home::resolve(cli.home)?).await?;
+    match cli.cmd {
+        Cmd::Register {
+            username,
+            broker,
+            display_name,
+        } => {
+            let display_name = display_name.unwrap_or_else(|| username.clone());
+            validate::username(&username)?;
+            validate::display_name(&display_name)?;
+            let mut pw = password::Source::new(broker.password_stdin)?;
+            let password = pw.read(
+                "new password (at least 8 characters)",
+                "PEER_PASSWORD",
+                true,
+            )?;
+            validate::password(&password)?;
+            authenticate(
+                &home,
+                &broker,
+                Request::Register {
+                    username,
+                    display_name,
+                    password,
+                },
+            )
+            .await
+        }
+        Cmd::Login { username, broker } => {
+            validate::username(&username).map_err(|_| anyhow!("unknown user or wrong password"))?;
+            let password = password::Source::new(broker.password_stdin)?.read(
+                "password",
+                "PEER_PASSWORD",
+                false,
+            )?;
+            authenticate(&home, &broker, Request::Login { username, password }).await
+        }
+        Cmd::Up { bind } => agent::run(home, bind).await,
+        Cmd::Status { json } => status(&home, json).await,
+        Cmd::Logout => {
+            expect_ok(control_call(&home, ControlRequest::Logout).await?)?;
+            println!("logged out; the agent has stopped");
+            Ok(())
+        }
+        Cmd::Watch { json } => watch(&home, json).await,
+        Cmd::Users {
+            cmd: UsersCmd::Search { text, page, json },
+        } => {
+            let offset = page.max(1).saturating_sub(1) * MAX_SEARCH_RESULTS;
+            let Response::Users(users) = broker_call(
+                &home,
+                Request::SearchUsers {
+                    query: text,
+                    offset,
+                    limit: MAX_SEARCH_RESULTS,
+                },
+            )
+            .await?
+            else {
+                bail!("unexpected answer from the broker")
+            };
+            if json {
+                print_json(&users.iter().map(output::user_json).collect::<Vec<_>>());
+            } else if users.is_empty() {
+                println!("no users found");
+            } else {
+                for u in users {
+                    println!("{:<32} {}", u.username, u.display_name);
+                }
+            }
+            Ok(())
+        }
+        Cmd::Friends(args) => friends(&home, args).await,
+        Cmd::Profile {
+            cmd: ProfileCmd::Set { display_name },
+        } => {
+            validate::display_name(&display_name)?;
+            expect_broker_ok(broker_call(&home, Request::SetDisplayName { display_name }).await?)?;
+            println!("display name changed");
+            Ok(())
+        }
+        Cmd::Passwd { password_stdin } => {
+            let mut pw = password::Source::new(password_stdin)?;
+            let old = pw.read("current password", "PEER_PASSWORD", false)?;
+            let new = pw.read("new password", "PEER_NEW_PASSWORD", true)?;
+            validate::password(&new)?;
+            expect_broker_ok(broker_call(&home, Request::ChangePassword { old, new }).await?)?;
+            println!("password changed; your other devices were logged out");
+            Ok(())
+        }
+    }
+}
+
+/// Register or log in straight to the broker (no agent needed), pinning its identity.
+async fn authenticate(home: &Home, args: &BrokerArgs, req: Request) -> Result<()> {
+    let identity = home.identity()?;
+    let addr = net::resolve(&args.broker).await?;
+    let pinned = match &args.broker_fingerprint {
+        Some(fp) => Some(fp.parse::<Fingerprint>()?),
+        None => home.pinned(&args.broker).await?,
+    };
+    let seen = Arc::new(Mutex::new(None));
+    let pin = pinned
+        .map(ServerPin::Exact)
+        .unwrap_or_else(|| ServerPin::FirstUse(seen.clone()));
+    let bind: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let endpoint = quinn::Endpoint::client(bind)?;
+    let conn = net::connect_broker(&endpoint, &identity, addr, pin).await?;
+    let resp = net::request(&conn, &req).await;
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    endpoint.wait_idle().await;
+    let (username, token) = match resp? {
+        Response::Token {
+            username, token, ..
+        } => (username, token),
+        Response::Error(e) => bail!("{}", e.message),
+        other => bail!("unexpected answer from the broker: {other:?}"),
+    };
+    let fingerprint = match pinned {
+        Some(fp) => fp,
+        None => {
+            let fp = seen
+                .lock()
+                .ok()
+                .and_then(|s| *s)
+                .context("the broker presented no certificate")?;
+            eprintln!(
+                "pinned the broker's identity {fp} (trust on first use); it should match the fingerprint the broker printed at start-up"
+            );
+            fp
+        }
+    };
+    home.save_account(&Account {
+        username: username.clone(),
+        broker: args.broker.clone(),
+        broker_fingerprint: fingerprint,
+        token,
+    })
+    .await?;
+    let what = if matches!(req, Request::Register { .. }) {
+        "registered and logged in"
+    } else {
+        "logged in"
+    };
+    println!(
+        "{what} as {username}; start the agent with `peer --home {} up`",
+        home.dir.display()
+    );
+    Ok(())
+}
+
+async fn control_call(home: &Home, req: ControlRequest) -> Result<ControlResponse> {
+    let mut stream = control::connect(&home.dir).await?;
+    write_frame(&mut stream, &req).await?;
+    read_frame::<ControlResponse, _>(&mut stream)
+        .await?
+        .ok_or_else(|| anyhow!("the agent closed the connection without answering"))
+}
+
+/// Sends a request to the broker through the agent; a broker error becomes this command's error.
+async fn broker_call(home: &Home, req: Request) -> Result<Response> {
+    match control_call(home, ControlRequest::Broker(req)).await? {
+        ControlResponse::Broker(Response::Error(e)) => bail!("{}", e.message),
+        ControlResponse::Broker(r) => Ok(r),
+        ControlResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+}
+
+fn expect_ok(resp: ControlResponse) -> Result<()> {
+    match resp {
+        ControlResponse::Ok => Ok(()),
+        ControlResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+}
+
+fn expect_broker_ok(resp: Response) -> Result<()> {
+    match resp {
+        Response::Ok => Ok(()),
+        other => bail!("unexpected answer from the broker: {other:?}"),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn status(home: &Home, json: bool) -> Result<()> {
+    let ControlResponse::Status(s) = control_call(home, ControlRequest::Status).await? else {
+        bail!("unexpected answer from the agent")
+    };
+    if json {
+        print_json(&output::status_json(&s));
+        return Ok(());
+    }
+    let name = s
+        .display_name
+        .as_deref()
+        .map(|d| format!(" ({d})"))
+        .unwrap_or_default();
+    println!("user:      {}{name}", s.username);
+    println!(
+        "broker:    {} (fingerprint {})",
+        s.broker, s.broker_fingerprint
+    );
+    println!("device:    {}", s.device_fingerprint);
+    let since = s.since.map(output::time).unwrap_or_default();
+    match (s.online, s.observed_addr) {
+        (true, Some(addr)) => {
+            println!("online:    yes, since {since}, seen by the broker as {addr}")
+        }
+        _ => println!(
+            "online:    no (reconnecting{})",
+            if since.is_empty() {
+                String::new()
+            } else {
+                format!("; lost at {since}")
+            }
+        ),
+    }
+    let locals: Vec<String> = s.local_addrs.iter().map(ToString::to_string).collect();
+    println!("local:     {}", locals.join(", "));
+    Ok(())
+}
+
+async fn watch(home: &Home, json: bool) -> Result<()> {
+    let mut stream = control::connect(&home.dir).await?;
+    write_frame(&mut stream, &ControlRequest::Watch).await?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    while let Some(resp) = read_frame::<ControlResponse, _>(&mut stream).await? {
+        match resp {
+            ControlResponse::Event(e) if json => writeln!(out, "{}", output::event_json(&e))?,
+            ControlResponse::Event(e) => writeln!(out, "{}", output::event_line(&e))?,
+            ControlResponse::Error(e) => eprintln!("peer: {e}"),
+            _ => {}
+        }
+        out.flush()?;
+    }
+    eprintln!("peer: the agent stopped");
+    Ok(())
+}
+
+async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
+    let Some(cmd) = args.cmd else {
+        let Response::Friends(list) = broker_call(home, Request::Friends).await? else {
+            bail!("unexpected answer")
+        };
+        print_friends(&list, args.json);
+        return Ok(());
+    };
+    match cmd {
+        FriendsCmd::Add { user, message } => {
+            validate::text("message", &message, validate::MAX_REQUEST_MESSAGE_CHARS)?;
+            match broker_call(
+                home,
+                Request::FriendAdd {
+                    username: user.clone(),
+                    message,
+                },
+            )
+            .await?
+            {
+                Response::FriendAdded { now_friends: true } => {
+                    println!("{user} had already asked you: you are friends now")
+                }
+                _ => println!("friend request sent to {user}"),
+            }
+        }
+        FriendsCmd::Requests { json } => {
+            let Response::FriendRequests { incoming, outgoing } =
+                broker_call(home, Request::FriendRequests).await?
+            else {
+                bail!("unexpected answer")
+            };
+            if json {
+                let all: Vec<Value> = incoming
+                    .iter()
+                    .map(|r| output::request_json(r, "incoming"))
+                    .chain(outgoing.iter().map(|r| output::request_json(r, "outgoing")))
+                    .collect();
+                print_json(&all);
+            } else if incoming.is_empty() && outgoing.is_empty() {
+                println!("no pending friend requests");
+            } else {
+                for r in &incoming {
+                    println!(
+                        "from {:<24} {}  {:?}  (`peer friends accept {}`)",
+                        r.user.username,
+                        output::time(r.created_at),
+                        r.message,
+                        r.user.username
+                    );
+                }
+                for r in &outgoing {
+                    println!(
+                        "to   {:<24} {}  {:?}  (waiting)",
+                        r.user.username,
+                        output::time(r.created_at),
+                        r.message
+                    );
+                }
+            }
+        }
+        FriendsCmd::Accept { user } => {
+            expect_broker_ok(
+                broker_call(
+                    home,
+                    Request::FriendAccept {
+                        username: user.clone(),
+                    },
+                )
+                .await?,
+            )?;
+            println!("you and {user} are friends now");
+        }
+        FriendsCmd::Decline { user } => {
+            expect_broker_ok(
+                broker_call(
+                    home,
+                    Request::FriendDecline {
+                        username: user.clone(),
+                    },
+                )
+                .await?,
+            )?;
+            println!("declined {user}'s request");
+        }
+        FriendsCmd::Remove { user } => {
+            expect_broker_ok(
+                broker_call(
+                    home,
+                    Request::FriendRemove {
+                        username: user.clone(),
+                    },
+                )
+                .await?,
+            )?;
+            println!("{user} is no longer your friend");
+        }
+        FriendsCmd::Remark { user, alias } => {
+            validate::text("alias", &alias, validate::MAX_NAME_CHARS)?;
+            expect_broker_ok(
+                broker_call(
+                    home,
+                    Request::FriendRemark {
+                        username: user.clone(),
+                        remark: alias,
+                    },
+                )
+                .await?,
+            )?;
+            println!("alias for {user} saved");
+        }
+    }
+    Ok(())
+}
+
+fn print_friends(list: &[FriendInfo], json: bool) {
+    if json {
+        print_json(&list.iter().map(output::friend_json).collect::<Vec<_>>());
+        return;
+    }
+    if list.is_empty() {
+        println!(
+            "no friends yet: find people with `peer users search TEXT`, then `peer friends add USER`"
+        );
+        return;
+    }
+    for f in list {
+        let name = match &f.remark {
+            Some(r) => format!("{} ({}, \"{}\")", f.user.username, f.user.display_name, r),
+            None => format!("{} ({})", f.user.username, f.user.display_name),
+        };
+        let presence = match (f.online, f.since) {
+            (true, Some(t)) => format!("online since {}", output::time(t)),
+            (true, None) => "online".to_string(),
+            (false, Some(t)) => format!("offline, last seen {}", output::time(t)),
+            (false, None) => "offline".to_string(),
+        };
+        println!("{name:<48} {presence}");
+    }
+}

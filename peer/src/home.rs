@@ -1,0 +1,164 @@
+//! The peer's home directory: device identity, settings (broker, pinned fingerprint, token) and its SQLite
+//! database. Everything secret is 0600 in a 0700 directory.
+
+use anyhow::{Context, Result, bail};
+use certs::{Fingerprint, Identity};
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use std::path::{Path, PathBuf};
+
+/// Schema steps, applied in order; the index + 1 is the version stored in `PRAGMA user_version`.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_settings.sql")];
+
+/// An opened home directory.
+pub(crate) struct Home {
+    pub(crate) dir: PathBuf,
+    pub(crate) db: SqlitePool,
+}
+
+/// What `register`/`login` store and `up` needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Account {
+    pub(crate) username: String,
+    pub(crate) broker: String,
+    pub(crate) broker_fingerprint: Fingerprint,
+    pub(crate) token: String,
+}
+
+impl Home {
+    /// `--home`, else `PEER_HOME` (clap fills both), else the platform's data directory.
+    pub(crate) fn resolve(arg: Option<PathBuf>) -> Result<PathBuf> {
+        if let Some(p) = arg {
+            return Ok(p);
+        }
+        let dirs = directories::ProjectDirs::from("", "", "p2pim")
+            .context("no home directory found: pass --home DIR or set PEER_HOME")?;
+        Ok(dirs.data_dir().to_path_buf())
+    }
+
+    /// Opens (creating if needed) the home directory and its database.
+    pub(crate) async fn open(dir: &Path) -> Result<Self> {
+        certs::secret_file::private_dir(dir)
+            .with_context(|| format!("cannot create home directory {}", dir.display()))?;
+        let db_path = dir.join("peer.db");
+        if !db_path.exists() {
+            certs::secret_file::owner_only()
+                .truncate(false)
+                .open(&db_path)?;
+        }
+        certs::secret_file::restrict(&db_path)?;
+        let opts = SqliteConnectOptions::new()
+            .filename(&db_path)
+            .create_if_missing(true);
+        let db = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .with_context(|| format!("cannot open {}", db_path.display()))?;
+        let home = Self {
+            dir: dir.to_path_buf(),
+            db,
+        };
+        home.migrate().await?;
+        Ok(home)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let current: i64 = sqlx::query("PRAGMA user_version")
+            .fetch_one(&self.db)
+            .await?
+            .try_get(0)?;
+        for (i, script) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let mut tx = self.db.begin().await?;
+            for stmt in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::query(sqlx::AssertSqlSafe(stmt.to_string()))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "PRAGMA user_version = {}",
+                i + 1
+            )))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// This device's identity, made on first use.
+    pub(crate) fn identity(&self) -> Result<Identity> {
+        Ok(Identity::load_or_create(
+            &self.dir,
+            "identity",
+            "p2pim-peer",
+        )?)
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.db)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    pub(crate) async fn set(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn delete(&self, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM settings WHERE key = ?")
+            .bind(key)
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// The broker fingerprint pinned for `broker`, if this home has talked to that broker before.
+    pub(crate) async fn pinned(&self, broker: &str) -> Result<Option<Fingerprint>> {
+        if self.get("broker").await?.as_deref() != Some(broker) {
+            return Ok(None);
+        }
+        Ok(match self.get("broker_fingerprint").await? {
+            Some(fp) => Some(fp.parse()?),
+            None => None,
+        })
+    }
+
+    /// Stores a fresh login.
+    pub(crate) async fn save_account(&self, a: &Account) -> Result<()> {
+        self.set("username", &a.username).await?;
+        self.set("broker", &a.broker).await?;
+        self.set("broker_fingerprint", &a.broker_fingerprint.to_string())
+            .await?;
+        self.set("token", &a.token).await
+    }
+
+    /// The stored login, or what to do about its absence.
+    pub(crate) async fn account(&self) -> Result<Account> {
+        let (Some(username), Some(broker), Some(fp)) = (
+            self.get("username").await?,
+            self.get("broker").await?,
+            self.get("broker_fingerprint").await?,
+        ) else {
+            bail!(
+                "this home has no account yet: run `peer register USER --broker HOST:PORT` or `peer login USER --broker HOST:PORT`"
+            );
+        };
+        let Some(token) = self.get("token").await? else {
+            bail!("logged out: run `peer login {username} --broker {broker}`");
+        };
+        Ok(Account {
+            username,
+            broker,
+            broker_fingerprint: fp.parse()?,
+            token,
+        })
+    }
+}

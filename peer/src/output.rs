@@ -1,0 +1,156 @@
+//! How the CLI shows things: readable lines for people, flat JSON objects for scripts (`--json`).
+//!
+//! The wire types cannot carry serde attributes (bincode would mis-encode them), so the JSON shape is
+//! built here, one flat object per item, with a `type` field on events.
+
+use serde_json::{Value, json};
+use shared::control::{AgentEvent, AgentStatus};
+use shared::proto::{Event, FriendInfo, FriendRequestInfo, Millis, UserInfo};
+
+/// Local wall-clock time of a timestamp, to the second.
+pub(crate) fn time(ms: Millis) -> String {
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+        return ms.to_string();
+    };
+    let t = time::UtcOffset::current_local_offset()
+        .map(|o| t.to_offset(o))
+        .unwrap_or(t);
+    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    t.format(&fmt).unwrap_or_else(|_| ms.to_string())
+}
+
+pub(crate) fn user_json(u: &UserInfo) -> Value {
+    json!({ "username": u.username, "display_name": u.display_name })
+}
+
+pub(crate) fn friend_json(f: &FriendInfo) -> Value {
+    json!({
+        "username": f.user.username,
+        "display_name": f.user.display_name,
+        "remark": f.remark,
+        "online": f.online,
+        "since": f.since,
+    })
+}
+
+pub(crate) fn request_json(r: &FriendRequestInfo, direction: &str) -> Value {
+    json!({
+        "direction": direction,
+        "username": r.user.username,
+        "display_name": r.user.display_name,
+        "message": r.message,
+        "created_at": r.created_at,
+    })
+}
+
+pub(crate) fn status_json(s: &AgentStatus) -> Value {
+    json!({
+        "username": s.username,
+        "display_name": s.display_name,
+        "broker": s.broker,
+        "broker_fingerprint": s.broker_fingerprint,
+        "device_fingerprint": s.device_fingerprint,
+        "online": s.online,
+        "session_id": s.session_id,
+        "observed_addr": s.observed_addr.map(|a| a.to_string()),
+        "local_addrs": s.local_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "since": s.since,
+        "agent_pid": s.agent_pid,
+    })
+}
+
+/// One watch event as a flat JSON object with a `type`.
+pub(crate) fn event_json(e: &AgentEvent) -> Value {
+    match e {
+        AgentEvent::Connected { observed_addr, at } => {
+            json!({ "type": "connected", "observed_addr": observed_addr.to_string(), "at": at })
+        }
+        AgentEvent::Disconnected { reason, at } => {
+            json!({ "type": "disconnected", "reason": reason, "at": at })
+        }
+        AgentEvent::Broker { event, at } => {
+            let mut v = match event {
+                Event::FriendRequest {
+                    from,
+                    message,
+                    created_at,
+                } => json!({
+                    "type": "friend_request", "username": from.username, "display_name": from.display_name,
+                    "message": message, "created_at": created_at,
+                }),
+                Event::FriendAccepted { friend } => json!({
+                    "type": "friend_accepted", "username": friend.username, "display_name": friend.display_name,
+                }),
+                Event::FriendRemoved { username } => {
+                    json!({ "type": "friend_removed", "username": username })
+                }
+                Event::Presence {
+                    username,
+                    online,
+                    at,
+                } => json!({
+                    "type": if *online { "friend_online" } else { "friend_offline" },
+                    "username": username, "online": online, "changed_at": at,
+                }),
+                Event::FriendProfile { friend } => json!({
+                    "type": "friend_profile", "username": friend.username, "display_name": friend.display_name,
+                }),
+                Event::SessionRevoked => json!({ "type": "session_revoked" }),
+            };
+            v["at"] = json!(at);
+            v
+        }
+    }
+}
+
+/// One watch event as a line for people.
+pub(crate) fn event_line(e: &AgentEvent) -> String {
+    match e {
+        AgentEvent::Connected { observed_addr, at } => format!(
+            "{} connected to the broker (seen as {observed_addr})",
+            time(*at)
+        ),
+        AgentEvent::Disconnected { reason, at } => format!(
+            "{} disconnected from the broker: {reason}; reconnecting",
+            time(*at)
+        ),
+        AgentEvent::Broker { event, at } => {
+            let t = time(*at);
+            match event {
+                Event::FriendRequest { from, message, .. } => {
+                    let msg = if message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": \"{message}\"")
+                    };
+                    format!(
+                        "{t} friend request from {} ({}){msg} (accept: `peer friends accept {}`)",
+                        from.username, from.display_name, from.username
+                    )
+                }
+                Event::FriendAccepted { friend } => format!(
+                    "{t} you and {} ({}) are friends now",
+                    friend.username, friend.display_name
+                ),
+                Event::FriendRemoved { username } => {
+                    format!("{t} {username} is no longer your friend")
+                }
+                Event::Presence {
+                    username,
+                    online: true,
+                    ..
+                } => format!("{t} {username} is online"),
+                Event::Presence {
+                    username,
+                    online: false,
+                    ..
+                } => format!("{t} {username} went offline"),
+                Event::FriendProfile { friend } => format!(
+                    "{t} {} is now called {}",
+                    friend.username, friend.display_name
+                ),
+                Event::SessionRevoked => format!("{t} this session was revoked; log in again"),
+            }
+        }
+    }
+}
