@@ -309,6 +309,9 @@ impl Agent {
 
     async fn watch(&self, mut stream: Box<dyn Duplex>) -> Result<()> {
         let mut rx = self.events.subscribe();
+        // Tells the watcher it is subscribed: nothing from here on is missed.
+        let status = lock(&self.status).clone();
+        write_frame(&mut stream, &ControlResponse::Status(status)).await?;
         loop {
             let event = match rx.recv().await {
                 Ok(e) => e,

@@ -397,6 +397,14 @@ async fn watch(home: &Home, json: bool) -> Result<()> {
         match resp {
             ControlResponse::Event(e) if json => writeln!(out, "{}", output::event_json(&e))?,
             ControlResponse::Event(e) => writeln!(out, "{}", output::event_line(&e))?,
+            ControlResponse::Status(s) if json => writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "type": "watching", "username": s.username, "online": s.online })
+            )?,
+            ControlResponse::Status(s) => {
+                writeln!(out, "watching events for {}; Ctrl-C to stop", s.username)?
+            }
             ControlResponse::Error(e) => eprintln!("peer: {e}"),
             _ => {}
         }

@@ -180,7 +180,10 @@ mod tests {
         bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff]);
         let mut d = Decoder::new();
         d.push(&bytes);
-        assert!(matches!(d.next_frame::<Request>(), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            d.next_frame::<Request>(),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[test]

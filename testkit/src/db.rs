@@ -1,0 +1,183 @@
+//! Fresh databases per test, on every backend the run was given.
+//!
+//! SQLite always runs. PostgreSQL and MariaDB/MySQL run when `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` name a
+//! server; each test then creates a database with a random name there and drops it afterwards. With
+//! `TEST_REQUIRE_ALL_DBS=1` (set by `.ci/run`) a missing URL fails the run instead of narrowing it.
+
+use sqlx::Connection;
+use std::path::Path;
+
+/// A database server a test can run the broker on.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+    MySql(String),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres(_) => "postgres",
+            Self::MySql(_) => "mysql",
+        }
+    }
+}
+
+/// The backends of this run: SQLite, plus each server whose URL is set.
+pub fn backends() -> Vec<Backend> {
+    let mut out = vec![Backend::Sqlite];
+    let require = std::env::var("TEST_REQUIRE_ALL_DBS").is_ok_and(|v| v == "1");
+    for (var, make) in [
+        (
+            "TEST_POSTGRES_URL",
+            Backend::Postgres as fn(String) -> Backend,
+        ),
+        ("TEST_MYSQL_URL", Backend::MySql as fn(String) -> Backend),
+    ] {
+        match std::env::var(var) {
+            Ok(url) if !url.is_empty() => out.push(make(url)),
+            _ if require => panic!("TEST_REQUIRE_ALL_DBS=1 but {var} is not set"),
+            _ => eprintln!("note: {var} not set; this run covers SQLite without that server"),
+        }
+    }
+    out
+}
+
+/// A database made for one test, dropped with it.
+pub struct TestDb {
+    pub url: String,
+    admin_url: Option<String>,
+    name: String,
+}
+
+/// Runs `fut` to completion on a thread of its own, so that it works from sync and async tests alike.
+fn block_on<F: std::future::Future<Output = ()> + Send + 'static>(fut: F) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(fut)
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+fn random_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("t_{}_{}", std::process::id(), nanos % 1_000_000_000_000)
+}
+
+/// `scheme://user@host:port/db?x` with the database name swapped.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    format!("{root}/{name}{query}")
+}
+
+impl TestDb {
+    /// A new empty database on `backend`; for SQLite a file in `dir`.
+    pub fn create(backend: &Backend, dir: &Path) -> Self {
+        let name = random_name();
+        match backend {
+            Backend::Sqlite => Self {
+                url: format!("sqlite:{}?mode=rwc", dir.join("broker.db").display()),
+                admin_url: None,
+                name,
+            },
+            Backend::Postgres(admin) => {
+                let (admin2, name2) = (admin.clone(), name.clone());
+                block_on(async move {
+                    let mut c = sqlx::PgConnection::connect(&admin2)
+                        .await
+                        .expect("connect to TEST_POSTGRES_URL");
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name2}")))
+                        .execute(&mut c)
+                        .await
+                        .unwrap();
+                });
+                Self {
+                    url: with_database(admin, &name),
+                    admin_url: Some(admin.clone()),
+                    name,
+                }
+            }
+            Backend::MySql(admin) => {
+                let (admin2, name2) = (admin.clone(), name.clone());
+                block_on(async move {
+                    let mut c = sqlx::MySqlConnection::connect(&admin2)
+                        .await
+                        .expect("connect to TEST_MYSQL_URL");
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "CREATE DATABASE {name2} CHARACTER SET utf8mb4"
+                    )))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                });
+                Self {
+                    url: with_database(admin, &name),
+                    admin_url: Some(admin.clone()),
+                    name,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(admin) = &self.admin_url else { return };
+        let name = self.name.clone();
+        let admin = admin.clone();
+        // Best effort: a leftover database only costs disk on a test server.
+        block_on(async move {
+            if admin.starts_with("postgres") {
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut c)
+                    .await;
+                }
+            } else if let Ok(mut c) = sqlx::MySqlConnection::connect(&admin).await {
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name}"
+                )))
+                .execute(&mut c)
+                .await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_swapped_in_url() {
+        assert_eq!(
+            super::with_database("postgres://u@h:5432/test", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            super::with_database("mysql://root@127.0.0.1:3306/test?ssl-mode=disabled", "x"),
+            "mysql://root@127.0.0.1:3306/x?ssl-mode=disabled"
+        );
+        assert_eq!(
+            super::with_database("mysql://root@127.0.0.1:3306", "x"),
+            "mysql://root@127.0.0.1:3306/x"
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! Test harness for the integration suites: runs the real `broker` and `peer` binaries on loopback with
+//! temporary directories and random ports, and gives each test fresh databases of its own.
+//!
+//! Every process started here is killed when its handle drops, so a failing test leaves nothing running.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod db;
+mod proc;
+
+pub use db::{Backend, TestDb, backends};
+pub use proc::{Agent, Broker, Peer, WAIT, Watch, bin};
+
+/// Password used for test accounts.
+pub const PASSWORD: &str = "correct horse battery";

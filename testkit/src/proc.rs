@@ -1,0 +1,485 @@
+//! The real binaries as child processes.
+
+use crate::PASSWORD;
+use crate::db::{Backend, TestDb};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// Generous bound for anything a test waits for; a liveness limit, not a performance assertion.
+pub const WAIT: Duration = Duration::from_secs(40);
+
+/// Path of a workspace binary (`broker`, `peer`), built by `cargo test` at the workspace root.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
+}
+
+/// A running broker with its own data directory and database.
+pub struct Broker {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+    pub data: TempDir,
+    pub db: TestDb,
+    pub backend: &'static str,
+}
+
+impl Broker {
+    /// Starts a broker on `127.0.0.1:0` over a fresh database on `backend`.
+    pub fn start(backend: &Backend) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let db = TestDb::create(backend, data.path());
+        let (child, addr, fingerprint) =
+            spawn_broker(data.path(), &db.url, "127.0.0.1:0".parse().unwrap(), &[]);
+        Self {
+            child: Some(child),
+            addr,
+            fingerprint,
+            data,
+            db,
+            backend: backend.name(),
+        }
+    }
+
+    /// Starts a broker with extra flags.
+    pub fn start_with(backend: &Backend, extra: &[&str]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let db = TestDb::create(backend, data.path());
+        let (child, addr, fingerprint) =
+            spawn_broker(data.path(), &db.url, "127.0.0.1:0".parse().unwrap(), extra);
+        Self {
+            child: Some(child),
+            addr,
+            fingerprint,
+            data,
+            db,
+            backend: backend.name(),
+        }
+    }
+
+    /// `127.0.0.1:PORT`, as peers are told.
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same port, data and database.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, addr, fingerprint) =
+            spawn_broker(self.data.path(), &self.db.url, self.addr, &[]);
+        assert_eq!(
+            fingerprint, self.fingerprint,
+            "identity must survive a restart"
+        );
+        self.child = Some(child);
+        self.addr = addr;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        signal(&c, "TERM");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("broker.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_broker(
+    data: &Path,
+    db_url: &str,
+    listen: SocketAddr,
+    extra: &[&str],
+) -> (Child, SocketAddr, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.join("broker.log"))
+        .unwrap();
+    let mut child = Command::new(bin("broker"))
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--data")
+        .arg(data)
+        .arg("--database")
+        .arg(db_url)
+        .args(extra)
+        .env("BROKER_ARGON2_MEMORY_KIB", "1024")
+        .env("BROKER_ARGON2_ITERATIONS", "1")
+        .env("BROKER_LOG", "info,broker=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+        let log = std::fs::read_to_string(data.join("broker.log")).unwrap_or_default();
+        panic!("broker did not become ready; log:\n{log}")
+    });
+    // "broker listening on 127.0.0.1:PORT fingerprint HEX"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "on").unwrap();
+    let addr = words[at + 1].parse().unwrap();
+    let fingerprint =
+        words[words.iter().position(|w| *w == "fingerprint").unwrap() + 1].to_string();
+    (child, addr, fingerprint)
+}
+
+/// One device: a home directory and the CLI run against it.
+pub struct Peer {
+    pub home: TempDir,
+    pub broker: String,
+    pub username: String,
+}
+
+impl Peer {
+    /// A device with an empty home, pointed at `broker`.
+    pub fn new(broker: &Broker) -> Self {
+        Self {
+            home: tempfile::tempdir().unwrap(),
+            broker: broker.address(),
+            username: String::new(),
+        }
+    }
+
+    /// A device registered as `username` (display name = username).
+    pub fn registered(broker: &Broker, username: &str) -> Self {
+        let mut p = Self::new(broker);
+        p.register(username, username);
+        p
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("peer"));
+        c.arg("--home")
+            .arg(self.home.path())
+            .args(args)
+            .env("PEER_LOG", "warn")
+            .env_remove("PEER_PASSWORD");
+        c
+    }
+
+    /// Runs the CLI with `stdin` as its standard input.
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "`peer {}` failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "`peer {}` should have failed but printed {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// Runs a `--json` command and parses its output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    pub fn register(&mut self, username: &str, display_name: &str) {
+        let out = self.run_with_stdin(
+            &[
+                "register",
+                username,
+                "--broker",
+                &self.broker,
+                "--display-name",
+                display_name,
+                "--password-stdin",
+            ],
+            &format!("{PASSWORD}\n"),
+        );
+        assert!(
+            out.status.success(),
+            "register {username}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.username = username.to_string();
+    }
+
+    /// `peer login` with a password; returns the output.
+    pub fn login(&self, username: &str, password: &str) -> Output {
+        self.run_with_stdin(
+            &[
+                "login",
+                username,
+                "--broker",
+                &self.broker,
+                "--password-stdin",
+            ],
+            &format!("{password}\n"),
+        )
+    }
+
+    /// Starts the agent and waits until it is online.
+    pub fn up(&self) -> Agent {
+        let agent = self.start_agent();
+        self.wait_status(|s| s["online"] == Value::Bool(true), "agent online");
+        agent
+    }
+
+    /// Starts the agent without waiting for it.
+    pub fn start_agent(&self) -> Agent {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.path().join("agent.log"))
+            .unwrap();
+        let child = self
+            .command(&["up", "--bind", "127.0.0.1:0"])
+            .env("PEER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Agent { child: Some(child) }
+    }
+
+    /// Polls `peer status --json` until `pred` holds.
+    pub fn wait_status(&self, pred: impl Fn(&Value) -> bool, what: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = self.run(&["status", "--json"]);
+            if out.status.success() {
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+                if pred(&v) {
+                    return v;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; agent log:\n{}",
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts `peer watch --json` and waits until it is subscribed.
+    pub fn watch(&self) -> Watch {
+        let mut child = self
+            .command(&["watch", "--json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let w = Watch {
+            child,
+            rx,
+            seen: Default::default(),
+        };
+        w.expect("watch subscribed", |v| v["type"] == "watching");
+        w
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+/// A running `peer up`.
+pub struct Agent {
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// SIGKILL: the agent vanishes without a goodbye, as on a crash or power loss.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait: a clean stop.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        signal(&c, "TERM");
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        false
+    }
+
+    /// Waits for the agent to exit by itself; returns its success.
+    pub fn wait_exit(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        panic!("agent did not exit");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A running `peer watch --json`, its events read as they come.
+pub struct Watch {
+    child: Child,
+    rx: mpsc::Receiver<Value>,
+    seen: std::cell::RefCell<Vec<Value>>,
+}
+
+impl Watch {
+    /// Waits for an event matching `pred` (earlier non-matching events are kept for `none`); panics after
+    /// [`WAIT`] with everything seen.
+    pub fn expect(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) if pred(&v) => return v,
+                Ok(v) => self.seen.borrow_mut().push(v),
+                Err(_) => panic!("no event {what}; saw {:#?}", self.seen.borrow()),
+            }
+        }
+    }
+
+    /// Waits for an event of `kind` about `username`.
+    pub fn expect_event(&self, kind: &str, username: &str) -> Value {
+        self.expect(&format!("{kind} {username}"), |v| {
+            v["type"] == kind && v["username"] == username
+        })
+    }
+
+    /// Everything received so far that no `expect` consumed, after draining what is queued now.
+    pub fn drain(&self) -> Vec<Value> {
+        while let Ok(v) = self.rx.try_recv() {
+            self.seen.borrow_mut().push(v);
+        }
+        self.seen.borrow().clone()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
