@@ -25,10 +25,7 @@ pub struct HashCost {
 
 impl Default for HashCost {
     fn default() -> Self {
-        Self {
-            memory_kib: 19 * 1024,
-            iterations: 2,
-        }
+        Self { memory_kib: 19 * 1024, iterations: 2 }
     }
 }
 
@@ -78,17 +75,12 @@ pub struct Accounts {
 
 impl Accounts {
     pub fn new(db: Db, cost: HashCost, token_ttl: Duration) -> Result<Arc<Self>, AccountError> {
-        let params = Params::new(cost.memory_kib, cost.iterations, 1, None)
-            .map_err(|e| AccountError::Hash(e.to_string()))?;
+        let params =
+            Params::new(cost.memory_kib, cost.iterations, 1, None).map_err(|e| AccountError::Hash(e.to_string()))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let decoy_hash = argon
-            .hash_password(&random_bytes::<16>())
-            .map_err(|e| AccountError::Hash(e.to_string()))?
-            .to_string();
-        let permits = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            * 2;
+        let decoy_hash =
+            argon.hash_password(&random_bytes::<16>()).map_err(|e| AccountError::Hash(e.to_string()))?.to_string();
+        let permits = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) * 2;
         Ok(Arc::new(Self {
             db,
             argon,
@@ -101,12 +93,7 @@ impl Accounts {
     }
 
     /// Creates an account and issues its first token.
-    pub async fn register(
-        &self,
-        username: &str,
-        display_name: &str,
-        password: &str,
-    ) -> Result<Issued, AccountError> {
+    pub async fn register(&self, username: &str, display_name: &str, password: &str) -> Result<Issued, AccountError> {
         validate::username(username)?;
         validate::display_name(display_name)?;
         validate::password(password)?;
@@ -132,20 +119,12 @@ impl Accounts {
 
     /// Checks a password and issues a token. Unknown users and wrong passwords are the same error, and both
     /// count towards the per-account and per-address limits.
-    pub async fn login(
-        &self,
-        username: &str,
-        password: &str,
-        from: IpAddr,
-    ) -> Result<Issued, AccountError> {
+    pub async fn login(&self, username: &str, password: &str, from: IpAddr) -> Result<Issued, AccountError> {
         let now = Instant::now();
         let user_key = username.to_string();
         self.check_limits(&user_key, from, now)?;
-        let stored = if password.len() > validate::MAX_PASSWORD_BYTES {
-            None
-        } else {
-            self.password_hash(username).await?
-        };
+        let stored =
+            if password.len() > validate::MAX_PASSWORD_BYTES { None } else { self.password_hash(username).await? };
         let ok = match &stored {
             Some(hash) => self.verify(password, hash).await?,
             None => {
@@ -181,13 +160,7 @@ impl Accounts {
             self.revoke(&token_hash).await?;
             return Err(ErrorCode::InvalidToken.into());
         }
-        Ok(TokenOwner {
-            user: UserInfo {
-                username: row.try_get(0)?,
-                display_name: row.try_get(1)?,
-            },
-            token_hash,
-        })
+        Ok(TokenOwner { user: UserInfo { username: row.try_get(0)?, display_name: row.try_get(1)? }, token_hash })
     }
 
     /// Revokes one token (logout).
@@ -221,54 +194,38 @@ impl Accounts {
         }
         let new_hash = self.hash(new).await?;
         let mut tx = self.db.pool.begin().await?;
-        sqlx::query(
-            self.db
-                .sql("UPDATE users SET password_hash = ? WHERE username = ?"),
-        )
-        .bind(new_hash)
-        .bind(username)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            self.db
-                .sql("DELETE FROM tokens WHERE username = ? AND token_hash <> ?"),
-        )
-        .bind(username)
-        .bind(keep)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(self.db.sql("UPDATE users SET password_hash = ? WHERE username = ?"))
+            .bind(new_hash)
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(self.db.sql("DELETE FROM tokens WHERE username = ? AND token_hash <> ?"))
+            .bind(username)
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         tracing::info!(user = username, "password changed; other sessions revoked");
         Ok(())
     }
 
     /// Changes a display name.
-    pub async fn set_display_name(
-        &self,
-        username: &str,
-        display_name: &str,
-    ) -> Result<(), AccountError> {
+    pub async fn set_display_name(&self, username: &str, display_name: &str) -> Result<(), AccountError> {
         validate::display_name(display_name)?;
-        sqlx::query(
-            self.db
-                .sql("UPDATE users SET display_name = ?, search_key = ? WHERE username = ?"),
-        )
-        .bind(display_name)
-        .bind(search_key(username, display_name))
-        .bind(username)
-        .execute(&self.db.pool)
-        .await?;
+        sqlx::query(self.db.sql("UPDATE users SET display_name = ?, search_key = ? WHERE username = ?"))
+            .bind(display_name)
+            .bind(search_key(username, display_name))
+            .bind(username)
+            .execute(&self.db.pool)
+            .await?;
         Ok(())
     }
 
     fn check_limits(&self, user: &String, from: IpAddr, now: Instant) -> Result<(), ErrorCode> {
-        let wait = [
-            lock(&self.by_user).check(user, now),
-            lock(&self.by_addr).check(&from, now),
-        ]
-        .into_iter()
-        .filter_map(Result::err)
-        .max();
+        let wait = [lock(&self.by_user).check(user, now), lock(&self.by_addr).check(&from, now)]
+            .into_iter()
+            .filter_map(Result::err)
+            .max();
         match wait {
             Some(retry_after_secs) => Err(ErrorCode::RateLimited { retry_after_secs }),
             None => Ok(()),
@@ -281,13 +238,10 @@ impl Accounts {
     }
 
     async fn password_hash(&self, username: &str) -> Result<Option<String>, AccountError> {
-        let row = sqlx::query(
-            self.db
-                .sql("SELECT password_hash FROM users WHERE username = ?"),
-        )
-        .bind(username)
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let row = sqlx::query(self.db.sql("SELECT password_hash FROM users WHERE username = ?"))
+            .bind(username)
+            .fetch_optional(&self.db.pool)
+            .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
@@ -295,9 +249,9 @@ impl Accounts {
         let token = hex(&random_bytes::<32>());
         let now = now_ms();
         let expires_at = now + self.token_ttl.as_millis() as i64;
-        sqlx::query(self.db.sql(
-            "INSERT INTO tokens (token_hash, username, created_at, expires_at) VALUES (?, ?, ?, ?)",
-        ))
+        sqlx::query(
+            self.db.sql("INSERT INTO tokens (token_hash, username, created_at, expires_at) VALUES (?, ?, ?, ?)"),
+        )
         .bind(sha256_hex(token.as_bytes()))
         .bind(username)
         .bind(now)
@@ -311,23 +265,19 @@ impl Accounts {
         let _permit = self.hashing.acquire().await.map_err(|_| ErrorCode::Busy)?;
         let argon = self.argon.clone();
         let pw = password.to_string();
-        tokio::task::spawn_blocking(move || {
-            argon.hash_password(pw.as_bytes()).map(|h| h.to_string())
-        })
-        .await
-        .map_err(|e| AccountError::Hash(e.to_string()))?
-        .map_err(|e| AccountError::Hash(e.to_string()))
+        tokio::task::spawn_blocking(move || argon.hash_password(pw.as_bytes()).map(|h| h.to_string()))
+            .await
+            .map_err(|e| AccountError::Hash(e.to_string()))?
+            .map_err(|e| AccountError::Hash(e.to_string()))
     }
 
     async fn verify(&self, password: &str, hash: &str) -> Result<bool, AccountError> {
         let _permit = self.hashing.acquire().await.map_err(|_| ErrorCode::Busy)?;
         let argon = self.argon.clone();
         let (pw, hash) = (password.to_string(), hash.to_string());
-        tokio::task::spawn_blocking(move || {
-            argon.verify_password(pw.as_bytes(), hash.as_str()).is_ok()
-        })
-        .await
-        .map_err(|e| AccountError::Hash(e.to_string()))
+        tokio::task::spawn_blocking(move || argon.verify_password(pw.as_bytes(), hash.as_str()).is_ok())
+            .await
+            .map_err(|e| AccountError::Hash(e.to_string()))
     }
 }
 
@@ -345,9 +295,7 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     // The system RNG failing is not recoverable for a security service; ring documents it as practically
     // impossible on supported platforms.
-    ring::rand::SystemRandom::new()
-        .fill(&mut b)
-        .expect("system random number generator failed");
+    ring::rand::SystemRandom::new().fill(&mut b).expect("system random number generator failed");
     b
 }
 

@@ -60,16 +60,13 @@ pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
 
 fn device_fingerprint(quic: &quinn::Connection) -> Option<Fingerprint> {
     let identity = quic.peer_identity()?;
-    let certs = identity
-        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
+    let certs = identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
     certs.first().map(|c| Fingerprint::of(c))
 }
 
 impl Conn {
     async fn stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let read =
-            tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame::<Request, _>(&mut recv)).await;
+        let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame::<Request, _>(&mut recv)).await;
         let response = match read {
             Ok(Ok(Some(req))) => {
                 let kind = req.kind();
@@ -117,36 +114,17 @@ impl Conn {
         let from = self.quic.remote_address().ip();
         Ok(match req {
             Request::Ping => Response::Pong,
-            Request::Register {
-                username,
-                display_name,
-                password,
-            } => {
-                let t = ctx
-                    .accounts
-                    .register(&username, &display_name, &password)
-                    .await?;
-                Response::Token {
-                    username,
-                    token: t.token,
-                    expires_at: t.expires_at,
-                }
+            Request::Register { username, display_name, password } => {
+                let t = ctx.accounts.register(&username, &display_name, &password).await?;
+                Response::Token { username, token: t.token, expires_at: t.expires_at }
             }
             Request::Login { username, password } => {
                 let t = ctx.accounts.login(&username, &password, from).await?;
-                Response::Token {
-                    username,
-                    token: t.token,
-                    expires_at: t.expires_at,
-                }
+                Response::Token { username, token: t.token, expires_at: t.expires_at }
             }
             Request::Hello { token, local_addrs } => self.hello(&token, local_addrs).await?,
             Request::Logout => {
-                let hash = self
-                    .token_hash
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
+                let hash = self.token_hash.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if let Some(hash) = hash {
                     ctx.accounts.revoke(&hash).await?;
                 }
@@ -155,14 +133,12 @@ impl Conn {
                 tracing::info!(user = me, session = session_id, "logged out");
                 Response::Ok
             }
-            Request::SearchUsers {
-                query,
-                offset,
-                limit,
-            } => Response::Users(ctx.friends.search(&me, &query, offset, limit).await?),
-            Request::FriendAdd { username, message } => Response::FriendAdded {
-                now_friends: ctx.friends.add(&me, &username, &message).await?,
-            },
+            Request::SearchUsers { query, offset, limit } => {
+                Response::Users(ctx.friends.search(&me, &query, offset, limit).await?)
+            }
+            Request::FriendAdd { username, message } => {
+                Response::FriendAdded { now_friends: ctx.friends.add(&me, &username, &message).await? }
+            }
             Request::FriendRequests => {
                 let (incoming, outgoing) = ctx.friends.requests(&me).await?;
                 Response::FriendRequests { incoming, outgoing }
@@ -186,47 +162,28 @@ impl Conn {
             Request::Friends => Response::Friends(ctx.friends.list(&me).await?),
             Request::SetDisplayName { display_name } => {
                 ctx.accounts.set_display_name(&me, &display_name).await?;
-                let user = shared::proto::UserInfo {
-                    username: me.clone(),
-                    display_name,
-                };
+                let user = shared::proto::UserInfo { username: me.clone(), display_name };
                 ctx.friends.announce_profile(&user).await?;
                 Response::Ok
             }
             Request::ChangePassword { old, new } => {
-                let keep = self
-                    .token_hash
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone()
-                    .unwrap_or_default();
-                ctx.accounts
-                    .change_password(&me, &old, &new, &keep, from)
-                    .await?;
-                ctx.table
-                    .close_others(&me, session_id, &Event::SessionRevoked);
+                let keep = self.token_hash.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+                ctx.accounts.change_password(&me, &old, &new, &keep, from).await?;
+                ctx.table.close_others(&me, session_id, &Event::SessionRevoked);
                 Response::Ok
             }
         })
     }
 
     /// Opens the session: checks the token, opens the event stream, adds the table row, tells friends.
-    async fn hello(
-        &self,
-        token: &str,
-        mut local_addrs: Vec<std::net::SocketAddr>,
-    ) -> Result<Response, AccountError> {
+    async fn hello(&self, token: &str, mut local_addrs: Vec<std::net::SocketAddr>) -> Result<Response, AccountError> {
         let mut state = self.state.lock().await;
         if *state != SessionState::Anonymous {
             return Err(ErrorCode::AlreadyInSession.into());
         }
         let owner = self.ctx.accounts.check_token(token).await?;
         local_addrs.truncate(MAX_LOCAL_ADDRS);
-        let events = self
-            .quic
-            .open_uni()
-            .await
-            .map_err(|_| ErrorCode::Internal)?;
+        let events = self.quic.open_uni().await.map_err(|_| ErrorCode::Internal)?;
         let (tx, rx) = mpsc::channel(crate::table::EVENT_QUEUE);
         tokio::spawn(write_events(events, rx, self.quic.clone()));
         let observed = self.quic.remote_address();
@@ -240,24 +197,15 @@ impl Conn {
             tx,
             self.quic.clone(),
         );
-        *state = SessionState::Online {
-            user: owner.user.username.clone(),
-            session_id,
-        };
+        *state = SessionState::Online { user: owner.user.username.clone(), session_id };
         *self.token_hash.lock().unwrap_or_else(|p| p.into_inner()) = Some(owner.token_hash);
         drop(state);
         tracing::info!(user = owner.user.username, session = session_id, %observed, device = %self.fingerprint, "online");
         if first {
-            self.ctx
-                .friends
-                .announce_presence(&owner.user.username, true, now)
-                .await?;
+            self.ctx.friends.announce_presence(&owner.user.username, true, now).await?;
         }
-        Ok(Response::Welcome {
-            session_id,
-            user: owner.user,
-            observed_addr: observed,
-        })
+        self.ctx.friends.presence_snapshot(&owner.user.username, session_id).await?;
+        Ok(Response::Welcome { session_id, user: owner.user, observed_addr: observed })
     }
 
     async fn go_offline(&self, user: &str, session_id: u64) {
@@ -271,11 +219,7 @@ impl Conn {
     }
 }
 
-async fn write_events(
-    mut send: quinn::SendStream,
-    mut rx: mpsc::Receiver<Event>,
-    quic: quinn::Connection,
-) {
+async fn write_events(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Event>, quic: quinn::Connection) {
     while let Some(ev) = rx.recv().await {
         if write_frame(&mut send, &ev).await.is_err() {
             quic.close(quinn::VarInt::from_u32(2), b"event stream failed");

@@ -68,10 +68,7 @@ impl Db {
             create_sqlite_file(&url)?;
         }
         let max = if backend == Backend::Sqlite { 4 } else { 16 };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max)
-            .connect(&url)
-            .await?;
+        let pool = AnyPoolOptions::new().max_connections(max).connect(&url).await?;
         let db = Self { pool, backend };
         db.migrate().await?;
         Ok(db)
@@ -82,13 +79,10 @@ impl Db {
         if self.backend != Backend::Postgres {
             return q;
         }
-        static CACHE: LazyLock<Mutex<HashMap<&'static str, &'static str>>> =
-            LazyLock::new(Default::default);
+        static CACHE: LazyLock<Mutex<HashMap<&'static str, &'static str>>> = LazyLock::new(Default::default);
         let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
         // Leaked once per distinct query text of this program: a bounded set.
-        cache
-            .entry(q)
-            .or_insert_with(|| Box::leak(numbered_placeholders(q).into_boxed_str()))
+        cache.entry(q).or_insert_with(|| Box::leak(numbered_placeholders(q).into_boxed_str()))
     }
 
     async fn migrate(&self) -> Result<(), DbError> {
@@ -97,17 +91,9 @@ impl Db {
             Backend::Postgres => POSTGRES,
             Backend::MySql => MYSQL,
         };
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
-            .execute(&self.pool)
-            .await?;
-        let rows: Vec<AnyRow> = sqlx::query("SELECT version FROM schema_version")
-            .fetch_all(&self.pool)
-            .await?;
-        let current = rows
-            .iter()
-            .filter_map(|r| r.try_get::<i64, _>(0).ok())
-            .max()
-            .unwrap_or(0) as usize;
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").execute(&self.pool).await?;
+        let rows: Vec<AnyRow> = sqlx::query("SELECT version FROM schema_version").fetch_all(&self.pool).await?;
+        let current = rows.iter().filter_map(|r| r.try_get::<i64, _>(0).ok()).max().unwrap_or(0) as usize;
         for (i, script) in steps.iter().enumerate().skip(current) {
             let version = i + 1;
             let mut tx = self.pool.begin().await?;
@@ -129,18 +115,14 @@ impl Db {
 }
 
 fn create_sqlite_file(url: &str) -> Result<(), DbError> {
-    let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or_default();
     if path.is_empty() || path == ":memory:" {
         return Ok(());
     }
     let path = Path::new(path);
     if !path.exists() {
-        certs::secret_file::owner_only()
-            .truncate(false)
-            .open(path)?;
+        certs::secret_file::owner_only().truncate(false).open(path)?;
     }
     certs::secret_file::restrict(path)?;
     Ok(())
@@ -164,10 +146,7 @@ fn numbered_placeholders(q: &str) -> String {
 
 /// Milliseconds since the Unix epoch, as stored.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

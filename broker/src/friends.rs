@@ -5,9 +5,7 @@
 use crate::accounts::AccountError;
 use crate::db::{Db, now_ms};
 use crate::table::Table;
-use shared::proto::{
-    ErrorCode, Event, FriendInfo, FriendRequestInfo, MAX_SEARCH_RESULTS, UserInfo,
-};
+use shared::proto::{ErrorCode, Event, FriendInfo, FriendRequestInfo, MAX_SEARCH_RESULTS, UserInfo};
 use shared::validate;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -22,10 +20,7 @@ pub struct Friends {
 }
 
 fn user_info(row: &AnyRow) -> std::result::Result<UserInfo, sqlx::Error> {
-    Ok(UserInfo {
-        username: row.try_get(0)?,
-        display_name: row.try_get(1)?,
-    })
+    Ok(UserInfo { username: row.try_get(0)?, display_name: row.try_get(1)? })
 }
 
 impl Friends {
@@ -34,13 +29,7 @@ impl Friends {
     }
 
     /// Users whose username or display name contains `query`, case-insensitively; never `me`.
-    pub async fn search(
-        &self,
-        me: &str,
-        query: &str,
-        offset: u32,
-        limit: u32,
-    ) -> Result<Vec<UserInfo>> {
+    pub async fn search(&self, me: &str, query: &str, offset: u32, limit: u32) -> Result<Vec<UserInfo>> {
         let q = query.trim();
         if q.is_empty() {
             return Err(ErrorCode::InvalidText("search text must not be empty".into()).into());
@@ -58,20 +47,13 @@ impl Friends {
         .bind(i64::from(offset))
         .fetch_all(&self.db.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(user_info)
-            .collect::<std::result::Result<_, _>>()?)
+        Ok(rows.iter().map(user_info).collect::<std::result::Result<_, _>>()?)
     }
 
     /// Asks `to` to become `me`'s friend; if `to` already asked `me`, they become friends at once.
     pub async fn add(&self, me: &str, to: &str, message: &str) -> Result<bool> {
         validate::username(to).map_err(|_| ErrorCode::UnknownUser)?;
-        validate::text(
-            "request message",
-            message,
-            validate::MAX_REQUEST_MESSAGE_CHARS,
-        )?;
+        validate::text("request message", message, validate::MAX_REQUEST_MESSAGE_CHARS)?;
         if me == to {
             return Err(ErrorCode::SelfRequest.into());
         }
@@ -89,9 +71,9 @@ impl Friends {
             return Err(ErrorCode::RequestPending.into());
         }
         let created_at = now_ms();
-        let res = sqlx::query(self.db.sql(
-            "INSERT INTO friend_requests (from_user, to_user, message, created_at) VALUES (?, ?, ?, ?)",
-        ))
+        let res = sqlx::query(
+            self.db.sql("INSERT INTO friend_requests (from_user, to_user, message, created_at) VALUES (?, ?, ?, ?)"),
+        )
         .bind(me)
         .bind(&target.username)
         .bind(message)
@@ -104,23 +86,12 @@ impl Friends {
             other => other?,
         };
         let from = self.user(me).await?.ok_or(ErrorCode::UnknownUser)?;
-        self.table.push(
-            to,
-            &Event::FriendRequest {
-                from,
-                message: message.to_string(),
-                created_at,
-            },
-            None,
-        );
+        self.table.push(to, &Event::FriendRequest { from, message: message.to_string(), created_at });
         Ok(false)
     }
 
     /// Pending requests to and from `me`.
-    pub async fn requests(
-        &self,
-        me: &str,
-    ) -> Result<(Vec<FriendRequestInfo>, Vec<FriendRequestInfo>)> {
+    pub async fn requests(&self, me: &str) -> Result<(Vec<FriendRequestInfo>, Vec<FriendRequestInfo>)> {
         let incoming = self
             .request_rows(
                 "SELECT u.username, u.display_name, r.message, r.created_at FROM friend_requests r \
@@ -149,14 +120,11 @@ impl Friends {
     /// Declines the pending request from `from`. The requester is not told (as in most messengers): their
     /// request simply stops being pending.
     pub async fn decline(&self, me: &str, from: &str) -> Result<()> {
-        let res = sqlx::query(
-            self.db
-                .sql("DELETE FROM friend_requests WHERE from_user = ? AND to_user = ?"),
-        )
-        .bind(from)
-        .bind(me)
-        .execute(&self.db.pool)
-        .await?;
+        let res = sqlx::query(self.db.sql("DELETE FROM friend_requests WHERE from_user = ? AND to_user = ?"))
+            .bind(from)
+            .bind(me)
+            .execute(&self.db.pool)
+            .await?;
         if res.rows_affected() == 0 {
             return Err(ErrorCode::NoSuchRequest.into());
         }
@@ -165,9 +133,9 @@ impl Friends {
 
     /// Ends the friendship on both sides at once.
     pub async fn remove(&self, me: &str, other: &str) -> Result<()> {
-        let res = sqlx::query(self.db.sql(
-            "DELETE FROM friends WHERE (owner = ? AND friend = ?) OR (owner = ? AND friend = ?)",
-        ))
+        let res = sqlx::query(
+            self.db.sql("DELETE FROM friends WHERE (owner = ? AND friend = ?) OR (owner = ? AND friend = ?)"),
+        )
         .bind(me)
         .bind(other)
         .bind(other)
@@ -177,20 +145,8 @@ impl Friends {
         if res.rows_affected() == 0 {
             return Err(ErrorCode::NotFriends.into());
         }
-        self.table.push(
-            other,
-            &Event::FriendRemoved {
-                username: me.to_string(),
-            },
-            None,
-        );
-        self.table.push(
-            me,
-            &Event::FriendRemoved {
-                username: other.to_string(),
-            },
-            None,
-        );
+        self.table.push(other, &Event::FriendRemoved { username: me.to_string() });
+        self.table.push(me, &Event::FriendRemoved { username: other.to_string() });
         Ok(())
     }
 
@@ -201,15 +157,12 @@ impl Friends {
             return Err(ErrorCode::NotFriends.into());
         }
         let remark = (!remark.trim().is_empty()).then(|| remark.trim().to_string());
-        sqlx::query(
-            self.db
-                .sql("UPDATE friends SET remark = ? WHERE owner = ? AND friend = ?"),
-        )
-        .bind(remark)
-        .bind(me)
-        .bind(friend)
-        .execute(&self.db.pool)
-        .await?;
+        sqlx::query(self.db.sql("UPDATE friends SET remark = ? WHERE owner = ? AND friend = ?"))
+            .bind(remark)
+            .bind(me)
+            .bind(friend)
+            .execute(&self.db.pool)
+            .await?;
         Ok(())
     }
 
@@ -226,12 +179,7 @@ impl Friends {
             .map(|r| {
                 let user = user_info(r)?;
                 let p = self.table.presence(&user.username);
-                Ok(FriendInfo {
-                    remark: r.try_get(2)?,
-                    online: p.online,
-                    since: p.since,
-                    user,
-                })
+                Ok(FriendInfo { remark: r.try_get(2)?, online: p.online, since: p.since, user })
             })
             .collect()
     }
@@ -242,21 +190,27 @@ impl Friends {
             .bind(me)
             .fetch_all(&self.db.pool)
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<std::result::Result<_, _>>()?)
+        Ok(rows.iter().map(|r| r.try_get(0)).collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Gives a new session the presence of every online friend, so that a (re)connecting agent starts from
+    /// the truth instead of from whatever it saw before.
+    pub async fn presence_snapshot(&self, me: &str, session_id: u64) -> Result<()> {
+        for f in self.usernames(me).await? {
+            let p = self.table.presence(&f);
+            if p.online {
+                let event = Event::Presence { username: f, online: true, at: p.since.unwrap_or_else(now_ms) };
+                self.table.push_to(me, session_id, &event);
+            }
+        }
+        Ok(())
     }
 
     /// Tells `me`'s online friends that `me` came online or went offline.
     pub async fn announce_presence(&self, me: &str, online: bool, at: i64) -> Result<()> {
-        let event = Event::Presence {
-            username: me.to_string(),
-            online,
-            at,
-        };
+        let event = Event::Presence { username: me.to_string(), online, at };
         for f in self.usernames(me).await? {
-            self.table.push(&f, &event, None);
+            self.table.push(&f, &event);
         }
         Ok(())
     }
@@ -265,43 +219,34 @@ impl Friends {
     pub async fn announce_profile(&self, me: &UserInfo) -> Result<()> {
         let event = Event::FriendProfile { friend: me.clone() };
         for f in self.usernames(&me.username).await? {
-            self.table.push(&f, &event, None);
+            self.table.push(&f, &event);
         }
         Ok(())
     }
 
     pub async fn are_friends(&self, a: &str, b: &str) -> Result<bool> {
-        let row = sqlx::query(
-            self.db
-                .sql("SELECT 1 FROM friends WHERE owner = ? AND friend = ?"),
-        )
-        .bind(a)
-        .bind(b)
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let row = sqlx::query(self.db.sql("SELECT 1 FROM friends WHERE owner = ? AND friend = ?"))
+            .bind(a)
+            .bind(b)
+            .fetch_optional(&self.db.pool)
+            .await?;
         Ok(row.is_some())
     }
 
     async fn pending(&self, from: &str, to: &str) -> Result<bool> {
-        let row = sqlx::query(
-            self.db
-                .sql("SELECT 1 FROM friend_requests WHERE from_user = ? AND to_user = ?"),
-        )
-        .bind(from)
-        .bind(to)
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let row = sqlx::query(self.db.sql("SELECT 1 FROM friend_requests WHERE from_user = ? AND to_user = ?"))
+            .bind(from)
+            .bind(to)
+            .fetch_optional(&self.db.pool)
+            .await?;
         Ok(row.is_some())
     }
 
     async fn user(&self, username: &str) -> Result<Option<UserInfo>> {
-        let row = sqlx::query(
-            self.db
-                .sql("SELECT username, display_name FROM users WHERE username = ?"),
-        )
-        .bind(username)
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let row = sqlx::query(self.db.sql("SELECT username, display_name FROM users WHERE username = ?"))
+            .bind(username)
+            .fetch_optional(&self.db.pool)
+            .await?;
         Ok(row.as_ref().map(user_info).transpose()?)
     }
 
@@ -319,14 +264,12 @@ impl Friends {
         .execute(&mut *tx)
         .await?;
         for (owner, friend) in [(a, b), (b, a)] {
-            sqlx::query(self.db.sql(
-                "INSERT INTO friends (owner, friend, remark, created_at) VALUES (?, ?, NULL, ?)",
-            ))
-            .bind(owner)
-            .bind(friend)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(self.db.sql("INSERT INTO friends (owner, friend, remark, created_at) VALUES (?, ?, NULL, ?)"))
+                .bind(owner)
+                .bind(friend)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         let (ua, ub) = (self.user(a).await?, self.user(b).await?);
@@ -334,35 +277,19 @@ impl Friends {
             let Some(friend) = friend else { continue };
             let presence = self.table.presence(&friend.username);
             let name = friend.username.clone();
-            self.table.push(to, &Event::FriendAccepted { friend }, None);
+            self.table.push(to, &Event::FriendAccepted { friend });
             if presence.online {
-                self.table.push(
-                    to,
-                    &Event::Presence {
-                        username: name,
-                        online: true,
-                        at: presence.since.unwrap_or(now),
-                    },
-                    None,
-                );
+                self.table
+                    .push(to, &Event::Presence { username: name, online: true, at: presence.since.unwrap_or(now) });
             }
         }
         Ok(())
     }
 
     async fn request_rows(&self, q: &'static str, me: &str) -> Result<Vec<FriendRequestInfo>> {
-        let rows = sqlx::query(self.db.sql(q))
-            .bind(me)
-            .fetch_all(&self.db.pool)
-            .await?;
+        let rows = sqlx::query(self.db.sql(q)).bind(me).fetch_all(&self.db.pool).await?;
         rows.iter()
-            .map(|r| {
-                Ok(FriendRequestInfo {
-                    user: user_info(r)?,
-                    message: r.try_get(2)?,
-                    created_at: r.try_get(3)?,
-                })
-            })
+            .map(|r| Ok(FriendRequestInfo { user: user_info(r)?, message: r.try_get(2)?, created_at: r.try_get(3)? }))
             .collect()
     }
 }

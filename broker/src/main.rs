@@ -41,10 +41,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BROKER_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BROKER_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -56,20 +53,14 @@ async fn main() -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data,
         database_url,
-        hash_cost: HashCost {
-            memory_kib: args.argon2_memory_kib,
-            iterations: args.argon2_iterations,
-        },
+        hash_cost: HashCost { memory_kib: args.argon2_memory_kib, iterations: args.argon2_iterations },
         token_ttl: Duration::from_secs(args.token_ttl_days * 86_400),
         max_connections: args.max_connections,
     };
     let broker = Broker::bind(&cfg).await?;
     let addr = broker.local_addr()?;
     // Scripts and tests wait for this exact line.
-    println!(
-        "broker listening on {addr} fingerprint {}",
-        broker.fingerprint
-    );
+    println!("broker listening on {addr} fingerprint {}", broker.fingerprint);
     tracing::info!(%addr, fingerprint = %broker.fingerprint, data = %cfg.data_dir.display(), "ready");
     broker.run(shared::io::shutdown_signal()).await;
     Ok(())

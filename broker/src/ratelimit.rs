@@ -32,9 +32,7 @@ pub struct Limiter<K> {
 
 impl<K: Hash + Eq + Clone> Default for Limiter<K> {
     fn default() -> Self {
-        Self {
-            entries: HashMap::new(),
-        }
+        Self { entries: HashMap::new() }
     }
 }
 
@@ -42,9 +40,7 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     /// `Err(seconds to wait)` while `key` is locked.
     pub fn check(&self, key: &K, now: Instant) -> Result<(), u64> {
         match self.entries.get(key) {
-            Some(e) if e.locked_until > now => {
-                Err((e.locked_until - now).as_secs_f64().ceil().max(1.0) as u64)
-            }
+            Some(e) if e.locked_until > now => Err((e.locked_until - now).as_secs_f64().ceil().max(1.0) as u64),
             _ => Ok(()),
         }
     }
@@ -52,14 +48,9 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     /// Records a failed attempt.
     pub fn failure(&mut self, key: &K, now: Instant) {
         if self.entries.len() >= PRUNE_AT {
-            self.entries
-                .retain(|_, e| now.saturating_duration_since(e.last_failure) < FORGET_AFTER);
+            self.entries.retain(|_, e| now.saturating_duration_since(e.last_failure) < FORGET_AFTER);
         }
-        let e = self.entries.entry(key.clone()).or_insert(Entry {
-            failures: 0,
-            last_failure: now,
-            locked_until: now,
-        });
+        let e = self.entries.entry(key.clone()).or_insert(Entry { failures: 0, last_failure: now, locked_until: now });
         if now.saturating_duration_since(e.last_failure) >= FORGET_AFTER {
             e.failures = 0;
         }

@@ -50,23 +50,14 @@ impl Broker {
         let table = Arc::new(Table::default());
         let accounts = Accounts::new(db.clone(), cfg.hash_cost, cfg.token_ttl)?;
         let friends = Friends::new(db.clone(), table.clone());
-        let tls = certs::config::server(
-            &identity,
-            ClientPolicy::AnyDevice,
-            &[shared::proto::BROKER_ALPN],
-        )?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
-            quinn::crypto::rustls::QuicServerConfig::try_from(tls)?,
-        ));
+        let tls = certs::config::server(&identity, ClientPolicy::AnyDevice, &[shared::proto::BROKER_ALPN])?;
+        let mut server =
+            quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
         server.transport_config(Arc::new(transport()));
         let endpoint = quinn::Endpoint::server(server, cfg.listen)?;
         Ok(Self {
             endpoint,
-            ctx: Arc::new(Ctx {
-                accounts,
-                friends,
-                table,
-            }),
+            ctx: Arc::new(Ctx { accounts, friends, table }),
             db,
             max_connections: cfg.max_connections,
             fingerprint: identity.fingerprint(),
@@ -102,8 +93,7 @@ impl Broker {
             }
         }
         tracing::info!(online = self.ctx.table.len(), "shutting down");
-        self.endpoint
-            .close(quinn::VarInt::from_u32(0), b"broker shutting down");
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"broker shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
         self.db.pool.close().await;
     }
@@ -113,9 +103,7 @@ impl Broker {
 fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
-        IDLE_TIMEOUT
-            .try_into()
-            .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(15_000))),
+        IDLE_TIMEOUT.try_into().unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(15_000))),
     ));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(32));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));

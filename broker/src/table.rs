@@ -74,15 +74,7 @@ impl Table {
         let session_id = t.next_session;
         let rows = t.online.entry(user.to_string()).or_default();
         let first = rows.is_empty();
-        rows.push(Row {
-            session_id,
-            observed,
-            local,
-            fingerprint,
-            connected_at,
-            events,
-            conn,
-        });
+        rows.push(Row { session_id, observed, local, fingerprint, connected_at, events, conn });
         (session_id, first)
     }
 
@@ -107,14 +99,8 @@ impl Table {
     pub fn presence(&self, user: &str) -> Presence {
         let t = self.lock();
         match t.online.get(user) {
-            Some(rows) => Presence {
-                online: true,
-                since: rows.iter().map(|r| r.connected_at).min(),
-            },
-            None => Presence {
-                online: false,
-                since: t.last_seen.get(user).copied(),
-            },
+            Some(rows) => Presence { online: true, since: rows.iter().map(|r| r.connected_at).min() },
+            None => Presence { online: false, since: t.last_seen.get(user).copied() },
         }
     }
 
@@ -133,33 +119,31 @@ impl Table {
         self.lock().online.is_empty()
     }
 
-    /// Queues `event` for every device of `user`, except `skip_session`. A device whose queue is full is
-    /// disconnected rather than allowed to hold the event back for everyone.
-    pub fn push(&self, user: &str, event: &Event, skip_session: Option<u64>) {
-        let rows = self.sessions(user);
-        for row in rows.iter().filter(|r| Some(r.session_id) != skip_session) {
+    /// Queues `event` for every device of `user`. A device whose queue is full is disconnected rather than
+    /// allowed to hold the event back for everyone.
+    pub fn push(&self, user: &str, event: &Event) {
+        self.push_where(user, event, |_| true);
+    }
+
+    /// Queues `event` for one device of `user` only.
+    pub fn push_to(&self, user: &str, session_id: u64, event: &Event) {
+        self.push_where(user, event, |r| r.session_id == session_id);
+    }
+
+    fn push_where(&self, user: &str, event: &Event, pick: impl Fn(&Row) -> bool) {
+        for row in self.sessions(user).iter().filter(|r| pick(r)) {
             if let Err(mpsc::error::TrySendError::Full(_)) = row.events.try_send(event.clone()) {
-                tracing::warn!(
-                    user,
-                    session = row.session_id,
-                    "event queue full; disconnecting the session"
-                );
-                row.conn
-                    .close(quinn::VarInt::from_u32(2), b"event queue overflow");
+                tracing::warn!(user, session = row.session_id, "event queue full; disconnecting the session");
+                row.conn.close(quinn::VarInt::from_u32(2), b"event queue overflow");
             }
         }
     }
 
     /// Closes every device of `user` but `keep` (their tokens were revoked).
     pub fn close_others(&self, user: &str, keep: u64, event: &Event) {
-        for row in self
-            .sessions(user)
-            .into_iter()
-            .filter(|r| r.session_id != keep)
-        {
+        for row in self.sessions(user).into_iter().filter(|r| r.session_id != keep) {
             let _ = row.events.try_send(event.clone());
-            row.conn
-                .close(quinn::VarInt::from_u32(3), b"session revoked");
+            row.conn.close(quinn::VarInt::from_u32(3), b"session revoked");
         }
     }
 }

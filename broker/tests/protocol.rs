@@ -20,18 +20,13 @@ impl Client {
         let identity = Identity::generate("test-device").unwrap();
         let pin = ServerPin::Exact(broker.fingerprint.parse().unwrap());
         let tls = certs::config::client(&identity, pin, &[BROKER_ALPN]).unwrap();
-        let mut cfg = quinn::ClientConfig::new(Arc::new(
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-        ));
+        let mut cfg =
+            quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(std::time::Duration::from_secs(3)));
         cfg.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = endpoint
-            .connect_with(cfg, broker.addr, "broker")
-            .unwrap()
-            .await
-            .unwrap();
+        let conn = endpoint.connect_with(cfg, broker.addr, "broker").unwrap().await.unwrap();
         Self { endpoint, conn }
     }
 
@@ -39,10 +34,7 @@ impl Client {
         let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
         write_frame(&mut send, req).await.unwrap();
         send.finish().unwrap();
-        read_frame(&mut recv)
-            .await
-            .unwrap()
-            .expect("one response per request")
+        read_frame(&mut recv).await.unwrap().expect("one response per request")
     }
 
     /// Sends raw bytes as a request stream; returns the broker's answer, if it gave one.
@@ -54,11 +46,7 @@ impl Client {
     }
 
     async fn register(&self, user: &str) -> String {
-        let req = Request::Register {
-            username: user.into(),
-            display_name: user.into(),
-            password: PASSWORD.into(),
-        };
+        let req = Request::Register { username: user.into(), display_name: user.into(), password: PASSWORD.into() };
         match self.call(&req).await {
             Response::Token { token, .. } => token,
             other => panic!("register {user}: {other:?}"),
@@ -66,19 +54,11 @@ impl Client {
     }
 
     async fn login(&self, user: &str, password: &str) -> Response {
-        self.call(&Request::Login {
-            username: user.into(),
-            password: password.into(),
-        })
-        .await
+        self.call(&Request::Login { username: user.into(), password: password.into() }).await
     }
 
     async fn hello(&self, token: &str) -> Response {
-        self.call(&Request::Hello {
-            token: token.into(),
-            local_addrs: vec![],
-        })
-        .await
+        self.call(&Request::Hello { token: token.into(), local_addrs: vec![] }).await
     }
 
     async fn close(self) {
@@ -137,62 +117,33 @@ async fn accounts_and_tokens_on_every_backend() {
         assert_eq!(error_code(&dn), &ErrorCode::InvalidDisplayName);
 
         // Login: wrong password and unknown user are the same error.
-        assert!(matches!(
-            c.login("zhang_san", PASSWORD).await,
-            Response::Token { .. }
-        ));
+        assert!(matches!(c.login("zhang_san", PASSWORD).await, Response::Token { .. }));
         let wrong = c.login("zhang_san", "not the password").await;
         let unknown = c.login("nobody_here", "not the password").await;
-        assert_eq!(
-            wrong, unknown,
-            "unknown user and wrong password must be indistinguishable"
-        );
+        assert_eq!(wrong, unknown, "unknown user and wrong password must be indistinguishable");
         assert_eq!(error_code(&wrong), &ErrorCode::BadCredentials);
 
         // Friend requests before a session: refused.
-        assert_eq!(
-            error_code(&c.call(&Request::Friends).await),
-            &ErrorCode::NotLoggedIn
-        );
+        assert_eq!(error_code(&c.call(&Request::Friends).await), &ErrorCode::NotLoggedIn);
 
         // Session: hello works once per connection; logout revokes the token for good.
         let welcome = c.hello(&token).await;
-        let Response::Welcome { user, .. } = &welcome else {
-            panic!("{welcome:?}")
-        };
+        let Response::Welcome { user, .. } = &welcome else { panic!("{welcome:?}") };
         assert_eq!(user.username, "zhang_san");
-        assert_eq!(
-            error_code(&c.hello(&token).await),
-            &ErrorCode::AlreadyInSession
-        );
+        assert_eq!(error_code(&c.hello(&token).await), &ErrorCode::AlreadyInSession);
         assert_eq!(c.call(&Request::Logout).await, Response::Ok);
         c.close().await;
         let c2 = Client::connect(&broker).await;
-        assert_eq!(
-            error_code(&c2.hello(&token).await),
-            &ErrorCode::InvalidToken,
-            "token reused after logout"
-        );
-        assert_eq!(
-            error_code(&c2.hello("not-a-token").await),
-            &ErrorCode::InvalidToken
-        );
+        assert_eq!(error_code(&c2.hello(&token).await), &ErrorCode::InvalidToken, "token reused after logout");
+        assert_eq!(error_code(&c2.hello("not-a-token").await), &ErrorCode::InvalidToken);
 
         // Accounts and tokens survive a restart; sessions do not.
-        let Response::Token { token: t2, .. } = c2.login("zhang_san", PASSWORD).await else {
-            panic!()
-        };
+        let Response::Token { token: t2, .. } = c2.login("zhang_san", PASSWORD).await else { panic!() };
         c2.close().await;
         broker.restart();
         let c3 = Client::connect(&broker).await;
-        assert!(
-            matches!(c3.hello(&t2).await, Response::Welcome { .. }),
-            "token must survive a broker restart"
-        );
-        assert!(
-            matches!(c3.login("zhang_san", PASSWORD).await, Response::Error(_)),
-            "already in a session"
-        );
+        assert!(matches!(c3.hello(&t2).await, Response::Welcome { .. }), "token must survive a broker restart");
+        assert!(matches!(c3.login("zhang_san", PASSWORD).await, Response::Error(_)), "already in a session");
         c3.close().await;
         assert!(broker.terminate(), "clean exit on SIGTERM");
     }
@@ -216,18 +167,12 @@ async fn failed_logins_are_slowed_down() {
     let secs = limited.expect("repeated failures must be rate limited");
     assert!(secs >= 1);
     // While limited, even the right password is refused: guessing gains nothing.
-    assert!(matches!(
-        error_code(&c.login("victim", PASSWORD).await),
-        ErrorCode::RateLimited { .. }
-    ));
+    assert!(matches!(error_code(&c.login("victim", PASSWORD).await), ErrorCode::RateLimited { .. }));
     // Another account from another client address is not affected by the account limit... but this
     // client's address is limited too: a fresh client on the same address is refused for any account.
     let other = Client::connect(&broker).await;
     other.register("bystander").await;
-    assert!(matches!(
-        error_code(&other.login("bystander", PASSWORD).await),
-        ErrorCode::RateLimited { .. }
-    ));
+    assert!(matches!(error_code(&other.login("bystander", PASSWORD).await), ErrorCode::RateLimited { .. }));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -235,57 +180,36 @@ async fn hostile_frames_get_errors_and_hurt_nobody() {
     let broker = Broker::start(&testkit::Backend::Sqlite);
     let bystander = Client::connect(&broker).await;
     let token = bystander.register("bystander").await;
-    assert!(matches!(
-        bystander.hello(&token).await,
-        Response::Welcome { .. }
-    ));
+    assert!(matches!(bystander.hello(&token).await, Response::Welcome { .. }));
 
     let attacker = Client::connect(&broker).await;
     // Garbage body.
     let mut garbage = 6u32.to_be_bytes().to_vec();
     garbage.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0xff, 0xff]);
-    let r = attacker
-        .raw(&garbage)
-        .await
-        .expect("garbage gets an answer");
+    let r = attacker.raw(&garbage).await.expect("garbage gets an answer");
     assert!(matches!(error_code(&r), ErrorCode::Malformed(_)));
     // Oversized length prefix: refused before any body is read.
-    let r = attacker
-        .raw(&u32::MAX.to_be_bytes())
-        .await
-        .expect("oversized gets an answer");
+    let r = attacker.raw(&u32::MAX.to_be_bytes()).await.expect("oversized gets an answer");
     assert!(matches!(error_code(&r), ErrorCode::Malformed(m) if m.contains("exceeds")));
     // Truncated: the header promises more than comes.
     let mut truncated = 100u32.to_be_bytes().to_vec();
     truncated.extend_from_slice(&[1, 2, 3]);
-    let r = attacker
-        .raw(&truncated)
-        .await
-        .expect("truncated gets an answer");
+    let r = attacker.raw(&truncated).await.expect("truncated gets an answer");
     assert!(matches!(error_code(&r), ErrorCode::Malformed(m) if m.contains("ended")));
     // Unknown variant (a future protocol's request).
     let mut unknown = 1u32.to_be_bytes().to_vec();
     unknown.push(250);
-    let r = attacker
-        .raw(&unknown)
-        .await
-        .expect("unknown gets an answer");
+    let r = attacker.raw(&unknown).await.expect("unknown gets an answer");
     assert!(matches!(error_code(&r), ErrorCode::Malformed(_)));
     // A valid frame with trailing junk.
     let mut trailing = frame::encode(&Request::Ping).unwrap();
     trailing.push(0);
     trailing[3] += 1;
-    let r = attacker
-        .raw(&trailing)
-        .await
-        .expect("trailing gets an answer");
+    let r = attacker.raw(&trailing).await.expect("trailing gets an answer");
     assert!(matches!(error_code(&r), ErrorCode::Malformed(_)));
     // The attacker's own connection still works, and so does everybody else's.
     assert_eq!(attacker.call(&Request::Ping).await, Response::Pong);
-    assert_eq!(
-        bystander.call(&Request::Friends).await,
-        Response::Friends(vec![])
-    );
+    assert_eq!(bystander.call(&Request::Friends).await, Response::Friends(vec![]));
 
     // A client that skips TLS client authentication cannot even connect.
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(certs::config::provider()))
@@ -298,9 +222,7 @@ async fn hostile_frames_get_errors_and_hurt_nobody() {
         .with_no_client_auth();
     let mut tls = tls;
     tls.alpn_protocols = vec![BROKER_ALPN.to_vec()];
-    let cfg = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    ));
+    let cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let anon = ep.connect_with(cfg, broker.addr, "broker").unwrap().await;
     if let Ok(conn) = anon {
@@ -309,36 +231,21 @@ async fn hostile_frames_get_errors_and_hurt_nobody() {
             let _ = write_frame(&mut s, &Request::Ping).await;
             let _ = s.finish();
             let answer = read_frame::<Response, _>(&mut r).await;
-            assert!(
-                answer.is_err(),
-                "a connection without a client certificate must not be served: {answer:?}"
-            );
+            assert!(answer.is_err(), "a connection without a client certificate must not be served: {answer:?}");
         }
     }
 
     // A wrong pin is refused by the client.
     let identity = Identity::generate("x").unwrap();
-    let tls = certs::config::client(
-        &identity,
-        ServerPin::Exact(certs::Fingerprint::of(b"someone else")),
-        &[BROKER_ALPN],
-    )
-    .unwrap();
-    let cfg = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    ));
+    let tls =
+        certs::config::client(&identity, ServerPin::Exact(certs::Fingerprint::of(b"someone else")), &[BROKER_ALPN])
+            .unwrap();
+    let cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
     assert!(
-        ep.connect_with(cfg, broker.addr, "broker")
-            .unwrap()
-            .await
-            .is_err(),
+        ep.connect_with(cfg, broker.addr, "broker").unwrap().await.is_err(),
         "pinned fingerprint mismatch must fail"
     );
 
     assert_eq!(bystander.call(&Request::Ping).await, Response::Pong);
-    assert_eq!(
-        bystander.call(&Request::Ping).await,
-        Response::Pong,
-        "bystander unaffected"
-    );
+    assert_eq!(bystander.call(&Request::Ping).await, Response::Pong, "bystander unaffected");
 }

@@ -12,11 +12,7 @@ pub fn provider() -> CryptoProvider {
 }
 
 /// A server config presenting `identity`, requiring a client certificate that satisfies `policy`.
-pub fn server(
-    identity: &Identity,
-    policy: ClientPolicy,
-    alpn: &[&[u8]],
-) -> Result<rustls::ServerConfig, Error> {
+pub fn server(identity: &Identity, policy: ClientPolicy, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, Error> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(PinnedClients::new(policy))
@@ -26,11 +22,7 @@ pub fn server(
 }
 
 /// A client config presenting `identity` and expecting a server that satisfies `pin`.
-pub fn client(
-    identity: &Identity,
-    pin: ServerPin,
-    alpn: &[&[u8]],
-) -> Result<rustls::ClientConfig, Error> {
+pub fn client(identity: &Identity, pin: ServerPin, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, Error> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()

@@ -40,10 +40,7 @@ impl FromStr for Fingerprint {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || crate::Error::BadFingerprint(s.to_string());
         let t = s.trim();
-        let t = t
-            .strip_prefix("SHA256:")
-            .or_else(|| t.strip_prefix("sha256:"))
-            .unwrap_or(t);
+        let t = t.strip_prefix("SHA256:").or_else(|| t.strip_prefix("sha256:")).unwrap_or(t);
         let digits: Vec<u8> = t.bytes().filter(|b| *b != b':').collect();
         if digits.len() != 64 {
             return Err(bad());
@@ -73,10 +70,7 @@ mod tests {
             .map(|c| std::str::from_utf8(c).unwrap().to_uppercase())
             .collect::<Vec<_>>()
             .join(":");
-        assert_eq!(
-            format!("SHA256:{colons}").parse::<Fingerprint>().unwrap(),
-            f
-        );
+        assert_eq!(format!("SHA256:{colons}").parse::<Fingerprint>().unwrap(), f);
     }
 
     #[test]

@@ -14,10 +14,7 @@ pub struct Identity {
 
 impl Clone for Identity {
     fn clone(&self) -> Self {
-        Self {
-            cert: self.cert.clone(),
-            key: self.key.clone_key(),
-        }
+        Self { cert: self.cert.clone(), key: self.key.clone_key() }
     }
 }
 
@@ -26,10 +23,7 @@ impl Identity {
     /// comes from the fingerprint, but it makes captures readable.
     pub fn generate(name: &str) -> Result<Self, Error> {
         let ck = rcgen::generate_simple_self_signed(vec![name.to_string()])?;
-        Ok(Self {
-            cert: ck.cert.der().clone(),
-            key: PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
-        })
+        Ok(Self { cert: ck.cert.der().clone(), key: PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()) })
     }
 
     /// This identity's fingerprint.
@@ -49,8 +43,7 @@ impl Identity {
         };
         if !key_path.exists() && !crt_path.exists() {
             let ck = rcgen::generate_simple_self_signed(vec![name.to_string()])?;
-            secret_file::write(&key_path, ck.signing_key.serialize_pem().as_bytes())
-                .map_err(file_err(&key_path))?;
+            secret_file::write(&key_path, ck.signing_key.serialize_pem().as_bytes()).map_err(file_err(&key_path))?;
             std::fs::write(&crt_path, ck.cert.pem()).map_err(file_err(&crt_path))?;
             return Ok(Self {
                 cert: ck.cert.der().clone(),
@@ -58,14 +51,10 @@ impl Identity {
             });
         }
         secret_file::restrict(&key_path).map_err(file_err(&key_path))?;
-        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|_| Error::Pem {
-            path: key_path.clone(),
-            what: "private key",
-        })?;
-        let cert = CertificateDer::from_pem_file(&crt_path).map_err(|_| Error::Pem {
-            path: crt_path.clone(),
-            what: "certificate",
-        })?;
+        let key = PrivateKeyDer::from_pem_file(&key_path)
+            .map_err(|_| Error::Pem { path: key_path.clone(), what: "private key" })?;
+        let cert = CertificateDer::from_pem_file(&crt_path)
+            .map_err(|_| Error::Pem { path: crt_path.clone(), what: "certificate" })?;
         Ok(Self { cert, key })
     }
 }
@@ -84,10 +73,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("identity.key"))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(dir.path().join("identity.key")).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -29,15 +29,9 @@ pub enum Error {
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
     #[error("{path}: {source}")]
-    File {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    File { path: std::path::PathBuf, source: std::io::Error },
     #[error("{path}: not a valid PEM {what}")]
-    Pem {
-        path: std::path::PathBuf,
-        what: &'static str,
-    },
+    Pem { path: std::path::PathBuf, what: &'static str },
     #[error("not a SHA-256 fingerprint (64 hex digits, colons allowed): {0:?}")]
     BadFingerprint(String),
 }

@@ -17,15 +17,11 @@ fn algorithms() -> WebPkiSupportedAlgorithms {
 }
 
 fn tls12_refused() -> Result<HandshakeSignatureValid, Error> {
-    Err(Error::PeerIncompatible(
-        rustls::PeerIncompatible::Tls13RequiredForQuic,
-    ))
+    Err(Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
 }
 
 fn pin_mismatch(expected: &Fingerprint, got: &Fingerprint) -> Error {
-    Error::General(format!(
-        "certificate fingerprint {got} does not match the pinned {expected}"
-    ))
+    Error::General(format!("certificate fingerprint {got} does not match the pinned {expected}"))
 }
 
 /// What a client expects of the server it connects to.
@@ -47,10 +43,7 @@ pub struct PinnedServer {
 
 impl PinnedServer {
     pub fn new(pin: ServerPin) -> Arc<Self> {
-        Arc::new(Self {
-            pin,
-            algs: algorithms(),
-        })
+        Arc::new(Self { pin, algs: algorithms() })
     }
 }
 
@@ -118,10 +111,7 @@ pub struct PinnedClients {
 
 impl PinnedClients {
     pub fn new(policy: ClientPolicy) -> Arc<Self> {
-        Arc::new(Self {
-            policy,
-            algs: algorithms(),
-        })
+        Arc::new(Self { policy, algs: algorithms() })
     }
 }
 

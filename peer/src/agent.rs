@@ -46,10 +46,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn jitter() -> f64 {
@@ -102,14 +99,8 @@ pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
     if let Some(conn) = lock(&agent.conn).take() {
         conn.close(quinn::VarInt::from_u32(0), b"agent stopping");
     }
-    agent
-        .endpoint
-        .close(quinn::VarInt::from_u32(0), b"agent stopping");
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(1),
-        agent.endpoint.wait_idle(),
-    )
-    .await;
+    agent.endpoint.close(quinn::VarInt::from_u32(0), b"agent stopping");
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), agent.endpoint.wait_idle()).await;
     control::Listener::cleanup(&agent.home.dir);
     tracing::info!("agent stopped");
     result
@@ -140,9 +131,7 @@ impl Agent {
     /// One broker session, from connect to loss.
     async fn session(&self) -> SessionEnd {
         let pin = ServerPin::Exact(self.account.broker_fingerprint);
-        let conn = match net::connect_broker(&self.endpoint, &self.identity, self.broker_addr, pin)
-            .await
-        {
+        let conn = match net::connect_broker(&self.endpoint, &self.identity, self.broker_addr, pin).await {
             Ok(c) => c,
             Err(e) if e.to_string().contains("BROKER IDENTITY CHANGED") => {
                 return SessionEnd::Fatal(e);
@@ -150,16 +139,9 @@ impl Agent {
             Err(e) => return SessionEnd::Failed(e.to_string()),
         };
         let local_addrs = lock(&self.status).local_addrs.clone();
-        let hello = Request::Hello {
-            token: self.account.token.clone(),
-            local_addrs,
-        };
+        let hello = Request::Hello { token: self.account.token.clone(), local_addrs };
         let welcome = match net::request(&conn, &hello).await {
-            Ok(Response::Welcome {
-                session_id,
-                user,
-                observed_addr,
-            }) => (session_id, user, observed_addr),
+            Ok(Response::Welcome { session_id, user, observed_addr }) => (session_id, user, observed_addr),
             Ok(Response::Error(e)) if e.code == ErrorCode::InvalidToken => {
                 return SessionEnd::Fatal(anyhow!("{}", e.message));
             }
@@ -213,29 +195,18 @@ impl Agent {
                     ));
                 }
                 Ok(Some(event)) => {
-                    if let Event::Presence {
-                        username, online, ..
-                    } = &event
-                    {
+                    if let Event::Presence { username, online, .. } = &event {
                         tracing::info!(friend = username, online, "presence");
                     }
-                    self.emit(AgentEvent::Broker {
-                        event,
-                        at: now_ms(),
-                    });
+                    self.emit(AgentEvent::Broker { event, at: now_ms() });
                 }
                 Ok(None) => {
                     return SessionEnd::Lost(
-                        conn.close_reason()
-                            .map(|r| r.to_string())
-                            .unwrap_or("event stream ended".into()),
+                        conn.close_reason().map(|r| r.to_string()).unwrap_or("event stream ended".into()),
                     );
                 }
                 Err(e) => {
-                    let reason = conn
-                        .close_reason()
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|| e.to_string());
+                    let reason = conn.close_reason().map(|r| r.to_string()).unwrap_or_else(|| e.to_string());
                     return SessionEnd::Lost(reason);
                 }
             }
@@ -316,11 +287,8 @@ impl Agent {
             let event = match rx.recv().await {
                 Ok(e) => e,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    write_frame(
-                        &mut stream,
-                        &ControlResponse::Error(format!("watch fell behind; {n} events skipped")),
-                    )
-                    .await?;
+                    write_frame(&mut stream, &ControlResponse::Error(format!("watch fell behind; {n} events skipped")))
+                        .await?;
                     continue;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),

@@ -160,39 +160,18 @@ pub(crate) enum ProfileCmd {
 pub(crate) async fn run(cli: Cli) -> Result<()> {
     let home = Home::open(&Home::resolve(cli.home)?).await?;
     match cli.cmd {
-        Cmd::Register {
-            username,
-            broker,
-            display_name,
-        } => {
+        Cmd::Register { username, broker, display_name } => {
             let display_name = display_name.unwrap_or_else(|| username.clone());
             validate::username(&username)?;
             validate::display_name(&display_name)?;
             let mut pw = password::Source::new(broker.password_stdin)?;
-            let password = pw.read(
-                "new password (at least 8 characters)",
-                "PEER_PASSWORD",
-                true,
-            )?;
+            let password = pw.read("new password (at least 8 characters)", "PEER_PASSWORD", true)?;
             validate::password(&password)?;
-            authenticate(
-                &home,
-                &broker,
-                Request::Register {
-                    username,
-                    display_name,
-                    password,
-                },
-            )
-            .await
+            authenticate(&home, &broker, Request::Register { username, display_name, password }).await
         }
         Cmd::Login { username, broker } => {
             validate::username(&username).map_err(|_| anyhow!("unknown user or wrong password"))?;
-            let password = password::Source::new(broker.password_stdin)?.read(
-                "password",
-                "PEER_PASSWORD",
-                false,
-            )?;
+            let password = password::Source::new(broker.password_stdin)?.read("password", "PEER_PASSWORD", false)?;
             authenticate(&home, &broker, Request::Login { username, password }).await
         }
         Cmd::Up { bind } => agent::run(home, bind).await,
@@ -203,19 +182,10 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Watch { json } => watch(&home, json).await,
-        Cmd::Users {
-            cmd: UsersCmd::Search { text, page, json },
-        } => {
+        Cmd::Users { cmd: UsersCmd::Search { text, page, json } } => {
             let offset = page.max(1).saturating_sub(1) * MAX_SEARCH_RESULTS;
-            let Response::Users(users) = broker_call(
-                &home,
-                Request::SearchUsers {
-                    query: text,
-                    offset,
-                    limit: MAX_SEARCH_RESULTS,
-                },
-            )
-            .await?
+            let Response::Users(users) =
+                broker_call(&home, Request::SearchUsers { query: text, offset, limit: MAX_SEARCH_RESULTS }).await?
             else {
                 bail!("unexpected answer from the broker")
             };
@@ -231,9 +201,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Friends(args) => friends(&home, args).await,
-        Cmd::Profile {
-            cmd: ProfileCmd::Set { display_name },
-        } => {
+        Cmd::Profile { cmd: ProfileCmd::Set { display_name } } => {
             validate::display_name(&display_name)?;
             expect_broker_ok(broker_call(&home, Request::SetDisplayName { display_name }).await?)?;
             println!("display name changed");
@@ -260,34 +228,22 @@ async fn authenticate(home: &Home, args: &BrokerArgs, req: Request) -> Result<()
         None => home.pinned(&args.broker).await?,
     };
     let seen = Arc::new(Mutex::new(None));
-    let pin = pinned
-        .map(ServerPin::Exact)
-        .unwrap_or_else(|| ServerPin::FirstUse(seen.clone()));
-    let bind: SocketAddr = if addr.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
-    };
+    let pin = pinned.map(ServerPin::Exact).unwrap_or_else(|| ServerPin::FirstUse(seen.clone()));
+    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let endpoint = quinn::Endpoint::client(bind)?;
     let conn = net::connect_broker(&endpoint, &identity, addr, pin).await?;
     let resp = net::request(&conn, &req).await;
     conn.close(quinn::VarInt::from_u32(0), b"done");
     endpoint.wait_idle().await;
     let (username, token) = match resp? {
-        Response::Token {
-            username, token, ..
-        } => (username, token),
+        Response::Token { username, token, .. } => (username, token),
         Response::Error(e) => bail!("{}", e.message),
         other => bail!("unexpected answer from the broker: {other:?}"),
     };
     let fingerprint = match pinned {
         Some(fp) => fp,
         None => {
-            let fp = seen
-                .lock()
-                .ok()
-                .and_then(|s| *s)
-                .context("the broker presented no certificate")?;
+            let fp = seen.lock().ok().and_then(|s| *s).context("the broker presented no certificate")?;
             eprintln!(
                 "pinned the broker's identity {fp} (trust on first use); it should match the fingerprint the broker printed at start-up"
             );
@@ -301,15 +257,8 @@ async fn authenticate(home: &Home, args: &BrokerArgs, req: Request) -> Result<()
         token,
     })
     .await?;
-    let what = if matches!(req, Request::Register { .. }) {
-        "registered and logged in"
-    } else {
-        "logged in"
-    };
-    println!(
-        "{what} as {username}; start the agent with `peer --home {} up`",
-        home.dir.display()
-    );
+    let what = if matches!(req, Request::Register { .. }) { "registered and logged in" } else { "logged in" };
+    println!("{what} as {username}; start the agent with `peer --home {} up`", home.dir.display());
     Ok(())
 }
 
@@ -358,16 +307,9 @@ async fn status(home: &Home, json: bool) -> Result<()> {
         print_json(&output::status_json(&s));
         return Ok(());
     }
-    let name = s
-        .display_name
-        .as_deref()
-        .map(|d| format!(" ({d})"))
-        .unwrap_or_default();
+    let name = s.display_name.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
     println!("user:      {}{name}", s.username);
-    println!(
-        "broker:    {} (fingerprint {})",
-        s.broker, s.broker_fingerprint
-    );
+    println!("broker:    {} (fingerprint {})", s.broker, s.broker_fingerprint);
     println!("device:    {}", s.device_fingerprint);
     let since = s.since.map(output::time).unwrap_or_default();
     match (s.online, s.observed_addr) {
@@ -376,11 +318,7 @@ async fn status(home: &Home, json: bool) -> Result<()> {
         }
         _ => println!(
             "online:    no (reconnecting{})",
-            if since.is_empty() {
-                String::new()
-            } else {
-                format!("; lost at {since}")
-            }
+            if since.is_empty() { String::new() } else { format!("; lost at {since}") }
         ),
     }
     let locals: Vec<String> = s.local_addrs.iter().map(ToString::to_string).collect();
@@ -402,9 +340,7 @@ async fn watch(home: &Home, json: bool) -> Result<()> {
                 "{}",
                 serde_json::json!({ "type": "watching", "username": s.username, "online": s.online })
             )?,
-            ControlResponse::Status(s) => {
-                writeln!(out, "watching events for {}; Ctrl-C to stop", s.username)?
-            }
+            ControlResponse::Status(s) => writeln!(out, "watching events for {}; Ctrl-C to stop", s.username)?,
             ControlResponse::Error(e) => eprintln!("peer: {e}"),
             _ => {}
         }
@@ -416,24 +352,14 @@ async fn watch(home: &Home, json: bool) -> Result<()> {
 
 async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
     let Some(cmd) = args.cmd else {
-        let Response::Friends(list) = broker_call(home, Request::Friends).await? else {
-            bail!("unexpected answer")
-        };
+        let Response::Friends(list) = broker_call(home, Request::Friends).await? else { bail!("unexpected answer") };
         print_friends(&list, args.json);
         return Ok(());
     };
     match cmd {
         FriendsCmd::Add { user, message } => {
             validate::text("message", &message, validate::MAX_REQUEST_MESSAGE_CHARS)?;
-            match broker_call(
-                home,
-                Request::FriendAdd {
-                    username: user.clone(),
-                    message,
-                },
-            )
-            .await?
-            {
+            match broker_call(home, Request::FriendAdd { username: user.clone(), message }).await? {
                 Response::FriendAdded { now_friends: true } => {
                     println!("{user} had already asked you: you are friends now")
                 }
@@ -441,8 +367,7 @@ async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
             }
         }
         FriendsCmd::Requests { json } => {
-            let Response::FriendRequests { incoming, outgoing } =
-                broker_call(home, Request::FriendRequests).await?
+            let Response::FriendRequests { incoming, outgoing } = broker_call(home, Request::FriendRequests).await?
             else {
                 bail!("unexpected answer")
             };
@@ -466,62 +391,26 @@ async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
                     );
                 }
                 for r in &outgoing {
-                    println!(
-                        "to   {:<24} {}  {:?}  (waiting)",
-                        r.user.username,
-                        output::time(r.created_at),
-                        r.message
-                    );
+                    println!("to   {:<24} {}  {:?}  (waiting)", r.user.username, output::time(r.created_at), r.message);
                 }
             }
         }
         FriendsCmd::Accept { user } => {
-            expect_broker_ok(
-                broker_call(
-                    home,
-                    Request::FriendAccept {
-                        username: user.clone(),
-                    },
-                )
-                .await?,
-            )?;
+            expect_broker_ok(broker_call(home, Request::FriendAccept { username: user.clone() }).await?)?;
             println!("you and {user} are friends now");
         }
         FriendsCmd::Decline { user } => {
-            expect_broker_ok(
-                broker_call(
-                    home,
-                    Request::FriendDecline {
-                        username: user.clone(),
-                    },
-                )
-                .await?,
-            )?;
+            expect_broker_ok(broker_call(home, Request::FriendDecline { username: user.clone() }).await?)?;
             println!("declined {user}'s request");
         }
         FriendsCmd::Remove { user } => {
-            expect_broker_ok(
-                broker_call(
-                    home,
-                    Request::FriendRemove {
-                        username: user.clone(),
-                    },
-                )
-                .await?,
-            )?;
+            expect_broker_ok(broker_call(home, Request::FriendRemove { username: user.clone() }).await?)?;
             println!("{user} is no longer your friend");
         }
         FriendsCmd::Remark { user, alias } => {
             validate::text("alias", &alias, validate::MAX_NAME_CHARS)?;
             expect_broker_ok(
-                broker_call(
-                    home,
-                    Request::FriendRemark {
-                        username: user.clone(),
-                        remark: alias,
-                    },
-                )
-                .await?,
+                broker_call(home, Request::FriendRemark { username: user.clone(), remark: alias }).await?,
             )?;
             println!("alias for {user} saved");
         }
@@ -535,9 +424,7 @@ fn print_friends(list: &[FriendInfo], json: bool) {
         return;
     }
     if list.is_empty() {
-        println!(
-            "no friends yet: find people with `peer users search TEXT`, then `peer friends add USER`"
-        );
+        println!("no friends yet: find people with `peer users search TEXT`, then `peer friends add USER`");
         return;
     }
     for f in list {

@@ -31,10 +31,7 @@ mod imp {
         pub(crate) async fn bind(home: &Path) -> Result<Self> {
             let path = home.join("agent.sock");
             if UnixStream::connect(&path).await.is_ok() {
-                return Err(anyhow!(
-                    "an agent is already running for {}",
-                    home.display()
-                ));
+                return Err(anyhow!("an agent is already running for {}", home.display()));
             }
             let _ = std::fs::remove_file(&path);
             let l = UnixListener::bind(&path)?;
@@ -83,18 +80,12 @@ mod imp {
     impl Listener {
         pub(crate) async fn bind(home: &Path) -> Result<Self> {
             if connect(home).await.is_ok() {
-                return Err(anyhow!(
-                    "an agent is already running for {}",
-                    home.display()
-                ));
+                return Err(anyhow!("an agent is already running for {}", home.display()));
             }
             let tcp = TcpListener::bind(("127.0.0.1", 0)).await?;
             let cookie = cookie();
             let port = tcp.local_addr()?.port();
-            certs::secret_file::write(
-                &home.join("agent.port"),
-                format!("{port} {cookie}").as_bytes(),
-            )?;
+            certs::secret_file::write(&home.join("agent.port"), format!("{port} {cookie}").as_bytes())?;
             Ok(Self { tcp, cookie })
         }
 
@@ -102,9 +93,7 @@ mod imp {
             loop {
                 let (mut s, _) = self.tcp.accept().await?;
                 let mut got = [0u8; COOKIE_LEN];
-                let ok =
-                    tokio::time::timeout(std::time::Duration::from_secs(2), s.read_exact(&mut got))
-                        .await;
+                let ok = tokio::time::timeout(std::time::Duration::from_secs(2), s.read_exact(&mut got)).await;
                 if matches!(ok, Ok(Ok(_))) && got == self.cookie.as_bytes() {
                     return Ok(Box::new(s));
                 }
@@ -120,9 +109,7 @@ mod imp {
         let text = std::fs::read_to_string(home.join("agent.port")).map_err(|_| no_agent(home))?;
         let (port, cookie) = text.trim().split_once(' ').ok_or_else(|| no_agent(home))?;
         let port: u16 = port.parse().map_err(|_| no_agent(home))?;
-        let mut s = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|_| no_agent(home))?;
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.map_err(|_| no_agent(home))?;
         s.write_all(cookie.as_bytes()).await?;
         Ok(Box::new(s))
     }

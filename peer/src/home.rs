@@ -42,45 +42,28 @@ impl Home {
             .with_context(|| format!("cannot create home directory {}", dir.display()))?;
         let db_path = dir.join("peer.db");
         if !db_path.exists() {
-            certs::secret_file::owner_only()
-                .truncate(false)
-                .open(&db_path)?;
+            certs::secret_file::owner_only().truncate(false).open(&db_path)?;
         }
         certs::secret_file::restrict(&db_path)?;
-        let opts = SqliteConnectOptions::new()
-            .filename(&db_path)
-            .create_if_missing(true);
+        let opts = SqliteConnectOptions::new().filename(&db_path).create_if_missing(true);
         let db = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
             .await
             .with_context(|| format!("cannot open {}", db_path.display()))?;
-        let home = Self {
-            dir: dir.to_path_buf(),
-            db,
-        };
+        let home = Self { dir: dir.to_path_buf(), db };
         home.migrate().await?;
         Ok(home)
     }
 
     async fn migrate(&self) -> Result<()> {
-        let current: i64 = sqlx::query("PRAGMA user_version")
-            .fetch_one(&self.db)
-            .await?
-            .try_get(0)?;
+        let current: i64 = sqlx::query("PRAGMA user_version").fetch_one(&self.db).await?.try_get(0)?;
         for (i, script) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             let mut tx = self.db.begin().await?;
             for stmt in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                sqlx::query(sqlx::AssertSqlSafe(stmt.to_string()))
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(sqlx::AssertSqlSafe(stmt.to_string())).execute(&mut *tx).await?;
             }
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "PRAGMA user_version = {}",
-                i + 1
-            )))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {}", i + 1))).execute(&mut *tx).await?;
             tx.commit().await?;
         }
         Ok(())
@@ -88,35 +71,27 @@ impl Home {
 
     /// This device's identity, made on first use.
     pub(crate) fn identity(&self) -> Result<Identity> {
-        Ok(Identity::load_or_create(
-            &self.dir,
-            "identity",
-            "p2pim-peer",
-        )?)
+        Ok(Identity::load_or_create(&self.dir, "identity", "p2pim-peer")?)
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&self.db)
-            .await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE key = ?").bind(key).fetch_optional(&self.db).await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     pub(crate) async fn set(&self, key: &str, value: &str) -> Result<()> {
-        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-            .bind(key)
-            .bind(value)
-            .execute(&self.db)
-            .await?;
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 
     pub(crate) async fn delete(&self, key: &str) -> Result<()> {
-        sqlx::query("DELETE FROM settings WHERE key = ?")
-            .bind(key)
-            .execute(&self.db)
-            .await?;
+        sqlx::query("DELETE FROM settings WHERE key = ?").bind(key).execute(&self.db).await?;
         Ok(())
     }
 
@@ -135,18 +110,15 @@ impl Home {
     pub(crate) async fn save_account(&self, a: &Account) -> Result<()> {
         self.set("username", &a.username).await?;
         self.set("broker", &a.broker).await?;
-        self.set("broker_fingerprint", &a.broker_fingerprint.to_string())
-            .await?;
+        self.set("broker_fingerprint", &a.broker_fingerprint.to_string()).await?;
         self.set("token", &a.token).await
     }
 
     /// The stored login, or what to do about its absence.
     pub(crate) async fn account(&self) -> Result<Account> {
-        let (Some(username), Some(broker), Some(fp)) = (
-            self.get("username").await?,
-            self.get("broker").await?,
-            self.get("broker_fingerprint").await?,
-        ) else {
+        let (Some(username), Some(broker), Some(fp)) =
+            (self.get("username").await?, self.get("broker").await?, self.get("broker_fingerprint").await?)
+        else {
             bail!(
                 "this home has no account yet: run `peer register USER --broker HOST:PORT` or `peer login USER --broker HOST:PORT`"
             );
@@ -154,11 +126,6 @@ impl Home {
         let Some(token) = self.get("token").await? else {
             bail!("logged out: run `peer login {username} --broker {broker}`");
         };
-        Ok(Account {
-            username,
-            broker,
-            broker_fingerprint: fp.parse()?,
-            token,
-        })
+        Ok(Account { username, broker, broker_fingerprint: fp.parse()?, token })
     }
 }

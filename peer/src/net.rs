@@ -24,39 +24,24 @@ pub(crate) type Allowed = Arc<RwLock<HashSet<Fingerprint>>>;
 fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
-    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
-        15_000,
-    ))));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(15_000))));
     t
 }
 
 /// Binds the endpoint: a server for friends (only allowed devices) and a client for everything.
-pub(crate) fn endpoint(
-    identity: &Identity,
-    bind: SocketAddr,
-    allowed: Allowed,
-) -> Result<quinn::Endpoint> {
+pub(crate) fn endpoint(identity: &Identity, bind: SocketAddr, allowed: Allowed) -> Result<quinn::Endpoint> {
     let tls = certs::config::server(identity, ClientPolicy::Allowed(allowed), &[PEER_ALPN])?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(
-        quinn::crypto::rustls::QuicServerConfig::try_from(tls)?,
-    ));
+    let mut server =
+        quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
     server.transport_config(Arc::new(transport()));
     let socket = UdpSocket::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
-    Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        runtime,
-    )?)
+    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)?)
 }
 
 /// Resolves `HOST:PORT` (a missing port means the default 7878).
 pub(crate) async fn resolve(broker: &str) -> Result<SocketAddr> {
-    let with_port = if broker
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !broker.ends_with(']')
+    let with_port = if broker.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !broker.ends_with(']')
     {
         broker.to_string()
     } else {
@@ -77,9 +62,7 @@ pub(crate) async fn connect_broker(
     pin: ServerPin,
 ) -> Result<quinn::Connection> {
     let tls = certs::config::client(identity, pin, &[BROKER_ALPN])?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
-    ));
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
     cfg.transport_config(Arc::new(transport()));
     let connecting = endpoint.connect_with(cfg, addr, "p2pim-broker")?;
     match tokio::time::timeout(Duration::from_secs(10), connecting).await {
@@ -90,9 +73,7 @@ pub(crate) async fn connect_broker(
              --broker-fingerprint NEW`."
         )),
         Ok(Err(e)) => Err(anyhow!("cannot connect to the broker at {addr}: {e}")),
-        Err(_) => Err(anyhow!(
-            "no answer from the broker at {addr} within 10 s: is it running, and is UDP open?"
-        )),
+        Err(_) => Err(anyhow!("no answer from the broker at {addr} within 10 s: is it running, and is UDP open?")),
     }
 }
 
@@ -108,12 +89,7 @@ pub(crate) async fn request(conn: &quinn::Connection, req: &Request) -> Result<R
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
-        .map_err(|_| {
-            anyhow!(
-                "the broker did not answer within {} s",
-                REQUEST_TIMEOUT.as_secs()
-            )
-        })?
+        .map_err(|_| anyhow!("the broker did not answer within {} s", REQUEST_TIMEOUT.as_secs()))?
 }
 
 /// The addresses a friend on our LAN could use: the interface address that routes towards the broker, with
@@ -125,11 +101,7 @@ pub(crate) fn local_candidates(endpoint: &quinn::Endpoint, broker: SocketAddr) -
     if !bound.ip().is_unspecified() {
         return vec![bound];
     }
-    let probe_bind: SocketAddr = if broker.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
-    };
+    let probe_bind: SocketAddr = if broker.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     UdpSocket::bind(probe_bind)
         .and_then(|s| {
             s.connect(broker)?;

@@ -12,9 +12,7 @@ pub(crate) fn time(ms: Millis) -> String {
     let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
         return ms.to_string();
     };
-    let t = time::UtcOffset::current_local_offset()
-        .map(|o| t.to_offset(o))
-        .unwrap_or(t);
+    let t = time::UtcOffset::current_local_offset().map(|o| t.to_offset(o)).unwrap_or(t);
     let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
     t.format(&fmt).unwrap_or_else(|_| ms.to_string())
 }
@@ -70,11 +68,7 @@ pub(crate) fn event_json(e: &AgentEvent) -> Value {
         }
         AgentEvent::Broker { event, at } => {
             let mut v = match event {
-                Event::FriendRequest {
-                    from,
-                    message,
-                    created_at,
-                } => json!({
+                Event::FriendRequest { from, message, created_at } => json!({
                     "type": "friend_request", "username": from.username, "display_name": from.display_name,
                     "message": message, "created_at": created_at,
                 }),
@@ -84,11 +78,7 @@ pub(crate) fn event_json(e: &AgentEvent) -> Value {
                 Event::FriendRemoved { username } => {
                     json!({ "type": "friend_removed", "username": username })
                 }
-                Event::Presence {
-                    username,
-                    online,
-                    at,
-                } => json!({
+                Event::Presence { username, online, at } => json!({
                     "type": if *online { "friend_online" } else { "friend_offline" },
                     "username": username, "online": online, "changed_at": at,
                 }),
@@ -106,49 +96,33 @@ pub(crate) fn event_json(e: &AgentEvent) -> Value {
 /// One watch event as a line for people.
 pub(crate) fn event_line(e: &AgentEvent) -> String {
     match e {
-        AgentEvent::Connected { observed_addr, at } => format!(
-            "{} connected to the broker (seen as {observed_addr})",
-            time(*at)
-        ),
-        AgentEvent::Disconnected { reason, at } => format!(
-            "{} disconnected from the broker: {reason}; reconnecting",
-            time(*at)
-        ),
+        AgentEvent::Connected { observed_addr, at } => {
+            format!("{} connected to the broker (seen as {observed_addr})", time(*at))
+        }
+        AgentEvent::Disconnected { reason, at } => {
+            format!("{} disconnected from the broker: {reason}; reconnecting", time(*at))
+        }
         AgentEvent::Broker { event, at } => {
             let t = time(*at);
             match event {
                 Event::FriendRequest { from, message, .. } => {
-                    let msg = if message.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": \"{message}\"")
-                    };
+                    let msg = if message.is_empty() { String::new() } else { format!(": \"{message}\"") };
                     format!(
                         "{t} friend request from {} ({}){msg} (accept: `peer friends accept {}`)",
                         from.username, from.display_name, from.username
                     )
                 }
-                Event::FriendAccepted { friend } => format!(
-                    "{t} you and {} ({}) are friends now",
-                    friend.username, friend.display_name
-                ),
+                Event::FriendAccepted { friend } => {
+                    format!("{t} you and {} ({}) are friends now", friend.username, friend.display_name)
+                }
                 Event::FriendRemoved { username } => {
                     format!("{t} {username} is no longer your friend")
                 }
-                Event::Presence {
-                    username,
-                    online: true,
-                    ..
-                } => format!("{t} {username} is online"),
-                Event::Presence {
-                    username,
-                    online: false,
-                    ..
-                } => format!("{t} {username} went offline"),
-                Event::FriendProfile { friend } => format!(
-                    "{t} {} is now called {}",
-                    friend.username, friend.display_name
-                ),
+                Event::Presence { username, online: true, .. } => format!("{t} {username} is online"),
+                Event::Presence { username, online: false, .. } => format!("{t} {username} went offline"),
+                Event::FriendProfile { friend } => {
+                    format!("{t} {} is now called {}", friend.username, friend.display_name)
+                }
                 Event::SessionRevoked => format!("{t} this session was revoked; log in again"),
             }
         }

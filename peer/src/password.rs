@@ -12,20 +12,9 @@ pub(crate) struct Source {
 impl Source {
     /// `--password-stdin` reads all lines of stdin up front (one password per line).
     pub(crate) fn new(password_stdin: bool) -> Result<Self> {
-        let stdin_lines = if password_stdin {
-            Some(
-                std::io::stdin()
-                    .lock()
-                    .lines()
-                    .collect::<Result<Vec<_>, _>>()?,
-            )
-        } else {
-            None
-        };
-        Ok(Self {
-            stdin_lines,
-            next: 0,
-        })
+        let stdin_lines =
+            if password_stdin { Some(std::io::stdin().lock().lines().collect::<Result<Vec<_>, _>>()?) } else { None };
+        Ok(Self { stdin_lines, next: 0 })
     }
 
     /// The next password: stdin line, else `env_var`, else a terminal prompt (asked twice when `confirm`).

@@ -20,11 +20,7 @@ impl Default for Backoff {
 impl Backoff {
     /// A schedule starting at `first` and doubling up to `cap`.
     pub fn new(first: Duration, cap: Duration) -> Self {
-        Self {
-            first,
-            cap,
-            attempt: 0,
-        }
+        Self { first, cap, attempt: 0 }
     }
 
     /// Delay before the next attempt. `jitter` in `[0, 1)` shortens it by up to half.

@@ -58,10 +58,7 @@ pub struct AgentStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentEvent {
     /// The agent's broker session opened.
-    Connected {
-        observed_addr: SocketAddr,
-        at: Millis,
-    },
+    Connected { observed_addr: SocketAddr, at: Millis },
     /// The agent lost its broker session; it is reconnecting.
     Disconnected { reason: String, at: Millis },
     /// Something the broker pushed.

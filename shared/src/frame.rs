@@ -37,8 +37,7 @@ fn config() -> impl bincode::config::Config {
 /// Encodes `msg` as one frame (header included).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; HEADER_LEN];
-    bincode::serde::encode_into_std_write(msg, &mut out, config())
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    bincode::serde::encode_into_std_write(msg, &mut out, config()).map_err(|e| FrameError::Malformed(e.to_string()))?;
     let body = out.len() - HEADER_LEN;
     if body > MAX_FRAME {
         return Err(FrameError::TooLarge(body));
@@ -58,8 +57,8 @@ pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
 
 /// Decodes one frame body (without its header). The whole body must be one message.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    let (msg, used) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let (msg, used) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if used != body.len() {
         return Err(FrameError::Trailing(body.len() - used));
     }
@@ -103,11 +102,7 @@ impl Decoder {
 
     /// Called at end of stream: a clean end has no partial frame left.
     pub fn finish(&self) -> Result<(), FrameError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(FrameError::Truncated)
-        }
+        if self.buf.is_empty() { Ok(()) } else { Err(FrameError::Truncated) }
     }
 }
 
@@ -132,20 +127,11 @@ mod tests {
 
     #[test]
     fn byte_at_a_time() {
-        let resp = Response::Error(
-            ErrorCode::RateLimited {
-                retry_after_secs: 7,
-            }
-            .into(),
-        );
+        let resp = Response::Error(ErrorCode::RateLimited { retry_after_secs: 7 }.into());
         let bytes = encode(&resp).unwrap();
         let mut d = Decoder::new();
         for (i, b) in bytes.iter().enumerate() {
-            assert_eq!(
-                d.next_frame::<Response>().unwrap(),
-                None,
-                "frame complete too early at {i}"
-            );
+            assert_eq!(d.next_frame::<Response>().unwrap(), None, "frame complete too early at {i}");
             d.push(&[*b]);
         }
         assert_eq!(d.next_frame::<Response>().unwrap(), Some(resp));
@@ -155,10 +141,7 @@ mod tests {
     fn oversized_header_rejected_before_body() {
         let mut d = Decoder::new();
         d.push(&u32::MAX.to_be_bytes());
-        assert_eq!(
-            d.next_frame::<Request>(),
-            Err(FrameError::TooLarge(u32::MAX as usize))
-        );
+        assert_eq!(d.next_frame::<Request>(), Err(FrameError::TooLarge(u32::MAX as usize)));
     }
 
     #[test]
@@ -168,10 +151,7 @@ mod tests {
             display_name: String::new(),
             password: String::new(),
         };
-        assert!(matches!(
-            encode(&req),
-            Err(FrameError::Malformed(_) | FrameError::TooLarge(_))
-        ));
+        assert!(matches!(encode(&req), Err(FrameError::Malformed(_) | FrameError::TooLarge(_))));
     }
 
     #[test]
@@ -180,20 +160,14 @@ mod tests {
         bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff]);
         let mut d = Decoder::new();
         d.push(&bytes);
-        assert!(matches!(
-            d.next_frame::<Request>(),
-            Err(FrameError::Malformed(_))
-        ));
+        assert!(matches!(d.next_frame::<Request>(), Err(FrameError::Malformed(_))));
     }
 
     #[test]
     fn unknown_variant_is_malformed() {
         // Variant index 200 does not exist in this protocol version.
         let body = [200u8];
-        assert!(matches!(
-            decode_body::<Request>(&body),
-            Err(FrameError::Malformed(_))
-        ));
+        assert!(matches!(decode_body::<Request>(&body), Err(FrameError::Malformed(_))));
     }
 
     #[test]
@@ -218,9 +192,6 @@ mod tests {
         let mut body = vec![1u8]; // Register
         body.push(253); // bincode varint marker for u64
         body.extend_from_slice(&(1u64 << 60).to_le_bytes());
-        assert!(matches!(
-            decode_body::<Request>(&body),
-            Err(FrameError::Malformed(_))
-        ));
+        assert!(matches!(decode_body::<Request>(&body), Err(FrameError::Malformed(_))));
     }
 }

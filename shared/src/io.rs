@@ -15,19 +15,13 @@ pub enum IoError {
 
 /// Reads one frame. `Ok(None)` on a clean end of stream before any byte of a frame; an end inside a frame
 /// is [`FrameError::Truncated`]. The body buffer is sized only after the length passed the limit.
-pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
-    r: &mut R,
-) -> Result<Option<T>, IoError> {
+pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<T>, IoError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
         let n = r.read(&mut header[got..]).await?;
         if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(FrameError::Truncated.into())
-            };
+            return if got == 0 { Ok(None) } else { Err(FrameError::Truncated.into()) };
         }
         got += n;
     }
@@ -41,10 +35,7 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
 }
 
 /// Writes one frame and flushes it.
-pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
-    w: &mut W,
-    msg: &T,
-) -> Result<(), IoError> {
+pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(w: &mut W, msg: &T) -> Result<(), IoError> {
     let bytes = frame::encode(msg)?;
     w.write_all(&bytes).await?;
     w.flush().await?;

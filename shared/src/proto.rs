@@ -33,26 +33,15 @@ pub enum Request {
     /// Liveness check; allowed in any state.
     Ping,
     /// Creates an account and logs it in ([`Response::Token`]).
-    Register {
-        username: String,
-        display_name: String,
-        password: String,
-    },
+    Register { username: String, display_name: String, password: String },
     /// Exchanges a password for a session token ([`Response::Token`]).
     Login { username: String, password: String },
     /// Opens the agent's session with a token; answered with [`Response::Welcome`].
-    Hello {
-        token: String,
-        local_addrs: Vec<SocketAddr>,
-    },
+    Hello { token: String, local_addrs: Vec<SocketAddr> },
     /// Revokes this session's token and ends the session.
     Logout,
     /// Users whose username or display name contains the text (case-insensitive), yourself excluded.
-    SearchUsers {
-        query: String,
-        offset: u32,
-        limit: u32,
-    },
+    SearchUsers { query: String, offset: u32, limit: u32 },
     /// Asks `username` to become a friend.
     FriendAdd { username: String, message: String },
     /// Pending friend requests, both directions.
@@ -104,24 +93,13 @@ pub enum Response {
     /// Answer to [`Request::Ping`].
     Pong,
     /// A fresh session token. Only its hash is kept by the broker.
-    Token {
-        username: String,
-        token: String,
-        expires_at: Millis,
-    },
+    Token { username: String, token: String, expires_at: Millis },
     /// The session is open.
-    Welcome {
-        session_id: u64,
-        user: UserInfo,
-        observed_addr: SocketAddr,
-    },
+    Welcome { session_id: u64, user: UserInfo, observed_addr: SocketAddr },
     /// Search results.
     Users(Vec<UserInfo>),
     /// Pending friend requests.
-    FriendRequests {
-        incoming: Vec<FriendRequestInfo>,
-        outgoing: Vec<FriendRequestInfo>,
-    },
+    FriendRequests { incoming: Vec<FriendRequestInfo>, outgoing: Vec<FriendRequestInfo> },
     /// Your friends.
     Friends(Vec<FriendInfo>),
     /// Answer to [`Request::FriendAdd`]: `true` when the other side had already asked you, so you are
@@ -162,21 +140,13 @@ pub struct FriendInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     /// Someone asked to become your friend.
-    FriendRequest {
-        from: UserInfo,
-        message: String,
-        created_at: Millis,
-    },
+    FriendRequest { from: UserInfo, message: String, created_at: Millis },
     /// You and `friend` are friends now (they accepted, or you accepted on another device).
     FriendAccepted { friend: UserInfo },
     /// The friendship with `username` ended (either side removed it).
     FriendRemoved { username: String },
     /// A friend came online (first device) or went offline (last device).
-    Presence {
-        username: String,
-        online: bool,
-        at: Millis,
-    },
+    Presence { username: String, online: bool, at: Millis },
     /// A friend changed their display name.
     FriendProfile { friend: UserInfo },
     /// This session's token was revoked (password change elsewhere): log in again.
@@ -193,10 +163,7 @@ pub struct ErrorBody {
 
 impl From<ErrorCode> for ErrorBody {
     fn from(code: ErrorCode) -> Self {
-        Self {
-            message: code.to_string(),
-            code,
-        }
+        Self { message: code.to_string(), code }
     }
 }
 
@@ -255,24 +222,14 @@ mod tests {
 
     #[test]
     fn error_messages_say_what_to_do() {
-        let e: ErrorBody = ErrorCode::RateLimited {
-            retry_after_secs: 12,
-        }
-        .into();
+        let e: ErrorBody = ErrorCode::RateLimited { retry_after_secs: 12 }.into();
         assert_eq!(e.to_string(), "too many failed attempts; try again in 12 s");
-        assert!(
-            ErrorBody::from(ErrorCode::InvalidToken)
-                .message
-                .contains("peer login")
-        );
+        assert!(ErrorBody::from(ErrorCode::InvalidToken).message.contains("peer login"));
     }
 
     #[test]
     fn request_kind_hides_secrets() {
-        let r = Request::Login {
-            username: "u".into(),
-            password: "hunter2hunter2".into(),
-        };
+        let r = Request::Login { username: "u".into(), password: "hunter2hunter2".into() };
         assert_eq!(r.kind(), "login");
     }
 }

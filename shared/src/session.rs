@@ -25,9 +25,7 @@ impl SessionState {
             (_, Ping) => Ok(()),
             (Self::Anonymous, Register { .. } | Login { .. } | Hello { .. }) => Ok(()),
             (Self::Anonymous, _) => Err(ErrorCode::NotLoggedIn),
-            (Self::Online { .. }, Register { .. } | Login { .. } | Hello { .. }) => {
-                Err(ErrorCode::AlreadyInSession)
-            }
+            (Self::Online { .. }, Register { .. } | Login { .. } | Hello { .. }) => Err(ErrorCode::AlreadyInSession),
             (Self::Online { .. }, _) => Ok(()),
             (Self::Closed, _) => Err(ErrorCode::NotLoggedIn),
         }
@@ -50,37 +48,19 @@ mod tests {
     fn anonymous_may_only_authenticate() {
         let s = SessionState::Anonymous;
         assert!(s.admits(&Request::Ping).is_ok());
-        assert!(
-            s.admits(&Request::Login {
-                username: "a".into(),
-                password: "b".into()
-            })
-            .is_ok()
-        );
-        assert!(
-            s.admits(&Request::Hello {
-                token: "t".into(),
-                local_addrs: vec![]
-            })
-            .is_ok()
-        );
+        assert!(s.admits(&Request::Login { username: "a".into(), password: "b".into() }).is_ok());
+        assert!(s.admits(&Request::Hello { token: "t".into(), local_addrs: vec![] }).is_ok());
         assert_eq!(s.admits(&Request::Friends), Err(ErrorCode::NotLoggedIn));
         assert_eq!(s.admits(&Request::Logout), Err(ErrorCode::NotLoggedIn));
     }
 
     #[test]
     fn online_cannot_reauthenticate() {
-        let s = SessionState::Online {
-            user: "alice".into(),
-            session_id: 1,
-        };
+        let s = SessionState::Online { user: "alice".into(), session_id: 1 };
         assert_eq!(s.user(), Some("alice"));
         assert!(s.admits(&Request::Friends).is_ok());
         assert_eq!(
-            s.admits(&Request::Hello {
-                token: "t".into(),
-                local_addrs: vec![]
-            }),
+            s.admits(&Request::Hello { token: "t".into(), local_addrs: vec![] }),
             Err(ErrorCode::AlreadyInSession)
         );
     }

@@ -15,14 +15,8 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// 3-32 characters of `a-z 0-9 _ . -`: safe in file names, URLs and logs, and unambiguous to read aloud.
 pub fn username(name: &str) -> Result<(), ErrorCode> {
     let ok = (3..=32).contains(&name.len())
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(ErrorCode::InvalidUsername)
-    }
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
+    if ok { Ok(()) } else { Err(ErrorCode::InvalidUsername) }
 }
 
 /// Any Unicode (`张三`, emoji) but no control characters, 1-64 characters, not blank.
@@ -46,9 +40,7 @@ pub fn text(what: &str, value: &str, max_chars: usize) -> Result<(), ErrorCode> 
     if short_text(value, max_chars) {
         Ok(())
     } else {
-        Err(ErrorCode::InvalidText(format!(
-            "{what} must be at most {max_chars} characters without control characters"
-        )))
+        Err(ErrorCode::InvalidText(format!("{what} must be at most {max_chars} characters without control characters")))
     }
 }
 
@@ -65,17 +57,7 @@ mod tests {
         for ok in ["bob", "zhang_san", "a.b-c", "x".repeat(32).as_str(), "007"] {
             assert!(username(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "ab",
-            "Bob",
-            "张三",
-            "a b",
-            "a/b",
-            "",
-            &"x".repeat(33),
-            "../x",
-            "a\0b",
-        ] {
+        for bad in ["ab", "Bob", "张三", "a b", "a/b", "", &"x".repeat(33), "../x", "a\0b"] {
             assert_eq!(username(bad), Err(ErrorCode::InvalidUsername), "{bad:?}");
         }
     }

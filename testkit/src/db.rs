@@ -30,10 +30,7 @@ pub fn backends() -> Vec<Backend> {
     let mut out = vec![Backend::Sqlite];
     let require = std::env::var("TEST_REQUIRE_ALL_DBS").is_ok_and(|v| v == "1");
     for (var, make) in [
-        (
-            "TEST_POSTGRES_URL",
-            Backend::Postgres as fn(String) -> Backend,
-        ),
+        ("TEST_POSTGRES_URL", Backend::Postgres as fn(String) -> Backend),
         ("TEST_MYSQL_URL", Backend::MySql as fn(String) -> Backend),
     ] {
         match std::env::var(var) {
@@ -55,21 +52,14 @@ pub struct TestDb {
 /// Runs `fut` to completion on a thread of its own, so that it works from sync and async tests alike.
 fn block_on<F: std::future::Future<Output = ()> + Send + 'static>(fut: F) {
     std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(fut)
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(fut)
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e));
 }
 
 fn random_name() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("t_{}_{}", std::process::id(), nanos % 1_000_000_000_000)
 }
 
@@ -92,46 +82,30 @@ impl TestDb {
     pub fn create(backend: &Backend, dir: &Path) -> Self {
         let name = random_name();
         match backend {
-            Backend::Sqlite => Self {
-                url: format!("sqlite:{}?mode=rwc", dir.join("broker.db").display()),
-                admin_url: None,
-                name,
-            },
+            Backend::Sqlite => {
+                Self { url: format!("sqlite:{}?mode=rwc", dir.join("broker.db").display()), admin_url: None, name }
+            }
             Backend::Postgres(admin) => {
                 let (admin2, name2) = (admin.clone(), name.clone());
                 block_on(async move {
-                    let mut c = sqlx::PgConnection::connect(&admin2)
-                        .await
-                        .expect("connect to TEST_POSTGRES_URL");
+                    let mut c = sqlx::PgConnection::connect(&admin2).await.expect("connect to TEST_POSTGRES_URL");
                     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name2}")))
                         .execute(&mut c)
                         .await
                         .unwrap();
                 });
-                Self {
-                    url: with_database(admin, &name),
-                    admin_url: Some(admin.clone()),
-                    name,
-                }
+                Self { url: with_database(admin, &name), admin_url: Some(admin.clone()), name }
             }
             Backend::MySql(admin) => {
                 let (admin2, name2) = (admin.clone(), name.clone());
                 block_on(async move {
-                    let mut c = sqlx::MySqlConnection::connect(&admin2)
+                    let mut c = sqlx::MySqlConnection::connect(&admin2).await.expect("connect to TEST_MYSQL_URL");
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name2} CHARACTER SET utf8mb4")))
+                        .execute(&mut c)
                         .await
-                        .expect("connect to TEST_MYSQL_URL");
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                        "CREATE DATABASE {name2} CHARACTER SET utf8mb4"
-                    )))
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
+                        .unwrap();
                 });
-                Self {
-                    url: with_database(admin, &name),
-                    admin_url: Some(admin.clone()),
-                    name,
-                }
+                Self { url: with_database(admin, &name), admin_url: Some(admin.clone()), name }
             }
         }
     }
@@ -146,18 +120,13 @@ impl Drop for TestDb {
         block_on(async move {
             if admin.starts_with("postgres") {
                 if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut c)
-                    .await;
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&mut c)
+                        .await;
                 }
             } else if let Ok(mut c) = sqlx::MySqlConnection::connect(&admin).await {
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name}"
-                )))
-                .execute(&mut c)
-                .await;
+                let _ =
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut c).await;
             }
         });
     }
@@ -167,17 +136,11 @@ impl Drop for TestDb {
 mod tests {
     #[test]
     fn database_swapped_in_url() {
-        assert_eq!(
-            super::with_database("postgres://u@h:5432/test", "x"),
-            "postgres://u@h:5432/x"
-        );
+        assert_eq!(super::with_database("postgres://u@h:5432/test", "x"), "postgres://u@h:5432/x");
         assert_eq!(
             super::with_database("mysql://root@127.0.0.1:3306/test?ssl-mode=disabled", "x"),
             "mysql://root@127.0.0.1:3306/x?ssl-mode=disabled"
         );
-        assert_eq!(
-            super::with_database("mysql://root@127.0.0.1:3306", "x"),
-            "mysql://root@127.0.0.1:3306/x"
-        );
+        assert_eq!(super::with_database("mysql://root@127.0.0.1:3306", "x"), "mysql://root@127.0.0.1:3306/x");
     }
 }

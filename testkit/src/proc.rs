@@ -19,19 +19,12 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} is not built: run the tests with `cargo test --workspace`",
-        path.display()
-    );
+    assert!(path.exists(), "{} is not built: run the tests with `cargo test --workspace`", path.display());
     path
 }
 
 fn signal(child: &Child, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status();
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
 }
 
 /// A running broker with its own data directory and database.
@@ -49,32 +42,16 @@ impl Broker {
     pub fn start(backend: &Backend) -> Self {
         let data = tempfile::tempdir().unwrap();
         let db = TestDb::create(backend, data.path());
-        let (child, addr, fingerprint) =
-            spawn_broker(data.path(), &db.url, "127.0.0.1:0".parse().unwrap(), &[]);
-        Self {
-            child: Some(child),
-            addr,
-            fingerprint,
-            data,
-            db,
-            backend: backend.name(),
-        }
+        let (child, addr, fingerprint) = spawn_broker(data.path(), &db.url, "127.0.0.1:0".parse().unwrap(), &[]);
+        Self { child: Some(child), addr, fingerprint, data, db, backend: backend.name() }
     }
 
     /// Starts a broker with extra flags.
     pub fn start_with(backend: &Backend, extra: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
         let db = TestDb::create(backend, data.path());
-        let (child, addr, fingerprint) =
-            spawn_broker(data.path(), &db.url, "127.0.0.1:0".parse().unwrap(), extra);
-        Self {
-            child: Some(child),
-            addr,
-            fingerprint,
-            data,
-            db,
-            backend: backend.name(),
-        }
+        let (child, addr, fingerprint) = spawn_broker(data.path(), &db.url, "127.0.0.1:0".parse().unwrap(), extra);
+        Self { child: Some(child), addr, fingerprint, data, db, backend: backend.name() }
     }
 
     /// `127.0.0.1:PORT`, as peers are told.
@@ -85,14 +62,24 @@ impl Broker {
     /// Kills the broker (SIGKILL) and starts it again on the same port, data and database.
     pub fn restart(&mut self) {
         self.kill();
-        let (child, addr, fingerprint) =
-            spawn_broker(self.data.path(), &self.db.url, self.addr, &[]);
-        assert_eq!(
-            fingerprint, self.fingerprint,
-            "identity must survive a restart"
-        );
+        let (child, addr, fingerprint) = spawn_broker(self.data.path(), &self.db.url, self.addr, &[]);
+        assert_eq!(fingerprint, self.fingerprint, "identity must survive a restart");
         self.child = Some(child);
         self.addr = addr;
+    }
+
+    /// Restarts the broker with a brand-new TLS identity (as if its data were replaced): pinned peers must
+    /// refuse it. Returns the new fingerprint.
+    pub fn replace_identity(&mut self) -> String {
+        self.kill();
+        std::fs::remove_file(self.data.path().join("broker.key")).unwrap();
+        std::fs::remove_file(self.data.path().join("broker.crt")).unwrap();
+        let (child, addr, fingerprint) = spawn_broker(self.data.path(), &self.db.url, self.addr, &[]);
+        assert_ne!(fingerprint, self.fingerprint);
+        self.child = Some(child);
+        self.addr = addr;
+        self.fingerprint = fingerprint.clone();
+        fingerprint
     }
 
     pub fn kill(&mut self) {
@@ -123,9 +110,7 @@ impl Broker {
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     /// The broker's log so far.
@@ -140,17 +125,8 @@ impl Drop for Broker {
     }
 }
 
-fn spawn_broker(
-    data: &Path,
-    db_url: &str,
-    listen: SocketAddr,
-    extra: &[&str],
-) -> (Child, SocketAddr, String) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data.join("broker.log"))
-        .unwrap();
+fn spawn_broker(data: &Path, db_url: &str, listen: SocketAddr, extra: &[&str]) -> (Child, SocketAddr, String) {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(data.join("broker.log")).unwrap();
     let mut child = Command::new(bin("broker"))
         .arg("--listen")
         .arg(listen.to_string())
@@ -182,8 +158,7 @@ fn spawn_broker(
     let words: Vec<&str> = line.split_whitespace().collect();
     let at = words.iter().position(|w| *w == "on").unwrap();
     let addr = words[at + 1].parse().unwrap();
-    let fingerprint =
-        words[words.iter().position(|w| *w == "fingerprint").unwrap() + 1].to_string();
+    let fingerprint = words[words.iter().position(|w| *w == "fingerprint").unwrap() + 1].to_string();
     (child, addr, fingerprint)
 }
 
@@ -197,11 +172,7 @@ pub struct Peer {
 impl Peer {
     /// A device with an empty home, pointed at `broker`.
     pub fn new(broker: &Broker) -> Self {
-        Self {
-            home: tempfile::tempdir().unwrap(),
-            broker: broker.address(),
-            username: String::new(),
-        }
+        Self { home: tempfile::tempdir().unwrap(), broker: broker.address(), username: String::new() }
     }
 
     /// A device registered as `username` (display name = username).
@@ -213,29 +184,15 @@ impl Peer {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin("peer"));
-        c.arg("--home")
-            .arg(self.home.path())
-            .args(args)
-            .env("PEER_LOG", "warn")
-            .env_remove("PEER_PASSWORD");
+        c.arg("--home").arg(self.home.path()).args(args).env("PEER_LOG", "warn").env_remove("PEER_PASSWORD");
         c
     }
 
     /// Runs the CLI with `stdin` as its standard input.
     pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
+        let mut child =
+            self.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
         child.wait_with_output().unwrap()
     }
 
@@ -275,35 +232,17 @@ impl Peer {
 
     pub fn register(&mut self, username: &str, display_name: &str) {
         let out = self.run_with_stdin(
-            &[
-                "register",
-                username,
-                "--broker",
-                &self.broker,
-                "--display-name",
-                display_name,
-                "--password-stdin",
-            ],
+            &["register", username, "--broker", &self.broker, "--display-name", display_name, "--password-stdin"],
             &format!("{PASSWORD}\n"),
         );
-        assert!(
-            out.status.success(),
-            "register {username}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "register {username}: {}", String::from_utf8_lossy(&out.stderr));
         self.username = username.to_string();
     }
 
     /// `peer login` with a password; returns the output.
     pub fn login(&self, username: &str, password: &str) -> Output {
         self.run_with_stdin(
-            &[
-                "login",
-                username,
-                "--broker",
-                &self.broker,
-                "--password-stdin",
-            ],
+            &["login", username, "--broker", &self.broker, "--password-stdin"],
             &format!("{password}\n"),
         )
     }
@@ -317,11 +256,8 @@ impl Peer {
 
     /// Starts the agent without waiting for it.
     pub fn start_agent(&self) -> Agent {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.home.path().join("agent.log"))
-            .unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.home.path().join("agent.log")).unwrap();
         let child = self
             .command(&["up", "--bind", "127.0.0.1:0"])
             .env("PEER_LOG", "info")
@@ -344,11 +280,7 @@ impl Peer {
                     return v;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; agent log:\n{}",
-                self.agent_log()
-            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; agent log:\n{}", self.agent_log());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -371,11 +303,7 @@ impl Peer {
                 }
             }
         });
-        let w = Watch {
-            child,
-            rx,
-            seen: Default::default(),
-        };
+        let w = Watch { child, rx, seen: Default::default() };
         w.expect("watch subscribed", |v| v["type"] == "watching");
         w
     }
@@ -463,9 +391,7 @@ impl Watch {
 
     /// Waits for an event of `kind` about `username`.
     pub fn expect_event(&self, kind: &str, username: &str) -> Value {
-        self.expect(&format!("{kind} {username}"), |v| {
-            v["type"] == kind && v["username"] == username
-        })
+        self.expect(&format!("{kind} {username}"), |v| v["type"] == kind && v["username"] == username)
     }
 
     /// Everything received so far that no `expect` consumed, after draining what is queued now.
