@@ -54,7 +54,9 @@ impl Broker {
         let mut server =
             quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
         server.transport_config(Arc::new(transport()));
-        let endpoint = quinn::Endpoint::server(server, cfg.listen)?;
+        let socket = std::net::UdpSocket::bind(cfg.listen)?;
+        let runtime = quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime"))?;
+        let endpoint = quinn::Endpoint::new(endpoint_config(&identity), Some(server), socket, runtime)?;
         Ok(Self {
             endpoint,
             ctx: Arc::new(Ctx { accounts, friends, table }),
@@ -97,6 +99,22 @@ impl Broker {
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
         self.db.pool.close().await;
     }
+}
+
+/// A stateless-reset key derived from the broker's identity, so that it survives restarts: after a crash or
+/// upgrade, the first packet an agent sends on its old connection is answered with a valid reset, and the
+/// agent reconnects at once instead of waiting out its idle timeout.
+fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
+    let mut material = b"p2pim broker stateless reset v1".to_vec();
+    material.extend_from_slice(identity.key.secret_der());
+    let seed = ring::digest::digest(&ring::digest::SHA256, &material);
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_ref())));
+    // Connection IDs must validate across restarts too, or the new process drops the old IDs unanswered.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&seed.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    cfg.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    cfg
 }
 
 /// Small windows: a broker session carries small frames, and 10,000 idle sessions must fit in little memory.

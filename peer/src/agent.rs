@@ -255,6 +255,9 @@ impl Agent {
         };
         match net::request(&conn, req).await {
             Ok(resp) => ControlResponse::Broker(resp),
+            Err(e) if conn.close_reason().is_some() => ControlResponse::Error(format!(
+                "lost the broker connection ({e}); the agent is reconnecting, try again in a moment"
+            )),
             Err(e) => ControlResponse::Error(e.to_string()),
         }
     }
