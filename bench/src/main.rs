@@ -1,1 +1,133 @@
-fn main() {}
+//! `bench`: measures the real broker against a raw-quinn baseline taken in the same run.
+//!
+//! - `bench broker`: token logins over fresh QUIC connections (sessions/s), broker RSS per idle session at
+//!   1,000 and 10,000 sessions, and bare mutual-TLS QUIC handshakes/s against a raw quinn server.
+//! - `bench presence`: users with 50 friends each come online; presence events/s and the delay from a
+//!   user's hello to each friend's event, beside a raw quinn request/response round trip.
+//!
+//! The broker and the raw server run as separate processes (the raw server is this binary's hidden
+//! `raw-server` command), so both sides of the comparison cost the same process boundaries.
+
+mod client;
+mod raw;
+mod stats;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of the real components beside a raw-quinn baseline")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Session opening rate and memory per idle session.
+    Broker {
+        /// Concurrent sessions to hold open at the end.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Handshakes in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// Presence fan-out.
+    Presence {
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        #[arg(long, default_value_t = 50)]
+        friends: usize,
+        /// Logins in flight at once during the wave.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// A bare quinn server (the baseline); prints its address and certificate fingerprint.
+    #[command(hide = true)]
+    RawServer,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match args.cmd {
+        Cmd::RawServer => rt.block_on(raw::serve()),
+        Cmd::Broker { sessions, concurrency } => rt.block_on(client::broker_bench(sessions, concurrency)),
+        Cmd::Presence { users, friends, concurrency } => {
+            rt.block_on(client::presence_bench(users, friends, concurrency))
+        }
+    }
+}
+
+/// A child process that is killed when dropped.
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+    pub(crate) fingerprint: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Resident memory of the process, in KiB (Linux /proc).
+    pub(crate) fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+fn sibling(name: &str) -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        bail!("{} not found: build it first with `cargo build --release -p {name}`", path.display());
+    }
+    Ok(path)
+}
+
+/// Reads "... on ADDR fingerprint HEX" from the child's first stdout line.
+fn ready_line(child: &mut Child) -> Result<(SocketAddr, String)> {
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "on").context("no address in ready line")?;
+    let fp = words.iter().position(|w| *w == "fingerprint").context("no fingerprint in ready line")?;
+    Ok((words[at + 1].parse()?, words[fp + 1].to_string()))
+}
+
+/// Starts the real broker (release build beside this binary) on SQLite in a temp dir. Account creation uses
+/// cheap argon2 parameters so that setting up thousands of users does not dominate the run; logins in the
+/// measured part use tokens and never hash.
+pub(crate) fn start_broker() -> Result<Proc> {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(sibling("broker")?)
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .env("BROKER_ARGON2_MEMORY_KIB", "1024")
+        .env("BROKER_ARGON2_ITERATIONS", "1")
+        .env("BROKER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let (addr, fingerprint) = ready_line(&mut child)?;
+    Ok(Proc { child, addr, fingerprint, _dir: Some(dir) })
+}
+
+/// Starts the raw quinn baseline server.
+pub(crate) fn start_raw() -> Result<Proc> {
+    let mut child = Command::new(std::env::current_exe()?).arg("raw-server").stdout(Stdio::piped()).spawn()?;
+    let (addr, fingerprint) = ready_line(&mut child)?;
+    Ok(Proc { child, addr, fingerprint, _dir: None })
+}

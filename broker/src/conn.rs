@@ -201,10 +201,11 @@ impl Conn {
         *self.token_hash.lock().unwrap_or_else(|p| p.into_inner()) = Some(owner.token_hash);
         drop(state);
         tracing::info!(user = owner.user.username, session = session_id, %observed, device = %self.fingerprint, "online");
+        let friends = self.ctx.friends.usernames(&owner.user.username).await?;
         if first {
-            self.ctx.friends.announce_presence(&owner.user.username, true, now).await?;
+            self.ctx.friends.announce_presence(&friends, &owner.user.username, true, now);
         }
-        self.ctx.friends.presence_snapshot(&owner.user.username, session_id).await?;
+        self.ctx.friends.presence_snapshot(&friends, &owner.user.username, session_id);
         Ok(Response::Welcome { session_id, user: owner.user, observed_addr: observed })
     }
 
@@ -212,8 +213,9 @@ impl Conn {
         let now = now_ms();
         if self.ctx.table.remove(user, session_id, now) {
             tracing::info!(user, session = session_id, "offline");
-            if let Err(e) = self.ctx.friends.announce_presence(user, false, now).await {
-                tracing::error!(error = %e, "could not announce offline presence");
+            match self.ctx.friends.usernames(user).await {
+                Ok(friends) => self.ctx.friends.announce_presence(&friends, user, false, now),
+                Err(e) => tracing::error!(error = %e, "could not announce offline presence"),
             }
         }
     }

@@ -68,7 +68,25 @@ impl Db {
             create_sqlite_file(&url)?;
         }
         let max = if backend == Backend::Sqlite { 4 } else { 16 };
-        let pool = AnyPoolOptions::new().max_connections(max).connect(&url).await?;
+        let mut opts = AnyPoolOptions::new().max_connections(max);
+        if backend == Backend::Sqlite {
+            // WAL with NORMAL sync: commits survive a crash of the broker (not of the OS, for the last
+            // moment), and a login costs no fsync. Foreign keys are off by default in SQLite.
+            opts = opts.after_connect(|conn, _| {
+                Box::pin(async move {
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = NORMAL",
+                        "PRAGMA foreign_keys = ON",
+                        "PRAGMA busy_timeout = 5000",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts.connect(&url).await?;
         let db = Self { pool, backend };
         db.migrate().await?;
         Ok(db)

@@ -195,24 +195,22 @@ impl Friends {
 
     /// Gives a new session the presence of every online friend, so that a (re)connecting agent starts from
     /// the truth instead of from whatever it saw before.
-    pub async fn presence_snapshot(&self, me: &str, session_id: u64) -> Result<()> {
-        for f in self.usernames(me).await? {
-            let p = self.table.presence(&f);
+    pub fn presence_snapshot(&self, friends: &[String], me: &str, session_id: u64) {
+        for f in friends {
+            let p = self.table.presence(f);
             if p.online {
-                let event = Event::Presence { username: f, online: true, at: p.since.unwrap_or_else(now_ms) };
+                let event = Event::Presence { username: f.clone(), online: true, at: p.since.unwrap_or_else(now_ms) };
                 self.table.push_to(me, session_id, &event);
             }
         }
-        Ok(())
     }
 
     /// Tells `me`'s online friends that `me` came online or went offline.
-    pub async fn announce_presence(&self, me: &str, online: bool, at: i64) -> Result<()> {
+    pub fn announce_presence(&self, friends: &[String], me: &str, online: bool, at: i64) {
         let event = Event::Presence { username: me.to_string(), online, at };
-        for f in self.usernames(me).await? {
-            self.table.push(&f, &event);
+        for f in friends {
+            self.table.push(f, &event);
         }
-        Ok(())
     }
 
     /// Tells `me`'s friends about a new display name.

@@ -11,6 +11,7 @@ use shared::backoff::Backoff;
 use shared::control::{AgentEvent, AgentStatus, ControlRequest, ControlResponse};
 use shared::io::{read_frame, write_frame};
 use shared::proto::{ErrorCode, Event, Request, Response};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, broadcast};
@@ -38,6 +39,9 @@ pub(crate) struct Agent {
     status: Mutex<AgentStatus>,
     conn: Mutex<Option<quinn::Connection>>,
     events: broadcast::Sender<AgentEvent>,
+    /// Last known presence of each friend in this session: the broker may say "online" twice when two
+    /// friends log in at the same moment (snapshot and announcement cross), watchers hear it once.
+    presence: Mutex<HashMap<String, bool>>,
     stop: Notify,
 }
 
@@ -86,6 +90,7 @@ pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
         status: Mutex::new(status),
         conn: Mutex::new(None),
         events,
+        presence: Mutex::default(),
         stop: Notify::new(),
     });
     tracing::info!(user = agent.account.username, broker = agent.account.broker, udp = ?agent.endpoint.local_addr().ok(), "agent starting");
@@ -165,6 +170,7 @@ impl Agent {
         self.emit(AgentEvent::Connected { observed_addr, at });
         let end = self.read_events(&conn).await;
         *lock(&self.conn) = None;
+        lock(&self.presence).clear();
         let at = now_ms();
         {
             let mut s = lock(&self.status);
@@ -196,7 +202,13 @@ impl Agent {
                 }
                 Ok(Some(event)) => {
                     if let Event::Presence { username, online, .. } = &event {
+                        if lock(&self.presence).insert(username.clone(), *online) == Some(*online) {
+                            continue;
+                        }
                         tracing::info!(friend = username, online, "presence");
+                    }
+                    if let Event::FriendRemoved { username } = &event {
+                        lock(&self.presence).remove(username);
                     }
                     self.emit(AgentEvent::Broker { event, at: now_ms() });
                 }

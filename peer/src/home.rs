@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use certs::{Fingerprint, Identity};
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use std::path::{Path, PathBuf};
 
 /// Schema steps, applied in order; the index + 1 is the version stored in `PRAGMA user_version`.
@@ -45,7 +45,11 @@ impl Home {
             certs::secret_file::owner_only().truncate(false).open(&db_path)?;
         }
         certs::secret_file::restrict(&db_path)?;
-        let opts = SqliteConnectOptions::new().filename(&db_path).create_if_missing(true);
+        let opts = SqliteConnectOptions::new()
+            .filename(&db_path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal);
         let db = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)

@@ -1,0 +1,355 @@
+//! Simulated peers in one process, speaking the real protocol to the real broker.
+
+use crate::stats::{ms, percentile};
+use crate::{Proc, raw, start_broker, start_raw};
+use anyhow::{Context, Result, anyhow, bail};
+use certs::Identity;
+use certs::verify::ServerPin;
+use serde_json::json;
+use shared::io::{read_frame, write_frame};
+use shared::proto::{BROKER_ALPN, Event, Request, Response};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Client sockets the simulated peers spread over (one UDP socket each).
+const ENDPOINTS: usize = 16;
+const PASSWORD: &str = "bench password";
+
+/// The simulated peers' side: a few endpoints and one device identity.
+struct Clients {
+    endpoints: Vec<quinn::Endpoint>,
+    identity: Identity,
+}
+
+impl Clients {
+    fn new() -> Result<Self> {
+        let endpoints = (0..ENDPOINTS)
+            .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse()?).map_err(Into::into))
+            .collect::<Result<_>>()?;
+        Ok(Self { endpoints, identity: Identity::generate("bench-device")? })
+    }
+
+    fn config(&self, fingerprint: &str, alpn: &[u8]) -> Result<quinn::ClientConfig> {
+        let tls = certs::config::client(&self.identity, ServerPin::Exact(fingerprint.parse()?), &[alpn])?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(Duration::from_secs(5)));
+        cfg.transport_config(Arc::new(t));
+        Ok(cfg)
+    }
+
+    async fn connect(&self, i: usize, cfg: &quinn::ClientConfig, addr: SocketAddr) -> Result<quinn::Connection> {
+        Ok(self.endpoints[i % ENDPOINTS].connect_with(cfg.clone(), addr, "bench")?.await?)
+    }
+}
+
+async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(&mut send, req).await?;
+    send.finish()?;
+    match read_frame::<Response, _>(&mut recv).await? {
+        Some(Response::Error(e)) => bail!("{}: {}", req.kind(), e.message),
+        Some(r) => Ok(r),
+        None => bail!("no response"),
+    }
+}
+
+fn username(i: usize) -> String {
+    format!("user{i:05}")
+}
+
+/// Registers `n` users over a few connections; returns their tokens.
+async fn register_users(clients: &Clients, broker: &Proc, n: usize) -> Result<Vec<String>> {
+    let cfg = clients.config(&broker.fingerprint, BROKER_ALPN)?;
+    let workers = 8;
+    let tokens = Arc::new(Mutex::new(vec![String::new(); n]));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let conn = clients.connect(w, &cfg, broker.addr).await?;
+        let tokens = tokens.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(workers) {
+                let req = Request::Register {
+                    username: username(i),
+                    display_name: format!("User {i}"),
+                    password: PASSWORD.into(),
+                };
+                match call(&conn, &req).await? {
+                    Response::Token { token, .. } => tokens.lock().map_err(|_| anyhow!("poisoned"))?[i] = token,
+                    other => bail!("register: {other:?}"),
+                }
+            }
+            conn.close(0u32.into(), b"done");
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let tokens = tokens.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    Ok(tokens)
+}
+
+/// Opens `count` connections with at most `concurrency` handshakes in flight; `then` runs on each.
+async fn open_many<F, Fut>(
+    clients: &Arc<Clients>,
+    cfg: &quinn::ClientConfig,
+    addr: SocketAddr,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+    then: F,
+) -> Result<(Vec<quinn::Connection>, Duration)>
+where
+    F: Fn(usize, quinn::Connection) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<quinn::Connection>> + Send,
+{
+    let sem = Arc::new(Semaphore::new(concurrency));
+    let then = Arc::new(then);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(range.len());
+    for i in range {
+        let permit = sem.clone().acquire_owned().await?;
+        let (clients, cfg, then) = (clients.clone(), cfg.clone(), then.clone());
+        tasks.push(tokio::spawn(async move {
+            let conn = clients.connect(i, &cfg, addr).await?;
+            let conn = then(i, conn).await?;
+            drop(permit);
+            Ok::<_, anyhow::Error>(conn)
+        }));
+    }
+    let mut conns = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        conns.push(t.await??);
+    }
+    Ok((conns, start.elapsed()))
+}
+
+pub(crate) async fn broker_bench(sessions: usize, concurrency: usize) -> Result<()> {
+    let broker = start_broker()?;
+    let raw = start_raw()?;
+    let clients = Arc::new(Clients::new()?);
+    eprintln!("registering {sessions} users ...");
+    let tokens = Arc::new(register_users(&clients, &broker, sessions).await?);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_base = broker.rss_kib().context("broker RSS")?;
+
+    // Baseline: bare mutual-TLS handshakes against the raw quinn server, same concurrency.
+    let n_raw = sessions.min(2_000);
+    let raw_cfg = clients.config(&raw.fingerprint, raw::ALPN)?;
+    let (raw_conns, raw_time) =
+        open_many(&clients, &raw_cfg, raw.addr, 0..n_raw, concurrency, |_, c| async move { Ok(c) }).await?;
+    for c in &raw_conns {
+        c.close(0u32.into(), b"done");
+    }
+    drop(raw_conns);
+    let raw_rate = n_raw as f64 / raw_time.as_secs_f64();
+
+    // The broker: fresh connection + hello with a token = one session.
+    let cfg = clients.config(&broker.fingerprint, BROKER_ALPN)?;
+    let hello = {
+        let tokens = tokens.clone();
+        move |i: usize, conn: quinn::Connection| {
+            let token = tokens[i].clone();
+            async move {
+                match call(&conn, &Request::Hello { token, local_addrs: vec![] }).await? {
+                    Response::Welcome { .. } => Ok(conn),
+                    other => bail!("hello: {other:?}"),
+                }
+            }
+        }
+    };
+    let first = sessions.min(1_000);
+    let (mut held, t_first) = open_many(&clients, &cfg, broker.addr, 0..first, concurrency, hello.clone()).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_1k = broker.rss_kib().context("broker RSS")?;
+    let (rest, t_rest) = open_many(&clients, &cfg, broker.addr, first..sessions, concurrency, hello).await?;
+    held.extend(rest);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_all = broker.rss_kib().context("broker RSS")?;
+    // Idle for longer than the idle timeout: every session must still be there (keep-alives work).
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let alive = held.iter().filter(|c| c.close_reason().is_none()).count();
+    let rss_idle = broker.rss_kib().context("broker RSS")?;
+
+    let rate = sessions as f64 / (t_first + t_rest).as_secs_f64();
+    let per_1k = (rss_1k.saturating_sub(rss_base)) as f64 / first as f64;
+    let per_all = (rss_idle.saturating_sub(rss_base)) as f64 / sessions as f64;
+    println!("broker bench: {sessions} sessions, {concurrency} handshakes in flight, {ENDPOINTS} client sockets");
+    println!("  raw quinn handshakes/s (mutual TLS 1.3): {raw_rate:>10.0}");
+    println!("  broker sessions opened/s (handshake + token hello): {rate:>10.0}   ratio {:.2}", rate / raw_rate);
+    println!(
+        "  broker RSS: base {rss_base} KiB, at {first} sessions {rss_1k} KiB, at {sessions} sessions {rss_all} KiB, idle 20 s later {rss_idle} KiB"
+    );
+    println!("  broker memory per idle session: {per_1k:.1} KiB at {first}, {per_all:.1} KiB at {sessions}");
+    println!("  sessions still alive after 20 s idle: {alive}/{sessions}");
+    println!(
+        "{}",
+        json!({
+            "bench": "broker", "sessions": sessions, "raw_handshakes_per_s": raw_rate, "sessions_per_s": rate,
+            "ratio": rate / raw_rate, "rss_base_kib": rss_base, "rss_1k_kib": rss_1k, "rss_all_kib": rss_all,
+            "rss_idle_kib": rss_idle, "kib_per_session_1k": per_1k, "kib_per_session_all": per_all, "alive": alive,
+        })
+    );
+    for c in &held {
+        c.close(0u32.into(), b"done");
+    }
+    Ok(())
+}
+
+/// Round trips of 100-byte echoes against the raw server: the floor for any one-way-and-back message.
+async fn raw_rtt(clients: &Clients, raw: &Proc, n: usize) -> Result<Vec<Duration>> {
+    let cfg = clients.config(&raw.fingerprint, raw::ALPN)?;
+    let conn = clients.connect(0, &cfg, raw.addr).await?;
+    let payload = vec![7u8; 100];
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let (mut s, mut r) = conn.open_bi().await?;
+        s.write_all(&payload).await?;
+        s.finish()?;
+        r.read_to_end(1024).await?;
+        out.push(t.elapsed());
+    }
+    Ok(out)
+}
+
+pub(crate) async fn presence_bench(users: usize, friends: usize, concurrency: usize) -> Result<()> {
+    let broker = start_broker()?;
+    let raw = start_raw()?;
+    let clients = Arc::new(Clients::new()?);
+    eprintln!("registering {users} users ...");
+    let tokens = Arc::new(register_users(&clients, &broker, users).await?);
+    let cfg = clients.config(&broker.fingerprint, BROKER_ALPN)?;
+
+    // Friendships: a ring where each user befriends the next friends/2 users (so everyone has `friends`).
+    eprintln!("making {} friendships ...", users * friends / 2);
+    let hello = {
+        let tokens = tokens.clone();
+        move |i: usize, conn: quinn::Connection| {
+            let token = tokens[i].clone();
+            async move {
+                call(&conn, &Request::Hello { token, local_addrs: vec![] }).await?;
+                Ok(conn)
+            }
+        }
+    };
+    let (setup, _) = open_many(&clients, &cfg, broker.addr, 0..users, 64, hello.clone()).await?;
+    let setup = Arc::new(setup);
+    let half = friends / 2;
+    let sem = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..users {
+        for k in 1..=half {
+            let j = (i + k) % users;
+            let (setup, permit) = (setup.clone(), sem.clone().acquire_owned().await?);
+            tasks.push(tokio::spawn(async move {
+                call(&setup[i], &Request::FriendAdd { username: username(j), message: String::new() }).await?;
+                call(&setup[j], &Request::FriendAccept { username: username(i) }).await?;
+                drop(permit);
+                Ok::<_, anyhow::Error>(())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    for c in setup.iter() {
+        c.close(0u32.into(), b"setup done");
+    }
+    drop(setup);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The wave: everyone comes online; each session reads its event stream and timestamps presence events.
+    eprintln!("bringing {users} users online ...");
+    // Per user: when its hello was sent and when it was welcomed; per event: (receiver, subject, time).
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let welcomed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let received: Arc<Mutex<Vec<(String, String, Instant)>>> = Arc::default();
+    let wave = {
+        let (tokens, sent, welcomed, received) = (tokens.clone(), sent.clone(), welcomed.clone(), received.clone());
+        move |i: usize, conn: quinn::Connection| {
+            let (token, sent, welcomed, received) =
+                (tokens[i].clone(), sent.clone(), welcomed.clone(), received.clone());
+            async move {
+                sent.lock().map_err(|_| anyhow!("poisoned"))?.insert(username(i), Instant::now());
+                call(&conn, &Request::Hello { token, local_addrs: vec![] }).await?;
+                welcomed.lock().map_err(|_| anyhow!("poisoned"))?.insert(username(i), Instant::now());
+                let c = conn.clone();
+                tokio::spawn(async move {
+                    let Ok(mut events) = c.accept_uni().await else { return };
+                    while let Ok(Some(ev)) = read_frame::<Event, _>(&mut events).await {
+                        if let Event::Presence { username: subject, online: true, .. } = ev
+                            && let Ok(mut r) = received.lock()
+                        {
+                            r.push((username(i), subject, Instant::now()));
+                        }
+                    }
+                });
+                Ok(conn)
+            }
+        }
+    };
+    let start = Instant::now();
+    let (online, login_time) = open_many(&clients, &cfg, broker.addr, 0..users, concurrency, wave).await?;
+    // Every friendship yields exactly one online event in one direction (the later of the two logs in
+    // after the earlier is online) or two (snapshot + announce race); wait until the count settles.
+    // Each friendship yields an event each way: the announcement to whoever was online first, and the
+    // snapshot to whoever came second (a few more when two friends log in at the same instant).
+    let expected = users * half * 2;
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let n = received.lock().map_err(|_| anyhow!("poisoned"))?.len();
+        if n >= expected && n == last {
+            break;
+        }
+        if n == last && start.elapsed() > login_time + Duration::from_secs(10) {
+            break;
+        }
+        last = n;
+    }
+    let received = received.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    let sent = sent.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    let welcomed = welcomed.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    let last_event = received.iter().map(|(_, _, t)| *t).max().unwrap_or(start);
+    // Latency is measured on announcements only: events whose receiver was already online when the
+    // subject sent its hello (a snapshot's age is the time between two logins, not a delivery delay).
+    let mut delays: Vec<Duration> = received
+        .iter()
+        .filter_map(|(rx, subject, t)| {
+            let (s, w) = (sent.get(subject)?, welcomed.get(rx)?);
+            (w < s).then(|| t.saturating_duration_since(*s))
+        })
+        .collect();
+    let events = received.len();
+    let span = last_event.duration_since(start);
+    let rate = events as f64 / span.as_secs_f64();
+    let (p50, p99) = (percentile(&mut delays, 50.0), percentile(&mut delays, 99.0));
+    let mut rtt = raw_rtt(&clients, &raw, 1_000).await?;
+    let (r50, r99) = (percentile(&mut rtt, 50.0), percentile(&mut rtt, 99.0));
+    println!("presence bench: {users} users x {friends} friends, logins {concurrency} in flight");
+    println!(
+        "  presence events delivered: {events} (at least {expected} expected) in {:.2} s = {rate:.0} events/s",
+        span.as_secs_f64()
+    );
+    println!("  login -> friend's event ({} announcements): p50 {}  p99 {}", delays.len(), ms(p50), ms(p99));
+    println!("  raw quinn 100-byte round trip: p50 {}  p99 {}", ms(r50), ms(r99));
+    println!(
+        "{}",
+        json!({
+            "bench": "presence", "users": users, "concurrency": concurrency, "friends": friends, "events": events, "events_per_s": rate,
+            "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,
+            "raw_rtt_p50_ms": r50.as_secs_f64() * 1e3, "raw_rtt_p99_ms": r99.as_secs_f64() * 1e3,
+        })
+    );
+    for c in &online {
+        c.close(0u32.into(), b"done");
+    }
+    if events < expected {
+        bail!("only {events} of {expected} presence events arrived");
+    }
+    Ok(())
+}
