@@ -139,6 +139,12 @@ pub(crate) async fn broker_bench(sessions: usize, concurrency: usize) -> Result<
     // Baseline: bare mutual-TLS handshakes against the raw quinn server, same concurrency.
     let n_raw = sessions.min(2_000);
     let raw_cfg = clients.config(&raw.fingerprint, raw::ALPN)?;
+    // Warm-up (not counted): thread pools, allocator and caches on both sides.
+    let (warm, _) = open_many(&clients, &raw_cfg, raw.addr, 0..200, concurrency, |_, c| async move { Ok(c) }).await?;
+    for c in &warm {
+        c.close(0u32.into(), b"done");
+    }
+    drop(warm);
     let (raw_conns, raw_time) =
         open_many(&clients, &raw_cfg, raw.addr, 0..n_raw, concurrency, |_, c| async move { Ok(c) }).await?;
     for c in &raw_conns {

@@ -33,7 +33,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         sessions: usize,
         /// Handshakes in flight at once.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
     /// Presence fan-out.
