@@ -160,6 +160,12 @@ impl Conn {
                 Response::Ok
             }
             Request::Friends => Response::Friends(ctx.friends.list(&me).await?),
+            Request::Lookup { username } => {
+                if !ctx.friends.are_friends(&me, &username).await? {
+                    return Err(ErrorCode::NotFriends.into());
+                }
+                Response::Endpoints(ctx.friends.lookup_devices(&me, session_id, &username))
+            }
             Request::SetDisplayName { display_name } => {
                 ctx.accounts.set_display_name(&me, &display_name).await?;
                 let user = shared::proto::UserInfo { username: me.clone(), display_name };

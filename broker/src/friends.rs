@@ -5,7 +5,7 @@
 use crate::accounts::AccountError;
 use crate::db::{Db, now_ms};
 use crate::table::Table;
-use shared::proto::{ErrorCode, Event, FriendInfo, FriendRequestInfo, MAX_SEARCH_RESULTS, UserInfo};
+use shared::proto::{DeviceEndpoint, ErrorCode, Event, FriendInfo, FriendRequestInfo, MAX_SEARCH_RESULTS, UserInfo};
 use shared::validate;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -211,6 +211,22 @@ impl Friends {
         for f in friends {
             self.table.push(f, &event);
         }
+    }
+
+    /// Where `friend`'s online devices are, for `me` only if they are friends. Each of those devices is told
+    /// to expect `me`'s device (its key and addresses), so both sides can open the path at once.
+    pub fn lookup_devices(&self, me: &str, session_id: u64, friend: &str) -> Vec<DeviceEndpoint> {
+        let endpoint = |r: &crate::table::Row| DeviceEndpoint {
+            fingerprint: r.fingerprint.0,
+            observed: r.observed,
+            local: r.local.clone(),
+        };
+        let devices: Vec<DeviceEndpoint> = self.table.sessions(friend).iter().map(endpoint).collect();
+        if let Some(mine) = self.table.session(me, session_id) {
+            let event = Event::PeerIncoming { username: me.to_string(), device: endpoint(&mine) };
+            self.table.push(friend, &event);
+        }
+        devices
     }
 
     /// Tells `me`'s friends about a new display name.

@@ -109,6 +109,11 @@ impl Table {
         self.lock().online.get(user).cloned().unwrap_or_default()
     }
 
+    /// One device's row.
+    pub fn session(&self, user: &str, session_id: u64) -> Option<Row> {
+        self.lock().online.get(user)?.iter().find(|r| r.session_id == session_id).cloned()
+    }
+
     /// Number of online devices.
     pub fn len(&self) -> usize {
         self.lock().online.values().map(Vec::len).sum()

@@ -2,6 +2,7 @@
 //! broker events to watchers, and serves the CLI over the control channel.
 
 use crate::control::{self, Duplex};
+use crate::direct::Direct;
 use crate::home::{Account, Home};
 use crate::net;
 use anyhow::{Result, anyhow};
@@ -31,10 +32,13 @@ enum SessionEnd {
 
 /// The running agent.
 pub(crate) struct Agent {
-    home: Home,
-    account: Account,
+    pub(crate) home: Home,
+    pub(crate) account: Account,
     identity: Identity,
-    endpoint: quinn::Endpoint,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) direct: Direct,
+    /// One delivery at a time per friend, so that messages arrive in the order they were sent.
+    pub(crate) outbox_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     broker_addr: SocketAddr,
     status: Mutex<AgentStatus>,
     conn: Mutex<Option<quinn::Connection>>,
@@ -45,11 +49,11 @@ pub(crate) struct Agent {
     stop: Notify,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
@@ -65,7 +69,10 @@ pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
     let account = home.account().await?;
     let listener = control::Listener::bind(&home.dir).await?;
     let identity = home.identity()?;
-    let endpoint = net::endpoint(&identity, bind, Default::default())?;
+    let allowed = net::Allowed::default();
+    let endpoint = net::endpoint(&identity, bind, allowed.clone())?;
+    let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel();
+    let direct = Direct::new(endpoint.clone(), identity.clone(), allowed, opened_tx);
     let broker_addr = net::resolve(&account.broker).await?;
     let status = AgentStatus {
         username: account.username.clone(),
@@ -86,6 +93,8 @@ pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
         account,
         identity,
         endpoint,
+        direct,
+        outbox_locks: Mutex::default(),
         broker_addr,
         status: Mutex::new(status),
         conn: Mutex::new(None),
@@ -95,12 +104,24 @@ pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
     });
     tracing::info!(user = agent.account.username, broker = agent.account.broker, udp = ?agent.endpoint.local_addr().ok(), "agent starting");
     let server = tokio::spawn(agent.clone().serve_control(listener));
+    let peers = tokio::spawn(agent.clone().accept_peers(opened_rx));
+    let retry = tokio::spawn({
+        let agent = agent.clone();
+        async move {
+            loop {
+                tokio::time::sleep(crate::chat::RETRY_EVERY).await;
+                agent.clone().deliver_all().await;
+            }
+        }
+    });
     let result = tokio::select! {
         r = agent.broker_loop() => r,
         () = shared::io::shutdown_signal() => Ok(()),
         () = agent.stop.notified() => Ok(()),
     };
     server.abort();
+    peers.abort();
+    retry.abort();
     if let Some(conn) = lock(&agent.conn).take() {
         conn.close(quinn::VarInt::from_u32(0), b"agent stopping");
     }
@@ -112,11 +133,11 @@ pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
 }
 
 impl Agent {
-    fn emit(&self, event: AgentEvent) {
+    pub(crate) fn emit(&self, event: AgentEvent) {
         let _ = self.events.send(event);
     }
 
-    async fn broker_loop(&self) -> Result<()> {
+    async fn broker_loop(self: &Arc<Self>) -> Result<()> {
         let mut backoff = Backoff::default();
         loop {
             match self.session().await {
@@ -134,7 +155,7 @@ impl Agent {
     }
 
     /// One broker session, from connect to loss.
-    async fn session(&self) -> SessionEnd {
+    async fn session(self: &Arc<Self>) -> SessionEnd {
         let pin = ServerPin::Exact(self.account.broker_fingerprint);
         let conn = match net::connect_broker(&self.endpoint, &self.identity, self.broker_addr, pin).await {
             Ok(c) => c,
@@ -168,6 +189,7 @@ impl Agent {
         *lock(&self.conn) = Some(conn.clone());
         tracing::info!(session = session_id, %observed_addr, "online");
         self.emit(AgentEvent::Connected { observed_addr, at });
+        tokio::spawn(self.clone().deliver_all());
         let end = self.read_events(&conn).await;
         *lock(&self.conn) = None;
         lock(&self.presence).clear();
@@ -187,7 +209,7 @@ impl Agent {
     }
 
     /// Relays broker events until the connection ends.
-    async fn read_events(&self, conn: &quinn::Connection) -> SessionEnd {
+    async fn read_events(self: &Arc<Self>, conn: &quinn::Connection) -> SessionEnd {
         let mut stream = match conn.accept_uni().await {
             Ok(s) => s,
             Err(e) => return SessionEnd::Lost(e.to_string()),
@@ -207,8 +229,20 @@ impl Agent {
                         }
                         tracing::info!(friend = username, online, "presence");
                     }
-                    if let Event::FriendRemoved { username } = &event {
-                        lock(&self.presence).remove(username);
+                    match &event {
+                        Event::FriendRemoved { username } => {
+                            lock(&self.presence).remove(username);
+                            self.direct.forget(username);
+                        }
+                        Event::PeerIncoming { username, device } => {
+                            self.direct.expect(username, certs::Fingerprint(device.fingerprint));
+                            continue;
+                        }
+                        Event::Presence { username, online: true, .. } => {
+                            let (agent, friend) = (self.clone(), username.clone());
+                            tokio::spawn(async move { agent.deliver_pending(&friend).await });
+                        }
+                        _ => {}
                     }
                     self.emit(AgentEvent::Broker { event, at: now_ms() });
                 }
@@ -253,12 +287,13 @@ impl Agent {
             ControlRequest::Watch => return self.watch(stream).await,
             ControlRequest::Broker(req) => self.forward(&req).await,
             ControlRequest::Logout => self.logout().await,
+            ControlRequest::Send { to, text } => self.send_message(&to, &text).await,
         };
         write_frame(&mut stream, &resp).await?;
         Ok(())
     }
 
-    async fn forward(&self, req: &Request) -> ControlResponse {
+    pub(crate) async fn forward(&self, req: &Request) -> ControlResponse {
         let conn = lock(&self.conn).clone();
         let Some(conn) = conn else {
             return ControlResponse::Error(

@@ -2,15 +2,15 @@
 
 use crate::control;
 use crate::home::{Account, Home};
-use crate::{agent, net, output, password};
+use crate::{agent, history, net, output, password};
 use anyhow::{Context, Result, anyhow, bail};
 use certs::Fingerprint;
 use certs::verify::ServerPin;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
-use shared::control::{ControlRequest, ControlResponse};
+use shared::control::{AgentEvent, ControlRequest, ControlResponse, MessageStatus};
 use shared::io::{read_frame, write_frame};
-use shared::proto::{FriendInfo, MAX_SEARCH_RESULTS, Request, Response};
+use shared::proto::{Event, FriendInfo, MAX_SEARCH_RESULTS, Request, Response};
 use shared::validate;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -78,6 +78,31 @@ pub(crate) enum Cmd {
     Profile {
         #[command(subcommand)]
         cmd: ProfileCmd,
+    },
+    /// Send a message to a friend: directly to their device, or queued until you are both online.
+    Send {
+        user: String,
+        /// Any Unicode, up to 16 KiB.
+        text: String,
+    },
+    /// Interactive chat with a friend: type to send; /history, /quit.
+    Chat { user: String },
+    /// Show the conversation with USER (oldest first), or search every conversation.
+    History {
+        /// The friend whose conversation to show.
+        #[arg(required_unless_present = "search")]
+        user: Option<String>,
+        /// Messages containing this text, in any conversation.
+        #[arg(long, conflicts_with = "user")]
+        search: Option<String>,
+        /// How many messages (the newest ones).
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Only messages older than this local id (for paging back; ids are in --json output).
+        #[arg(long)]
+        before: Option<i64>,
+        #[arg(long)]
+        json: bool,
     },
     /// Change your password; every other device is logged out.
     Passwd {
@@ -205,6 +230,26 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             validate::display_name(&display_name)?;
             expect_broker_ok(broker_call(&home, Request::SetDisplayName { display_name }).await?)?;
             println!("display name changed");
+            Ok(())
+        }
+        Cmd::Send { user, text } => send(&home, &user, &text).await,
+        Cmd::Chat { user } => chat(&home, &user).await,
+        Cmd::History { user, search, limit, before, json } => {
+            let me = home.get("username").await?.unwrap_or_default();
+            let msgs = match (&user, &search) {
+                (_, Some(text)) => history::search(&home.db, text, limit).await?,
+                (Some(user), None) => history::conversation(&home.db, user, limit, before).await?,
+                (None, None) => bail!("name a friend, or pass --search TEXT"),
+            };
+            if json {
+                print_json(&msgs.iter().map(|m| m.json(&me)).collect::<Vec<_>>());
+            } else if msgs.is_empty() {
+                println!("no messages");
+            } else {
+                for m in &msgs {
+                    println!("{}", history_line(m, &me));
+                }
+            }
             Ok(())
         }
         Cmd::Passwd { password_stdin } => {
@@ -439,5 +484,100 @@ fn print_friends(list: &[FriendInfo], json: bool) {
             (false, None) => "offline".to_string(),
         };
         println!("{name:<48} {presence}");
+    }
+}
+
+fn history_line(m: &history::Message, me: &str) -> String {
+    let who = if m.outgoing { me } else { m.peer.as_str() };
+    let status = match m.status.as_str() {
+        "delivered" | "received" => String::new(),
+        other => format!("  ({other})"),
+    };
+    format!("[{}] {who}: {}{status}", output::time(m.sent_at), m.text)
+}
+
+async fn send(home: &Home, to: &str, text: &str) -> Result<()> {
+    validate::username(to).map_err(|_| anyhow!("no such user: {to}"))?;
+    shared::peer::check_text(text).map_err(|e| anyhow!(e))?;
+    match control_call(home, ControlRequest::Send { to: to.to_string(), text: text.to_string() }).await? {
+        ControlResponse::Sent { status: MessageStatus::Delivered, .. } => println!("delivered to {to}"),
+        ControlResponse::Sent { status: MessageStatus::Failed, detail, .. } => {
+            bail!("not delivered: {}", detail.unwrap_or_default())
+        }
+        ControlResponse::Sent { detail, .. } => println!(
+            "queued: {}; the agent delivers it when you are both online",
+            detail.unwrap_or_else(|| format!("{to} is not reachable now"))
+        ),
+        ControlResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+    Ok(())
+}
+
+/// Line-mode chat, like the seed's command-line client.
+async fn chat(home: &Home, friend: &str) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let me = home.get("username").await?.unwrap_or_default();
+    let mut events = control::connect(&home.dir).await?;
+    write_frame(&mut events, &ControlRequest::Watch).await?;
+    println!("chat with {friend}: type a message and press Enter; /history shows more, /quit leaves");
+    for m in history::conversation(&home.db, friend, 10, None).await? {
+        println!("{}", history_line(&m, &me));
+    }
+    let who = friend.to_string();
+    let printer = tokio::spawn(async move {
+        while let Ok(Some(resp)) = read_frame::<ControlResponse, _>(&mut events).await {
+            let line = match &resp {
+                ControlResponse::Event(e @ AgentEvent::MessageReceived { from, .. }) if *from == who => {
+                    output::event_line(e)
+                }
+                ControlResponse::Event(e @ AgentEvent::MessageFailed { to, .. }) if *to == who => output::event_line(e),
+                ControlResponse::Event(e @ AgentEvent::Broker { event: Event::Presence { username, .. }, .. })
+                    if *username == who =>
+                {
+                    output::event_line(e)
+                }
+                _ => continue,
+            };
+            println!("{line}");
+        }
+        println!("(the agent stopped)");
+    });
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let line = line.trim_end();
+        match line {
+            "" => continue,
+            "/quit" | "/exit" => break,
+            "/history" => {
+                for m in history::conversation(&home.db, friend, 50, None).await? {
+                    println!("{}", history_line(&m, &me));
+                }
+            }
+            text => {
+                if let Err(e) = send_quiet(home, friend, text).await {
+                    println!("! {e}");
+                }
+            }
+        }
+    }
+    printer.abort();
+    Ok(())
+}
+
+/// Sends from `peer chat`: silent when delivered, a note when queued.
+async fn send_quiet(home: &Home, to: &str, text: &str) -> Result<()> {
+    shared::peer::check_text(text).map_err(|e| anyhow!(e))?;
+    match control_call(home, ControlRequest::Send { to: to.to_string(), text: text.to_string() }).await? {
+        ControlResponse::Sent { status: MessageStatus::Delivered, .. } => Ok(()),
+        ControlResponse::Sent { status: MessageStatus::Failed, detail, .. } => {
+            bail!("not delivered: {}", detail.unwrap_or_default())
+        }
+        ControlResponse::Sent { .. } => {
+            println!("(queued: {to} is not reachable now; it will be delivered when you are both online)");
+            Ok(())
+        }
+        ControlResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
     }
 }

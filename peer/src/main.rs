@@ -4,8 +4,11 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod agent;
+mod chat;
 mod cli;
 mod control;
+mod direct;
+mod history;
 mod home;
 mod net;
 mod output;

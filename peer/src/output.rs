@@ -66,6 +66,15 @@ pub(crate) fn event_json(e: &AgentEvent) -> Value {
         AgentEvent::Disconnected { reason, at } => {
             json!({ "type": "disconnected", "reason": reason, "at": at })
         }
+        AgentEvent::MessageReceived { from, id, text, sent_at, at } => json!({
+            "type": "message_received", "username": from, "id": id, "text": text, "sent_at": sent_at, "at": at,
+        }),
+        AgentEvent::MessageDelivered { to, id, at } => {
+            json!({ "type": "message_delivered", "username": to, "id": id, "at": at })
+        }
+        AgentEvent::MessageFailed { to, id, reason, at } => {
+            json!({ "type": "message_failed", "username": to, "id": id, "reason": reason, "at": at })
+        }
         AgentEvent::Broker { event, at } => {
             let mut v = match event {
                 Event::FriendRequest { from, message, created_at } => json!({
@@ -86,6 +95,7 @@ pub(crate) fn event_json(e: &AgentEvent) -> Value {
                     "type": "friend_profile", "username": friend.username, "display_name": friend.display_name,
                 }),
                 Event::SessionRevoked => json!({ "type": "session_revoked" }),
+                Event::PeerIncoming { username, .. } => json!({ "type": "peer_incoming", "username": username }),
             };
             v["at"] = json!(at);
             v
@@ -98,6 +108,11 @@ pub(crate) fn event_line(e: &AgentEvent) -> String {
     match e {
         AgentEvent::Connected { observed_addr, at } => {
             format!("{} connected to the broker (seen as {observed_addr})", time(*at))
+        }
+        AgentEvent::MessageReceived { from, text, sent_at, .. } => format!("[{}] {from}: {text}", time(*sent_at)),
+        AgentEvent::MessageDelivered { to, id, at } => format!("{} delivered to {to} ({id})", time(*at)),
+        AgentEvent::MessageFailed { to, reason, at, .. } => {
+            format!("{} could not deliver to {to}: {reason}", time(*at))
         }
         AgentEvent::Disconnected { reason, at } => {
             format!("{} disconnected from the broker: {reason}; reconnecting", time(*at))
@@ -124,6 +139,7 @@ pub(crate) fn event_line(e: &AgentEvent) -> String {
                     format!("{t} {} is now called {}", friend.username, friend.display_name)
                 }
                 Event::SessionRevoked => format!("{t} this session was revoked; log in again"),
+                Event::PeerIncoming { username, .. } => format!("{t} {username} is connecting directly"),
             }
         }
     }

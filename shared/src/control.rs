@@ -20,6 +20,8 @@ pub enum ControlRequest {
     Logout,
     /// Forward a request to the broker over the agent's session.
     Broker(proto::Request),
+    /// Send a chat message to a friend; answered once it is delivered, queued or failed.
+    Send { to: String, text: String },
 }
 
 /// The agent's answer.
@@ -33,6 +35,37 @@ pub enum ControlResponse {
     Event(AgentEvent),
     /// The agent could not do it (for example: not connected to the broker right now).
     Error(String),
+    /// The outcome of [`ControlRequest::Send`].
+    Sent {
+        id: String,
+        status: MessageStatus,
+        detail: Option<String>,
+    },
+}
+
+/// Where an outgoing message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageStatus {
+    /// Being delivered right now.
+    Sending,
+    /// Stored by at least one of the friend's devices.
+    Delivered,
+    /// The friend is offline or unreachable; the agent delivers it when both are online.
+    Queued,
+    /// Refused for good (no longer friends, refused by the receiver).
+    Failed,
+}
+
+impl MessageStatus {
+    /// How it is stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sending => "sending",
+            Self::Delivered => "delivered",
+            Self::Queued => "queued",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 /// What `peer status` shows.
@@ -63,4 +96,10 @@ pub enum AgentEvent {
     Disconnected { reason: String, at: Millis },
     /// Something the broker pushed.
     Broker { event: proto::Event, at: Millis },
+    /// A friend's message arrived (and is stored).
+    MessageReceived { from: String, id: String, text: String, sent_at: Millis, at: Millis },
+    /// A message of ours was stored by the friend's agent.
+    MessageDelivered { to: String, id: String, at: Millis },
+    /// A message of ours will not be delivered.
+    MessageFailed { to: String, id: String, reason: String, at: Millis },
 }

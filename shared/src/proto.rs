@@ -60,6 +60,9 @@ pub enum Request {
     SetDisplayName { display_name: String },
     /// Changes your password; every other session's token is revoked.
     ChangePassword { old: String, new: String },
+    /// Where a friend's online devices can be reached ([`Response::Endpoints`]). Friends only. The friend's
+    /// devices are told (with [`Event::PeerIncoming`]) to expect this device's key.
+    Lookup { username: String },
 }
 
 impl Request {
@@ -81,6 +84,7 @@ impl Request {
             Self::Friends => "friends",
             Self::SetDisplayName { .. } => "set_display_name",
             Self::ChangePassword { .. } => "change_password",
+            Self::Lookup { .. } => "lookup",
         }
     }
 }
@@ -107,6 +111,19 @@ pub enum Response {
     FriendAdded { now_friends: bool },
     /// The request failed; nothing was changed.
     Error(ErrorBody),
+    /// A friend's online devices (empty when the friend is offline).
+    Endpoints(Vec<DeviceEndpoint>),
+}
+
+/// One online device of a friend, as the broker vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceEndpoint {
+    /// SHA-256 of the device's certificate: the only key a connection to it may present.
+    pub fingerprint: [u8; 32],
+    /// The address the broker observes (the device's public mapping).
+    pub observed: SocketAddr,
+    /// The addresses the device announced (its LAN side).
+    pub local: Vec<SocketAddr>,
 }
 
 /// A user as others may see them: never an address, never presence unless they are friends.
@@ -151,6 +168,8 @@ pub enum Event {
     FriendProfile { friend: UserInfo },
     /// This session's token was revoked (password change elsewhere): log in again.
     SessionRevoked,
+    /// A friend's device looked this one up and is about to connect: accept exactly this key from them.
+    PeerIncoming { username: String, device: DeviceEndpoint },
 }
 
 /// A failed request: the code is for programs, the message for people.

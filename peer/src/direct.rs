@@ -1,0 +1,151 @@
+//! Direct connections between friends' agents, on the agent's one endpoint.
+//!
+//! Both sides pin the other's device key as the broker vouched for it: we connect only to the fingerprint a
+//! lookup returned, and accept only fingerprints the broker announced (`PeerIncoming`). The connection tells
+//! us who the sender is; no frame can claim otherwise. Connections are kept and reused in both directions,
+//! and close by themselves after [`IDLE`] without traffic.
+
+use crate::net::Allowed;
+use anyhow::{Result, anyhow};
+use certs::verify::ServerPin;
+use certs::{Fingerprint, Identity};
+use shared::io::{read_frame, write_frame};
+use shared::peer::{PeerAck, PeerFrame};
+use shared::proto::{DeviceEndpoint, PEER_ALPN};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A direct connection unused this long is closed.
+pub(crate) const IDLE: Duration = Duration::from_secs(30);
+/// How long to wait for a handshake on one candidate address.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long to wait for a friend's agent to store a message.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The transport for peer connections: no keep-alive (idle links close), a generous idle timeout.
+pub(crate) fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(IDLE.as_millis() as u32))));
+    t
+}
+
+/// Who may connect, and the live connections.
+pub(crate) struct Direct {
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+    allowed: Allowed,
+    who: Mutex<HashMap<Fingerprint, String>>,
+    conns: Mutex<HashMap<Fingerprint, quinn::Connection>>,
+    /// Connections we opened, handed to the agent so that it serves the friend's streams on them too.
+    opened: tokio::sync::mpsc::UnboundedSender<(quinn::Connection, String)>,
+}
+
+impl Direct {
+    pub(crate) fn new(
+        endpoint: quinn::Endpoint,
+        identity: Identity,
+        allowed: Allowed,
+        opened: tokio::sync::mpsc::UnboundedSender<(quinn::Connection, String)>,
+    ) -> Self {
+        Self { endpoint, identity, allowed, who: Mutex::default(), conns: Mutex::default(), opened }
+    }
+
+    /// Accept `username`'s device `fp` from now on (the broker said it is about to connect).
+    pub(crate) fn expect(&self, username: &str, fp: Fingerprint) {
+        lock(&self.who).insert(fp, username.to_string());
+        if let Ok(mut a) = self.allowed.write() {
+            a.insert(fp);
+        }
+    }
+
+    /// Stop accepting and drop every connection of `username` (no longer a friend).
+    pub(crate) fn forget(&self, username: &str) {
+        let gone: Vec<Fingerprint> =
+            lock(&self.who).iter().filter(|(_, u)| u.as_str() == username).map(|(f, _)| *f).collect();
+        for fp in gone {
+            lock(&self.who).remove(&fp);
+            if let Ok(mut a) = self.allowed.write() {
+                a.remove(&fp);
+            }
+            if let Some(c) = lock(&self.conns).remove(&fp) {
+                c.close(quinn::VarInt::from_u32(1), b"no longer friends");
+            }
+        }
+    }
+
+    /// The friend behind a device key.
+    pub(crate) fn username_of(&self, fp: &Fingerprint) -> Option<String> {
+        lock(&self.who).get(fp).cloned()
+    }
+
+    /// Keeps an accepted connection for reuse in the other direction.
+    pub(crate) fn adopt(&self, fp: Fingerprint, conn: quinn::Connection) {
+        lock(&self.conns).insert(fp, conn);
+    }
+
+    /// A connection to the device, reusing a live one; otherwise tries every candidate address at once and
+    /// keeps the first that completes a mutually authenticated handshake.
+    pub(crate) async fn connect(&self, username: &str, device: &DeviceEndpoint) -> Result<quinn::Connection> {
+        let fp = Fingerprint(device.fingerprint);
+        self.expect(username, fp);
+        if let Some(c) = lock(&self.conns).get(&fp).filter(|c| c.close_reason().is_none()).cloned() {
+            return Ok(c);
+        }
+        let tls = certs::config::client(&self.identity, ServerPin::Exact(fp), &[PEER_ALPN])?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
+        cfg.transport_config(Arc::new(transport()));
+        let mut candidates: Vec<SocketAddr> = vec![device.observed];
+        candidates.extend(device.local.iter().copied().filter(|a| *a != device.observed));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(candidates.len().max(1));
+        for addr in candidates {
+            let connecting = self.endpoint.connect_with(cfg.clone(), addr, "p2pim-peer");
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let res = match connecting {
+                    Ok(c) => match tokio::time::timeout(CONNECT_TIMEOUT, c).await {
+                        Ok(r) => r.map_err(|e| anyhow!("{addr}: {e}")),
+                        Err(_) => Err(anyhow!("{addr}: no answer")),
+                    },
+                    Err(e) => Err(anyhow!("{addr}: {e}")),
+                };
+                let _ = tx.send(res).await;
+            });
+        }
+        drop(tx);
+        let mut errors = Vec::new();
+        while let Some(res) = rx.recv().await {
+            match res {
+                Ok(conn) => {
+                    lock(&self.conns).insert(fp, conn.clone());
+                    let _ = self.opened.send((conn.clone(), username.to_string()));
+                    return Ok(conn);
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(anyhow!("could not reach {username}'s device: {}", errors.join("; ")))
+    }
+
+    /// Sends one frame on its own stream and waits for the receiver's acknowledgement.
+    pub(crate) async fn send(conn: &quinn::Connection, frame: &PeerFrame) -> Result<PeerAck> {
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            write_frame(&mut send, frame).await?;
+            send.finish()?;
+            read_frame::<PeerAck, _>(&mut recv).await?.ok_or_else(|| anyhow!("the friend's agent closed the stream"))
+        };
+        tokio::time::timeout(ACK_TIMEOUT, exchange).await.map_err(|_| anyhow!("no acknowledgement within 10 s"))?
+    }
+}
+
+/// The fingerprint a connection's peer presented.
+pub(crate) fn peer_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
+    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    certs.first().map(|c| Fingerprint::of(c))
+}
