@@ -145,3 +145,41 @@ pub(crate) async fn search(db: &SqlitePool, text: &str, limit: i64) -> Result<Ve
     out.reverse();
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn db() -> SqlitePool {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
+        for stmt in include_str!("../migrations/0002_messages.sql").split(';').map(str::trim).filter(|s| !s.is_empty())
+        {
+            sqlx::query(sqlx::AssertSqlSafe(stmt.to_string())).execute(&pool).await.unwrap();
+        }
+        pool
+    }
+
+    #[tokio::test]
+    async fn a_retried_message_is_stored_once() {
+        let db = db().await;
+        assert!(insert_incoming(&db, "id1", "alice", "hi", 1, 2).await.unwrap());
+        assert!(!insert_incoming(&db, "id1", "alice", "hi", 1, 3).await.unwrap());
+        assert_eq!(conversation(&db, "alice", 10, None).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn pending_is_oldest_first_and_per_friend() {
+        let db = db().await;
+        for (id, peer) in [("a", "bob"), ("b", "carol"), ("c", "bob")] {
+            insert_outgoing(&db, id, peer, id, 1).await.unwrap();
+        }
+        set_status(&db, "a", MessageStatus::Delivered).await.unwrap();
+        let p: Vec<String> = pending(&db, "bob").await.unwrap().into_iter().map(|m| m.id).collect();
+        assert_eq!(p, ["c"]);
+        let mut peers = peers_with_pending(&db).await.unwrap();
+        peers.sort();
+        assert_eq!(peers, ["bob", "carol"]);
+        assert_eq!(search(&db, "b", 10).await.unwrap().len(), 1);
+        assert!(search(&db, "%", 10).await.unwrap().is_empty(), "wildcards are literal");
+    }
+}

@@ -1,0 +1,183 @@
+//! One-to-one chat over direct QUIC connections, end to end.
+
+use serde_json::Value;
+use std::sync::Arc;
+use testkit::{Backend, Broker, PASSWORD, Peer};
+
+fn friends(a: &Peer, b: &Peer) {
+    a.ok(&["friends", "add", &b.username]);
+    b.ok(&["friends", "accept", &a.username]);
+}
+
+fn texts(history: &Value) -> Vec<String> {
+    history.as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn direct_delivery_both_ways_with_history_and_search() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let alice = Peer::registered(&broker, "alice");
+    let bob = Peer::registered(&broker, "bob");
+    let _a = alice.up();
+    let _b = bob.up();
+    friends(&alice, &bob);
+    let bob_watch = bob.watch();
+    let alice_watch = alice.watch();
+
+    assert!(alice.ok(&["send", "bob", "你好,世界 👋"]).contains("delivered"));
+    let ev = bob_watch.expect_event("message_received", "alice");
+    assert_eq!(ev["text"], "你好,世界 👋");
+    alice_watch.expect_event("message_delivered", "bob");
+    assert!(bob.ok(&["send", "alice", "hi back 🙂"]).contains("delivered"));
+    alice_watch.expect_event("message_received", "bob");
+    let long = "长".repeat(16 * 1024 / 3);
+    assert!(alice.ok(&["send", "bob", &long]).contains("delivered"));
+
+    // Both sides hold the same conversation, in the same order.
+    let on_alice = alice.json(&["history", "bob", "--json"]);
+    let on_bob = bob.json(&["history", "alice", "--json"]);
+    assert_eq!(texts(&on_alice), ["你好,世界 👋", "hi back 🙂", long.as_str()]);
+    assert_eq!(texts(&on_alice), texts(&on_bob));
+    assert_eq!(on_alice[0]["from"], "alice");
+    assert_eq!(on_alice[0]["status"], "delivered");
+    assert_eq!(on_bob[0]["direction"], "in");
+    assert_eq!(on_alice[0]["id"], on_bob[0]["id"], "one id on both sides");
+
+    // Paging and search.
+    let last = alice.json(&["history", "bob", "--limit", "1", "--json"]);
+    assert_eq!(texts(&last), [long.as_str()]);
+    let before = last[0]["local_id"].as_i64().unwrap().to_string();
+    assert_eq!(texts(&alice.json(&["history", "bob", "--before", &before, "--json"])).len(), 2);
+    assert_eq!(texts(&bob.json(&["history", "--search", "世界", "--json"])), ["你好,世界 👋"]);
+    assert!(alice.ok(&["history", "bob"]).contains("alice: 你好,世界 👋"));
+
+    // `peer chat`: what is typed is sent; /quit leaves.
+    let out = alice.run_with_stdin(&["chat", "bob"], "typed in chat\n/history\n/quit\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("chat with bob"));
+    bob_watch.expect("the chat line", |v| v["type"] == "message_received" && v["text"] == "typed in chat");
+    alice.ok(&["send", "bob", "after chat"]);
+    bob_watch.expect("the next message", |v| v["type"] == "message_received" && v["text"] == "after chat");
+
+    // Bad input: typed errors, nothing stored.
+    assert!(alice.fails(&["send", "bob", &"x".repeat(16 * 1024 + 1)]).contains("limit"));
+    assert!(alice.fails(&["send", "bob", ""]).contains("empty"));
+    assert_eq!(texts(&alice.json(&["history", "bob", "--json"])).len(), 5);
+
+    // The broker carried none of it.
+    assert!(!broker.log().contains("世界"));
+}
+
+#[test]
+fn offline_messages_queue_in_order_and_survive_restarts() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let alice = Peer::registered(&broker, "alice");
+    let bob = Peer::registered(&broker, "bob");
+    let mut a = alice.up();
+    {
+        let _b = bob.up();
+        friends(&alice, &bob);
+    }
+    // Bob's agent was killed: wait until the broker knows he is offline.
+    while alice.json(&["friends", "--json"])[0]["online"] == true {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for text in ["one", "two", "three"] {
+        let out = alice.ok(&["send", "bob", text]);
+        assert!(out.contains("queued"), "{out}");
+    }
+    assert_eq!(alice.json(&["history", "bob", "--json"])[0]["status"], "queued");
+    // The sender restarts too: the queue is in its database.
+    assert!(a.stop());
+    let _a = alice.up();
+    let _b = bob.up();
+    let watch = bob.watch();
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    while texts(&bob.json(&["history", "alice", "--json"])).len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "queued messages never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["one", "two", "three"]);
+    drop(watch);
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    loop {
+        let h = alice.json(&["history", "bob", "--json"]);
+        if h.as_array().unwrap().iter().all(|m| m["status"] == "delivered") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "statuses never became delivered: {h}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // A later message goes after them, not before.
+    assert!(alice.ok(&["send", "bob", "four"]).contains("delivered"));
+    assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["one", "two", "three", "four"]);
+}
+
+#[test]
+fn every_device_of_the_friend_gets_it() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let alice = Peer::registered(&broker, "alice");
+    let bob = Peer::registered(&broker, "bob");
+    let _a = alice.up();
+    let _b = bob.up();
+    friends(&alice, &bob);
+    let phone = Peer::new(&broker);
+    assert!(phone.login("bob", PASSWORD).status.success());
+    let _p = phone.up();
+    let w1 = bob.watch();
+    let w2 = phone.watch();
+    assert!(alice.ok(&["send", "bob", "to all of you"]).contains("delivered"));
+    assert_eq!(w1.expect_event("message_received", "alice")["text"], "to all of you");
+    assert_eq!(w2.expect_event("message_received", "alice")["text"], "to all of you");
+}
+
+#[test]
+fn non_friends_and_unknown_keys_are_refused() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let alice = Peer::registered(&broker, "alice");
+    let bob = Peer::registered(&broker, "bob");
+    let mallory = Peer::registered(&broker, "mallory");
+    let _a = alice.up();
+    let _b = bob.up();
+    let _m = mallory.up();
+    friends(&alice, &bob);
+
+    // Not a friend: the broker will not say where alice is.
+    let err = mallory.fails(&["send", "alice", "let me in"]);
+    assert!(err.contains("not friends"), "{err}");
+    assert!(alice.json(&["history", "--search", "let me in", "--json"]).as_array().unwrap().is_empty());
+
+    // A device the broker never vouched for cannot even finish a handshake with alice's agent.
+    let addr: std::net::SocketAddr =
+        alice.json(&["status", "--json"])["observed_addr"].as_str().unwrap().parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let stranger = certs::Identity::generate("stranger").unwrap();
+        // Trust whatever alice presents: only alice's side of the check is under test.
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let tls =
+            certs::config::client(&stranger, certs::verify::ServerPin::FirstUse(seen), &[shared::proto::PEER_ALPN])
+                .unwrap();
+        let cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let refused = match ep.connect_with(cfg, addr, "p2pim-peer").unwrap().await {
+            Err(_) => true,
+            Ok(conn) => match conn.open_bi().await {
+                Err(_) => true,
+                Ok((mut s, mut r)) => {
+                    let frame = shared::peer::PeerFrame::Chat { id: [9; 16], sent_at: 0, text: "forged".into() };
+                    let _ = shared::io::write_frame(&mut s, &frame).await;
+                    let _ = s.finish();
+                    shared::io::read_frame::<shared::peer::PeerAck, _>(&mut r).await.is_err()
+                }
+            },
+        };
+        assert!(refused, "an unknown device must be refused");
+    });
+    assert!(alice.json(&["history", "--search", "forged", "--json"]).as_array().unwrap().is_empty());
+
+    // After unfriending, nothing more goes through, in either direction.
+    alice.ok(&["friends", "remove", "bob"]);
+    assert!(bob.fails(&["send", "alice", "still there?"]).contains("not friends"));
+    assert!(alice.fails(&["send", "bob", "bye"]).contains("not friends"));
+}
