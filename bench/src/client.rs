@@ -19,13 +19,13 @@ const ENDPOINTS: usize = 16;
 const PASSWORD: &str = "bench password";
 
 /// The simulated peers' side: a few endpoints and one device identity.
-struct Clients {
+pub(crate) struct Clients {
     endpoints: Vec<quinn::Endpoint>,
     identity: Identity,
 }
 
 impl Clients {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let endpoints = (0..ENDPOINTS)
             .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse()?).map_err(Into::into))
             .collect::<Result<_>>()?;
@@ -206,7 +206,7 @@ pub(crate) async fn broker_bench(sessions: usize, concurrency: usize) -> Result<
 }
 
 /// Round trips of 100-byte echoes against the raw server: the floor for any one-way-and-back message.
-async fn raw_rtt(clients: &Clients, raw: &Proc, n: usize) -> Result<Vec<Duration>> {
+pub(crate) async fn raw_rtt(clients: &Clients, raw: &Proc, n: usize) -> Result<Vec<Duration>> {
     let cfg = clients.config(&raw.fingerprint, raw::ALPN)?;
     let conn = clients.connect(0, &cfg, raw.addr).await?;
     let payload = vec![7u8; 100];

@@ -8,6 +8,8 @@
 //! The broker and the raw server run as separate processes (the raw server is this binary's hidden
 //! `raw-server` command), so both sides of the comparison cost the same process boundaries.
 
+#[cfg(unix)]
+mod chat;
 mod client;
 mod raw;
 mod stats;
@@ -46,6 +48,15 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    /// Two real agents chatting: round trip and sustained rate.
+    Chat {
+        /// Round trips to time (the sustained phase sends five times as many).
+        #[arg(long, default_value_t = 2_000)]
+        messages: usize,
+        /// Senders at once in the sustained phase.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
     /// A bare quinn server (the baseline); prints its address and certificate fingerprint.
     #[command(hide = true)]
     RawServer,
@@ -56,6 +67,10 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match args.cmd {
         Cmd::RawServer => rt.block_on(raw::serve()),
+        #[cfg(unix)]
+        Cmd::Chat { messages, concurrency } => rt.block_on(chat::chat_bench(messages, concurrency)),
+        #[cfg(not(unix))]
+        Cmd::Chat { .. } => anyhow::bail!("the chat bench drives the agent's Unix control socket"),
         Cmd::Broker { sessions, concurrency } => rt.block_on(client::broker_bench(sessions, concurrency)),
         Cmd::Presence { users, friends, concurrency } => {
             rt.block_on(client::presence_bench(users, friends, concurrency))
@@ -87,7 +102,7 @@ impl Proc {
     }
 }
 
-fn sibling(name: &str) -> Result<std::path::PathBuf> {
+pub(crate) fn sibling(name: &str) -> Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !path.exists() {

@@ -39,6 +39,9 @@ pub(crate) struct Agent {
     pub(crate) direct: Direct,
     /// One delivery at a time per friend, so that messages arrive in the order they were sent.
     pub(crate) outbox_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Friends' devices from the last lookup, reused while their connections work; forgotten on any
+    /// presence change, removal or failure, so a lookup (and the broker's vouching) happens again.
+    pub(crate) devices: Mutex<HashMap<String, Vec<shared::proto::DeviceEndpoint>>>,
     broker_addr: SocketAddr,
     status: Mutex<AgentStatus>,
     conn: Mutex<Option<quinn::Connection>>,
@@ -95,6 +98,7 @@ pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
         endpoint,
         direct,
         outbox_locks: Mutex::default(),
+        devices: Mutex::default(),
         broker_addr,
         status: Mutex::new(status),
         conn: Mutex::new(None),
@@ -224,6 +228,7 @@ impl Agent {
                 }
                 Ok(Some(event)) => {
                     if let Event::Presence { username, online, .. } = &event {
+                        lock(&self.devices).remove(username);
                         if lock(&self.presence).insert(username.clone(), *online) == Some(*online) {
                             continue;
                         }
@@ -232,6 +237,7 @@ impl Agent {
                     match &event {
                         Event::FriendRemoved { username } => {
                             lock(&self.presence).remove(username);
+                            lock(&self.devices).remove(username);
                             self.direct.forget(username);
                         }
                         Event::PeerIncoming { username, device } => {

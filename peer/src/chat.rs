@@ -8,12 +8,14 @@ use anyhow::Result;
 use shared::control::{AgentEvent, ControlResponse, MessageStatus};
 use shared::io::{read_frame, write_frame};
 use shared::peer::{PeerAck, PeerFrame, check_text, id_hex};
-use shared::proto::{ErrorCode, Request, Response};
+use shared::proto::{DeviceEndpoint, ErrorCode, Request, Response};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How long an incoming stream may take to deliver its frame.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to keep retrying a refused handshake while the friend's agent learns our key from the broker.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
 /// How often queued messages are retried even without a presence change.
 pub(crate) const RETRY_EVERY: Duration = Duration::from_secs(30);
 
@@ -56,17 +58,13 @@ impl Agent {
         if pending.is_empty() {
             return Ok(());
         }
-        let devices = match self.forward(&Request::Lookup { username: friend.to_string() }).await {
-            ControlResponse::Broker(Response::Endpoints(d)) => d,
-            ControlResponse::Broker(Response::Error(e)) if matches!(e.code, ErrorCode::NotFriends) => {
-                for m in &pending {
-                    self.fail(friend, &m.id, &e.message).await?;
-                }
-                return Err(anyhow::anyhow!("{}", e.message));
-            }
-            ControlResponse::Broker(Response::Error(e)) => return self.queue(&pending, &e.message).await,
-            ControlResponse::Error(e) => return self.queue(&pending, &e).await,
-            other => return self.queue(&pending, &format!("unexpected answer: {other:?}")).await,
+        let cached = lock(&self.devices).get(friend).cloned();
+        let devices = match cached {
+            Some(d) => d,
+            None => match self.lookup(friend, &pending).await {
+                Ok(d) => d,
+                Err(e) => return Err(e),
+            },
         };
         if devices.is_empty() {
             return self.queue(&pending, &format!("{friend} is offline")).await;
@@ -76,12 +74,10 @@ impl Agent {
         for device in &devices {
             // The friend's agent learns our key through the broker at the same moment as we learn theirs;
             // give that announcement a moment if our first handshake outruns it.
+            let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
             let mut attempt = self.direct.connect(friend, device).await;
-            for _ in 0..3 {
-                if attempt.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
+            while attempt.is_err() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(250)).await;
                 attempt = self.direct.connect(friend, device).await;
             }
             match attempt {
@@ -90,30 +86,69 @@ impl Agent {
             }
         }
         if conns.is_empty() {
+            lock(&self.devices).remove(friend);
             return self.queue(&pending, &errors.join("; ")).await;
         }
-        for m in &pending {
-            let frame = PeerFrame::Chat { id: parse_id(&m.id), sent_at: m.sent_at, text: m.text.clone() };
-            let mut stored = false;
-            let mut refused = None;
-            for conn in &conns {
-                match Direct::send(conn, &frame).await {
-                    Ok(PeerAck::Stored) => stored = true,
-                    Ok(PeerAck::Refused(why)) => refused = Some(why),
-                    Err(e) => errors.push(e.to_string()),
+        lock(&self.devices).insert(friend.to_string(), devices);
+        let frames: Vec<PeerFrame> = pending
+            .iter()
+            .map(|m| PeerFrame::Chat { id: parse_id(&m.id), sent_at: m.sent_at, text: m.text.clone() })
+            .collect();
+        // Per message: stored by some device, or refused (with why) by one.
+        let mut stored = vec![false; pending.len()];
+        let mut refused: Vec<Option<String>> = vec![None; pending.len()];
+        for conn in &conns {
+            let (acks, err) = Direct::send_batch(conn, &frames).await;
+            for (i, ack) in acks.into_iter().enumerate() {
+                match ack {
+                    PeerAck::Stored => stored[i] = true,
+                    PeerAck::Refused(why) => refused[i] = Some(why),
                 }
             }
-            if stored {
-                history::set_status(&self.home.db, &m.id, MessageStatus::Delivered).await?;
-                self.emit(AgentEvent::MessageDelivered { to: friend.to_string(), id: m.id.clone(), at: now_ms() });
-            } else if let Some(why) = refused {
-                self.fail(friend, &m.id, &why).await?;
-            } else {
-                let rest: Vec<_> = pending.iter().filter(|p| p.local_id >= m.local_id).cloned().collect();
-                return self.queue(&rest, &errors.join("; ")).await;
+            if let Some(e) = err {
+                errors.push(e.to_string());
+                lock(&self.devices).remove(friend);
             }
         }
+        // Settle in order: delivered, failed for good, or (at the first gap) queued with all after it.
+        let mut delivered = Vec::new();
+        for (i, m) in pending.iter().enumerate() {
+            if stored[i] {
+                delivered.push(m.id.clone());
+            } else if let Some(why) = &refused[i] {
+                self.fail(friend, &m.id, why).await?;
+            } else {
+                history::set_delivered(&self.home.db, &delivered).await?;
+                self.announce_delivered(friend, &delivered);
+                return self.queue(&pending[i..], &errors.join("; ")).await;
+            }
+        }
+        history::set_delivered(&self.home.db, &delivered).await?;
+        self.announce_delivered(friend, &delivered);
         Ok(())
+    }
+
+    fn announce_delivered(&self, friend: &str, ids: &[String]) {
+        let at = now_ms();
+        for id in ids {
+            self.emit(AgentEvent::MessageDelivered { to: friend.to_string(), id: id.clone(), at });
+        }
+    }
+
+    /// Asks the broker where the friend's devices are (and tells them to expect us).
+    async fn lookup(&self, friend: &str, pending: &[history::Message]) -> Result<Vec<DeviceEndpoint>> {
+        match self.forward(&Request::Lookup { username: friend.to_string() }).await {
+            ControlResponse::Broker(Response::Endpoints(d)) => Ok(d),
+            ControlResponse::Broker(Response::Error(e)) if matches!(e.code, ErrorCode::NotFriends) => {
+                for m in pending {
+                    self.fail(friend, &m.id, &e.message).await?;
+                }
+                Err(anyhow::anyhow!("{}", e.message))
+            }
+            ControlResponse::Broker(Response::Error(e)) => self.queue(pending, &e.message).await.map(|()| vec![]),
+            ControlResponse::Error(e) => self.queue(pending, &e).await.map(|()| vec![]),
+            other => self.queue(pending, &format!("unexpected answer: {other:?}")).await.map(|()| vec![]),
+        }
     }
 
     /// Retries every friend with pending messages (after reconnecting, and periodically).
@@ -181,26 +216,31 @@ impl Agent {
         self.serve_streams(conn, friend).await;
     }
 
-    /// Serves the friend's streams on one connection until it closes.
+    /// Serves the friend's streams on one connection until it closes. A stream carries one or more frames in
+    /// order; each is committed and then acknowledged on the same stream, in the same order.
     async fn serve_streams(self: Arc<Self>, conn: quinn::Connection, friend: String) {
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let (agent, friend) = (self.clone(), friend.clone());
             tokio::spawn(async move {
-                let ack = match tokio::time::timeout(FRAME_TIMEOUT, read_frame::<PeerFrame, _>(&mut recv)).await {
-                    Ok(Ok(Some(frame))) => agent.receive(&friend, frame).await,
-                    Ok(Ok(None)) => return,
-                    Ok(Err(e)) => Some(PeerAck::Refused(format!("bad frame: {e}"))),
-                    Err(_) => Some(PeerAck::Refused("no frame within 10 s".into())),
-                };
-                let Some(ack) = ack else {
-                    // Not stored: no acknowledgement, so the sender keeps the message and retries.
-                    let _ = send.reset(quinn::VarInt::from_u32(1));
-                    return;
-                };
-                if write_frame(&mut send, &ack).await.is_ok() {
-                    let _ = send.finish();
-                    let _ = send.stopped().await;
+                loop {
+                    let ack = match tokio::time::timeout(FRAME_TIMEOUT, read_frame::<PeerFrame, _>(&mut recv)).await {
+                        Ok(Ok(Some(frame))) => agent.receive(&friend, frame).await,
+                        Ok(Ok(None)) => break,
+                        Ok(Err(e)) => Some(PeerAck::Refused(format!("bad frame: {e}"))),
+                        Err(_) => Some(PeerAck::Refused("no frame within 10 s".into())),
+                    };
+                    let Some(ack) = ack else {
+                        // Not stored: no acknowledgement, so the sender keeps the message and retries.
+                        let _ = send.reset(quinn::VarInt::from_u32(1));
+                        return;
+                    };
+                    let last = matches!(ack, PeerAck::Refused(ref why) if why.starts_with("bad frame") || why.starts_with("no frame"));
+                    if write_frame(&mut send, &ack).await.is_err() || last {
+                        break;
+                    }
                 }
+                let _ = send.finish();
+                let _ = send.stopped().await;
             });
         }
     }

@@ -9,7 +9,7 @@ use crate::net::Allowed;
 use anyhow::{Result, anyhow};
 use certs::verify::ServerPin;
 use certs::{Fingerprint, Identity};
-use shared::io::{read_frame, write_frame};
+use shared::io::read_frame;
 use shared::peer::{PeerAck, PeerFrame};
 use shared::proto::{DeviceEndpoint, PEER_ALPN};
 use std::collections::HashMap;
@@ -132,15 +132,44 @@ impl Direct {
         Err(anyhow!("could not reach {username}'s device: {}", errors.join("; ")))
     }
 
-    /// Sends one frame on its own stream and waits for the receiver's acknowledgement.
-    pub(crate) async fn send(conn: &quinn::Connection, frame: &PeerFrame) -> Result<PeerAck> {
+    /// Sends a batch of frames, in order, on one stream, and collects the receiver's acknowledgements (one
+    /// per frame, in the same order). Fewer acknowledgements than frames, with the error that cut them short,
+    /// when the stream or connection breaks part way.
+    pub(crate) async fn send_batch(
+        conn: &quinn::Connection,
+        frames: &[PeerFrame],
+    ) -> (Vec<PeerAck>, Option<anyhow::Error>) {
+        let mut acks = Vec::with_capacity(frames.len());
+        let limit = ACK_TIMEOUT + Duration::from_millis(frames.len() as u64);
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await?;
-            write_frame(&mut send, frame).await?;
-            send.finish()?;
-            read_frame::<PeerAck, _>(&mut recv).await?.ok_or_else(|| anyhow!("the friend's agent closed the stream"))
+            let mut bytes = Vec::new();
+            for f in frames {
+                bytes.extend_from_slice(&shared::frame::encode(f)?);
+            }
+            let writer = async move {
+                tokio::io::AsyncWriteExt::write_all(&mut send, &bytes).await?;
+                send.finish()?;
+                Ok::<_, anyhow::Error>(())
+            };
+            let reader = async {
+                while acks.len() < frames.len() {
+                    match read_frame::<PeerAck, _>(&mut recv).await? {
+                        Some(ack) => acks.push(ack),
+                        None => return Err(anyhow!("the friend's agent stopped acknowledging")),
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            };
+            let (w, r) = tokio::join!(writer, reader);
+            w.and(r)
         };
-        tokio::time::timeout(ACK_TIMEOUT, exchange).await.map_err(|_| anyhow!("no acknowledgement within 10 s"))?
+        let err = match tokio::time::timeout(limit, exchange).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(anyhow!("no acknowledgement within {} s", limit.as_secs())),
+        };
+        (acks, err)
     }
 }
 

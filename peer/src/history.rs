@@ -91,6 +91,19 @@ pub(crate) async fn set_status(db: &SqlitePool, id: &str, status: MessageStatus)
     Ok(())
 }
 
+/// Marks a batch delivered in one transaction.
+pub(crate) async fn set_delivered(db: &SqlitePool, ids: &[String]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.begin().await?;
+    for id in ids {
+        sqlx::query("UPDATE messages SET status = 'delivered' WHERE id = ?").bind(id).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 pub(crate) async fn status(db: &SqlitePool, id: &str) -> Result<Option<String>> {
     let row = sqlx::query("SELECT status FROM messages WHERE id = ?").bind(id).fetch_optional(db).await?;
     Ok(row.map(|r| r.try_get(0)).transpose()?)

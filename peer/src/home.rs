@@ -52,7 +52,7 @@ impl Home {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal);
         let db = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(1)
             .connect_with(opts)
             .await
             .with_context(|| format!("cannot open {}", db_path.display()))?;

@@ -2,12 +2,7 @@
 
 use serde_json::Value;
 use std::sync::Arc;
-use testkit::{Backend, Broker, PASSWORD, Peer};
-
-fn friends(a: &Peer, b: &Peer) {
-    a.ok(&["friends", "add", &b.username]);
-    b.ok(&["friends", "accept", &a.username]);
-}
+use testkit::{Backend, Broker, PASSWORD, Peer, wait_until};
 
 fn texts(history: &Value) -> Vec<String> {
     history.as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap().to_string()).collect()
@@ -20,7 +15,7 @@ fn direct_delivery_both_ways_with_history_and_search() {
     let bob = Peer::registered(&broker, "bob");
     let _a = alice.up();
     let _b = bob.up();
-    friends(&alice, &bob);
+    alice.befriend(&bob);
     let bob_watch = bob.watch();
     let alice_watch = alice.watch();
 
@@ -76,12 +71,10 @@ fn offline_messages_queue_in_order_and_survive_restarts() {
     let mut a = alice.up();
     {
         let _b = bob.up();
-        friends(&alice, &bob);
+        alice.befriend(&bob);
     }
     // Bob's agent was killed: wait until the broker knows he is offline.
-    while alice.json(&["friends", "--json"])[0]["online"] == true {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_until("bob is offline", || alice.json(&["friends", "--json"])[0]["online"] == false);
     for text in ["one", "two", "three"] {
         let out = alice.ok(&["send", "bob", text]);
         assert!(out.contains("queued"), "{out}");
@@ -92,22 +85,12 @@ fn offline_messages_queue_in_order_and_survive_restarts() {
     let _a = alice.up();
     let _b = bob.up();
     let watch = bob.watch();
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    while texts(&bob.json(&["history", "alice", "--json"])).len() < 3 {
-        assert!(std::time::Instant::now() < deadline, "queued messages never arrived");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_until("the queued messages arrive", || texts(&bob.json(&["history", "alice", "--json"])).len() >= 3);
     assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["one", "two", "three"]);
     drop(watch);
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    loop {
-        let h = alice.json(&["history", "bob", "--json"]);
-        if h.as_array().unwrap().iter().all(|m| m["status"] == "delivered") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "statuses never became delivered: {h}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_until("every status is delivered", || {
+        alice.json(&["history", "bob", "--json"]).as_array().unwrap().iter().all(|m| m["status"] == "delivered")
+    });
     // A later message goes after them, not before.
     assert!(alice.ok(&["send", "bob", "four"]).contains("delivered"));
     assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["one", "two", "three", "four"]);
@@ -120,7 +103,7 @@ fn every_device_of_the_friend_gets_it() {
     let bob = Peer::registered(&broker, "bob");
     let _a = alice.up();
     let _b = bob.up();
-    friends(&alice, &bob);
+    alice.befriend(&bob);
     let phone = Peer::new(&broker);
     assert!(phone.login("bob", PASSWORD).status.success());
     let _p = phone.up();
@@ -140,7 +123,7 @@ fn non_friends_and_unknown_keys_are_refused() {
     let _a = alice.up();
     let _b = bob.up();
     let _m = mallory.up();
-    friends(&alice, &bob);
+    alice.befriend(&bob);
 
     // Not a friend: the broker will not say where alice is.
     let err = mallory.fails(&["send", "alice", "let me in"]);

@@ -2,12 +2,6 @@
 
 use testkit::{Backend, Broker, PASSWORD, Peer};
 
-/// Makes two registered peers (with running agents) friends.
-fn befriend(a: &Peer, b: &Peer) {
-    a.ok(&["friends", "add", &b.username]);
-    b.ok(&["friends", "accept", &a.username]);
-}
-
 #[test]
 fn quick_start_two_users_online_then_sigkill_goes_offline() {
     let broker = Broker::start(&Backend::Sqlite);
@@ -25,7 +19,7 @@ fn quick_start_two_users_online_then_sigkill_goes_offline() {
     assert_eq!(s["local_addrs"][0].as_str().unwrap(), observed.to_string(), "one socket for everything");
     assert_eq!(bob.json(&["status", "--json"])["online"], true);
 
-    befriend(&alice, &bob);
+    alice.befriend(&bob);
     let watch = bob.watch();
     alice_agent.kill9();
     // The broker notices the silent connection through its idle timeout (at most 15 s) and tells friends.
@@ -42,7 +36,7 @@ fn agent_reconnects_by_itself_after_broker_restart() {
     let bob = Peer::registered(&broker, "bob");
     let _a = alice.up();
     let _b = bob.up();
-    befriend(&alice, &bob);
+    alice.befriend(&bob);
     let watch = alice.watch();
 
     broker.restart();

@@ -1,7 +1,7 @@
 //! Friends and live presence, end to end: consent, removal, remarks, privacy, persistence.
 
 use serde_json::Value;
-use testkit::{Backend, Broker, PASSWORD, Peer, backends};
+use testkit::{Backend, Broker, PASSWORD, Peer, backends, wait_until};
 
 fn usernames(list: &Value) -> Vec<String> {
     list.as_array().unwrap().iter().map(|v| v["username"].as_str().unwrap().to_string()).collect()
@@ -123,9 +123,7 @@ fn presence_follows_login_logout_crash_and_devices() {
     }
     // Dropping the agent handle killed it; wait until the broker has noticed, then start watching.
     let friends = || bob.json(&["friends", "--json"]);
-    while friends()[0]["online"] == true {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_until("alice is offline", || friends()[0]["online"] == false);
     let watch = bob.watch();
 
     // Clean start and stop.

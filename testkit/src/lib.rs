@@ -8,7 +8,7 @@ pub mod db;
 mod proc;
 
 pub use db::{Backend, TestDb, backends};
-pub use proc::{Agent, Broker, Peer, WAIT, Watch, bin};
+pub use proc::{Agent, Broker, Peer, WAIT, Watch, bin, wait_until};
 
 /// Password used for test accounts.
 pub const PASSWORD: &str = "correct horse battery";

@@ -308,8 +308,23 @@ impl Peer {
         w
     }
 
+    /// Makes this peer and `other` friends (both agents must be running).
+    pub fn befriend(&self, other: &Peer) {
+        self.ok(&["friends", "add", &other.username]);
+        other.ok(&["friends", "accept", &self.username]);
+    }
+
     pub fn agent_log(&self) -> String {
         std::fs::read_to_string(self.home.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+/// Polls `cond` until it holds; panics with `what` after [`WAIT`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

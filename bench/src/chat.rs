@@ -1,0 +1,150 @@
+//! `bench chat`: two real agents (release `peer` binaries) exchange 100-byte messages through the real
+//! path: control socket → sender agent → direct QUIC → receiver agent's database → acknowledgement → back.
+
+use crate::stats::{ms, percentile};
+use crate::{Proc, sibling, start_broker, start_raw};
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use shared::control::{ControlRequest, ControlResponse, MessageStatus};
+use shared::io::{read_frame, write_frame};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "bench password";
+
+/// A peer home with its agent running.
+struct Agent {
+    home: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn peer(home: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    use std::io::Write;
+    let mut child = Command::new(sibling("peer")?)
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(input) = stdin {
+        child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("peer {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn start_agent(broker: &Proc, name: &str) -> Result<Agent> {
+    let home = tempfile::tempdir()?;
+    let addr = broker.addr.to_string();
+    peer(home.path(), &["register", name, "--broker", &addr, "--password-stdin"], Some(&format!("{PASSWORD}\n")))?;
+    let child = Command::new(sibling("peer")?)
+        .arg("--home")
+        .arg(home.path())
+        .args(["up", "--bind", "127.0.0.1:0"])
+        .env("PEER_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let agent = Agent { home, child: Some(child) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !peer(agent.home.path(), &["status", "--json"], None).is_ok_and(|s| s.contains("\"online\": true")) {
+        if Instant::now() > deadline {
+            bail!("agent {name} did not come online");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(agent)
+}
+
+fn socket(home: &Path) -> PathBuf {
+    home.join("agent.sock")
+}
+
+/// One `peer send` through the control socket; returns when the friend's agent has stored it.
+async fn send(sock: &Path, text: &str) -> Result<()> {
+    let mut s = tokio::net::UnixStream::connect(sock).await?;
+    write_frame(&mut s, &ControlRequest::Send { to: "bob".into(), text: text.into() }).await?;
+    match read_frame::<ControlResponse, _>(&mut s).await? {
+        Some(ControlResponse::Sent { status: MessageStatus::Delivered, .. }) => Ok(()),
+        other => bail!("not delivered: {other:?}"),
+    }
+}
+
+pub(crate) async fn chat_bench(messages: usize, concurrency: usize) -> Result<()> {
+    let broker = start_broker()?;
+    let raw = start_raw()?;
+    let alice = start_agent(&broker, "alice")?;
+    let bob = start_agent(&broker, "bob")?;
+    peer(alice.home.path(), &["friends", "add", "bob"], None)?;
+    peer(bob.home.path(), &["friends", "accept", "alice"], None)?;
+    let sock = socket(alice.home.path());
+    let text = "x".repeat(100);
+
+    // First message: broker lookup, handshake with the friend's agent, store, ack.
+    let t = Instant::now();
+    send(&sock, &text).await?;
+    let first = t.elapsed();
+
+    // Round trips, one at a time.
+    let mut rtts = Vec::with_capacity(messages);
+    for _ in 0..messages {
+        let t = Instant::now();
+        send(&sock, &text).await?;
+        rtts.push(t.elapsed());
+    }
+    let (p50, p99) = (percentile(&mut rtts, 50.0), percentile(&mut rtts, 99.0));
+
+    // Sustained: `concurrency` senders at once.
+    let total = messages * 5;
+    let start = Instant::now();
+    let sock = Arc::new(sock);
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (sock, text) = (sock.clone(), text.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in (w..total).step_by(concurrency) {
+                send(&sock, &text).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+
+    let clients = crate::client::Clients::new()?;
+    let mut raw_rtt = crate::client::raw_rtt(&clients, &raw, messages).await?;
+    let (r50, r99) = (percentile(&mut raw_rtt, 50.0), percentile(&mut raw_rtt, 99.0));
+    println!("chat bench: {messages} round trips, then {total} messages with {concurrency} senders");
+    println!("  first message (lookup + handshake + store + ack): {}", ms(first));
+    println!("  send -> delivered (stored on both sides): p50 {}  p99 {}", ms(p50), ms(p99));
+    println!("  raw quinn 100-byte round trip:            p50 {}  p99 {}", ms(r50), ms(r99));
+    println!("  ratio p50: {:.1}x", p50.as_secs_f64() / r50.as_secs_f64());
+    println!("  sustained: {rate:.0} messages/s stored on both sides");
+    println!(
+        "{}",
+        json!({
+            "bench": "chat", "first_ms": first.as_secs_f64() * 1e3, "p50_ms": p50.as_secs_f64() * 1e3,
+            "p99_ms": p99.as_secs_f64() * 1e3, "raw_p50_ms": r50.as_secs_f64() * 1e3, "raw_p99_ms": r99.as_secs_f64() * 1e3,
+            "messages_per_s": rate, "concurrency": concurrency,
+        })
+    );
+    Ok(())
+}
