@@ -42,6 +42,9 @@ pub(crate) struct Agent {
     /// Friends' devices from the last lookup, reused while their connections work; forgotten on any
     /// presence change, removal or failure, so a lookup (and the broker's vouching) happens again.
     pub(crate) devices: Mutex<HashMap<String, Vec<shared::proto::DeviceEndpoint>>>,
+    /// Sends waiting for the outbox task's next group commit.
+    pub(crate) outbox: tokio::sync::mpsc::UnboundedSender<crate::chat::Outgoing>,
+    pub(crate) outboxes: Mutex<HashMap<String, crate::chat::FriendOutbox>>,
     broker_addr: SocketAddr,
     status: Mutex<AgentStatus>,
     conn: Mutex<Option<quinn::Connection>>,
@@ -75,6 +78,7 @@ pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
     let allowed = net::Allowed::default();
     let endpoint = net::endpoint(&identity, bind, allowed.clone())?;
     let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (outbox_tx, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
     let direct = Direct::new(endpoint.clone(), identity.clone(), allowed, opened_tx);
     let broker_addr = net::resolve(&account.broker).await?;
     let status = AgentStatus {
@@ -99,6 +103,8 @@ pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
         direct,
         outbox_locks: Mutex::default(),
         devices: Mutex::default(),
+        outbox: outbox_tx,
+        outboxes: Mutex::default(),
         broker_addr,
         status: Mutex::new(status),
         conn: Mutex::new(None),
@@ -109,6 +115,7 @@ pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
     tracing::info!(user = agent.account.username, broker = agent.account.broker, udp = ?agent.endpoint.local_addr().ok(), "agent starting");
     let server = tokio::spawn(agent.clone().serve_control(listener));
     let peers = tokio::spawn(agent.clone().accept_peers(opened_rx));
+    let outbox = tokio::spawn(agent.clone().run_outbox(outbox_rx));
     let retry = tokio::spawn({
         let agent = agent.clone();
         async move {
@@ -125,6 +132,7 @@ pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
     };
     server.abort();
     peers.abort();
+    outbox.abort();
     retry.abort();
     if let Some(conn) = lock(&agent.conn).take() {
         conn.close(quinn::VarInt::from_u32(0), b"agent stopping");
@@ -246,7 +254,7 @@ impl Agent {
                         }
                         Event::Presence { username, online: true, .. } => {
                             let (agent, friend) = (self.clone(), username.clone());
-                            tokio::spawn(async move { agent.deliver_pending(&friend).await });
+                            tokio::spawn(async move { agent.deliver_to(&friend).await });
                         }
                         _ => {}
                     }

@@ -1,5 +1,10 @@
 //! One-to-one chat: the agent's outbox (ordered, de-duplicated, surviving restarts) and its inbox (commit,
 //! then acknowledge).
+//!
+//! Sends are group-committed: the outbox task takes every `peer send` waiting at that moment, stores them
+//! in one statement, and delivers each friend's pending messages as one batch on one stream, so that a burst
+//! costs a few database statements and one round trip instead of that many per message. Order is the order
+//! of storing, per friend, and delivery stops at the first message that cannot be delivered.
 
 use crate::agent::{Agent, lock, now_ms};
 use crate::direct::{Direct, peer_fingerprint};
@@ -7,10 +12,12 @@ use crate::history;
 use anyhow::Result;
 use shared::control::{AgentEvent, ControlResponse, MessageStatus};
 use shared::io::{read_frame, write_frame};
-use shared::peer::{PeerAck, PeerFrame, check_text, id_hex};
+use shared::peer::{Chat, PeerAck, PeerFrame, batches, check_text, id_hex};
 use shared::proto::{DeviceEndpoint, ErrorCode, Request, Response};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
 /// How long an incoming stream may take to deliver its frame.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -18,6 +25,32 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
 /// How often queued messages are retried even without a presence change.
 pub(crate) const RETRY_EVERY: Duration = Duration::from_secs(30);
+/// Most sends stored in one group commit.
+const GROUP_COMMIT: usize = 256;
+
+/// A `peer send` waiting for its outcome.
+pub(crate) struct Outgoing {
+    to: String,
+    text: String,
+    reply: oneshot::Sender<ControlResponse>,
+}
+
+/// Sends to one friend waiting for a delivery run.
+#[derive(Default)]
+pub(crate) struct FriendOutbox {
+    waiting: Vec<(String, oneshot::Sender<ControlResponse>)>,
+    /// New sends arrived since the current run started.
+    dirty: bool,
+    /// A worker is delivering to this friend.
+    running: bool,
+}
+
+/// What one delivery run settled.
+#[derive(Default)]
+struct Report {
+    delivered: HashSet<String>,
+    failed: HashMap<String, String>,
+}
 
 fn random_id() -> [u8; 16] {
     use ring::rand::SecureRandom;
@@ -27,8 +60,7 @@ fn random_id() -> [u8; 16] {
 }
 
 impl Agent {
-    /// `peer send`: stores the message, delivers everything pending to that friend in order, and reports
-    /// where this one ended up.
+    /// `peer send`: hands the message to the outbox and waits for its outcome.
     pub(crate) async fn send_message(&self, to: &str, text: &str) -> ControlResponse {
         if let Err(e) = check_text(text) {
             return ControlResponse::Error(e);
@@ -36,35 +68,105 @@ impl Agent {
         if to == self.account.username {
             return ControlResponse::Error("you cannot send messages to yourself".into());
         }
-        let id = id_hex(&random_id());
-        if let Err(e) = history::insert_outgoing(&self.home.db, &id, to, text, now_ms()).await {
-            return ControlResponse::Error(format!("could not store the message: {e}"));
+        let (reply, outcome) = oneshot::channel();
+        if self.outbox.send(Outgoing { to: to.to_string(), text: text.to_string(), reply }).is_err() {
+            return ControlResponse::Error("the agent is stopping".into());
         }
-        let detail = self.deliver_pending(to).await.err().map(|e| e.to_string());
-        let status = match history::status(&self.home.db, &id).await {
-            Ok(Some(s)) if s == "delivered" => MessageStatus::Delivered,
-            Ok(Some(s)) if s == "failed" => MessageStatus::Failed,
-            _ => MessageStatus::Queued,
+        outcome.await.unwrap_or_else(|_| ControlResponse::Error("the agent is stopping".into()))
+    }
+
+    /// The outbox task: group-commits waiting sends, then delivers per friend.
+    pub(crate) async fn run_outbox(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < GROUP_COMMIT {
+                match rx.try_recv() {
+                    Ok(o) => batch.push(o),
+                    Err(_) => break,
+                }
+            }
+            let rows: Vec<(String, String, String)> =
+                batch.iter().map(|o| (id_hex(&random_id()), o.to.clone(), o.text.clone())).collect();
+            if let Err(e) = history::insert_outgoing(&self.home.db, &rows, now_ms()).await {
+                for o in batch {
+                    let _ = o.reply.send(ControlResponse::Error(format!("could not store the message: {e}")));
+                }
+                continue;
+            }
+            let mut spawn = Vec::new();
+            {
+                let mut outboxes = lock(&self.outboxes);
+                for (o, (id, ..)) in batch.into_iter().zip(rows) {
+                    let ob = outboxes.entry(o.to.clone()).or_default();
+                    ob.waiting.push((id, o.reply));
+                    ob.dirty = true;
+                    if !ob.running {
+                        ob.running = true;
+                        spawn.push(o.to);
+                    }
+                }
+            }
+            for friend in spawn {
+                tokio::spawn(self.clone().friend_worker(friend));
+            }
+        }
+    }
+
+    /// Delivers a friend's pending messages until no new ones arrived meanwhile, answering each waiting
+    /// `peer send` with its outcome. At most one per friend runs; sends arriving during a run join the next.
+    async fn friend_worker(self: Arc<Self>, friend: String) {
+        loop {
+            let waiting = {
+                let mut outboxes = lock(&self.outboxes);
+                let ob = outboxes.entry(friend.clone()).or_default();
+                ob.dirty = false;
+                std::mem::take(&mut ob.waiting)
+            };
+            let run = self.deliver_pending(&friend).await;
+            for (id, reply) in waiting {
+                let _ = reply.send(self.outcome(&id, &run).await);
+            }
+            let mut outboxes = lock(&self.outboxes);
+            let ob = outboxes.entry(friend.clone()).or_default();
+            if !ob.dirty {
+                ob.running = false;
+                return;
+            }
+        }
+    }
+
+    /// Where message `id` ended up after a delivery run.
+    async fn outcome(&self, id: &str, run: &Result<Report>) -> ControlResponse {
+        let (status, detail) = match run {
+            Ok(r) if r.delivered.contains(id) => (MessageStatus::Delivered, None),
+            Ok(r) if r.failed.contains_key(id) => (MessageStatus::Failed, r.failed.get(id).cloned()),
+            // Settled by an earlier run (it held the friend's turn when this one was stored).
+            Ok(_) => match history::status(&self.home.db, id).await {
+                Ok(Some(s)) if s == "delivered" => (MessageStatus::Delivered, None),
+                Ok(Some(s)) if s == "failed" => (MessageStatus::Failed, None),
+                _ => (MessageStatus::Queued, None),
+            },
+            Err(e) => {
+                let failed = matches!(history::status(&self.home.db, id).await, Ok(Some(s)) if s == "failed");
+                (if failed { MessageStatus::Failed } else { MessageStatus::Queued }, Some(e.to_string()))
+            }
         };
-        ControlResponse::Sent { id, status, detail }
+        ControlResponse::Sent { id: id.to_string(), status, detail }
     }
 
     /// Delivers the friend's pending messages, oldest first, stopping at the first that cannot be delivered
-    /// (so that order holds). One delivery per friend at a time.
-    pub(crate) async fn deliver_pending(&self, friend: &str) -> Result<()> {
+    /// (so that order holds). One delivery per friend at a time. `Err` means the rest stay queued.
+    async fn deliver_pending(&self, friend: &str) -> Result<Report> {
         let gate = lock(&self.outbox_locks).entry(friend.to_string()).or_default().clone();
         let _turn = gate.lock().await;
         let pending = history::pending(&self.home.db, friend).await?;
         if pending.is_empty() {
-            return Ok(());
+            return Ok(Report::default());
         }
         let cached = lock(&self.devices).get(friend).cloned();
         let devices = match cached {
             Some(d) => d,
-            None => match self.lookup(friend, &pending).await {
-                Ok(d) => d,
-                Err(e) => return Err(e),
-            },
+            None => self.lookup(friend, &pending).await?,
         };
         if devices.is_empty() {
             return self.queue(&pending, &format!("{friend} is offline")).await;
@@ -90,10 +192,10 @@ impl Agent {
             return self.queue(&pending, &errors.join("; ")).await;
         }
         lock(&self.devices).insert(friend.to_string(), devices);
-        let frames: Vec<PeerFrame> = pending
-            .iter()
-            .map(|m| PeerFrame::Chat { id: parse_id(&m.id), sent_at: m.sent_at, text: m.text.clone() })
-            .collect();
+
+        let chats: Vec<Chat> =
+            pending.iter().map(|m| Chat { id: parse_id(&m.id), sent_at: m.sent_at, text: m.text.clone() }).collect();
+        let frames = batches(chats);
         // Per message: stored by some device, or refused (with why) by one.
         let mut stored = vec![false; pending.len()];
         let mut refused: Vec<Option<String>> = vec![None; pending.len()];
@@ -103,6 +205,7 @@ impl Agent {
                 match ack {
                     PeerAck::Stored => stored[i] = true,
                     PeerAck::Refused(why) => refused[i] = Some(why),
+                    PeerAck::Batch(_) => {}
                 }
             }
             if let Some(e) = err {
@@ -111,27 +214,29 @@ impl Agent {
             }
         }
         // Settle in order: delivered, failed for good, or (at the first gap) queued with all after it.
-        let mut delivered = Vec::new();
+        let mut report = Report::default();
+        let mut gap = None;
         for (i, m) in pending.iter().enumerate() {
             if stored[i] {
-                delivered.push(m.id.clone());
+                report.delivered.insert(m.id.clone());
             } else if let Some(why) = &refused[i] {
                 self.fail(friend, &m.id, why).await?;
+                report.failed.insert(m.id.clone(), why.clone());
             } else {
-                history::set_delivered(&self.home.db, &delivered).await?;
-                self.announce_delivered(friend, &delivered);
-                return self.queue(&pending[i..], &errors.join("; ")).await;
+                gap = Some(i);
+                break;
             }
         }
-        history::set_delivered(&self.home.db, &delivered).await?;
-        self.announce_delivered(friend, &delivered);
-        Ok(())
-    }
-
-    fn announce_delivered(&self, friend: &str, ids: &[String]) {
+        let delivered: Vec<String> =
+            pending.iter().filter(|m| report.delivered.contains(&m.id)).map(|m| m.id.clone()).collect();
+        history::set_status_many(&self.home.db, &delivered, MessageStatus::Delivered).await?;
         let at = now_ms();
-        for id in ids {
-            self.emit(AgentEvent::MessageDelivered { to: friend.to_string(), id: id.clone(), at });
+        for id in delivered {
+            self.emit(AgentEvent::MessageDelivered { to: friend.to_string(), id, at });
+        }
+        match gap {
+            Some(i) => self.queue(&pending[i..], &errors.join("; ")).await,
+            None => Ok(report),
         }
     }
 
@@ -145,26 +250,32 @@ impl Agent {
                 }
                 Err(anyhow::anyhow!("{}", e.message))
             }
-            ControlResponse::Broker(Response::Error(e)) => self.queue(pending, &e.message).await.map(|()| vec![]),
-            ControlResponse::Error(e) => self.queue(pending, &e).await.map(|()| vec![]),
-            other => self.queue(pending, &format!("unexpected answer: {other:?}")).await.map(|()| vec![]),
+            ControlResponse::Broker(Response::Error(e)) => self.queue(pending, &e.message).await.map(|_| vec![]),
+            ControlResponse::Error(e) => self.queue(pending, &e).await.map(|_| vec![]),
+            other => self.queue(pending, &format!("unexpected answer: {other:?}")).await.map(|_| vec![]),
         }
     }
 
-    /// Retries every friend with pending messages (after reconnecting, and periodically).
+    /// Retries every friend with pending messages (after reconnecting, on a friend coming online, and
+    /// periodically).
     pub(crate) async fn deliver_all(self: Arc<Self>) {
         let Ok(peers) = history::peers_with_pending(&self.home.db).await else { return };
         for p in peers {
-            if let Err(e) = self.deliver_pending(&p).await {
-                tracing::debug!(friend = p, error = %e, "messages stay queued");
-            }
+            self.deliver_to(&p).await;
         }
     }
 
-    async fn queue(&self, msgs: &[history::Message], why: &str) -> Result<()> {
-        for m in msgs {
-            history::set_status(&self.home.db, &m.id, MessageStatus::Queued).await?;
+    /// Retries one friend, logging rather than reporting.
+    pub(crate) async fn deliver_to(&self, friend: &str) {
+        if let Err(e) = self.deliver_pending(friend).await {
+            tracing::debug!(friend, error = %e, "messages stay queued");
         }
+    }
+
+    /// Marks messages queued; always `Err(why)`, for the caller to return.
+    async fn queue(&self, msgs: &[history::Message], why: &str) -> Result<Report> {
+        let ids: Vec<String> = msgs.iter().map(|m| m.id.clone()).collect();
+        history::set_status_many(&self.home.db, &ids, MessageStatus::Queued).await?;
         tracing::info!(count = msgs.len(), reason = why, "messages queued");
         Err(anyhow::anyhow!("{why}"))
     }
@@ -184,7 +295,7 @@ impl Agent {
     /// connections we open: either side may send on any connection between the two.
     pub(crate) async fn accept_peers(
         self: Arc<Self>,
-        mut opened: tokio::sync::mpsc::UnboundedReceiver<(quinn::Connection, String)>,
+        mut opened: mpsc::UnboundedReceiver<(quinn::Connection, String)>,
     ) {
         loop {
             tokio::select! {
@@ -226,16 +337,18 @@ impl Agent {
                     let ack = match tokio::time::timeout(FRAME_TIMEOUT, read_frame::<PeerFrame, _>(&mut recv)).await {
                         Ok(Ok(Some(frame))) => agent.receive(&friend, frame).await,
                         Ok(Ok(None)) => break,
-                        Ok(Err(e)) => Some(PeerAck::Refused(format!("bad frame: {e}"))),
-                        Err(_) => Some(PeerAck::Refused("no frame within 10 s".into())),
+                        Ok(Err(e)) => {
+                            let _ = write_frame(&mut send, &PeerAck::Refused(format!("bad frame: {e}"))).await;
+                            break;
+                        }
+                        Err(_) => break,
                     };
                     let Some(ack) = ack else {
-                        // Not stored: no acknowledgement, so the sender keeps the message and retries.
+                        // Not stored: no acknowledgement, so the sender keeps the messages and retries.
                         let _ = send.reset(quinn::VarInt::from_u32(1));
                         return;
                     };
-                    let last = matches!(ack, PeerAck::Refused(ref why) if why.starts_with("bad frame") || why.starts_with("no frame"));
-                    if write_frame(&mut send, &ack).await.is_err() || last {
+                    if write_frame(&mut send, &ack).await.is_err() {
                         break;
                     }
                 }
@@ -245,33 +358,38 @@ impl Agent {
         }
     }
 
-    /// Commits an incoming message, then acknowledges it. A retried id is acknowledged without a second copy.
+    /// Commits incoming messages, then acknowledges them; `None` (no acknowledgement) if they could not be
+    /// stored. A retried id is acknowledged without a second copy.
     async fn receive(&self, from: &str, frame: PeerFrame) -> Option<PeerAck> {
-        match frame {
-            PeerFrame::Chat { id, sent_at, text } => {
-                if let Err(e) = check_text(&text) {
-                    return Some(PeerAck::Refused(e));
+        let (chats, single) = match frame {
+            PeerFrame::Chat(c) => (vec![c], true),
+            PeerFrame::ChatBatch(v) => (v, false),
+        };
+        let mut acks = Vec::with_capacity(chats.len());
+        let mut rows = Vec::with_capacity(chats.len());
+        for c in &chats {
+            match check_text(&c.text) {
+                Ok(()) => {
+                    acks.push(PeerAck::Stored);
+                    rows.push((id_hex(&c.id), c.text.clone(), c.sent_at));
                 }
-                let id = id_hex(&id);
-                match history::insert_incoming(&self.home.db, &id, from, &text, sent_at, now_ms()).await {
-                    Ok(true) => {
-                        self.emit(AgentEvent::MessageReceived {
-                            from: from.to_string(),
-                            id,
-                            text,
-                            sent_at,
-                            at: now_ms(),
-                        });
-                        Some(PeerAck::Stored)
-                    }
-                    Ok(false) => Some(PeerAck::Stored),
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not store an incoming message");
-                        None
-                    }
-                }
+                Err(e) => acks.push(PeerAck::Refused(e)),
             }
         }
+        let fresh = match history::insert_incoming(&self.home.db, from, &rows, now_ms()).await {
+            Ok(f) => f.into_iter().collect::<HashSet<_>>(),
+            Err(e) => {
+                tracing::error!(error = %e, "could not store incoming messages");
+                return None;
+            }
+        };
+        let at = now_ms();
+        for (id, text, sent_at) in rows {
+            if fresh.contains(&id) {
+                self.emit(AgentEvent::MessageReceived { from: from.to_string(), id, text, sent_at, at });
+            }
+        }
+        Some(if single { acks.remove(0) } else { PeerAck::Batch(acks) })
     }
 }
 

@@ -132,15 +132,15 @@ impl Direct {
         Err(anyhow!("could not reach {username}'s device: {}", errors.join("; ")))
     }
 
-    /// Sends a batch of frames, in order, on one stream, and collects the receiver's acknowledgements (one
-    /// per frame, in the same order). Fewer acknowledgements than frames, with the error that cut them short,
-    /// when the stream or connection breaks part way.
+    /// Sends frames in order on one stream and collects the receiver's answers, flattened to one per
+    /// message. Fewer answers than messages, with the error that cut them short, when the stream or
+    /// connection breaks part way.
     pub(crate) async fn send_batch(
         conn: &quinn::Connection,
         frames: &[PeerFrame],
     ) -> (Vec<PeerAck>, Option<anyhow::Error>) {
-        let mut acks = Vec::with_capacity(frames.len());
-        let limit = ACK_TIMEOUT + Duration::from_millis(frames.len() as u64);
+        let mut acks = Vec::new();
+        let limit = ACK_TIMEOUT + Duration::from_millis(frames.len() as u64 * 10);
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await?;
             let mut bytes = Vec::new();
@@ -153,9 +153,15 @@ impl Direct {
                 Ok::<_, anyhow::Error>(())
             };
             let reader = async {
-                while acks.len() < frames.len() {
+                for f in frames {
+                    let count = match f {
+                        PeerFrame::Chat(_) => 1,
+                        PeerFrame::ChatBatch(v) => v.len(),
+                    };
                     match read_frame::<PeerAck, _>(&mut recv).await? {
-                        Some(ack) => acks.push(ack),
+                        Some(PeerAck::Batch(v)) => acks.extend(v),
+                        // One answer for a whole frame (a refusal of the frame itself) applies to each message.
+                        Some(other) => acks.extend(std::iter::repeat_n(other, count)),
                         None => return Err(anyhow!("the friend's agent stopped acknowledging")),
                     }
                 }

@@ -48,59 +48,66 @@ impl Message {
     }
 }
 
-/// Records an outgoing message (status `sending`).
-pub(crate) async fn insert_outgoing(db: &SqlitePool, id: &str, peer: &str, text: &str, now: Millis) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO messages (id, peer, outgoing, text, sent_at, stored_at, status) VALUES (?, ?, 1, ?, ?, ?, 'sending')",
-    )
-    .bind(id)
-    .bind(peer)
-    .bind(text)
-    .bind(now)
-    .bind(now)
-    .execute(db)
-    .await?;
+/// Rows per multi-row statement: well under SQLite's limit on bound variables.
+const ROWS_PER_STATEMENT: usize = 256;
+
+/// Records outgoing messages (status `sending`) in one statement per 256, in the given order, which is the
+/// order they are delivered in.
+pub(crate) async fn insert_outgoing(db: &SqlitePool, rows: &[(String, String, String)], now: Millis) -> Result<()> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let values = vec!["(?, ?, 1, ?, ?, ?, 'sending')"; chunk.len()].join(", ");
+        let sql =
+            format!("INSERT INTO messages (id, peer, outgoing, text, sent_at, stored_at, status) VALUES {values}");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, peer, text) in chunk {
+            q = q.bind(id).bind(peer).bind(text).bind(now).bind(now);
+        }
+        q.execute(db).await?;
+    }
     Ok(())
 }
 
-/// Stores an incoming message; `false` if that id was already stored (a retry).
+/// Stores incoming messages from `peer` in one statement; returns the ids that were new (a retried id is
+/// stored once and not reported again).
 pub(crate) async fn insert_incoming(
     db: &SqlitePool,
-    id: &str,
     peer: &str,
-    text: &str,
-    sent_at: Millis,
+    msgs: &[(String, String, Millis)],
     now: Millis,
-) -> Result<bool> {
-    let res = sqlx::query(
-        "INSERT OR IGNORE INTO messages (id, peer, outgoing, text, sent_at, stored_at, status) \
-         VALUES (?, ?, 0, ?, ?, ?, 'received')",
-    )
-    .bind(id)
-    .bind(peer)
-    .bind(text)
-    .bind(sent_at)
-    .bind(now)
-    .execute(db)
-    .await?;
-    Ok(res.rows_affected() == 1)
+) -> Result<Vec<String>> {
+    let mut fresh = Vec::new();
+    for chunk in msgs.chunks(ROWS_PER_STATEMENT) {
+        let values = vec!["(?, ?, 0, ?, ?, ?, 'received')"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT OR IGNORE INTO messages (id, peer, outgoing, text, sent_at, stored_at, status) VALUES {values} RETURNING id"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, text, sent_at) in chunk {
+            q = q.bind(id).bind(peer).bind(text).bind(*sent_at).bind(now);
+        }
+        for row in q.fetch_all(db).await? {
+            fresh.push(row.try_get(0)?);
+        }
+    }
+    Ok(fresh)
+}
+
+/// Sets the status of many messages, one statement per 256.
+pub(crate) async fn set_status_many(db: &SqlitePool, ids: &[String], status: MessageStatus) -> Result<()> {
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let sql = format!("UPDATE messages SET status = ? WHERE id IN ({marks})");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(status.as_str());
+        for id in chunk {
+            q = q.bind(id);
+        }
+        q.execute(db).await?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn set_status(db: &SqlitePool, id: &str, status: MessageStatus) -> Result<()> {
     sqlx::query("UPDATE messages SET status = ? WHERE id = ?").bind(status.as_str()).bind(id).execute(db).await?;
-    Ok(())
-}
-
-/// Marks a batch delivered in one transaction.
-pub(crate) async fn set_delivered(db: &SqlitePool, ids: &[String]) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let mut tx = db.begin().await?;
-    for id in ids {
-        sqlx::query("UPDATE messages SET status = 'delivered' WHERE id = ?").bind(id).execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
     Ok(())
 }
 
@@ -175,18 +182,23 @@ mod tests {
     #[tokio::test]
     async fn a_retried_message_is_stored_once() {
         let db = db().await;
-        assert!(insert_incoming(&db, "id1", "alice", "hi", 1, 2).await.unwrap());
-        assert!(!insert_incoming(&db, "id1", "alice", "hi", 1, 3).await.unwrap());
-        assert_eq!(conversation(&db, "alice", 10, None).await.unwrap().len(), 1);
+        let one = vec![("id1".to_string(), "hi".to_string(), 1)];
+        assert_eq!(insert_incoming(&db, "alice", &one, 2).await.unwrap(), ["id1"]);
+        assert!(insert_incoming(&db, "alice", &one, 3).await.unwrap().is_empty());
+        let two = vec![("id1".to_string(), "hi".to_string(), 1), ("id2".to_string(), "again".to_string(), 2)];
+        assert_eq!(insert_incoming(&db, "alice", &two, 4).await.unwrap(), ["id2"]);
+        assert_eq!(conversation(&db, "alice", 10, None).await.unwrap().len(), 2);
     }
 
     #[tokio::test]
     async fn pending_is_oldest_first_and_per_friend() {
         let db = db().await;
-        for (id, peer) in [("a", "bob"), ("b", "carol"), ("c", "bob")] {
-            insert_outgoing(&db, id, peer, id, 1).await.unwrap();
-        }
-        set_status(&db, "a", MessageStatus::Delivered).await.unwrap();
+        let rows: Vec<(String, String, String)> = [("a", "bob"), ("b", "carol"), ("c", "bob")]
+            .iter()
+            .map(|(id, peer)| (id.to_string(), peer.to_string(), id.to_string()))
+            .collect();
+        insert_outgoing(&db, &rows, 1).await.unwrap();
+        set_status_many(&db, &["a".to_string()], MessageStatus::Delivered).await.unwrap();
         let p: Vec<String> = pending(&db, "bob").await.unwrap().into_iter().map(|m| m.id).collect();
         assert_eq!(p, ["c"]);
         let mut peers = peers_with_pending(&db).await.unwrap();

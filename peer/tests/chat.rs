@@ -148,7 +148,11 @@ fn non_friends_and_unknown_keys_are_refused() {
             Ok(conn) => match conn.open_bi().await {
                 Err(_) => true,
                 Ok((mut s, mut r)) => {
-                    let frame = shared::peer::PeerFrame::Chat { id: [9; 16], sent_at: 0, text: "forged".into() };
+                    let frame = shared::peer::PeerFrame::Chat(shared::peer::Chat {
+                        id: [9; 16],
+                        sent_at: 0,
+                        text: "forged".into(),
+                    });
                     let _ = shared::io::write_frame(&mut s, &frame).await;
                     let _ = s.finish();
                     shared::io::read_frame::<shared::peer::PeerAck, _>(&mut r).await.is_err()

@@ -14,11 +14,26 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// A message id: 16 random bytes, shown as 32 hex digits.
 pub type MessageId = [u8; 16];
 
+/// Room kept in a frame for the envelope of a batch.
+const BATCH_OVERHEAD: usize = 1024;
+/// Envelope bytes counted per message in a batch (id, time, length prefixes).
+const PER_MESSAGE_OVERHEAD: usize = 40;
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chat {
+    pub id: MessageId,
+    pub sent_at: Millis,
+    pub text: String,
+}
+
 /// From one peer to another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerFrame {
-    /// A one-to-one chat message.
-    Chat { id: MessageId, sent_at: Millis, text: String },
+    /// One chat message; answered with one [`PeerAck`].
+    Chat(Chat),
+    /// Several chat messages in order, committed together; answered with one [`PeerAck::Batch`].
+    ChatBatch(Vec<Chat>),
 }
 
 /// The receiver's answer.
@@ -28,6 +43,29 @@ pub enum PeerAck {
     Stored,
     /// Refused for good (too long, not a friend): retrying will not help.
     Refused(String),
+    /// One answer per message of a [`PeerFrame::ChatBatch`], in order.
+    Batch(Vec<PeerAck>),
+}
+
+/// Packs messages, in order, into as few frames as fit under the frame limit.
+pub fn batches(messages: Vec<Chat>) -> Vec<PeerFrame> {
+    let budget = crate::frame::MAX_FRAME - BATCH_OVERHEAD;
+    let mut frames = Vec::new();
+    let mut current: Vec<Chat> = Vec::new();
+    let mut size = 0;
+    for m in messages {
+        let cost = m.text.len() + PER_MESSAGE_OVERHEAD;
+        if !current.is_empty() && size + cost > budget {
+            frames.push(PeerFrame::ChatBatch(std::mem::take(&mut current)));
+            size = 0;
+        }
+        size += cost;
+        current.push(m);
+    }
+    if !current.is_empty() {
+        frames.push(PeerFrame::ChatBatch(current));
+    }
+    frames
 }
 
 /// Hex form of a message id.
@@ -61,7 +99,28 @@ mod tests {
 
     #[test]
     fn largest_message_fits_a_frame() {
-        let f = PeerFrame::Chat { id: [1; 16], sent_at: 1, text: "字".repeat(MAX_MESSAGE_BYTES / 3) };
+        let f = PeerFrame::Chat(Chat { id: [1; 16], sent_at: 1, text: "字".repeat(MAX_MESSAGE_BYTES / 3) });
         assert!(crate::frame::encode(&f).is_ok());
+    }
+
+    #[test]
+    fn batches_keep_order_and_fit_frames() {
+        let msgs: Vec<Chat> = (0..100u8)
+            .map(|i| Chat {
+                id: [i; 16],
+                sent_at: i64::from(i),
+                text: "x".repeat(if i % 7 == 0 { MAX_MESSAGE_BYTES } else { 100 }),
+            })
+            .collect();
+        let frames = batches(msgs.clone());
+        assert!(frames.len() > 1);
+        let mut back = Vec::new();
+        for f in &frames {
+            assert!(crate::frame::encode(f).is_ok(), "every batch fits a frame");
+            let PeerFrame::ChatBatch(v) = f else { panic!() };
+            back.extend(v.iter().cloned());
+        }
+        assert_eq!(back, msgs);
+        assert!(batches(vec![]).is_empty());
     }
 }
