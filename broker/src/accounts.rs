@@ -5,7 +5,7 @@
 //! so a leaked database holds no usable token.
 
 use crate::db::{Db, DbError, now_ms};
-use crate::ratelimit::Limiter;
+use crate::ratelimit::{Limiter, Quota};
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
 use shared::proto::{ErrorCode, Millis, UserInfo};
@@ -71,10 +71,16 @@ pub struct Accounts {
     decoy_hash: String,
     by_user: Mutex<Limiter<String>>,
     by_addr: Mutex<Limiter<IpAddr>>,
+    registrations: Mutex<Quota<IpAddr>>,
 }
 
 impl Accounts {
-    pub fn new(db: Db, cost: HashCost, token_ttl: Duration) -> Result<Arc<Self>, AccountError> {
+    pub fn new(
+        db: Db,
+        cost: HashCost,
+        token_ttl: Duration,
+        registrations_per_hour: u32,
+    ) -> Result<Arc<Self>, AccountError> {
         let params =
             Params::new(cost.memory_kib, cost.iterations, 1, None).map_err(|e| AccountError::Hash(e.to_string()))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
@@ -89,14 +95,24 @@ impl Accounts {
             decoy_hash,
             by_user: Mutex::default(),
             by_addr: Mutex::default(),
+            registrations: Mutex::new(Quota::new(registrations_per_hour, Duration::from_secs(3600))),
         }))
     }
 
     /// Creates an account and issues its first token.
-    pub async fn register(&self, username: &str, display_name: &str, password: &str) -> Result<Issued, AccountError> {
+    pub async fn register(
+        &self,
+        username: &str,
+        display_name: &str,
+        password: &str,
+        from: IpAddr,
+    ) -> Result<Issued, AccountError> {
         validate::username(username)?;
         validate::display_name(display_name)?;
         validate::password(password)?;
+        lock(&self.registrations)
+            .take(&from, Instant::now())
+            .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
         let hash = self.hash(password).await?;
         let res = sqlx::query(self.db.sql(
             "INSERT INTO users (username, display_name, search_key, password_hash, created_at) VALUES (?, ?, ?, ?, ?)",

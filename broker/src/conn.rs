@@ -115,7 +115,7 @@ impl Conn {
         Ok(match req {
             Request::Ping => Response::Pong,
             Request::Register { username, display_name, password } => {
-                let t = ctx.accounts.register(&username, &display_name, &password).await?;
+                let t = ctx.accounts.register(&username, &display_name, &password, from).await?;
                 Response::Token { username, token: t.token, expires_at: t.expires_at }
             }
             Request::Login { username, password } => {

@@ -30,6 +30,9 @@ struct Args {
     /// Most concurrent QUIC connections; more are refused.
     #[arg(long, env = "BROKER_MAX_CONNECTIONS", default_value_t = 100_000)]
     max_connections: usize,
+    /// Accounts one IP address may create per hour (each costs a password hash).
+    #[arg(long, env = "BROKER_REGISTRATIONS_PER_IP_HOUR", default_value_t = 20)]
+    registrations_per_ip_hour: u32,
     /// Argon2id memory per password hash, in KiB (OWASP: 19456). Lower only for tests.
     #[arg(long, env = "BROKER_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
     argon2_memory_kib: u32,
@@ -56,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         hash_cost: HashCost { memory_kib: args.argon2_memory_kib, iterations: args.argon2_iterations },
         token_ttl: Duration::from_secs(args.token_ttl_days * 86_400),
         max_connections: args.max_connections,
+        registrations_per_hour: args.registrations_per_ip_hour,
     };
     let broker = Broker::bind(&cfg).await?;
     let addr = broker.local_addr()?;

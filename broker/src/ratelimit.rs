@@ -68,6 +68,39 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     }
 }
 
+/// At most `max` events per key per `window` (a fixed window per key): caps what one address may cost the
+/// broker even when every attempt succeeds (account creation hashes a password).
+#[derive(Debug)]
+pub struct Quota<K> {
+    max: u32,
+    window: Duration,
+    entries: HashMap<K, (Instant, u32)>,
+}
+
+impl<K: Hash + Eq + Clone> Quota<K> {
+    pub fn new(max: u32, window: Duration) -> Self {
+        Self { max, window, entries: HashMap::new() }
+    }
+
+    /// Counts one event for `key`, or `Err(seconds until the window resets)` if the quota is used up.
+    pub fn take(&mut self, key: &K, now: Instant) -> Result<(), u64> {
+        if self.entries.len() >= PRUNE_AT {
+            let window = self.window;
+            self.entries.retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
+        }
+        let e = self.entries.entry(key.clone()).or_insert((now, 0));
+        if now.saturating_duration_since(e.0) >= self.window {
+            *e = (now, 0);
+        }
+        if e.1 >= self.max {
+            let left = self.window.saturating_sub(now.saturating_duration_since(e.0));
+            return Err(left.as_secs_f64().ceil().max(1.0) as u64);
+        }
+        e.1 += 1;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +139,17 @@ mod tests {
         let later = t0 + FORGET_AFTER;
         l.failure(&2, later);
         assert!(l.check(&2, later).is_ok(), "old failures forgotten");
+    }
+
+    #[test]
+    fn quota_resets_with_its_window() {
+        let mut q = Quota::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(q.take(&"ip", t0).is_ok());
+        assert!(q.take(&"ip", t0).is_ok());
+        assert_eq!(q.take(&"ip", t0 + Duration::from_secs(10)), Err(50));
+        assert!(q.take(&"other", t0).is_ok());
+        assert!(q.take(&"ip", t0 + Duration::from_secs(60)).is_ok());
     }
 
     #[test]

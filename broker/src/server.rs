@@ -20,6 +20,8 @@ pub struct Config {
     pub hash_cost: HashCost,
     pub token_ttl: Duration,
     pub max_connections: usize,
+    /// Accounts one address may create per hour.
+    pub registrations_per_hour: u32,
 }
 
 /// Shared state of all connections.
@@ -48,7 +50,7 @@ impl Broker {
         let identity = Identity::load_or_create(&cfg.data_dir, "broker", "p2pim-broker")?;
         let db = Db::open(&cfg.database_url).await?;
         let table = Arc::new(Table::default());
-        let accounts = Accounts::new(db.clone(), cfg.hash_cost, cfg.token_ttl)?;
+        let accounts = Accounts::new(db.clone(), cfg.hash_cost, cfg.token_ttl, cfg.registrations_per_hour)?;
         let friends = Friends::new(db.clone(), table.clone());
         let tls = certs::config::server(&identity, ClientPolicy::AnyDevice, &[shared::proto::BROKER_ALPN])?;
         let mut server =

@@ -249,3 +249,17 @@ async fn hostile_frames_get_errors_and_hurt_nobody() {
     assert_eq!(bystander.call(&Request::Ping).await, Response::Pong);
     assert_eq!(bystander.call(&Request::Ping).await, Response::Pong, "bystander unaffected");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn account_creation_is_capped_per_address() {
+    let broker = Broker::start_with(&testkit::Backend::Sqlite, &["--registrations-per-ip-hour", "2"]);
+    let c = Client::connect(&broker).await;
+    c.register("first").await;
+    c.register("second").await;
+    let third = c
+        .call(&Request::Register { username: "third".into(), display_name: "third".into(), password: PASSWORD.into() })
+        .await;
+    assert!(matches!(error_code(&third), ErrorCode::RateLimited { retry_after_secs } if *retry_after_secs > 0));
+    // Existing accounts still log in.
+    assert!(matches!(c.login("first", PASSWORD).await, Response::Token { .. }));
+}
