@@ -160,6 +160,33 @@ impl Conn {
                 Response::Ok
             }
             Request::Friends => Response::Friends(ctx.friends.list(&me).await?),
+            Request::GroupCreate { name } => Response::GroupCreated { group_id: ctx.groups.create(&me, &name).await? },
+            Request::GroupInvite { group_id, username } => {
+                let are_friends = ctx.friends.are_friends(&me, &username).await?;
+                ctx.groups.invite(&me, group_id, &username, are_friends).await?;
+                Response::Ok
+            }
+            Request::GroupInvitations => Response::GroupInvitations(ctx.groups.invitations(&me).await?),
+            Request::GroupJoin { group_id } => {
+                ctx.groups.join(&me, group_id).await?;
+                Response::Ok
+            }
+            Request::GroupDecline { group_id } => {
+                ctx.groups.decline(&me, group_id).await?;
+                Response::Ok
+            }
+            Request::GroupLeave { group_id } => {
+                ctx.groups.leave(&me, group_id).await?;
+                Response::Ok
+            }
+            Request::GroupMembers { group_id } => Response::GroupMembers(ctx.groups.members(&me, group_id).await?),
+            Request::Groups => Response::Groups(ctx.groups.list(&me).await?),
+            Request::GroupPost { group_id, text } => {
+                Response::GroupPosted { seq: ctx.groups.post(&me, group_id, &text).await? }
+            }
+            Request::GroupSync { group_id, after_seq, limit } => {
+                Response::GroupMessages(ctx.groups.sync(&me, group_id, after_seq, limit).await?)
+            }
             Request::Lookup { username } => {
                 if !ctx.friends.are_friends(&me, &username).await? {
                     return Err(ErrorCode::NotFriends.into());

@@ -39,9 +39,12 @@ impl DbError {
     }
 }
 
-const SQLITE: &[&str] = &[include_str!("../migrations/sqlite/0001_accounts.sql")];
-const POSTGRES: &[&str] = &[include_str!("../migrations/postgres/0001_accounts.sql")];
-const MYSQL: &[&str] = &[include_str!("../migrations/mysql/0001_accounts.sql")];
+const SQLITE: &[&str] =
+    &[include_str!("../migrations/sqlite/0001_accounts.sql"), include_str!("../migrations/sqlite/0002_groups.sql")];
+const POSTGRES: &[&str] =
+    &[include_str!("../migrations/postgres/0001_accounts.sql"), include_str!("../migrations/postgres/0002_groups.sql")];
+const MYSQL: &[&str] =
+    &[include_str!("../migrations/mysql/0001_accounts.sql"), include_str!("../migrations/mysql/0002_groups.sql")];
 
 /// A cheap-to-clone handle on the pool.
 #[derive(Clone, Debug)]

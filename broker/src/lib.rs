@@ -8,6 +8,7 @@
 //! - [`ratelimit`]: per-account and per-address slow-down of failed logins (pure).
 //! - [`table`]: the in-memory connection table and event fan-out.
 //! - [`friends`]: the friend graph and presence announcements.
+//! - [`groups`]: groups, invitations, and the ordered, stored, fanned-out group message log.
 //! - [`db`]: one storage layer over SQLite, PostgreSQL and MySQL/MariaDB, with per-backend migrations.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -15,6 +16,7 @@ pub mod accounts;
 pub mod conn;
 pub mod db;
 pub mod friends;
+pub mod groups;
 pub mod ratelimit;
 pub mod server;
 pub mod table;

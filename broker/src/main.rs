@@ -33,6 +33,9 @@ struct Args {
     /// Accounts one IP address may create per hour (each costs a password hash).
     #[arg(long, env = "BROKER_REGISTRATIONS_PER_IP_HOUR", default_value_t = 20)]
     registrations_per_ip_hour: u32,
+    /// Group messages one user may post per second (across their groups).
+    #[arg(long, env = "BROKER_GROUP_POSTS_PER_SECOND", default_value_t = 20)]
+    group_posts_per_second: u32,
     /// Argon2id memory per password hash, in KiB (OWASP: 19456). Lower only for tests.
     #[arg(long, env = "BROKER_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
     argon2_memory_kib: u32,
@@ -60,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
         token_ttl: Duration::from_secs(args.token_ttl_days * 86_400),
         max_connections: args.max_connections,
         registrations_per_hour: args.registrations_per_ip_hour,
+        group_posts_per_second: args.group_posts_per_second,
     };
     let broker = Broker::bind(&cfg).await?;
     let addr = broker.local_addr()?;

@@ -22,12 +22,15 @@ pub struct Config {
     pub max_connections: usize,
     /// Accounts one address may create per hour.
     pub registrations_per_hour: u32,
+    /// Group posts one user may make per second.
+    pub group_posts_per_second: u32,
 }
 
 /// Shared state of all connections.
 pub struct Ctx {
     pub accounts: Arc<Accounts>,
     pub friends: Friends,
+    pub groups: crate::groups::Groups,
     pub table: Arc<Table>,
 }
 
@@ -52,6 +55,7 @@ impl Broker {
         let table = Arc::new(Table::default());
         let accounts = Accounts::new(db.clone(), cfg.hash_cost, cfg.token_ttl, cfg.registrations_per_hour)?;
         let friends = Friends::new(db.clone(), table.clone());
+        let groups = crate::groups::Groups::new(db.clone(), table.clone(), cfg.group_posts_per_second);
         let tls = certs::config::server(&identity, ClientPolicy::AnyDevice, &[shared::proto::BROKER_ALPN])?;
         let mut server =
             quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
@@ -61,7 +65,7 @@ impl Broker {
         let endpoint = quinn::Endpoint::new(endpoint_config(&identity), Some(server), socket, runtime)?;
         Ok(Self {
             endpoint,
-            ctx: Arc::new(Ctx { accounts, friends, table }),
+            ctx: Arc::new(Ctx { accounts, friends, groups, table }),
             db,
             max_connections: cfg.max_connections,
             fingerprint: identity.fingerprint(),

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 use shared::control::{AgentEvent, AgentStatus};
-use shared::proto::{Event, FriendInfo, FriendRequestInfo, Millis, UserInfo};
+use shared::proto::{Event, FriendInfo, FriendRequestInfo, GroupMessage, Millis, UserInfo};
 
 /// Local wall-clock time of a timestamp, to the second.
 pub(crate) fn time(ms: Millis) -> String {
@@ -96,6 +96,11 @@ pub(crate) fn event_json(e: &AgentEvent) -> Value {
                 }),
                 Event::SessionRevoked => json!({ "type": "session_revoked" }),
                 Event::PeerIncoming { username, .. } => json!({ "type": "peer_incoming", "username": username }),
+                Event::GroupInvited(i) => json!({
+                    "type": "group_invitation", "group_id": i.group_id, "name": i.name,
+                    "username": i.inviter.username, "display_name": i.inviter.display_name, "created_at": i.created_at,
+                }),
+                Event::GroupMessage(m) => group_message_json(m),
             };
             v["at"] = json!(at);
             v
@@ -140,7 +145,29 @@ pub(crate) fn event_line(e: &AgentEvent) -> String {
                 }
                 Event::SessionRevoked => format!("{t} this session was revoked; log in again"),
                 Event::PeerIncoming { username, .. } => format!("{t} {username} is connecting directly"),
+                Event::GroupInvited(i) => format!(
+                    "{t} {} invited you to group {} \"{}\" (join: `peer groups join {}`)",
+                    i.inviter.username, i.group_id, i.name, i.group_id
+                ),
+                Event::GroupMessage(m) => group_message_line(m),
             }
         }
+    }
+}
+
+/// A group message as a flat JSON object.
+pub(crate) fn group_message_json(m: &GroupMessage) -> Value {
+    json!({
+        "type": "group_message", "group_id": m.group_id, "seq": m.seq, "username": m.sender,
+        "system": m.system, "text": m.text, "sent_at": m.at,
+    })
+}
+
+/// A group message as a line: `[time] #group sender: text`, notices in brackets.
+pub(crate) fn group_message_line(m: &GroupMessage) -> String {
+    if m.system {
+        format!("[{}] #{} ({})", time(m.at), m.group_id, m.text)
+    } else {
+        format!("[{}] #{} {}: {}", time(m.at), m.group_id, m.sender, m.text)
     }
 }

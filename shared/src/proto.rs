@@ -63,6 +63,26 @@ pub enum Request {
     /// Where a friend's online devices can be reached ([`Response::Endpoints`]). Friends only. The friend's
     /// devices are told (with [`Event::PeerIncoming`]) to expect this device's key.
     Lookup { username: String },
+    /// Creates a group owned by you ([`Response::GroupCreated`]).
+    GroupCreate { name: String },
+    /// Invites a friend into a group you are a member of.
+    GroupInvite { group_id: i64, username: String },
+    /// Your pending group invitations ([`Response::GroupInvitations`]).
+    GroupInvitations,
+    /// Joins a group you were invited to.
+    GroupJoin { group_id: i64 },
+    /// Declines an invitation.
+    GroupDecline { group_id: i64 },
+    /// Leaves a group (ownership passes to the longest-standing member).
+    GroupLeave { group_id: i64 },
+    /// A group's members with their presence; members only ([`Response::GroupMembers`]).
+    GroupMembers { group_id: i64 },
+    /// The groups you are in ([`Response::Groups`]).
+    Groups,
+    /// Posts to a group; answered with its sequence number once stored ([`Response::GroupPosted`]).
+    GroupPost { group_id: i64, text: String },
+    /// Messages after `after_seq`, oldest first, at most `limit` ([`Response::GroupMessages`]).
+    GroupSync { group_id: i64, after_seq: i64, limit: u32 },
 }
 
 impl Request {
@@ -85,6 +105,16 @@ impl Request {
             Self::SetDisplayName { .. } => "set_display_name",
             Self::ChangePassword { .. } => "change_password",
             Self::Lookup { .. } => "lookup",
+            Self::GroupCreate { .. } => "group_create",
+            Self::GroupInvite { .. } => "group_invite",
+            Self::GroupInvitations => "group_invitations",
+            Self::GroupJoin { .. } => "group_join",
+            Self::GroupDecline { .. } => "group_decline",
+            Self::GroupLeave { .. } => "group_leave",
+            Self::GroupMembers { .. } => "group_members",
+            Self::Groups => "groups",
+            Self::GroupPost { .. } => "group_post",
+            Self::GroupSync { .. } => "group_sync",
         }
     }
 }
@@ -97,22 +127,85 @@ pub enum Response {
     /// Answer to [`Request::Ping`].
     Pong,
     /// A fresh session token. Only its hash is kept by the broker.
-    Token { username: String, token: String, expires_at: Millis },
+    Token {
+        username: String,
+        token: String,
+        expires_at: Millis,
+    },
     /// The session is open.
-    Welcome { session_id: u64, user: UserInfo, observed_addr: SocketAddr },
+    Welcome {
+        session_id: u64,
+        user: UserInfo,
+        observed_addr: SocketAddr,
+    },
     /// Search results.
     Users(Vec<UserInfo>),
     /// Pending friend requests.
-    FriendRequests { incoming: Vec<FriendRequestInfo>, outgoing: Vec<FriendRequestInfo> },
+    FriendRequests {
+        incoming: Vec<FriendRequestInfo>,
+        outgoing: Vec<FriendRequestInfo>,
+    },
     /// Your friends.
     Friends(Vec<FriendInfo>),
     /// Answer to [`Request::FriendAdd`]: `true` when the other side had already asked you, so you are
     /// friends now; `false` when the request is waiting for them.
-    FriendAdded { now_friends: bool },
+    FriendAdded {
+        now_friends: bool,
+    },
     /// The request failed; nothing was changed.
     Error(ErrorBody),
     /// A friend's online devices (empty when the friend is offline).
     Endpoints(Vec<DeviceEndpoint>),
+    GroupCreated {
+        group_id: i64,
+    },
+    GroupInvitations(Vec<GroupInvitation>),
+    GroupMembers(Vec<GroupMember>),
+    Groups(Vec<GroupInfo>),
+    GroupPosted {
+        seq: i64,
+    },
+    GroupMessages(Vec<GroupMessage>),
+}
+
+/// A group as its members see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub group_id: i64,
+    pub name: String,
+    pub owner: String,
+    /// Sequence number of the newest message (0 when there is none).
+    pub last_seq: i64,
+    pub members: i64,
+}
+
+/// A member of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub user: UserInfo,
+    pub owner: bool,
+    pub online: bool,
+}
+
+/// An invitation into a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInvitation {
+    pub group_id: i64,
+    pub name: String,
+    pub inviter: UserInfo,
+    pub created_at: Millis,
+}
+
+/// One group message, with its place in the group's order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMessage {
+    pub group_id: i64,
+    pub seq: i64,
+    pub sender: String,
+    /// A notice from the broker (joined, left), not something a member wrote.
+    pub system: bool,
+    pub text: String,
+    pub at: Millis,
 }
 
 /// One online device of a friend, as the broker vouches for it.
@@ -170,6 +263,10 @@ pub enum Event {
     SessionRevoked,
     /// A friend's device looked this one up and is about to connect: accept exactly this key from them.
     PeerIncoming { username: String, device: DeviceEndpoint },
+    /// You were invited into a group.
+    GroupInvited(GroupInvitation),
+    /// A message in one of your groups (members' posts and the broker's notices, in sequence order).
+    GroupMessage(GroupMessage),
 }
 
 /// A failed request: the code is for programs, the message for people.
@@ -233,6 +330,14 @@ pub enum ErrorCode {
     Busy,
     #[error("internal broker error; try again, and tell the operator if it persists")]
     Internal,
+    #[error("no such group")]
+    UnknownGroup,
+    #[error("you are not a member of that group")]
+    NotMember,
+    #[error("you have no invitation to that group")]
+    NotInvited,
+    #[error("already a member of that group")]
+    AlreadyMember,
 }
 
 #[cfg(test)]

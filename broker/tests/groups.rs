@@ -1,0 +1,223 @@
+//! Group chat at the protocol level, on every database backend: membership rules, one order for everyone
+//! under concurrent posters, catch-up from a sequence number, persistence across a restart.
+
+use certs::Identity;
+use certs::verify::ServerPin;
+use shared::io::{read_frame, write_frame};
+use shared::proto::{BROKER_ALPN, ErrorCode, Event, GroupMessage, Request, Response};
+use std::sync::Arc;
+use testkit::{Broker, PASSWORD, backends};
+
+/// A logged-in session with its event stream.
+struct Session {
+    conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+    events: Option<quinn::RecvStream>,
+}
+
+impl Session {
+    async fn open(broker: &Broker, user: &str, register: bool) -> Self {
+        let identity = Identity::generate("device").unwrap();
+        let tls =
+            certs::config::client(&identity, ServerPin::Exact(broker.fingerprint.parse().unwrap()), &[BROKER_ALPN])
+                .unwrap();
+        let mut cfg =
+            quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(std::time::Duration::from_secs(3)));
+        cfg.transport_config(Arc::new(t));
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint.connect_with(cfg, broker.addr, "broker").unwrap().await.unwrap();
+        let s = Self { conn, _endpoint: endpoint, events: None };
+        let req = if register {
+            Request::Register { username: user.into(), display_name: user.into(), password: PASSWORD.into() }
+        } else {
+            Request::Login { username: user.into(), password: PASSWORD.into() }
+        };
+        let Response::Token { token, .. } = s.call(&req).await else { panic!("auth {user}") };
+        assert!(matches!(s.call(&Request::Hello { token, local_addrs: vec![] }).await, Response::Welcome { .. }));
+        s
+    }
+
+    async fn call(&self, req: &Request) -> Response {
+        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+        write_frame(&mut send, req).await.unwrap();
+        send.finish().unwrap();
+        read_frame(&mut recv).await.unwrap().unwrap()
+    }
+
+    async fn ok(&self, req: Request) {
+        let r = self.call(&req).await;
+        assert_eq!(r, Response::Ok, "{req:?}");
+    }
+
+    /// The next group message pushed to this session (other events skipped).
+    async fn next_group_message(&mut self) -> GroupMessage {
+        if self.events.is_none() {
+            self.events = Some(self.conn.accept_uni().await.unwrap());
+        }
+        let stream = self.events.as_mut().unwrap();
+        loop {
+            let ev: Event = tokio::time::timeout(testkit::WAIT, read_frame(stream)).await.unwrap().unwrap().unwrap();
+            if let Event::GroupMessage(m) = ev {
+                return m;
+            }
+        }
+    }
+}
+
+fn code(r: &Response) -> ErrorCode {
+    match r {
+        Response::Error(e) => e.code.clone(),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+async fn befriend(a: &Session, a_name: &str, b: &Session, b_name: &str) {
+    a.call(&Request::FriendAdd { username: b_name.into(), message: String::new() }).await;
+    b.ok(Request::FriendAccept { username: a_name.into() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_on_every_backend() {
+    for backend in backends() {
+        eprintln!("backend: {}", backend.name());
+        let mut broker = Broker::start(&backend);
+        let mut alice = Session::open(&broker, "alice", true).await;
+        let mut bob = Session::open(&broker, "bob", true).await;
+        let carol = Session::open(&broker, "carol", true).await;
+        let mallory = Session::open(&broker, "mallory", true).await;
+        befriend(&alice, "alice", &bob, "bob").await;
+        befriend(&alice, "alice", &carol, "carol").await;
+
+        let Response::GroupCreated { group_id: g } = alice.call(&Request::GroupCreate { name: "家人群".into() }).await
+        else {
+            panic!()
+        };
+        // Invitations: friends only, by members only.
+        assert_eq!(
+            code(&alice.call(&Request::GroupInvite { group_id: g, username: "mallory".into() }).await),
+            ErrorCode::NotFriends
+        );
+        assert_eq!(
+            code(&mallory.call(&Request::GroupInvite { group_id: g, username: "alice".into() }).await),
+            ErrorCode::NotMember
+        );
+        alice.ok(Request::GroupInvite { group_id: g, username: "bob".into() }).await;
+        alice.ok(Request::GroupInvite { group_id: g, username: "carol".into() }).await;
+        let Response::GroupInvitations(inv) = bob.call(&Request::GroupInvitations).await else { panic!() };
+        assert_eq!(inv[0].name, "家人群");
+        assert_eq!(code(&mallory.call(&Request::GroupJoin { group_id: g }).await), ErrorCode::NotInvited);
+        bob.ok(Request::GroupJoin { group_id: g }).await;
+        carol.ok(Request::GroupJoin { group_id: g }).await;
+
+        // Non-members see nothing.
+        assert_eq!(code(&mallory.call(&Request::GroupMembers { group_id: g }).await), ErrorCode::NotMember);
+        assert_eq!(
+            code(&mallory.call(&Request::GroupPost { group_id: g, text: "hi".into() }).await),
+            ErrorCode::NotMember
+        );
+        assert_eq!(
+            code(&mallory.call(&Request::GroupSync { group_id: g, after_seq: 0, limit: 10 }).await),
+            ErrorCode::NotMember
+        );
+        let Response::GroupMembers(members) = bob.call(&Request::GroupMembers { group_id: g }).await else { panic!() };
+        let names: Vec<_> = members.iter().map(|m| m.user.username.as_str()).collect();
+        assert_eq!(names, ["alice", "bob", "carol"]);
+        assert!(members[0].owner && members.iter().all(|m| m.online));
+
+        // Concurrent posters: every member sees one order, with no gaps.
+        let posts = 10;
+        let (a, b) = (&alice, &bob);
+        let post = |s: &Session, who: &'static str, i: usize| {
+            let req = Request::GroupPost { group_id: g, text: format!("{who} {i}") };
+            let conn = s.conn.clone();
+            async move {
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                write_frame(&mut send, &req).await.unwrap();
+                send.finish().unwrap();
+                let r: Response = read_frame(&mut recv).await.unwrap().unwrap();
+                assert!(matches!(r, Response::GroupPosted { .. }), "{r:?}");
+            }
+        };
+        let mut tasks = Vec::new();
+        for i in 0..posts {
+            tasks.push(tokio::spawn(post(a, "alice", i)));
+            tasks.push(tokio::spawn(post(b, "bob", i)));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut seen_a = Vec::new();
+        let mut seen_b = Vec::new();
+        while seen_a.len() < 2 * posts + 2 {
+            seen_a.push(alice.next_group_message().await);
+        }
+        while seen_b.len() < 2 * posts + 2 {
+            seen_b.push(bob.next_group_message().await);
+        }
+        assert_eq!(seen_a, seen_b, "everyone sees the same order");
+        let seqs: Vec<i64> = seen_a.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=(2 * posts as i64 + 2)).collect::<Vec<_>>(), "no gaps, no duplicates");
+        assert!(seen_a[0].system && seen_a[0].text.contains("bob joined"));
+
+        // Catch-up from a sequence number: exactly what came after it.
+        let Response::GroupMessages(after) =
+            carol.call(&Request::GroupSync { group_id: g, after_seq: 5, limit: 100 }).await
+        else {
+            panic!()
+        };
+        assert_eq!(after.first().map(|m| m.seq), Some(6));
+        assert_eq!(after, seen_a[5..].to_vec());
+
+        // Leaving: notice to the rest, and nothing more for the one who left.
+        carol.ok(Request::GroupLeave { group_id: g }).await;
+        assert!(alice.next_group_message().await.text.contains("carol left"));
+        assert_eq!(
+            code(&carol.call(&Request::GroupSync { group_id: g, after_seq: 0, limit: 10 }).await),
+            ErrorCode::NotMember
+        );
+        assert_eq!(
+            code(&carol.call(&Request::GroupPost { group_id: g, text: "x".into() }).await),
+            ErrorCode::NotMember
+        );
+        let too_long = "x".repeat(16 * 1024 + 1);
+        assert!(matches!(
+            code(&bob.call(&Request::GroupPost { group_id: g, text: too_long }).await),
+            ErrorCode::InvalidText(_)
+        ));
+
+        // Stored messages survive a restart.
+        drop((alice, bob, carol, mallory));
+        broker.restart();
+        let bob = Session::open(&broker, "bob", false).await;
+        let Response::GroupMessages(all) =
+            bob.call(&Request::GroupSync { group_id: g, after_seq: 0, limit: 500 }).await
+        else {
+            panic!()
+        };
+        assert_eq!(all.len(), 2 * posts + 3);
+        let Response::Groups(list) = bob.call(&Request::Groups).await else { panic!() };
+        assert_eq!(
+            (list[0].group_id, list[0].name.as_str(), list[0].members, list[0].last_seq),
+            (g, "家人群", 2, all.len() as i64)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn posting_faster_than_the_limit_is_refused() {
+    let broker = Broker::start_with(&testkit::Backend::Sqlite, &["--group-posts-per-second", "3"]);
+    let alice = Session::open(&broker, "alice", true).await;
+    let created = alice.call(&Request::GroupCreate { name: "fast".into() }).await;
+    let Response::GroupCreated { group_id } = created else { panic!("{created:?}") };
+    let mut limited = false;
+    for i in 0..20 {
+        if let Response::Error(e) = alice.call(&Request::GroupPost { group_id, text: format!("{i}") }).await {
+            assert!(matches!(e.code, ErrorCode::RateLimited { .. }));
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "20 posts in a row must hit a limit of 3 per second");
+}
