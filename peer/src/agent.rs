@@ -202,6 +202,7 @@ impl Agent {
         tracing::info!(session = session_id, %observed_addr, "online");
         self.emit(AgentEvent::Connected { observed_addr, at });
         tokio::spawn(self.clone().deliver_all());
+        tokio::spawn(self.clone().catch_up_all());
         let end = self.read_events(&conn).await;
         *lock(&self.conn) = None;
         lock(&self.presence).clear();
@@ -250,6 +251,13 @@ impl Agent {
                         }
                         Event::PeerIncoming { username, device } => {
                             self.direct.expect(username, certs::Fingerprint(device.fingerprint));
+                            continue;
+                        }
+                        Event::GroupMessage(m) => {
+                            // Stored first, shown once, in order (gaps are fetched): handled here, inline.
+                            if let Err(e) = self.on_group_message(m.clone()).await {
+                                tracing::warn!(group = m.group_id, error = %e, "could not store a group message");
+                            }
                             continue;
                         }
                         Event::Presence { username, online: true, .. } => {

@@ -79,19 +79,33 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         cmd: ProfileCmd,
     },
-    /// Send a message to a friend: directly to their device, or queued until you are both online.
+    /// Send a message to a friend (directly to their device, or queued until you are both online), or with
+    /// --group to a group (stored and relayed by the broker).
     Send {
-        user: String,
-        /// Any Unicode, up to 16 KiB.
-        text: String,
+        /// The group to post to, instead of a friend.
+        #[arg(long)]
+        group: Option<i64>,
+        /// USER TEXT, or just TEXT with --group. Any Unicode, up to 16 KiB.
+        #[arg(required = true, num_args = 1..=2, value_names = ["USER", "TEXT"])]
+        args: Vec<String>,
     },
-    /// Interactive chat with a friend: type to send; /history, /quit.
-    Chat { user: String },
-    /// Show the conversation with USER (oldest first), or search every conversation.
+    /// Interactive chat with a friend, or with --group a group: type to send; /history, /quit.
+    Chat {
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        user: Option<String>,
+        #[arg(long)]
+        group: Option<i64>,
+    },
+    /// List your groups (with no subcommand), or manage them.
+    Groups(GroupsArgs),
+    /// Show the conversation with USER or a --group (oldest first), or search every conversation.
     History {
         /// The friend whose conversation to show.
-        #[arg(required_unless_present = "search")]
+        #[arg(required_unless_present_any = ["search", "group"])]
         user: Option<String>,
+        /// A group's messages instead.
+        #[arg(long, conflicts_with_all = ["user", "search"])]
+        group: Option<i64>,
         /// Messages containing this text, in any conversation.
         #[arg(long, conflicts_with = "user")]
         search: Option<String>,
@@ -172,6 +186,41 @@ pub(crate) enum FriendsCmd {
     Remark { user: String, alias: String },
 }
 
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct GroupsArgs {
+    #[command(subcommand)]
+    cmd: Option<GroupsCmd>,
+    /// With no subcommand: print the list as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum GroupsCmd {
+    /// Create a group (you own it); prints its number.
+    Create { name: String },
+    /// Invite a friend into a group you are in.
+    Invite { group: i64, user: String },
+    /// Your pending invitations.
+    Invitations {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join a group you were invited to.
+    Join { group: i64 },
+    /// Decline an invitation.
+    Decline { group: i64 },
+    /// Leave a group.
+    Leave { group: i64 },
+    /// A group's members, with who is online.
+    Members {
+        group: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum ProfileCmd {
     /// Change what others see.
@@ -232,9 +281,33 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             println!("display name changed");
             Ok(())
         }
-        Cmd::Send { user, text } => send(&home, &user, &text).await,
-        Cmd::Chat { user } => chat(&home, &user).await,
-        Cmd::History { user, search, limit, before, json } => {
+        Cmd::Send { group: Some(group), args } => {
+            let [text] = args.as_slice() else { bail!("with --group, give only the text") };
+            let seq = group_post(&home, group, text).await?;
+            println!("posted to group {group} as #{seq}");
+            Ok(())
+        }
+        Cmd::Send { group: None, args } => {
+            let [user, text] = args.as_slice() else { bail!("give a friend and the text: peer send USER TEXT") };
+            send(&home, user, text).await
+        }
+        Cmd::Chat { group: Some(group), .. } => group_chat(&home, group).await,
+        Cmd::Chat { user, .. } => chat(&home, &user.unwrap_or_default()).await,
+        Cmd::Groups(args) => groups(&home, args).await,
+        Cmd::History { group: Some(group), limit, before, json, .. } => {
+            let msgs = history::group_conversation(&home.db, group, limit, before).await?;
+            if json {
+                print_json(&msgs.iter().map(output::group_message_json).collect::<Vec<_>>());
+            } else if msgs.is_empty() {
+                println!("no messages");
+            } else {
+                for m in &msgs {
+                    println!("{}", output::group_message_line(m));
+                }
+            }
+            Ok(())
+        }
+        Cmd::History { user, search, limit, before, json, .. } => {
             let me = home.get("username").await?.unwrap_or_default();
             let msgs = match (&user, &search) {
                 (_, Some(text)) => history::search(&home.db, text, limit).await?,
@@ -580,4 +653,150 @@ async fn send_quiet(home: &Home, to: &str, text: &str) -> Result<()> {
         ControlResponse::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer from the agent: {other:?}"),
     }
+}
+
+async fn group_post(home: &Home, group_id: i64, text: &str) -> Result<i64> {
+    shared::peer::check_text(text).map_err(|e| anyhow!(e))?;
+    match broker_call(home, Request::GroupPost { group_id, text: text.to_string() }).await? {
+        Response::GroupPosted { seq } => Ok(seq),
+        other => bail!("unexpected answer from the broker: {other:?}"),
+    }
+}
+
+async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
+    let Some(cmd) = args.cmd else {
+        let Response::Groups(list) = broker_call(home, Request::Groups).await? else { bail!("unexpected answer") };
+        if args.json {
+            let v: Vec<Value> = list
+                .iter()
+                .map(|g| {
+                    serde_json::json!({
+                        "group_id": g.group_id, "name": g.name, "owner": g.owner, "members": g.members, "last_seq": g.last_seq,
+                    })
+                })
+                .collect();
+            print_json(&v);
+        } else if list.is_empty() {
+            println!("no groups yet: `peer groups create NAME`, or join one you were invited to");
+        } else {
+            for g in list {
+                println!("{:>6}  {:<32} owner {:<20} {} members", g.group_id, g.name, g.owner, g.members);
+            }
+        }
+        return Ok(());
+    };
+    match cmd {
+        GroupsCmd::Create { name } => {
+            let Response::GroupCreated { group_id } = broker_call(home, Request::GroupCreate { name }).await? else {
+                bail!("unexpected answer")
+            };
+            println!("{group_id}");
+        }
+        GroupsCmd::Invite { group, user } => {
+            expect_broker_ok(
+                broker_call(home, Request::GroupInvite { group_id: group, username: user.clone() }).await?,
+            )?;
+            println!("invited {user} to group {group}");
+        }
+        GroupsCmd::Invitations { json } => {
+            let Response::GroupInvitations(list) = broker_call(home, Request::GroupInvitations).await? else {
+                bail!("unexpected answer")
+            };
+            if json {
+                let v: Vec<Value> = list
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({
+                            "group_id": i.group_id, "name": i.name, "inviter": i.inviter.username, "created_at": i.created_at,
+                        })
+                    })
+                    .collect();
+                print_json(&v);
+            } else if list.is_empty() {
+                println!("no invitations");
+            } else {
+                for i in list {
+                    println!(
+                        "{:>6}  {:<32} from {}  (`peer groups join {}`)",
+                        i.group_id, i.name, i.inviter.username, i.group_id
+                    );
+                }
+            }
+        }
+        GroupsCmd::Join { group } => {
+            expect_broker_ok(broker_call(home, Request::GroupJoin { group_id: group }).await?)?;
+            println!("joined group {group}");
+        }
+        GroupsCmd::Decline { group } => {
+            expect_broker_ok(broker_call(home, Request::GroupDecline { group_id: group }).await?)?;
+            println!("declined the invitation to group {group}");
+        }
+        GroupsCmd::Leave { group } => {
+            expect_broker_ok(broker_call(home, Request::GroupLeave { group_id: group }).await?)?;
+            println!("left group {group}");
+        }
+        GroupsCmd::Members { group, json } => {
+            let Response::GroupMembers(list) = broker_call(home, Request::GroupMembers { group_id: group }).await?
+            else {
+                bail!("unexpected answer")
+            };
+            if json {
+                let v: Vec<Value> = list
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "username": m.user.username, "display_name": m.user.display_name, "owner": m.owner, "online": m.online,
+                        })
+                    })
+                    .collect();
+                print_json(&v);
+            } else {
+                for m in list {
+                    let role = if m.owner { " (owner)" } else { "" };
+                    let presence = if m.online { "online" } else { "offline" };
+                    println!("{:<32} {:<24} {presence}{role}", m.user.username, m.user.display_name);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Line-mode group chat: the group's messages as they come (they are stored by the agent), your lines posted.
+async fn group_chat(home: &Home, group_id: i64) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut events = control::connect(&home.dir).await?;
+    write_frame(&mut events, &ControlRequest::Watch).await?;
+    println!("group {group_id}: type a message and press Enter; /history shows more, /quit leaves");
+    for m in history::group_conversation(&home.db, group_id, 10, None).await? {
+        println!("{}", output::group_message_line(&m));
+    }
+    let printer = tokio::spawn(async move {
+        while let Ok(Some(resp)) = read_frame::<ControlResponse, _>(&mut events).await {
+            if let ControlResponse::Event(AgentEvent::Broker { event: Event::GroupMessage(m), .. }) = &resp
+                && m.group_id == group_id
+            {
+                println!("{}", output::group_message_line(m));
+            }
+        }
+    });
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        match line.trim_end() {
+            "" => continue,
+            "/quit" | "/exit" => break,
+            "/history" => {
+                for m in history::group_conversation(&home.db, group_id, 50, None).await? {
+                    println!("{}", output::group_message_line(&m));
+                }
+            }
+            text => {
+                if let Err(e) = group_post(home, group_id, text).await {
+                    println!("! {e}");
+                }
+            }
+        }
+    }
+    printer.abort();
+    Ok(())
 }

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use serde_json::{Value, json};
 use shared::control::MessageStatus;
-use shared::proto::Millis;
+use shared::proto::{GroupMessage, Millis};
 use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 
@@ -162,6 +162,79 @@ pub(crate) async fn search(db: &SqlitePool, text: &str, limit: i64) -> Result<Ve
     .fetch_all(db)
     .await?;
     let mut out: Vec<Message> = rows.iter().map(from_row).collect::<Result<_, _>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+/// Stores group messages (in the broker's order); returns those that were new.
+pub(crate) async fn insert_group(db: &SqlitePool, msgs: &[GroupMessage], now: Millis) -> Result<Vec<GroupMessage>> {
+    let mut fresh = Vec::new();
+    for chunk in msgs.chunks(ROWS_PER_STATEMENT) {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT OR IGNORE INTO group_messages (group_id, seq, sender, system, text, sent_at, stored_at) \
+             VALUES {values} RETURNING group_id, seq"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for m in chunk {
+            q = q
+                .bind(m.group_id)
+                .bind(m.seq)
+                .bind(&m.sender)
+                .bind(i64::from(m.system))
+                .bind(&m.text)
+                .bind(m.at)
+                .bind(now);
+        }
+        let new: std::collections::HashSet<(i64, i64)> = q
+            .fetch_all(db)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        fresh.extend(chunk.iter().filter(|m| new.contains(&(m.group_id, m.seq))).cloned());
+    }
+    Ok(fresh)
+}
+
+/// The newest sequence number stored for a group (0 if none).
+pub(crate) async fn last_group_seq(db: &SqlitePool, group_id: i64) -> Result<i64> {
+    let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM group_messages WHERE group_id = ?")
+        .bind(group_id)
+        .fetch_one(db)
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// A group's messages, newest `limit` before `before` (a sequence number), oldest first.
+pub(crate) async fn group_conversation(
+    db: &SqlitePool,
+    group_id: i64,
+    limit: i64,
+    before: Option<i64>,
+) -> Result<Vec<GroupMessage>> {
+    let rows = sqlx::query(
+        "SELECT group_id, seq, sender, system, text, sent_at FROM group_messages WHERE group_id = ? AND seq < ? \
+         ORDER BY seq DESC LIMIT ?",
+    )
+    .bind(group_id)
+    .bind(before.unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    let mut out = rows
+        .iter()
+        .map(|r| {
+            Ok(GroupMessage {
+                group_id: r.try_get(0)?,
+                seq: r.try_get(1)?,
+                sender: r.try_get(2)?,
+                system: r.try_get::<i64, _>(3)? != 0,
+                text: r.try_get(4)?,
+                at: r.try_get(5)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     out.reverse();
     Ok(out)
 }

@@ -8,8 +8,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use std::path::{Path, PathBuf};
 
 /// Schema steps, applied in order; the index + 1 is the version stored in `PRAGMA user_version`.
-const MIGRATIONS: &[&str] =
-    &[include_str!("../migrations/0001_settings.sql"), include_str!("../migrations/0002_messages.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_settings.sql"),
+    include_str!("../migrations/0002_messages.sql"),
+    include_str!("../migrations/0003_group_messages.sql"),
+];
 
 /// An opened home directory.
 pub(crate) struct Home {

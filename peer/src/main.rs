@@ -8,6 +8,7 @@ mod chat;
 mod cli;
 mod control;
 mod direct;
+mod groups;
 mod history;
 mod home;
 mod net;
