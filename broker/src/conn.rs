@@ -187,6 +187,22 @@ impl Conn {
             Request::GroupSync { group_id, after_seq, limit } => {
                 Response::GroupMessages(ctx.groups.sync(&me, group_id, after_seq, limit).await?)
             }
+            Request::GroupRemove { group_id, username } => {
+                ctx.groups.remove(&me, group_id, &username).await?;
+                Response::Ok
+            }
+            Request::GroupRename { group_id, name } => {
+                ctx.groups.rename(&me, group_id, &name).await?;
+                Response::Ok
+            }
+            Request::GroupTransfer { group_id, username } => {
+                ctx.groups.transfer(&me, group_id, &username).await?;
+                Response::Ok
+            }
+            Request::GroupDisband { group_id } => {
+                ctx.groups.disband(&me, group_id).await?;
+                Response::Ok
+            }
             Request::Lookup { username } => {
                 if !ctx.friends.are_friends(&me, &username).await? {
                     return Err(ErrorCode::NotFriends.into());

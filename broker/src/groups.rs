@@ -29,6 +29,15 @@ pub struct Groups {
     /// One post at a time per group: numbering, storing and fan-out happen in order.
     order: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     posts: Mutex<Quota<String>>,
+    retention: Retention,
+}
+
+/// How much of each group's log the broker keeps: members who were away longer catch up from the oldest
+/// message still kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_messages: i64,
+    pub max_age: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -38,12 +47,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Groups {
     /// `posts_per_second`: what one member may post, summed over their groups, before getting
     /// [`ErrorCode::RateLimited`].
-    pub fn new(db: Db, table: Arc<Table>, posts_per_second: u32) -> Self {
+    pub fn new(db: Db, table: Arc<Table>, posts_per_second: u32, retention: Retention) -> Self {
         Self {
             db,
             table,
             order: Mutex::default(),
             posts: Mutex::new(Quota::new(posts_per_second.max(1), Duration::from_secs(1))),
+            retention,
         }
     }
 
@@ -271,6 +281,77 @@ impl Groups {
         self.post_as(me, group_id, text, false).await
     }
 
+    /// Owner only: removes `user`, who is told in the group's log and then gets nothing more.
+    pub async fn remove(&self, me: &str, group_id: i64, user: &str) -> Result<()> {
+        self.require_owner(me, group_id).await?;
+        if user == me || !self.is_member(user, group_id).await? {
+            return Err(ErrorCode::NotMember.into());
+        }
+        self.post_as(me, group_id, &format!("{user} was removed by {me}"), true).await?;
+        sqlx::query(self.db.sql("DELETE FROM group_members WHERE group_id = ? AND username = ?"))
+            .bind(group_id)
+            .bind(user)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Owner only: renames the group.
+    pub async fn rename(&self, me: &str, group_id: i64, name: &str) -> Result<()> {
+        validate::display_name(name).map_err(|_| ErrorCode::InvalidText("group names are 1-64 characters".into()))?;
+        self.require_owner(me, group_id).await?;
+        sqlx::query(self.db.sql("UPDATE chat_groups SET name = ? WHERE id = ?"))
+            .bind(name)
+            .bind(group_id)
+            .execute(&self.db.pool)
+            .await?;
+        self.post_as(me, group_id, &format!("{me} renamed the group to {name}"), true).await?;
+        Ok(())
+    }
+
+    /// Owner only: hands ownership to another member.
+    pub async fn transfer(&self, me: &str, group_id: i64, user: &str) -> Result<()> {
+        self.require_owner(me, group_id).await?;
+        if !self.is_member(user, group_id).await? {
+            return Err(ErrorCode::NotMember.into());
+        }
+        sqlx::query(self.db.sql("UPDATE chat_groups SET owner = ? WHERE id = ?"))
+            .bind(user)
+            .bind(group_id)
+            .execute(&self.db.pool)
+            .await?;
+        self.post_as(me, group_id, &format!("{me} made {user} the owner"), true).await?;
+        Ok(())
+    }
+
+    /// Owner only: the members are told, then the group and everything in it is deleted.
+    pub async fn disband(&self, me: &str, group_id: i64) -> Result<()> {
+        self.require_owner(me, group_id).await?;
+        self.post_as(me, group_id, &format!("{me} disbanded the group"), true).await?;
+        let mut tx = self.db.pool.begin().await?;
+        for q in [
+            "DELETE FROM group_messages WHERE group_id = ?",
+            "DELETE FROM group_invites WHERE group_id = ?",
+            "DELETE FROM group_members WHERE group_id = ?",
+            "DELETE FROM chat_groups WHERE id = ?",
+        ] {
+            sqlx::query(self.db.sql(q)).bind(group_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(group = group_id, owner = me, "group disbanded");
+        Ok(())
+    }
+
+    /// Drops messages older than the retention age, in every group (the count bound is kept on each post).
+    pub async fn prune_old(&self) -> Result<u64> {
+        let cutoff = now_ms() - self.retention.max_age.as_millis() as i64;
+        let res = sqlx::query(self.db.sql("DELETE FROM group_messages WHERE created_at < ?"))
+            .bind(cutoff)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(res.rows_affected())
+    }
+
     /// Messages after `after_seq`, for members only.
     pub async fn sync(&self, me: &str, group_id: i64, after_seq: i64, limit: u32) -> Result<Vec<GroupMessage>> {
         self.require_member(me, group_id).await?;
@@ -323,6 +404,13 @@ impl Groups {
         .bind(at)
         .execute(&mut *tx)
         .await?;
+        if seq > self.retention.max_messages {
+            sqlx::query(self.db.sql("DELETE FROM group_messages WHERE group_id = ? AND seq <= ?"))
+                .bind(group_id)
+                .bind(seq - self.retention.max_messages)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         let event = Event::GroupMessage(GroupMessage {
             group_id,
@@ -369,6 +457,19 @@ impl Groups {
             Some(r) => Ok(r.try_get(0)?),
             None => Err(ErrorCode::NotMember.into()),
         }
+    }
+
+    async fn require_owner(&self, me: &str, group_id: i64) -> Result<()> {
+        self.require_member(me, group_id).await?;
+        let owner: String = sqlx::query(self.db.sql("SELECT owner FROM chat_groups WHERE id = ?"))
+            .bind(group_id)
+            .fetch_one(&self.db.pool)
+            .await?
+            .try_get(0)?;
+        if owner != me {
+            return Err(ErrorCode::NotOwner.into());
+        }
+        Ok(())
     }
 
     async fn user(&self, username: &str) -> Result<UserInfo> {

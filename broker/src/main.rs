@@ -36,6 +36,12 @@ struct Args {
     /// Group messages one user may post per second (across their groups).
     #[arg(long, env = "BROKER_GROUP_POSTS_PER_SECOND", default_value_t = 20)]
     group_posts_per_second: u32,
+    /// Messages kept per group; older ones are dropped as new ones arrive.
+    #[arg(long, env = "BROKER_GROUP_RETENTION_MESSAGES", default_value_t = 10_000)]
+    group_retention_messages: i64,
+    /// Days a group message is kept.
+    #[arg(long, env = "BROKER_GROUP_RETENTION_DAYS", default_value_t = 90)]
+    group_retention_days: u64,
     /// Argon2id memory per password hash, in KiB (OWASP: 19456). Lower only for tests.
     #[arg(long, env = "BROKER_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
     argon2_memory_kib: u32,
@@ -64,6 +70,10 @@ async fn main() -> anyhow::Result<()> {
         max_connections: args.max_connections,
         registrations_per_hour: args.registrations_per_ip_hour,
         group_posts_per_second: args.group_posts_per_second,
+        group_retention: broker::groups::Retention {
+            max_messages: args.group_retention_messages.max(1),
+            max_age: Duration::from_secs(args.group_retention_days * 86_400),
+        },
     };
     let broker = Broker::bind(&cfg).await?;
     let addr = broker.local_addr()?;

@@ -24,6 +24,8 @@ pub struct Config {
     pub registrations_per_hour: u32,
     /// Group posts one user may make per second.
     pub group_posts_per_second: u32,
+    /// How much of each group's log is kept.
+    pub group_retention: crate::groups::Retention,
 }
 
 /// Shared state of all connections.
@@ -55,7 +57,8 @@ impl Broker {
         let table = Arc::new(Table::default());
         let accounts = Accounts::new(db.clone(), cfg.hash_cost, cfg.token_ttl, cfg.registrations_per_hour)?;
         let friends = Friends::new(db.clone(), table.clone());
-        let groups = crate::groups::Groups::new(db.clone(), table.clone(), cfg.group_posts_per_second);
+        let groups =
+            crate::groups::Groups::new(db.clone(), table.clone(), cfg.group_posts_per_second, cfg.group_retention);
         let tls = certs::config::server(&identity, ClientPolicy::AnyDevice, &[shared::proto::BROKER_ALPN])?;
         let mut server =
             quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
@@ -80,6 +83,20 @@ impl Broker {
     /// Serves until `shutdown` resolves, then closes every connection and the database.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let pruner = tokio::spawn({
+            let ctx = self.ctx.clone();
+            async move {
+                let mut every = tokio::time::interval(Duration::from_secs(600));
+                loop {
+                    every.tick().await;
+                    match ctx.groups.prune_old().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(messages = n, "pruned old group messages"),
+                        Err(e) => tracing::warn!(error = %e, "pruning group messages failed"),
+                    }
+                }
+            }
+        });
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
@@ -100,6 +117,7 @@ impl Broker {
                 () = &mut shutdown => break,
             }
         }
+        pruner.abort();
         tracing::info!(online = self.ctx.table.len(), "shutting down");
         self.endpoint.close(quinn::VarInt::from_u32(0), b"broker shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;

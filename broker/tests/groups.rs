@@ -46,6 +46,15 @@ impl Session {
         read_frame(&mut recv).await.unwrap().unwrap()
     }
 
+    /// Reads and discards this session's events in the background, like a healthy agent.
+    fn drain_events(&self) {
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            let Ok(mut events) = conn.accept_uni().await else { return };
+            while let Ok(Some(_)) = read_frame::<Event, _>(&mut events).await {}
+        });
+    }
+
     async fn ok(&self, req: Request) {
         let r = self.call(&req).await;
         assert_eq!(r, Response::Ok, "{req:?}");
@@ -220,4 +229,60 @@ async fn posting_faster_than_the_limit_is_refused() {
         }
     }
     assert!(limited, "20 posts in a row must hit a limit of 3 per second");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_member_is_cut_off_and_nobody_waits_for_it() {
+    let broker = Broker::start_with(&testkit::Backend::Sqlite, &["--group-posts-per-second", "100000"]);
+    let alice = Session::open(&broker, "alice", true).await;
+    let mut bob = Session::open(&broker, "bob", true).await;
+    let stalled = Session::open(&broker, "stalled", true).await;
+    befriend(&alice, "alice", &bob, "bob").await;
+    befriend(&alice, "alice", &stalled, "stalled").await;
+    let Response::GroupCreated { group_id: g } = alice.call(&Request::GroupCreate { name: "big".into() }).await else {
+        panic!()
+    };
+    for (s, name) in [(&bob, "bob"), (&stalled, "stalled")] {
+        alice.ok(Request::GroupInvite { group_id: g, username: name.into() }).await;
+        s.ok(Request::GroupJoin { group_id: g }).await;
+    }
+    // Alice and bob read everything as it comes; the stalled member never reads its event stream.
+    alice.drain_events();
+    let posts = 500;
+    let reader = tokio::spawn(async move {
+        let mut last = 0;
+        while last < posts as i64 + 2 {
+            last = bob.next_group_message().await.seq;
+        }
+        last
+    });
+    let big = "大".repeat(5000);
+    for _ in 0..posts {
+        assert!(matches!(
+            alice.call(&Request::GroupPost { group_id: g, text: big.clone() }).await,
+            Response::GroupPosted { .. }
+        ));
+    }
+    assert_eq!(reader.await.unwrap(), posts as i64 + 2, "bob got every message");
+    // The broker disconnected the stalled session instead of buffering without bound.
+    let closed = tokio::time::timeout(testkit::WAIT, stalled.conn.closed()).await.expect("stalled member disconnected");
+    assert!(closed.to_string().contains("event queue overflow"), "{closed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_the_newest_messages() {
+    let broker = Broker::start_with(&testkit::Backend::Sqlite, &["--group-retention-messages", "3"]);
+    let alice = Session::open(&broker, "alice", true).await;
+    let Response::GroupCreated { group_id } = alice.call(&Request::GroupCreate { name: "short".into() }).await else {
+        panic!()
+    };
+    for i in 1..=5 {
+        alice.call(&Request::GroupPost { group_id, text: format!("m{i}") }).await;
+    }
+    let Response::GroupMessages(kept) = alice.call(&Request::GroupSync { group_id, after_seq: 0, limit: 100 }).await
+    else {
+        panic!()
+    };
+    let seqs: Vec<i64> = kept.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [3, 4, 5]);
 }

@@ -213,6 +213,14 @@ pub(crate) enum GroupsCmd {
     Decline { group: i64 },
     /// Leave a group.
     Leave { group: i64 },
+    /// Owner only: remove a member.
+    Remove { group: i64, user: String },
+    /// Owner only: rename the group.
+    Rename { group: i64, name: String },
+    /// Owner only: hand ownership to another member.
+    Transfer { group: i64, user: String },
+    /// Owner only: delete the group for everyone.
+    Disband { group: i64 },
     /// A group's members, with who is online.
     Members {
         group: i64,
@@ -734,6 +742,26 @@ async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
         GroupsCmd::Leave { group } => {
             expect_broker_ok(broker_call(home, Request::GroupLeave { group_id: group }).await?)?;
             println!("left group {group}");
+        }
+        GroupsCmd::Remove { group, user } => {
+            expect_broker_ok(
+                broker_call(home, Request::GroupRemove { group_id: group, username: user.clone() }).await?,
+            )?;
+            println!("removed {user} from group {group}");
+        }
+        GroupsCmd::Rename { group, name } => {
+            expect_broker_ok(broker_call(home, Request::GroupRename { group_id: group, name: name.clone() }).await?)?;
+            println!("group {group} is now called {name}");
+        }
+        GroupsCmd::Transfer { group, user } => {
+            expect_broker_ok(
+                broker_call(home, Request::GroupTransfer { group_id: group, username: user.clone() }).await?,
+            )?;
+            println!("{user} now owns group {group}");
+        }
+        GroupsCmd::Disband { group } => {
+            expect_broker_ok(broker_call(home, Request::GroupDisband { group_id: group }).await?)?;
+            println!("group {group} disbanded");
         }
         GroupsCmd::Members { group, json } => {
             let Response::GroupMembers(list) = broker_call(home, Request::GroupMembers { group_id: group }).await?

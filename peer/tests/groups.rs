@@ -74,3 +74,44 @@ fn three_users_share_one_order_and_the_offline_one_catches_up() {
     assert!(bob.fails(&["send", "--group", &g, "still here?"]).contains("not a member"));
     assert_eq!(alice.json(&["groups", "--json"])[0]["members"], 2);
 }
+
+#[test]
+fn the_owner_manages_the_group() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let alice = Peer::registered(&broker, "alice");
+    let bob = Peer::registered(&broker, "bob");
+    let carol = Peer::registered(&broker, "carol");
+    let _a = alice.up();
+    let _b = bob.up();
+    let _c = carol.up();
+    alice.befriend(&bob);
+    alice.befriend(&carol);
+    let g = alice.ok(&["groups", "create", "team"]).trim().to_string();
+    for (p, name) in [(&bob, "bob"), (&carol, "carol")] {
+        alice.ok(&["groups", "invite", &g, name]);
+        p.ok(&["groups", "join", &g]);
+    }
+    let log = |p: &Peer| texts(&p.json(&["history", "--group", &g, "--json"]));
+
+    // Only the owner.
+    assert!(bob.fails(&["groups", "rename", &g, "mine now"]).contains("owner"));
+    assert!(bob.fails(&["groups", "remove", &g, "carol"]).contains("owner"));
+    assert!(bob.fails(&["groups", "disband", &g]).contains("owner"));
+
+    alice.ok(&["groups", "rename", &g, "家人群"]);
+    assert_eq!(bob.json(&["groups", "--json"])[0]["name"], "家人群");
+    alice.ok(&["groups", "remove", &g, "carol"]);
+    wait_until("carol is told she was removed", || log(&carol).last().is_some_and(|t| t.contains("carol was removed")));
+    assert!(carol.fails(&["send", "--group", &g, "hello?"]).contains("not a member"));
+    alice.ok(&["send", "--group", &g, "just us"]);
+    wait_until("bob gets the next post", || log(&bob).last().is_some_and(|t| t == "just us"));
+    assert!(!log(&carol).contains(&"just us".to_string()), "a removed member gets nothing more");
+
+    alice.ok(&["groups", "transfer", &g, "bob"]);
+    let members = bob.json(&["groups", "members", &g, "--json"]);
+    assert!(members.as_array().unwrap().iter().any(|m| m["username"] == "bob" && m["owner"] == true));
+    assert!(alice.fails(&["groups", "rename", &g, "back"]).contains("owner"));
+    bob.ok(&["groups", "disband", &g]);
+    wait_until("alice sees the group disbanded", || log(&alice).last().is_some_and(|t| t.contains("disbanded")));
+    assert!(alice.json(&["groups", "--json"]).as_array().unwrap().is_empty());
+}

@@ -83,6 +83,14 @@ pub enum Request {
     GroupPost { group_id: i64, text: String },
     /// Messages after `after_seq`, oldest first, at most `limit` ([`Response::GroupMessages`]).
     GroupSync { group_id: i64, after_seq: i64, limit: u32 },
+    /// Owner only: removes a member (who is told, then gets nothing more).
+    GroupRemove { group_id: i64, username: String },
+    /// Owner only: renames the group.
+    GroupRename { group_id: i64, name: String },
+    /// Owner only: hands ownership to another member.
+    GroupTransfer { group_id: i64, username: String },
+    /// Owner only: deletes the group, its members and its messages.
+    GroupDisband { group_id: i64 },
 }
 
 impl Request {
@@ -115,6 +123,10 @@ impl Request {
             Self::Groups => "groups",
             Self::GroupPost { .. } => "group_post",
             Self::GroupSync { .. } => "group_sync",
+            Self::GroupRemove { .. } => "group_remove",
+            Self::GroupRename { .. } => "group_rename",
+            Self::GroupTransfer { .. } => "group_transfer",
+            Self::GroupDisband { .. } => "group_disband",
         }
     }
 }
@@ -338,6 +350,8 @@ pub enum ErrorCode {
     NotInvited,
     #[error("already a member of that group")]
     AlreadyMember,
+    #[error("only the group's owner can do that")]
+    NotOwner,
 }
 
 #[cfg(test)]
