@@ -253,6 +253,7 @@ impl Conn {
         let friends = self.ctx.friends.usernames(&owner.user.username).await?;
         if first {
             self.ctx.friends.announce_presence(&friends, &owner.user.username, true, now);
+            self.ctx.groups.announce_presence(&owner.user.username, true, now).await?;
         }
         self.ctx.friends.presence_snapshot(&friends, &owner.user.username, session_id);
         Ok(Response::Welcome { session_id, user: owner.user, observed_addr: observed })
@@ -265,6 +266,9 @@ impl Conn {
             match self.ctx.friends.usernames(user).await {
                 Ok(friends) => self.ctx.friends.announce_presence(&friends, user, false, now),
                 Err(e) => tracing::error!(error = %e, "could not announce offline presence"),
+            }
+            if let Err(e) = self.ctx.groups.announce_presence(user, false, now).await {
+                tracing::error!(error = %e, "could not announce offline presence to groups");
             }
         }
     }

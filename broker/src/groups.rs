@@ -426,6 +426,23 @@ impl Groups {
         Ok(seq)
     }
 
+    /// Tells `user`'s fellow members, in each of their groups, that `user` came online or went offline.
+    pub async fn announce_presence(&self, user: &str, online: bool, at: i64) -> Result<()> {
+        let rows = sqlx::query(self.db.sql(
+            "SELECT o.group_id, o.username FROM group_members m JOIN group_members o ON o.group_id = m.group_id \
+             WHERE m.username = ? AND o.username <> ?",
+        ))
+        .bind(user)
+        .bind(user)
+        .fetch_all(&self.db.pool)
+        .await?;
+        for r in rows {
+            let (group_id, member): (i64, String) = (r.try_get(0)?, r.try_get(1)?);
+            self.table.push(&member, &Event::GroupPresence { group_id, username: user.to_string(), online, at });
+        }
+        Ok(())
+    }
+
     async fn member_names(&self, group_id: i64) -> Result<Vec<String>> {
         let rows = sqlx::query(self.db.sql("SELECT username FROM group_members WHERE group_id = ?"))
             .bind(group_id)

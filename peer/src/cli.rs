@@ -801,10 +801,18 @@ async fn group_chat(home: &Home, group_id: i64) -> Result<()> {
     }
     let printer = tokio::spawn(async move {
         while let Ok(Some(resp)) = read_frame::<ControlResponse, _>(&mut events).await {
-            if let ControlResponse::Event(AgentEvent::Broker { event: Event::GroupMessage(m), .. }) = &resp
-                && m.group_id == group_id
-            {
-                println!("{}", output::group_message_line(m));
+            match &resp {
+                ControlResponse::Event(AgentEvent::Broker { event: Event::GroupMessage(m), .. })
+                    if m.group_id == group_id =>
+                {
+                    println!("{}", output::group_message_line(m));
+                }
+                ControlResponse::Event(
+                    e @ AgentEvent::Broker { event: Event::GroupPresence { group_id: g, .. }, .. },
+                ) if *g == group_id => {
+                    println!("{}", output::event_line(e));
+                }
+                _ => {}
             }
         }
     });

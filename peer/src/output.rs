@@ -101,6 +101,10 @@ pub(crate) fn event_json(e: &AgentEvent) -> Value {
                     "username": i.inviter.username, "display_name": i.inviter.display_name, "created_at": i.created_at,
                 }),
                 Event::GroupMessage(m) => group_message_json(m),
+                Event::GroupPresence { group_id, username, online, at } => json!({
+                    "type": if *online { "group_member_online" } else { "group_member_offline" },
+                    "group_id": group_id, "username": username, "online": online, "changed_at": at,
+                }),
             };
             v["at"] = json!(at);
             v
@@ -150,6 +154,12 @@ pub(crate) fn event_line(e: &AgentEvent) -> String {
                     i.inviter.username, i.group_id, i.name, i.group_id
                 ),
                 Event::GroupMessage(m) => group_message_line(m),
+                Event::GroupPresence { group_id, username, online, .. } => {
+                    format!(
+                        "{t} #{group_id} {username} {}",
+                        if *online { "is online (上线)" } else { "went offline (下线)" }
+                    )
+                }
             }
         }
     }

@@ -43,10 +43,15 @@ fn three_users_share_one_order_and_the_offline_one_catches_up() {
         "早上好 ☀️"
     );
 
-    // Carol goes offline; the others keep talking; carol comes back and gets exactly what she missed.
+    // Carol goes offline (her fellow members are told); the others keep talking; carol comes back and gets
+    // exactly what she missed.
+    let members_watch = bob.watch();
     let everyone = |p: &Peer| p.json(&["history", "--group", &g, "--json"]);
     wait_until("carol has the first posts", || texts(&everyone(&carol)).contains(&"hi all".to_string()));
     assert!(c.stop());
+    let off = members_watch
+        .expect("carol's offline notice", |v| v["type"] == "group_member_offline" && v["username"] == "carol");
+    assert_eq!(off["group_id"].to_string(), g);
     for i in 0..5 {
         alice.ok(&["send", "--group", &g, &format!("while carol is away {i}")]);
     }

@@ -279,6 +279,8 @@ pub enum Event {
     GroupInvited(GroupInvitation),
     /// A message in one of your groups (members' posts and the broker's notices, in sequence order).
     GroupMessage(GroupMessage),
+    /// A member of one of your groups came online (first device) or went offline (last device).
+    GroupPresence { group_id: i64, username: String, online: bool, at: Millis },
 }
 
 /// A failed request: the code is for programs, the message for people.
