@@ -359,3 +359,122 @@ pub(crate) async fn presence_bench(users: usize, friends: usize, concurrency: us
     }
     Ok(())
 }
+
+/// `bench groups`: one group of `members` online members (simulated in this process), `senders` of them
+/// posting `messages` in all; deliveries/s and the delay from a post being sent to each member receiving it.
+pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize) -> Result<()> {
+    let broker = start_broker()?;
+    let raw = start_raw()?;
+    let clients = Arc::new(Clients::new()?);
+    eprintln!("registering {members} users ...");
+    let tokens = Arc::new(register_users(&clients, &broker, members).await?);
+    let cfg = clients.config(&broker.fingerprint, BROKER_ALPN)?;
+
+    // Everyone online; each session counts the bench's posts it receives, with the time.
+    let received: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
+    let online = {
+        let (tokens, received) = (tokens.clone(), received.clone());
+        move |i: usize, conn: quinn::Connection| {
+            let (token, received) = (tokens[i].clone(), received.clone());
+            async move {
+                call(&conn, &Request::Hello { token, local_addrs: vec![] }).await?;
+                let c = conn.clone();
+                tokio::spawn(async move {
+                    let Ok(mut events) = c.accept_uni().await else { return };
+                    while let Ok(Some(ev)) = read_frame::<Event, _>(&mut events).await {
+                        if let Event::GroupMessage(m) = ev
+                            && !m.system
+                            && let Ok(mut r) = received.lock()
+                        {
+                            r.push((m.seq, Instant::now()));
+                        }
+                    }
+                });
+                Ok(conn)
+            }
+        }
+    };
+    let (conns, _) = open_many(&clients, &cfg, broker.addr, 0..members, 16, online).await?;
+    let conns = Arc::new(conns);
+
+    eprintln!("building a group of {members} ...");
+    let Response::GroupCreated { group_id } = call(&conns[0], &Request::GroupCreate { name: "bench".into() }).await?
+    else {
+        bail!("group create")
+    };
+    let sem = Arc::new(Semaphore::new(16));
+    let mut tasks = Vec::new();
+    for i in 1..members {
+        let (conns, permit) = (conns.clone(), sem.clone().acquire_owned().await?);
+        tasks.push(tokio::spawn(async move {
+            call(&conns[0], &Request::FriendAdd { username: username(i), message: String::new() }).await?;
+            call(&conns[i], &Request::FriendAccept { username: username(0) }).await?;
+            call(&conns[0], &Request::GroupInvite { group_id, username: username(i) }).await?;
+            call(&conns[i], &Request::GroupJoin { group_id }).await?;
+            drop(permit);
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    eprintln!("{senders} senders posting {messages} messages ...");
+    let sent: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..senders {
+        let (conns, sent) = (conns.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            for k in (s..messages).step_by(senders) {
+                let t = Instant::now();
+                let req = Request::GroupPost { group_id, text: format!("{:0>100}", k) };
+                let Response::GroupPosted { seq } = call(&conns[s], &req).await? else { bail!("post") };
+                sent.lock().map_err(|_| anyhow!("poisoned"))?.insert(seq, t);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let expected = messages * members;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = received.lock().map_err(|_| anyhow!("poisoned"))?.len();
+        if n >= expected || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let received = received.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    let sent = sent.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    let last = received.iter().map(|(_, t)| *t).max().unwrap_or(start);
+    let deliveries = received.len();
+    let rate = deliveries as f64 / last.duration_since(start).as_secs_f64();
+    let mut delays: Vec<Duration> =
+        received.iter().filter_map(|(seq, t)| sent.get(seq).map(|s| t.saturating_duration_since(*s))).collect();
+    let (p50, p99) = (percentile(&mut delays, 50.0), percentile(&mut delays, 99.0));
+    let mut rtt = raw_rtt(&clients, &raw, 1_000).await?;
+    let (r50, r99) = (percentile(&mut rtt, 50.0), percentile(&mut rtt, 99.0));
+    println!("groups bench: 1 group of {members} online members, {senders} senders, {messages} posts of 100 bytes");
+    println!(
+        "  deliveries: {deliveries} of {expected} in {:.2} s = {rate:.0} deliveries/s",
+        last.duration_since(start).as_secs_f64()
+    );
+    println!("  post sent -> member received: p50 {}  p99 {}", ms(p50), ms(p99));
+    println!("  raw quinn 100-byte round trip: p50 {}  p99 {}", ms(r50), ms(r99));
+    println!(
+        "{}",
+        json!({
+            "bench": "groups", "members": members, "senders": senders, "messages": messages, "deliveries": deliveries,
+            "deliveries_per_s": rate, "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,
+            "raw_rtt_p50_ms": r50.as_secs_f64() * 1e3, "raw_rtt_p99_ms": r99.as_secs_f64() * 1e3,
+        })
+    );
+    if deliveries < expected {
+        bail!("only {deliveries} of {expected} deliveries arrived");
+    }
+    Ok(())
+}

@@ -48,6 +48,16 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    /// Group fan-out: one group, many online members, several senders.
+    Groups {
+        #[arg(long, default_value_t = 1_000)]
+        members: usize,
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
+        /// Posts in all.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+    },
     /// Two real agents chatting: round trip and sustained rate.
     Chat {
         /// Round trips to time (the sustained phase sends five times as many).
@@ -67,6 +77,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match args.cmd {
         Cmd::RawServer => rt.block_on(raw::serve()),
+        Cmd::Groups { members, senders, messages } => rt.block_on(client::groups_bench(members, senders, messages)),
         #[cfg(unix)]
         Cmd::Chat { messages, concurrency } => rt.block_on(chat::chat_bench(messages, concurrency)),
         #[cfg(not(unix))]
@@ -133,6 +144,7 @@ pub(crate) fn start_broker() -> Result<Proc> {
         .env("BROKER_ARGON2_MEMORY_KIB", "1024")
         .env("BROKER_ARGON2_ITERATIONS", "1")
         .env("BROKER_REGISTRATIONS_PER_IP_HOUR", "1000000")
+        .env("BROKER_GROUP_POSTS_PER_SECOND", "1000000")
         .env("BROKER_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

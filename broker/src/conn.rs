@@ -274,9 +274,23 @@ impl Conn {
     }
 }
 
-async fn write_events(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Event>, quic: quinn::Connection) {
-    while let Some(ev) = rx.recv().await {
-        if write_frame(&mut send, &ev).await.is_err() {
+async fn write_events(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<crate::table::Frame>,
+    quic: quinn::Connection,
+) {
+    let mut buf = Vec::new();
+    while let Some(frame) = rx.recv().await {
+        // Coalesce a burst (a busy group) into one write.
+        buf.clear();
+        buf.extend_from_slice(&frame);
+        while buf.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => buf.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if send.write_all(&buf).await.is_err() {
             quic.close(quinn::VarInt::from_u32(2), b"event stream failed");
             return;
         }

@@ -208,9 +208,7 @@ impl Friends {
     /// Tells `me`'s online friends that `me` came online or went offline.
     pub fn announce_presence(&self, friends: &[String], me: &str, online: bool, at: i64) {
         let event = Event::Presence { username: me.to_string(), online, at };
-        for f in friends {
-            self.table.push(f, &event);
-        }
+        self.table.push_many(friends.iter().map(String::as_str), &event);
     }
 
     /// Where `friend`'s online devices are, for `me` only if they are friends. Each of those devices is told

@@ -420,9 +420,8 @@ impl Groups {
             text: text.to_string(),
             at,
         });
-        for member in self.member_names(group_id).await? {
-            self.table.push(&member, &event);
-        }
+        let members = self.member_names(group_id).await?;
+        self.table.push_many(members.iter().map(String::as_str), &event);
         Ok(seq)
     }
 

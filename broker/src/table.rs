@@ -9,7 +9,7 @@ use certs::Fingerprint;
 use shared::proto::{Event, Millis};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 /// Events queued per session before the session counts as stuck and is disconnected (it resynchronises
@@ -27,8 +27,21 @@ pub struct Row {
     /// The device's certificate, as presented in its TLS handshake.
     pub fingerprint: Fingerprint,
     pub connected_at: Millis,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Frame>,
     conn: quinn::Connection,
+}
+
+/// An event already encoded as a frame: a fan-out to a thousand devices encodes it once.
+pub type Frame = Arc<[u8]>;
+
+fn encode(event: &Event) -> Option<Frame> {
+    match shared::frame::encode(event) {
+        Ok(bytes) => Some(bytes.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode an event");
+            None
+        }
+    }
 }
 
 #[derive(Default)]
@@ -66,7 +79,7 @@ impl Table {
         local: Vec<SocketAddr>,
         fingerprint: Fingerprint,
         connected_at: Millis,
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<Frame>,
         conn: quinn::Connection,
     ) -> (u64, bool) {
         let mut t = self.lock();
@@ -127,27 +140,45 @@ impl Table {
     /// Queues `event` for every device of `user`. A device whose queue is full is disconnected rather than
     /// allowed to hold the event back for everyone.
     pub fn push(&self, user: &str, event: &Event) {
-        self.push_where(user, event, |_| true);
+        if let Some(frame) = encode(event) {
+            self.push_frames(std::iter::once(user), &frame, |_| true);
+        }
+    }
+
+    /// Queues `event` for every device of every one of `users`, encoding it once.
+    pub fn push_many<'a>(&self, users: impl IntoIterator<Item = &'a str>, event: &Event) {
+        if let Some(frame) = encode(event) {
+            self.push_frames(users, &frame, |_| true);
+        }
     }
 
     /// Queues `event` for one device of `user` only.
     pub fn push_to(&self, user: &str, session_id: u64, event: &Event) {
-        self.push_where(user, event, |r| r.session_id == session_id);
+        if let Some(frame) = encode(event) {
+            self.push_frames(std::iter::once(user), &frame, |r| r.session_id == session_id);
+        }
     }
 
-    fn push_where(&self, user: &str, event: &Event, pick: impl Fn(&Row) -> bool) {
-        for row in self.sessions(user).iter().filter(|r| pick(r)) {
-            if let Err(mpsc::error::TrySendError::Full(_)) = row.events.try_send(event.clone()) {
-                tracing::warn!(user, session = row.session_id, "event queue full; disconnecting the session");
-                row.conn.close(quinn::VarInt::from_u32(2), b"event queue overflow");
+    fn push_frames<'a>(&self, users: impl IntoIterator<Item = &'a str>, frame: &Frame, pick: impl Fn(&Row) -> bool) {
+        let t = self.lock();
+        for user in users {
+            let Some(rows) = t.online.get(user) else { continue };
+            for row in rows.iter().filter(|r| pick(r)) {
+                if let Err(mpsc::error::TrySendError::Full(_)) = row.events.try_send(frame.clone()) {
+                    tracing::warn!(user, session = row.session_id, "event queue full; disconnecting the session");
+                    row.conn.close(quinn::VarInt::from_u32(2), b"event queue overflow");
+                }
             }
         }
     }
 
     /// Closes every device of `user` but `keep` (their tokens were revoked).
     pub fn close_others(&self, user: &str, keep: u64, event: &Event) {
+        let frame = encode(event);
         for row in self.sessions(user).into_iter().filter(|r| r.session_id != keep) {
-            let _ = row.events.try_send(event.clone());
+            if let Some(f) = &frame {
+                let _ = row.events.try_send(f.clone());
+            }
             row.conn.close(quinn::VarInt::from_u32(3), b"session revoked");
         }
     }
