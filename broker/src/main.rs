@@ -9,8 +9,8 @@ use std::time::Duration;
 
 /// The messenger's rendezvous broker.
 ///
-/// Peers log in here, find their friends' addresses here (friends only), and get group chat and NAT relay
-/// from here. With no arguments it listens on UDP 0.0.0.0:7878 and keeps everything (SQLite database, TLS
+/// Peers log in here, find their friends' addresses here (friends only), and get group chat from here;
+/// direct messages never pass through it. With no arguments it listens on UDP 0.0.0.0:7878 and keeps everything (SQLite database, TLS
 /// identity) in ./broker-data. Open that UDP port in your firewall.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]

@@ -171,47 +171,39 @@ impl Agent {
         if devices.is_empty() {
             return self.queue(&pending, &format!("{friend} is offline")).await;
         }
-        let mut conns = Vec::new();
-        let mut errors = Vec::new();
-        for device in &devices {
-            // The friend's agent learns our key through the broker at the same moment as we learn theirs;
-            // give that announcement a moment if our first handshake outruns it.
-            let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
-            let mut attempt = self.direct.connect(friend, device).await;
-            while attempt.is_err() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                attempt = self.direct.connect(friend, device).await;
-            }
-            match attempt {
-                Ok(c) => conns.push(c),
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        if conns.is_empty() {
-            lock(&self.devices).remove(friend);
-            return self.queue(&pending, &errors.join("; ")).await;
-        }
-        lock(&self.devices).insert(friend.to_string(), devices);
-
         let chats: Vec<Chat> =
             pending.iter().map(|m| Chat { id: parse_id(&m.id), sent_at: m.sent_at, text: m.text.clone() }).collect();
         let frames = batches(chats);
         // Per message: stored by some device, or refused (with why) by one.
         let mut stored = vec![false; pending.len()];
         let mut refused: Vec<Option<String>> = vec![None; pending.len()];
-        for conn in &conns {
-            let (acks, err) = Direct::send_batch(conn, &frames).await;
-            for (i, ack) in acks.into_iter().enumerate() {
-                match ack {
-                    PeerAck::Stored => stored[i] = true,
-                    PeerAck::Refused(why) => refused[i] = Some(why),
-                    PeerAck::Batch(_) => {}
+        let mut errors = Vec::new();
+        let mut reached = false;
+        for device in &devices {
+            match self.send_to_device(friend, device, &frames).await {
+                Ok((acks, err)) => {
+                    reached = true;
+                    for (i, ack) in acks.into_iter().enumerate() {
+                        match ack {
+                            PeerAck::Stored => stored[i] = true,
+                            PeerAck::Refused(why) => refused[i] = Some(why),
+                            PeerAck::Batch(_) => {}
+                        }
+                    }
+                    if let Some(e) = err {
+                        errors.push(e.to_string());
+                        lock(&self.devices).remove(friend);
+                    }
                 }
+                Err(e) => errors.push(e.to_string()),
             }
-            if let Some(e) = err {
-                errors.push(e.to_string());
-                lock(&self.devices).remove(friend);
-            }
+        }
+        if !reached {
+            lock(&self.devices).remove(friend);
+            return self.queue(&pending, &errors.join("; ")).await;
+        }
+        if errors.is_empty() {
+            lock(&self.devices).insert(friend.to_string(), devices);
         }
         // Settle in order: delivered, failed for good, or (at the first gap) queued with all after it.
         let mut report = Report::default();
@@ -237,6 +229,34 @@ impl Agent {
         match gap {
             Some(i) => self.queue(&pending[i..], &errors.join("; ")).await,
             None => Ok(report),
+        }
+    }
+
+    /// Sends the frames to one device. The friend's agent learns our key through the broker at the same moment
+    /// as we learn theirs, and in TLS 1.3 a client's handshake completes before the server has checked the
+    /// client's certificate: a refusal shows up as the connection closing before any answer. Both are retried
+    /// for a few seconds, on a fresh connection, before the device counts as unreachable.
+    async fn send_to_device(
+        &self,
+        friend: &str,
+        device: &DeviceEndpoint,
+        frames: &[PeerFrame],
+    ) -> Result<(Vec<PeerAck>, Option<anyhow::Error>)> {
+        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+        loop {
+            let patient = tokio::time::Instant::now() < deadline;
+            match self.direct.connect(friend, device).await {
+                Ok(conn) => {
+                    let (acks, err) = Direct::send_batch(&conn, frames).await;
+                    let refused = err.is_some() && acks.is_empty() && conn.close_reason().is_some();
+                    if !(refused && patient) {
+                        return Ok((acks, err));
+                    }
+                }
+                Err(e) if !patient => return Err(e),
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
