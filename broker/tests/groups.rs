@@ -1,79 +1,9 @@
 //! Group chat at the protocol level, on every database backend: membership rules, one order for everyone
 //! under concurrent posters, catch-up from a sequence number, persistence across a restart.
 
-use certs::Identity;
-use certs::verify::ServerPin;
 use shared::io::{read_frame, write_frame};
-use shared::proto::{BROKER_ALPN, ErrorCode, Event, GroupMessage, Request, Response};
-use std::sync::Arc;
-use testkit::{Broker, PASSWORD, backends};
-
-/// A logged-in session with its event stream.
-struct Session {
-    conn: quinn::Connection,
-    _endpoint: quinn::Endpoint,
-    events: Option<quinn::RecvStream>,
-}
-
-impl Session {
-    async fn open(broker: &Broker, user: &str, register: bool) -> Self {
-        let identity = Identity::generate("device").unwrap();
-        let tls =
-            certs::config::client(&identity, ServerPin::Exact(broker.fingerprint.parse().unwrap()), &[BROKER_ALPN])
-                .unwrap();
-        let mut cfg =
-            quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
-        let mut t = quinn::TransportConfig::default();
-        t.keep_alive_interval(Some(std::time::Duration::from_secs(3)));
-        cfg.transport_config(Arc::new(t));
-        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = endpoint.connect_with(cfg, broker.addr, "broker").unwrap().await.unwrap();
-        let s = Self { conn, _endpoint: endpoint, events: None };
-        let req = if register {
-            Request::Register { username: user.into(), display_name: user.into(), password: PASSWORD.into() }
-        } else {
-            Request::Login { username: user.into(), password: PASSWORD.into() }
-        };
-        let Response::Token { token, .. } = s.call(&req).await else { panic!("auth {user}") };
-        assert!(matches!(s.call(&Request::Hello { token, local_addrs: vec![] }).await, Response::Welcome { .. }));
-        s
-    }
-
-    async fn call(&self, req: &Request) -> Response {
-        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
-        write_frame(&mut send, req).await.unwrap();
-        send.finish().unwrap();
-        read_frame(&mut recv).await.unwrap().unwrap()
-    }
-
-    /// Reads and discards this session's events in the background, like a healthy agent.
-    fn drain_events(&self) {
-        let conn = self.conn.clone();
-        tokio::spawn(async move {
-            let Ok(mut events) = conn.accept_uni().await else { return };
-            while let Ok(Some(_)) = read_frame::<Event, _>(&mut events).await {}
-        });
-    }
-
-    async fn ok(&self, req: Request) {
-        let r = self.call(&req).await;
-        assert_eq!(r, Response::Ok, "{req:?}");
-    }
-
-    /// The next group message pushed to this session (other events skipped).
-    async fn next_group_message(&mut self) -> GroupMessage {
-        if self.events.is_none() {
-            self.events = Some(self.conn.accept_uni().await.unwrap());
-        }
-        let stream = self.events.as_mut().unwrap();
-        loop {
-            let ev: Event = tokio::time::timeout(testkit::WAIT, read_frame(stream)).await.unwrap().unwrap().unwrap();
-            if let Event::GroupMessage(m) = ev {
-                return m;
-            }
-        }
-    }
-}
+use shared::proto::{ErrorCode, Request, Response};
+use testkit::{Broker, Client, backends};
 
 fn code(r: &Response) -> ErrorCode {
     match r {
@@ -82,7 +12,7 @@ fn code(r: &Response) -> ErrorCode {
     }
 }
 
-async fn befriend(a: &Session, a_name: &str, b: &Session, b_name: &str) {
+async fn befriend(a: &Client, a_name: &str, b: &Client, b_name: &str) {
     a.call(&Request::FriendAdd { username: b_name.into(), message: String::new() }).await;
     b.ok(Request::FriendAccept { username: a_name.into() }).await;
 }
@@ -92,10 +22,10 @@ async fn groups_on_every_backend() {
     for backend in backends() {
         eprintln!("backend: {}", backend.name());
         let mut broker = Broker::start(&backend);
-        let mut alice = Session::open(&broker, "alice", true).await;
-        let mut bob = Session::open(&broker, "bob", true).await;
-        let carol = Session::open(&broker, "carol", true).await;
-        let mallory = Session::open(&broker, "mallory", true).await;
+        let mut alice = Client::session(&broker, "alice", true).await;
+        let mut bob = Client::session(&broker, "bob", true).await;
+        let carol = Client::session(&broker, "carol", true).await;
+        let mallory = Client::session(&broker, "mallory", true).await;
         befriend(&alice, "alice", &bob, "bob").await;
         befriend(&alice, "alice", &carol, "carol").await;
 
@@ -138,7 +68,7 @@ async fn groups_on_every_backend() {
         // Concurrent posters: every member sees one order, with no gaps.
         let posts = 10;
         let (a, b) = (&alice, &bob);
-        let post = |s: &Session, who: &'static str, i: usize| {
+        let post = |s: &Client, who: &'static str, i: usize| {
             let req = Request::GroupPost { group_id: g, text: format!("{who} {i}") };
             let conn = s.conn.clone();
             async move {
@@ -199,7 +129,7 @@ async fn groups_on_every_backend() {
         // Stored messages survive a restart.
         drop((alice, bob, carol, mallory));
         broker.restart();
-        let bob = Session::open(&broker, "bob", false).await;
+        let bob = Client::session(&broker, "bob", false).await;
         let Response::GroupMessages(all) =
             bob.call(&Request::GroupSync { group_id: g, after_seq: 0, limit: 500 }).await
         else {
@@ -217,7 +147,7 @@ async fn groups_on_every_backend() {
 #[tokio::test(flavor = "multi_thread")]
 async fn posting_faster_than_the_limit_is_refused() {
     let broker = Broker::start_with(&testkit::Backend::Sqlite, &["--group-posts-per-second", "3"]);
-    let alice = Session::open(&broker, "alice", true).await;
+    let alice = Client::session(&broker, "alice", true).await;
     let created = alice.call(&Request::GroupCreate { name: "fast".into() }).await;
     let Response::GroupCreated { group_id } = created else { panic!("{created:?}") };
     let mut limited = false;
@@ -234,9 +164,9 @@ async fn posting_faster_than_the_limit_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_member_is_cut_off_and_nobody_waits_for_it() {
     let broker = Broker::start_with(&testkit::Backend::Sqlite, &["--group-posts-per-second", "100000"]);
-    let alice = Session::open(&broker, "alice", true).await;
-    let mut bob = Session::open(&broker, "bob", true).await;
-    let stalled = Session::open(&broker, "stalled", true).await;
+    let alice = Client::session(&broker, "alice", true).await;
+    let mut bob = Client::session(&broker, "bob", true).await;
+    let stalled = Client::session(&broker, "stalled", true).await;
     befriend(&alice, "alice", &bob, "bob").await;
     befriend(&alice, "alice", &stalled, "stalled").await;
     let Response::GroupCreated { group_id: g } = alice.call(&Request::GroupCreate { name: "big".into() }).await else {
@@ -272,7 +202,7 @@ async fn a_stalled_member_is_cut_off_and_nobody_waits_for_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_keeps_the_newest_messages() {
     let broker = Broker::start_with(&testkit::Backend::Sqlite, &["--group-retention-messages", "3"]);
-    let alice = Session::open(&broker, "alice", true).await;
+    let alice = Client::session(&broker, "alice", true).await;
     let Response::GroupCreated { group_id } = alice.call(&Request::GroupCreate { name: "short".into() }).await else {
         panic!()
     };

@@ -7,65 +7,7 @@ use shared::frame;
 use shared::io::{read_frame, write_frame};
 use shared::proto::{BROKER_ALPN, ErrorCode, Request, Response};
 use std::sync::Arc;
-use testkit::{Broker, PASSWORD, backends};
-
-/// A bare protocol client: one connection, one stream per request.
-struct Client {
-    endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
-}
-
-impl Client {
-    async fn connect(broker: &Broker) -> Self {
-        let identity = Identity::generate("test-device").unwrap();
-        let pin = ServerPin::Exact(broker.fingerprint.parse().unwrap());
-        let tls = certs::config::client(&identity, pin, &[BROKER_ALPN]).unwrap();
-        let mut cfg =
-            quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(std::time::Duration::from_secs(3)));
-        cfg.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = endpoint.connect_with(cfg, broker.addr, "broker").unwrap().await.unwrap();
-        Self { endpoint, conn }
-    }
-
-    async fn call(&self, req: &Request) -> Response {
-        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
-        write_frame(&mut send, req).await.unwrap();
-        send.finish().unwrap();
-        read_frame(&mut recv).await.unwrap().expect("one response per request")
-    }
-
-    /// Sends raw bytes as a request stream; returns the broker's answer, if it gave one.
-    async fn raw(&self, bytes: &[u8]) -> Option<Response> {
-        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
-        let _ = send.write_all(bytes).await;
-        let _ = send.finish();
-        read_frame(&mut recv).await.ok().flatten()
-    }
-
-    async fn register(&self, user: &str) -> String {
-        let req = Request::Register { username: user.into(), display_name: user.into(), password: PASSWORD.into() };
-        match self.call(&req).await {
-            Response::Token { token, .. } => token,
-            other => panic!("register {user}: {other:?}"),
-        }
-    }
-
-    async fn login(&self, user: &str, password: &str) -> Response {
-        self.call(&Request::Login { username: user.into(), password: password.into() }).await
-    }
-
-    async fn hello(&self, token: &str) -> Response {
-        self.call(&Request::Hello { token: token.into(), local_addrs: vec![] }).await
-    }
-
-    async fn close(self) {
-        self.conn.close(0u32.into(), b"bye");
-        self.endpoint.wait_idle().await;
-    }
-}
+use testkit::{Broker, Client, PASSWORD, backends};
 
 fn error_code(r: &Response) -> &ErrorCode {
     match r {

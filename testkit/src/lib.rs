@@ -4,9 +4,11 @@
 //! Every process started here is killed when its handle drops, so a failing test leaves nothing running.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod client;
 pub mod db;
 mod proc;
 
+pub use client::Client;
 pub use db::{Backend, TestDb, backends};
 pub use proc::{Agent, Broker, Peer, WAIT, Watch, bin, wait_until};
 

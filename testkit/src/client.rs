@@ -1,0 +1,112 @@
+//! A bare protocol client for broker tests: one QUIC connection with its own device identity, one stream per
+//! request, and the pushed event stream on demand.
+
+use crate::{Broker, PASSWORD, WAIT};
+use certs::Identity;
+use certs::verify::ServerPin;
+use shared::io::{read_frame, write_frame};
+use shared::proto::{BROKER_ALPN, Event, GroupMessage, Request, Response};
+use std::sync::Arc;
+
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    events: Option<quinn::RecvStream>,
+}
+
+impl Client {
+    /// Connects (pinned to the broker's fingerprint), with keep-alives so that slow tests stay connected.
+    pub async fn connect(broker: &Broker) -> Self {
+        let identity = Identity::generate("test-device").unwrap();
+        let pin = ServerPin::Exact(broker.fingerprint.parse().unwrap());
+        let tls = certs::config::client(&identity, pin, &[BROKER_ALPN]).unwrap();
+        let mut cfg =
+            quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(std::time::Duration::from_secs(3)));
+        cfg.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint.connect_with(cfg, broker.addr, "broker").unwrap().await.unwrap();
+        Self { endpoint, conn, events: None }
+    }
+
+    /// A connection with an open session: registers `user` (or logs in) and says hello.
+    pub async fn session(broker: &Broker, user: &str, register: bool) -> Self {
+        let c = Self::connect(broker).await;
+        let token = if register { c.register(user).await } else { c.token(user).await };
+        assert!(matches!(c.hello(&token).await, Response::Welcome { .. }), "hello as {user}");
+        c
+    }
+
+    pub async fn call(&self, req: &Request) -> Response {
+        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+        write_frame(&mut send, req).await.unwrap();
+        send.finish().unwrap();
+        read_frame(&mut recv).await.unwrap().expect("one response per request")
+    }
+
+    /// A request that must answer `Ok`.
+    pub async fn ok(&self, req: Request) {
+        let r = self.call(&req).await;
+        assert_eq!(r, Response::Ok, "{req:?}");
+    }
+
+    /// Sends raw bytes as a request stream; returns the broker's answer, if it gave one.
+    pub async fn raw(&self, bytes: &[u8]) -> Option<Response> {
+        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+        let _ = send.write_all(bytes).await;
+        let _ = send.finish();
+        read_frame(&mut recv).await.ok().flatten()
+    }
+
+    pub async fn register(&self, user: &str) -> String {
+        let req = Request::Register { username: user.into(), display_name: user.into(), password: PASSWORD.into() };
+        match self.call(&req).await {
+            Response::Token { token, .. } => token,
+            other => panic!("register {user}: {other:?}"),
+        }
+    }
+
+    async fn token(&self, user: &str) -> String {
+        match self.login(user, PASSWORD).await {
+            Response::Token { token, .. } => token,
+            other => panic!("login {user}: {other:?}"),
+        }
+    }
+
+    pub async fn login(&self, user: &str, password: &str) -> Response {
+        self.call(&Request::Login { username: user.into(), password: password.into() }).await
+    }
+
+    pub async fn hello(&self, token: &str) -> Response {
+        self.call(&Request::Hello { token: token.into(), local_addrs: vec![] }).await
+    }
+
+    /// The next group message pushed to this session (other events skipped).
+    pub async fn next_group_message(&mut self) -> GroupMessage {
+        if self.events.is_none() {
+            self.events = Some(self.conn.accept_uni().await.unwrap());
+        }
+        let stream = self.events.as_mut().unwrap();
+        loop {
+            let ev: Event = tokio::time::timeout(WAIT, read_frame(stream)).await.unwrap().unwrap().unwrap();
+            if let Event::GroupMessage(m) = ev {
+                return m;
+            }
+        }
+    }
+
+    /// Reads and discards this session's events in the background, like a healthy agent.
+    pub fn drain_events(&self) {
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            let Ok(mut events) = conn.accept_uni().await else { return };
+            while let Ok(Some(_)) = read_frame::<Event, _>(&mut events).await {}
+        });
+    }
+
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"bye");
+        self.endpoint.wait_idle().await;
+    }
+}
