@@ -30,6 +30,10 @@ pub struct Groups {
     order: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     posts: Mutex<Quota<String>>,
     retention: Retention,
+    /// Member lists of groups with recent posts, so a post to a thousand members costs no query. Every
+    /// membership change replaces its group's entry while holding that group's turn, so no post can use a
+    /// list older than the change.
+    members: Mutex<HashMap<i64, Arc<Vec<String>>>>,
 }
 
 /// How much of each group's log the broker keeps: members who were away longer catch up from the oldest
@@ -54,6 +58,7 @@ impl Groups {
             order: Mutex::default(),
             posts: Mutex::new(Quota::new(posts_per_second.max(1), Duration::from_secs(1))),
             retention,
+            members: Mutex::default(),
         }
     }
 
@@ -149,6 +154,12 @@ impl Groups {
 
     /// Joins on an invitation; the group sees a notice.
     pub async fn join(&self, me: &str, group_id: i64) -> Result<()> {
+        self.change_members(group_id, self.add_invited(me, group_id)).await?;
+        self.post_as(me, group_id, &format!("{me} joined"), true).await?;
+        Ok(())
+    }
+
+    async fn add_invited(&self, me: &str, group_id: i64) -> Result<()> {
         let mut tx = self.db.pool.begin().await?;
         let res = sqlx::query(self.db.sql("DELETE FROM group_invites WHERE group_id = ? AND username = ?"))
             .bind(group_id)
@@ -165,7 +176,6 @@ impl Groups {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.post_as(me, group_id, &format!("{me} joined"), true).await?;
         Ok(())
     }
 
@@ -186,6 +196,16 @@ impl Groups {
     /// deletes the group and its messages.
     pub async fn leave(&self, me: &str, group_id: i64) -> Result<()> {
         self.require_member(me, group_id).await?;
+        let heir = self.change_members(group_id, self.remove_member(me, group_id)).await?;
+        if heir.is_some() {
+            self.post_as(me, group_id, &format!("{me} left"), true).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes `me` out; the owner's role passes on, and the last one out deletes the group. Returns the
+    /// longest-standing remaining member, if any.
+    async fn remove_member(&self, me: &str, group_id: i64) -> Result<Option<String>> {
         let mut tx = self.db.pool.begin().await?;
         sqlx::query(self.db.sql("DELETE FROM group_members WHERE group_id = ? AND username = ?"))
             .bind(group_id)
@@ -220,10 +240,7 @@ impl Groups {
             }
         }
         tx.commit().await?;
-        if next.is_some() {
-            self.post_as(me, group_id, &format!("{me} left"), true).await?;
-        }
-        Ok(())
+        Ok(next)
     }
 
     /// Members with presence; only for members.
@@ -274,7 +291,9 @@ impl Groups {
     /// A member's post: numbered, stored, then delivered to every online member's devices.
     pub async fn post(&self, me: &str, group_id: i64, text: &str) -> Result<i64> {
         check_text(text).map_err(ErrorCode::InvalidText)?;
-        self.require_member(me, group_id).await?;
+        if !self.members_of(group_id).await?.iter().any(|m| m == me) {
+            return Err(ErrorCode::NotMember.into());
+        }
         lock(&self.posts)
             .take(&me.to_string(), Instant::now())
             .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
@@ -288,12 +307,15 @@ impl Groups {
             return Err(ErrorCode::NotMember.into());
         }
         self.post_as(me, group_id, &format!("{user} was removed by {me}"), true).await?;
-        sqlx::query(self.db.sql("DELETE FROM group_members WHERE group_id = ? AND username = ?"))
-            .bind(group_id)
-            .bind(user)
-            .execute(&self.db.pool)
-            .await?;
-        Ok(())
+        let delete = async {
+            sqlx::query(self.db.sql("DELETE FROM group_members WHERE group_id = ? AND username = ?"))
+                .bind(group_id)
+                .bind(user)
+                .execute(&self.db.pool)
+                .await?;
+            Ok(())
+        };
+        self.change_members(group_id, delete).await
     }
 
     /// Owner only: renames the group.
@@ -328,16 +350,20 @@ impl Groups {
     pub async fn disband(&self, me: &str, group_id: i64) -> Result<()> {
         self.require_owner(me, group_id).await?;
         self.post_as(me, group_id, &format!("{me} disbanded the group"), true).await?;
-        let mut tx = self.db.pool.begin().await?;
-        for q in [
-            "DELETE FROM group_messages WHERE group_id = ?",
-            "DELETE FROM group_invites WHERE group_id = ?",
-            "DELETE FROM group_members WHERE group_id = ?",
-            "DELETE FROM chat_groups WHERE id = ?",
-        ] {
-            sqlx::query(self.db.sql(q)).bind(group_id).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+        let delete = async {
+            let mut tx = self.db.pool.begin().await?;
+            for q in [
+                "DELETE FROM group_messages WHERE group_id = ?",
+                "DELETE FROM group_invites WHERE group_id = ?",
+                "DELETE FROM group_members WHERE group_id = ?",
+                "DELETE FROM chat_groups WHERE id = ?",
+            ] {
+                sqlx::query(self.db.sql(q)).bind(group_id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        };
+        self.change_members(group_id, delete).await?;
         tracing::info!(group = group_id, owner = me, "group disbanded");
         Ok(())
     }
@@ -379,7 +405,7 @@ impl Groups {
     }
 
     async fn post_as(&self, sender: &str, group_id: i64, text: &str, system: bool) -> Result<i64> {
-        let gate = lock(&self.order).entry(group_id).or_default().clone();
+        let gate = self.gate(group_id);
         let _turn = gate.lock().await;
         let at = now_ms();
         let mut tx = self.db.pool.begin().await?;
@@ -420,7 +446,7 @@ impl Groups {
             text: text.to_string(),
             at,
         });
-        let members = self.member_names(group_id).await?;
+        let members = self.members_of(group_id).await?;
         self.table.push_many(members.iter().map(String::as_str), &event);
         Ok(seq)
     }
@@ -442,12 +468,35 @@ impl Groups {
         Ok(())
     }
 
-    async fn member_names(&self, group_id: i64) -> Result<Vec<String>> {
+    async fn members_of(&self, group_id: i64) -> Result<Arc<Vec<String>>> {
+        if let Some(m) = lock(&self.members).get(&group_id) {
+            return Ok(m.clone());
+        }
         let rows = sqlx::query(self.db.sql("SELECT username FROM group_members WHERE group_id = ?"))
             .bind(group_id)
             .fetch_all(&self.db.pool)
             .await?;
-        Ok(rows.iter().map(|r| r.try_get(0)).collect::<std::result::Result<_, _>>()?)
+        let names: Vec<String> = rows.iter().map(|r| r.try_get(0)).collect::<std::result::Result<_, _>>()?;
+        let names = Arc::new(names);
+        lock(&self.members).insert(group_id, names.clone());
+        Ok(names)
+    }
+
+    /// The group's turn: numbering, fan-out and membership changes happen one at a time.
+    fn gate(&self, group_id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.order).entry(group_id).or_default().clone()
+    }
+
+    /// Runs a membership change in the group's turn and forgets the cached member list.
+    async fn change_members<T, Fut>(&self, group_id: i64, change: Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let gate = self.gate(group_id);
+        let _turn = gate.lock().await;
+        let res = change.await;
+        lock(&self.members).remove(&group_id);
+        res
     }
 
     async fn is_member(&self, user: &str, group_id: i64) -> Result<bool> {
