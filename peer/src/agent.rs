@@ -304,6 +304,7 @@ impl Agent {
         let Some(req) = read_frame::<ControlRequest, _>(&mut stream).await? else {
             return Ok(());
         };
+        let stop_after = matches!(req, ControlRequest::Logout);
         let resp = match req {
             ControlRequest::Status => ControlResponse::Status(lock(&self.status).clone()),
             ControlRequest::Watch => return self.watch(stream).await,
@@ -311,7 +312,12 @@ impl Agent {
             ControlRequest::Logout => self.logout().await,
             ControlRequest::Send { to, text } => self.send_message(&to, &text).await,
         };
-        write_frame(&mut stream, &resp).await?;
+        let written = write_frame(&mut stream, &resp).await;
+        if stop_after {
+            // Only once the CLI has its answer (or is gone).
+            self.stop.notify_one();
+        }
+        written?;
         Ok(())
     }
 
@@ -341,7 +347,6 @@ impl Agent {
         if let Err(e) = self.home.delete("token").await {
             return ControlResponse::Error(format!("could not forget the token: {e}"));
         }
-        self.stop.notify_one();
         match revoked {
             Ok(()) => ControlResponse::Ok,
             Err(e) => ControlResponse::Error(format!(
