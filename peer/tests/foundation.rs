@@ -124,7 +124,14 @@ fn secrets_are_private_and_never_logged() {
     let broker = Broker::start(&Backend::Sqlite);
     let alice = Peer::registered(&broker, "alice");
     let mut agent = alice.up();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let sock = alice.home.path().join("agent.sock");
+        assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600, "control socket");
+    }
     assert!(agent.stop(), "clean stop on SIGTERM");
+    assert!(!alice.home.path().join("agent.sock").exists(), "socket removed on stop");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -140,4 +147,27 @@ fn secrets_are_private_and_never_logged() {
         assert!(!log.is_empty());
         assert!(!log.contains(PASSWORD), "password in a log");
     }
+}
+
+#[test]
+fn one_agent_per_home_and_a_hostile_control_client_changes_nothing() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let alice = Peer::registered(&broker, "alice");
+    let _agent = alice.up();
+    let err = alice.fails(&["up"]);
+    assert!(err.contains("already running"), "{err}");
+    #[cfg(unix)]
+    {
+        use std::io::{Read, Write};
+        let sock = alice.home.path().join("agent.sock");
+        // An oversized length prefix, then garbage: the agent drops that client and carries on.
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
+        let _ = s.read_to_end(&mut buf);
+    }
+    assert_eq!(alice.json(&["status", "--json"])["online"], true);
 }
