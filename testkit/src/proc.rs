@@ -23,6 +23,30 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Kills a child process (if still there) and reaps it.
+fn kill(child: Option<Child>) {
+    if let Some(mut c) = child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Optionally signals `child`, then waits up to [`WAIT`] for it to exit; `None` if it had to be killed.
+fn wait_for_exit(mut c: Child, sig: Option<&str>) -> Option<bool> {
+    if let Some(sig) = sig {
+        signal(&c, sig);
+    }
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if let Some(status) = c.try_wait().unwrap() {
+            return Some(status.success());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(Some(c));
+    None
+}
+
 fn signal(child: &Child, sig: &str) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
 }
@@ -83,29 +107,12 @@ impl Broker {
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(self.child.take());
     }
 
     /// Sends SIGTERM and waits for the exit; returns whether it exited cleanly.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        signal(&c, "TERM");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.child.take().and_then(|c| wait_for_exit(c, Some("TERM"))).unwrap_or(false)
     }
 
     /// Whether the process is still running.
@@ -336,43 +343,18 @@ pub struct Agent {
 impl Agent {
     /// SIGKILL: the agent vanishes without a goodbye, as on a crash or power loss.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(self.child.take());
     }
 
     /// SIGTERM, then wait: a clean stop.
     pub fn stop(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        signal(&c, "TERM");
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Some(s) = c.try_wait().unwrap() {
-                return s.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        false
+        self.child.take().and_then(|c| wait_for_exit(c, Some("TERM"))).unwrap_or(false)
     }
 
     /// Waits for the agent to exit by itself; returns its success.
     pub fn wait_exit(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Some(s) = c.try_wait().unwrap() {
-                return s.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        panic!("agent did not exit");
+        let c = self.child.take().expect("agent already stopped");
+        wait_for_exit(c, None).expect("agent did not exit")
     }
 }
 
