@@ -251,8 +251,10 @@ impl Conn {
         drop(state);
         tracing::info!(user = owner.user.username, session = session_id, %observed, device = %self.fingerprint, "online");
         let friends = self.ctx.friends.usernames(&owner.user.username).await?;
+        // Friends hear of every device that comes online (their agents show it once, and deliver what they
+        // queued for us to the new device); fellow group members only of the first.
+        self.ctx.friends.announce_presence(&friends, &owner.user.username, true, now);
         if first {
-            self.ctx.friends.announce_presence(&friends, &owner.user.username, true, now);
             self.ctx.groups.announce_presence(&owner.user.username, true, now).await?;
         }
         self.ctx.friends.presence_snapshot(&friends, &owner.user.username, session_id);

@@ -237,7 +237,12 @@ impl Agent {
                 }
                 Ok(Some(event)) => {
                     if let Event::Presence { username, online, .. } = &event {
+                        // Any device change: look the friend up afresh, and retry what is queued for them.
                         lock(&self.devices).remove(username);
+                        if *online {
+                            let (agent, friend) = (self.clone(), username.clone());
+                            tokio::spawn(async move { agent.deliver_to(&friend).await });
+                        }
                         if lock(&self.presence).insert(username.clone(), *online) == Some(*online) {
                             continue;
                         }
@@ -259,10 +264,6 @@ impl Agent {
                                 tracing::warn!(group = m.group_id, error = %e, "could not store a group message");
                             }
                             continue;
-                        }
-                        Event::Presence { username, online: true, .. } => {
-                            let (agent, friend) = (self.clone(), username.clone());
-                            tokio::spawn(async move { agent.deliver_to(&friend).await });
                         }
                         _ => {}
                     }

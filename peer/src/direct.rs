@@ -20,9 +20,9 @@ use std::time::Duration;
 /// A direct connection unused this long is closed.
 pub(crate) const IDLE: Duration = Duration::from_secs(30);
 /// How long to wait for a handshake on one candidate address.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to wait for a friend's agent to store a message.
-const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+const ACK_TIMEOUT: Duration = Duration::from_secs(4);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -168,3 +168,30 @@ fn non_friends_and_unknown_keys_are_refused() {
     assert!(bob.fails(&["send", "alice", "still there?"]).contains("not friends"));
     assert!(alice.fails(&["send", "bob", "bye"]).contains("not friends"));
 }
+
+#[test]
+fn a_friend_that_vanishes_leaves_messages_queued_then_delivered_once() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let alice = Peer::registered(&broker, "alice");
+    let bob = Peer::registered(&broker, "bob");
+    let _a = alice.up();
+    let mut b = bob.up();
+    alice.befriend(&bob);
+    // A live, cached connection first.
+    assert!(alice.ok(&["send", "bob", "before"]).contains("delivered"));
+    // Bob's agent dies without a word; alice's agent still holds the old connection and device list.
+    b.kill9();
+    let out = alice.ok(&["send", "bob", "into the void"]);
+    assert!(out.contains("queued"), "{out}");
+    alice.ok(&["send", "bob", "and another"]);
+    let _b = bob.up();
+    wait_until("both queued messages arrive", || texts(&bob.json(&["history", "alice", "--json"])).len() >= 3);
+    wait_until("alice sees them delivered", || {
+        alice.json(&["history", "bob", "--json"]).as_array().unwrap().iter().all(|m| m["status"] == "delivered")
+    });
+    assert_eq!(
+        texts(&bob.json(&["history", "alice", "--json"])),
+        ["before", "into the void", "and another"],
+        "no loss, no duplicate"
+    );
+}
