@@ -362,7 +362,7 @@ pub(crate) async fn presence_bench(users: usize, friends: usize, concurrency: us
 
 /// `bench groups`: one group of `members` online members (simulated in this process), `senders` of them
 /// posting `messages` in all; deliveries/s and the delay from a post being sent to each member receiving it.
-pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize) -> Result<()> {
+pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize, rate: f64) -> Result<()> {
     let broker = start_broker()?;
     let raw = start_raw()?;
     let clients = Arc::new(Clients::new()?);
@@ -428,6 +428,11 @@ pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize
         let (conns, sent) = (conns.clone(), sent.clone());
         tasks.push(tokio::spawn(async move {
             for k in (s..messages).step_by(senders) {
+                if rate > 0.0 {
+                    // Paced: post k is due at k / rate seconds after the start.
+                    let due = start + Duration::from_secs_f64(k as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let t = Instant::now();
                 let req = Request::GroupPost { group_id, text: format!("{:0>100}", k) };
                 let Response::GroupPosted { seq } = call(&conns[s], &req).await? else { bail!("post") };
@@ -452,15 +457,18 @@ pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize
     let sent = sent.lock().map_err(|_| anyhow!("poisoned"))?.clone();
     let last = received.iter().map(|(_, t)| *t).max().unwrap_or(start);
     let deliveries = received.len();
-    let rate = deliveries as f64 / last.duration_since(start).as_secs_f64();
+    let delivered_per_s = deliveries as f64 / last.duration_since(start).as_secs_f64();
     let mut delays: Vec<Duration> =
         received.iter().filter_map(|(seq, t)| sent.get(seq).map(|s| t.saturating_duration_since(*s))).collect();
     let (p50, p99) = (percentile(&mut delays, 50.0), percentile(&mut delays, 99.0));
     let mut rtt = raw_rtt(&clients, &raw, 1_000).await?;
     let (r50, r99) = (percentile(&mut rtt, 50.0), percentile(&mut rtt, 99.0));
-    println!("groups bench: 1 group of {members} online members, {senders} senders, {messages} posts of 100 bytes");
+    let pace = if rate > 0.0 { format!("{rate} posts/s") } else { "as fast as answered".to_string() };
     println!(
-        "  deliveries: {deliveries} of {expected} in {:.2} s = {rate:.0} deliveries/s",
+        "groups bench: 1 group of {members} online members, {senders} senders, {messages} posts of 100 bytes, {pace}"
+    );
+    println!(
+        "  deliveries: {deliveries} of {expected} in {:.2} s = {delivered_per_s:.0} deliveries/s",
         last.duration_since(start).as_secs_f64()
     );
     println!("  post sent -> member received: p50 {}  p99 {}", ms(p50), ms(p99));
@@ -468,8 +476,8 @@ pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize
     println!(
         "{}",
         json!({
-            "bench": "groups", "members": members, "senders": senders, "messages": messages, "deliveries": deliveries,
-            "deliveries_per_s": rate, "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,
+            "bench": "groups", "members": members, "senders": senders, "messages": messages, "rate": rate, "deliveries": deliveries,
+            "deliveries_per_s": delivered_per_s, "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,
             "raw_rtt_p50_ms": r50.as_secs_f64() * 1e3, "raw_rtt_p99_ms": r99.as_secs_f64() * 1e3,
         })
     );

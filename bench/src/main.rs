@@ -57,6 +57,9 @@ enum Cmd {
         /// Posts in all.
         #[arg(long, default_value_t = 200)]
         messages: usize,
+        /// Posts per second in all (0: each sender posts as soon as its last post is answered).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
     },
     /// Two real agents chatting: round trip and sustained rate.
     Chat {
@@ -77,7 +80,9 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match args.cmd {
         Cmd::RawServer => rt.block_on(raw::serve()),
-        Cmd::Groups { members, senders, messages } => rt.block_on(client::groups_bench(members, senders, messages)),
+        Cmd::Groups { members, senders, messages, rate } => {
+            rt.block_on(client::groups_bench(members, senders, messages, rate))
+        }
         #[cfg(unix)]
         Cmd::Chat { messages, concurrency } => rt.block_on(chat::chat_bench(messages, concurrency)),
         #[cfg(not(unix))]
