@@ -76,11 +76,10 @@ fn socket(home: &Path) -> PathBuf {
     home.join("agent.sock")
 }
 
-/// One `peer send` through the control socket; returns when the friend's agent has stored it.
-async fn send(sock: &Path, text: &str) -> Result<()> {
-    let mut s = tokio::net::UnixStream::connect(sock).await?;
-    write_frame(&mut s, &ControlRequest::Send { to: "bob".into(), text: text.into() }).await?;
-    match read_frame::<ControlResponse, _>(&mut s).await? {
+/// One `peer send` on a control connection; returns when the friend's agent has stored it.
+async fn send(s: &mut tokio::net::UnixStream, text: &str) -> Result<()> {
+    write_frame(s, &ControlRequest::Send { to: "bob".into(), text: text.into() }).await?;
+    match read_frame::<ControlResponse, _>(s).await? {
         Some(ControlResponse::Sent { status: MessageStatus::Delivered, .. }) => Ok(()),
         other => bail!("not delivered: {other:?}"),
     }
@@ -97,15 +96,16 @@ pub(crate) async fn chat_bench(messages: usize, concurrency: usize) -> Result<()
     let text = "x".repeat(100);
 
     // First message: broker lookup, handshake with the friend's agent, store, ack.
+    let mut control = tokio::net::UnixStream::connect(&sock).await?;
     let t = Instant::now();
-    send(&sock, &text).await?;
+    send(&mut control, &text).await?;
     let first = t.elapsed();
 
     // Round trips, one at a time.
     let mut rtts = Vec::with_capacity(messages);
     for _ in 0..messages {
         let t = Instant::now();
-        send(&sock, &text).await?;
+        send(&mut control, &text).await?;
         rtts.push(t.elapsed());
     }
     let (p50, p99) = (percentile(&mut rtts, 50.0), percentile(&mut rtts, 99.0));
@@ -118,8 +118,9 @@ pub(crate) async fn chat_bench(messages: usize, concurrency: usize) -> Result<()
     for w in 0..concurrency {
         let (sock, text) = (sock.clone(), text.clone());
         tasks.push(tokio::spawn(async move {
+            let mut control = tokio::net::UnixStream::connect(sock.as_path()).await?;
             for _ in (w..total).step_by(concurrency) {
-                send(&sock, &text).await?;
+                send(&mut control, &text).await?;
             }
             Ok::<_, anyhow::Error>(())
         }));

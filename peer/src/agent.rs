@@ -301,24 +301,26 @@ impl Agent {
         }
     }
 
+    /// Serves one control connection: requests answered in turn until the client closes it (the CLI sends
+    /// one; a script may keep the connection and send many), or a watch that streams until either side leaves.
     async fn control(&self, mut stream: Box<dyn Duplex>) -> Result<()> {
-        let Some(req) = read_frame::<ControlRequest, _>(&mut stream).await? else {
-            return Ok(());
-        };
-        let stop_after = matches!(req, ControlRequest::Logout);
-        let resp = match req {
-            ControlRequest::Status => ControlResponse::Status(lock(&self.status).clone()),
-            ControlRequest::Watch => return self.watch(stream).await,
-            ControlRequest::Broker(req) => self.forward(&req).await,
-            ControlRequest::Logout => self.logout().await,
-            ControlRequest::Send { to, text } => self.send_message(&to, &text).await,
-        };
-        let written = write_frame(&mut stream, &resp).await;
-        if stop_after {
-            // Only once the CLI has its answer (or is gone).
-            self.stop.notify_one();
+        while let Some(req) = read_frame::<ControlRequest, _>(&mut stream).await? {
+            let stop_after = matches!(req, ControlRequest::Logout);
+            let resp = match req {
+                ControlRequest::Status => ControlResponse::Status(lock(&self.status).clone()),
+                ControlRequest::Watch => return self.watch(stream).await,
+                ControlRequest::Broker(req) => self.forward(&req).await,
+                ControlRequest::Logout => self.logout().await,
+                ControlRequest::Send { to, text } => self.send_message(&to, &text).await,
+            };
+            let written = write_frame(&mut stream, &resp).await;
+            if stop_after {
+                // Only once the CLI has its answer (or is gone).
+                self.stop.notify_one();
+                return Ok(written?);
+            }
+            written?;
         }
-        written?;
         Ok(())
     }
 

@@ -1,8 +1,8 @@
 //! What the `peer` CLI says to its running agent over the local control socket.
 //!
-//! One request per connection: the CLI writes a [`ControlRequest`] frame and reads one [`ControlResponse`]
-//! frame, except for [`ControlRequest::Watch`], after which the agent writes [`ControlResponse::Event`] frames
-//! until either side goes away. Broker requests pass through the agent unchanged
+//! Each [`ControlRequest`] frame gets one [`ControlResponse`] frame, in order; a client may send several on one
+//! connection (the CLI sends one). After [`ControlRequest::Watch`] the agent writes [`ControlResponse::Event`]
+//! frames until either side goes away. Broker requests pass through the agent unchanged
 //! ([`ControlRequest::Broker`]), so that every CLI command uses the agent's one authenticated session.
 
 use crate::proto::{self, Millis};
