@@ -93,6 +93,7 @@ pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
         local_addrs: net::local_candidates(&endpoint, broker_addr),
         since: None,
         agent_pid: std::process::id(),
+        peers: Vec::new(),
     };
     let (events, _) = broadcast::channel(WATCH_BUFFER);
     let agent = Arc::new(Agent {
@@ -307,7 +308,11 @@ impl Agent {
         while let Some(req) = read_frame::<ControlRequest, _>(&mut stream).await? {
             let stop_after = matches!(req, ControlRequest::Logout);
             let resp = match req {
-                ControlRequest::Status => ControlResponse::Status(lock(&self.status).clone()),
+                ControlRequest::Status => {
+                    let mut status = lock(&self.status).clone();
+                    status.peers = self.direct.links();
+                    ControlResponse::Status(status)
+                }
                 ControlRequest::Watch => return self.watch(stream).await,
                 ControlRequest::Broker(req) => self.forward(&req).await,
                 ControlRequest::Logout => self.logout().await,

@@ -449,6 +449,9 @@ async fn status(home: &Home, json: bool) -> Result<()> {
     }
     let locals: Vec<String> = s.local_addrs.iter().map(ToString::to_string).collect();
     println!("local:     {}", locals.join(", "));
+    for p in &s.peers {
+        println!("peer:      {} via {} path to {}", p.username, p.path, p.remote_addr);
+    }
     Ok(())
 }
 
@@ -479,7 +482,11 @@ async fn watch(home: &Home, json: bool) -> Result<()> {
 async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
     let Some(cmd) = args.cmd else {
         let Response::Friends(list) = broker_call(home, Request::Friends).await? else { bail!("unexpected answer") };
-        print_friends(&list, args.json);
+        let links = match control_call(home, ControlRequest::Status).await? {
+            ControlResponse::Status(s) => s.peers,
+            _ => Vec::new(),
+        };
+        print_friends(&list, &links, args.json);
         return Ok(());
     };
     match cmd {
@@ -544,9 +551,9 @@ async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_friends(list: &[FriendInfo], json: bool) {
+fn print_friends(list: &[FriendInfo], links: &[shared::control::PeerLink], json: bool) {
     if json {
-        print_json(&list.iter().map(output::friend_json).collect::<Vec<_>>());
+        print_json(&list.iter().map(|f| output::friend_json(f, links)).collect::<Vec<_>>());
         return;
     }
     if list.is_empty() {

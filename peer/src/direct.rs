@@ -79,6 +79,23 @@ impl Direct {
         }
     }
 
+    /// The live connections, for `peer status`.
+    pub(crate) fn links(&self) -> Vec<shared::control::PeerLink> {
+        let who = lock(&self.who).clone();
+        let mut links: Vec<_> = lock(&self.conns)
+            .iter()
+            .filter(|(_, c)| c.close_reason().is_none())
+            .map(|(fp, c)| shared::control::PeerLink {
+                username: who.get(fp).cloned().unwrap_or_default(),
+                path: "direct".into(),
+                remote_addr: c.remote_address(),
+                device_fingerprint: fp.to_string(),
+            })
+            .collect();
+        links.sort_by(|a, b| a.username.cmp(&b.username));
+        links
+    }
+
     /// The friend behind a device key.
     pub(crate) fn username_of(&self, fp: &Fingerprint) -> Option<String> {
         lock(&self.who).get(fp).cloned()

@@ -4,7 +4,7 @@
 //! built here, one flat object per item, with a `type` field on events.
 
 use serde_json::{Value, json};
-use shared::control::{AgentEvent, AgentStatus};
+use shared::control::{AgentEvent, AgentStatus, PeerLink};
 use shared::proto::{Event, FriendInfo, FriendRequestInfo, GroupMessage, Millis, UserInfo};
 
 /// Local wall-clock time of a timestamp, to the second.
@@ -21,13 +21,20 @@ pub(crate) fn user_json(u: &UserInfo) -> Value {
     json!({ "username": u.username, "display_name": u.display_name })
 }
 
-pub(crate) fn friend_json(f: &FriendInfo) -> Value {
+/// A friend, with the live connections to their devices (`path`: direct or relayed, and the address in use).
+pub(crate) fn friend_json(f: &FriendInfo, links: &[PeerLink]) -> Value {
+    let connections: Vec<Value> = links
+        .iter()
+        .filter(|l| l.username == f.user.username)
+        .map(|l| json!({ "path": l.path, "remote_addr": l.remote_addr.to_string(), "device_fingerprint": l.device_fingerprint }))
+        .collect();
     json!({
         "username": f.user.username,
         "display_name": f.user.display_name,
         "remark": f.remark,
         "online": f.online,
         "since": f.since,
+        "connections": connections,
     })
 }
 
@@ -54,6 +61,10 @@ pub(crate) fn status_json(s: &AgentStatus) -> Value {
         "local_addrs": s.local_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "since": s.since,
         "agent_pid": s.agent_pid,
+        "peers": s.peers.iter().map(|p| json!({
+            "username": p.username, "path": p.path, "remote_addr": p.remote_addr.to_string(),
+            "device_fingerprint": p.device_fingerprint,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -28,6 +28,14 @@ fn direct_delivery_both_ways_with_history_and_search() {
     let long = "长".repeat(16 * 1024 / 3);
     assert!(alice.ok(&["send", "bob", &long]).contains("delivered"));
 
+    // The live connection is visible, as a direct path to bob's agent.
+    let peers = alice.json(&["status", "--json"])["peers"].clone();
+    assert_eq!(peers[0]["username"], "bob");
+    assert_eq!(peers[0]["path"], "direct");
+    let bob_addr = bob.json(&["status", "--json"])["observed_addr"].clone();
+    assert_eq!(peers[0]["remote_addr"], bob_addr);
+    assert_eq!(alice.json(&["friends", "--json"])[0]["connections"][0]["path"], "direct");
+
     // Both sides hold the same conversation, in the same order.
     let on_alice = alice.json(&["history", "bob", "--json"]);
     let on_bob = bob.json(&["history", "alice", "--json"]);

@@ -85,6 +85,18 @@ pub struct AgentStatus {
     /// When the current broker session opened, or when the last one was lost.
     pub since: Option<Millis>,
     pub agent_pid: u32,
+    /// Live connections to friends' devices.
+    pub peers: Vec<PeerLink>,
+}
+
+/// One live connection to a friend's device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLink {
+    pub username: String,
+    /// `direct` (a QUIC connection between the two agents); relayed paths will say `relayed`.
+    pub path: String,
+    pub remote_addr: SocketAddr,
+    pub device_fingerprint: String,
 }
 
 /// An event as `peer watch` prints it.
