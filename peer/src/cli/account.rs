@@ -1,0 +1,100 @@
+//! Logging in (straight to the broker) and watching the agent: `register`, `login`, `status`, `watch`.
+
+use super::*;
+
+/// Register or log in straight to the broker (no agent needed), pinning its identity.
+pub(super) async fn authenticate(home: &Home, args: &BrokerArgs, req: Request) -> Result<()> {
+    let identity = home.identity()?;
+    let addr = net::resolve(&args.broker).await?;
+    let pinned = match &args.broker_fingerprint {
+        Some(fp) => Some(fp.parse::<Fingerprint>()?),
+        None => home.pinned(&args.broker).await?,
+    };
+    let seen = Arc::new(Mutex::new(None));
+    let pin = pinned.map(ServerPin::Exact).unwrap_or_else(|| ServerPin::FirstUse(seen.clone()));
+    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let endpoint = quinn::Endpoint::client(bind)?;
+    let conn = net::connect_broker(&endpoint, &identity, addr, pin).await?;
+    let resp = net::request(&conn, &req).await;
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    endpoint.wait_idle().await;
+    let (username, token) = match resp? {
+        Response::Token { username, token, .. } => (username, token),
+        Response::Error(e) => bail!("{}", e.message),
+        other => bail!("unexpected answer from the broker: {other:?}"),
+    };
+    let fingerprint = match pinned {
+        Some(fp) => fp,
+        None => {
+            let fp = seen.lock().ok().and_then(|s| *s).context("the broker presented no certificate")?;
+            eprintln!(
+                "pinned the broker's identity {fp} (trust on first use); it should match the fingerprint the broker printed at start-up"
+            );
+            fp
+        }
+    };
+    home.save_account(&Account {
+        username: username.clone(),
+        broker: args.broker.clone(),
+        broker_fingerprint: fingerprint,
+        token,
+    })
+    .await?;
+    let what = if matches!(req, Request::Register { .. }) { "registered and logged in" } else { "logged in" };
+    println!("{what} as {username}; start the agent with `peer --home {} up`", home.dir.display());
+    Ok(())
+}
+
+pub(super) async fn status(home: &Home, json: bool) -> Result<()> {
+    let ControlResponse::Status(s) = control_call(home, ControlRequest::Status).await? else {
+        bail!("unexpected answer from the agent")
+    };
+    if json {
+        print_json(&output::status_json(&s));
+        return Ok(());
+    }
+    let name = s.display_name.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+    println!("user:      {}{name}", s.username);
+    println!("broker:    {} (fingerprint {})", s.broker, s.broker_fingerprint);
+    println!("device:    {}", s.device_fingerprint);
+    let since = s.since.map(output::time).unwrap_or_default();
+    match (s.online, s.observed_addr) {
+        (true, Some(addr)) => {
+            println!("online:    yes, since {since}, seen by the broker as {addr}")
+        }
+        _ => println!(
+            "online:    no (reconnecting{})",
+            if since.is_empty() { String::new() } else { format!("; lost at {since}") }
+        ),
+    }
+    let locals: Vec<String> = s.local_addrs.iter().map(ToString::to_string).collect();
+    println!("local:     {}", locals.join(", "));
+    for p in &s.peers {
+        println!("peer:      {} via {} path to {}", p.username, p.path, p.remote_addr);
+    }
+    Ok(())
+}
+
+pub(super) async fn watch(home: &Home, json: bool) -> Result<()> {
+    let mut stream = control::connect(&home.dir).await?;
+    write_frame(&mut stream, &ControlRequest::Watch).await?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    while let Some(resp) = read_frame::<ControlResponse, _>(&mut stream).await? {
+        match resp {
+            ControlResponse::Event(e) if json => writeln!(out, "{}", output::event_json(&e))?,
+            ControlResponse::Event(e) => writeln!(out, "{}", output::event_line(&e))?,
+            ControlResponse::Status(s) if json => writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "type": "watching", "username": s.username, "online": s.online })
+            )?,
+            ControlResponse::Status(s) => writeln!(out, "watching events for {}; Ctrl-C to stop", s.username)?,
+            ControlResponse::Error(e) => eprintln!("peer: {e}"),
+            _ => {}
+        }
+        out.flush()?;
+    }
+    eprintln!("peer: the agent stopped");
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! `peer friends`: the list and every change to it.
+
+use super::*;
+
+pub(super) async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
+    let Some(cmd) = args.cmd else {
+        let Response::Friends(list) = broker_call(home, Request::Friends).await? else { bail!("unexpected answer") };
+        let links = match control_call(home, ControlRequest::Status).await? {
+            ControlResponse::Status(s) => s.peers,
+            _ => Vec::new(),
+        };
+        print_friends(&list, &links, args.json);
+        return Ok(());
+    };
+    match cmd {
+        FriendsCmd::Add { user, message } => {
+            validate::text("message", &message, validate::MAX_REQUEST_MESSAGE_CHARS)?;
+            match broker_call(home, Request::FriendAdd { username: user.clone(), message }).await? {
+                Response::FriendAdded { now_friends: true } => {
+                    println!("{user} had already asked you: you are friends now")
+                }
+                _ => println!("friend request sent to {user}"),
+            }
+        }
+        FriendsCmd::Requests { json } => {
+            let Response::FriendRequests { incoming, outgoing } = broker_call(home, Request::FriendRequests).await?
+            else {
+                bail!("unexpected answer")
+            };
+            if json {
+                let all: Vec<Value> = incoming
+                    .iter()
+                    .map(|r| output::request_json(r, "incoming"))
+                    .chain(outgoing.iter().map(|r| output::request_json(r, "outgoing")))
+                    .collect();
+                print_json(&all);
+            } else if incoming.is_empty() && outgoing.is_empty() {
+                println!("no pending friend requests");
+            } else {
+                for r in &incoming {
+                    println!(
+                        "from {:<24} {}  {:?}  (`peer friends accept {}`)",
+                        r.user.username,
+                        output::time(r.created_at),
+                        r.message,
+                        r.user.username
+                    );
+                }
+                for r in &outgoing {
+                    println!("to   {:<24} {}  {:?}  (waiting)", r.user.username, output::time(r.created_at), r.message);
+                }
+            }
+        }
+        FriendsCmd::Accept { user } => {
+            expect_broker_ok(broker_call(home, Request::FriendAccept { username: user.clone() }).await?)?;
+            println!("you and {user} are friends now");
+        }
+        FriendsCmd::Decline { user } => {
+            expect_broker_ok(broker_call(home, Request::FriendDecline { username: user.clone() }).await?)?;
+            println!("declined {user}'s request");
+        }
+        FriendsCmd::Remove { user } => {
+            expect_broker_ok(broker_call(home, Request::FriendRemove { username: user.clone() }).await?)?;
+            println!("{user} is no longer your friend");
+        }
+        FriendsCmd::Remark { user, alias } => {
+            validate::text("alias", &alias, validate::MAX_NAME_CHARS)?;
+            expect_broker_ok(
+                broker_call(home, Request::FriendRemark { username: user.clone(), remark: alias }).await?,
+            )?;
+            println!("alias for {user} saved");
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn print_friends(list: &[FriendInfo], links: &[shared::control::PeerLink], json: bool) {
+    if json {
+        print_json(&list.iter().map(|f| output::friend_json(f, links)).collect::<Vec<_>>());
+        return;
+    }
+    if list.is_empty() {
+        println!("no friends yet: find people with `peer users search TEXT`, then `peer friends add USER`");
+        return;
+    }
+    for f in list {
+        let name = match &f.remark {
+            Some(r) => format!("{} ({}, \"{}\")", f.user.username, f.user.display_name, r),
+            None => format!("{} ({})", f.user.username, f.user.display_name),
+        };
+        let presence = match (f.online, f.since) {
+            (true, Some(t)) => format!("online since {}", output::time(t)),
+            (true, None) => "online".to_string(),
+            (false, Some(t)) => format!("offline, last seen {}", output::time(t)),
+            (false, None) => "offline".to_string(),
+        };
+        println!("{name:<48} {presence}");
+    }
+}

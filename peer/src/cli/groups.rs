@@ -1,0 +1,177 @@
+//! `peer groups`, group posts and line-mode group chat.
+
+use super::*;
+
+pub(super) async fn group_post(home: &Home, group_id: i64, text: &str) -> Result<i64> {
+    shared::peer::check_text(text).map_err(|e| anyhow!(e))?;
+    match broker_call(home, Request::GroupPost { group_id, text: text.to_string() }).await? {
+        Response::GroupPosted { seq } => Ok(seq),
+        other => bail!("unexpected answer from the broker: {other:?}"),
+    }
+}
+
+pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
+    let Some(cmd) = args.cmd else {
+        let Response::Groups(list) = broker_call(home, Request::Groups).await? else { bail!("unexpected answer") };
+        if args.json {
+            let v: Vec<Value> = list
+                .iter()
+                .map(|g| {
+                    serde_json::json!({
+                        "group_id": g.group_id, "name": g.name, "owner": g.owner, "members": g.members, "last_seq": g.last_seq,
+                    })
+                })
+                .collect();
+            print_json(&v);
+        } else if list.is_empty() {
+            println!("no groups yet: `peer groups create NAME`, or join one you were invited to");
+        } else {
+            for g in list {
+                println!("{:>6}  {:<32} owner {:<20} {} members", g.group_id, g.name, g.owner, g.members);
+            }
+        }
+        return Ok(());
+    };
+    match cmd {
+        GroupsCmd::Create { name } => {
+            let Response::GroupCreated { group_id } = broker_call(home, Request::GroupCreate { name }).await? else {
+                bail!("unexpected answer")
+            };
+            println!("{group_id}");
+        }
+        GroupsCmd::Invite { group, user } => {
+            expect_broker_ok(
+                broker_call(home, Request::GroupInvite { group_id: group, username: user.clone() }).await?,
+            )?;
+            println!("invited {user} to group {group}");
+        }
+        GroupsCmd::Invitations { json } => {
+            let Response::GroupInvitations(list) = broker_call(home, Request::GroupInvitations).await? else {
+                bail!("unexpected answer")
+            };
+            if json {
+                let v: Vec<Value> = list
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({
+                            "group_id": i.group_id, "name": i.name, "inviter": i.inviter.username, "created_at": i.created_at,
+                        })
+                    })
+                    .collect();
+                print_json(&v);
+            } else if list.is_empty() {
+                println!("no invitations");
+            } else {
+                for i in list {
+                    println!(
+                        "{:>6}  {:<32} from {}  (`peer groups join {}`)",
+                        i.group_id, i.name, i.inviter.username, i.group_id
+                    );
+                }
+            }
+        }
+        GroupsCmd::Join { group } => {
+            expect_broker_ok(broker_call(home, Request::GroupJoin { group_id: group }).await?)?;
+            println!("joined group {group}");
+        }
+        GroupsCmd::Decline { group } => {
+            expect_broker_ok(broker_call(home, Request::GroupDecline { group_id: group }).await?)?;
+            println!("declined the invitation to group {group}");
+        }
+        GroupsCmd::Leave { group } => {
+            expect_broker_ok(broker_call(home, Request::GroupLeave { group_id: group }).await?)?;
+            println!("left group {group}");
+        }
+        GroupsCmd::Remove { group, user } => {
+            expect_broker_ok(
+                broker_call(home, Request::GroupRemove { group_id: group, username: user.clone() }).await?,
+            )?;
+            println!("removed {user} from group {group}");
+        }
+        GroupsCmd::Rename { group, name } => {
+            expect_broker_ok(broker_call(home, Request::GroupRename { group_id: group, name: name.clone() }).await?)?;
+            println!("group {group} is now called {name}");
+        }
+        GroupsCmd::Transfer { group, user } => {
+            expect_broker_ok(
+                broker_call(home, Request::GroupTransfer { group_id: group, username: user.clone() }).await?,
+            )?;
+            println!("{user} now owns group {group}");
+        }
+        GroupsCmd::Disband { group } => {
+            expect_broker_ok(broker_call(home, Request::GroupDisband { group_id: group }).await?)?;
+            println!("group {group} disbanded");
+        }
+        GroupsCmd::Members { group, json } => {
+            let Response::GroupMembers(list) = broker_call(home, Request::GroupMembers { group_id: group }).await?
+            else {
+                bail!("unexpected answer")
+            };
+            if json {
+                let v: Vec<Value> = list
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "username": m.user.username, "display_name": m.user.display_name, "owner": m.owner, "online": m.online,
+                        })
+                    })
+                    .collect();
+                print_json(&v);
+            } else {
+                for m in list {
+                    let role = if m.owner { " (owner)" } else { "" };
+                    let presence = if m.online { "online" } else { "offline" };
+                    println!("{:<32} {:<24} {presence}{role}", m.user.username, m.user.display_name);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Line-mode group chat: the group's messages as they come (they are stored by the agent), your lines posted.
+pub(super) async fn group_chat(home: &Home, group_id: i64) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut events = control::connect(&home.dir).await?;
+    write_frame(&mut events, &ControlRequest::Watch).await?;
+    println!("group {group_id}: type a message and press Enter; /history shows more, /quit leaves");
+    for m in history::group_conversation(&home.db, group_id, 10, None).await? {
+        println!("{}", output::group_message_line(&m));
+    }
+    let printer = tokio::spawn(async move {
+        while let Ok(Some(resp)) = read_frame::<ControlResponse, _>(&mut events).await {
+            match &resp {
+                ControlResponse::Event(AgentEvent::Broker { event: Event::GroupMessage(m), .. })
+                    if m.group_id == group_id =>
+                {
+                    println!("{}", output::group_message_line(m));
+                }
+                ControlResponse::Event(
+                    e @ AgentEvent::Broker { event: Event::GroupPresence { group_id: g, .. }, .. },
+                ) if *g == group_id => {
+                    println!("{}", output::event_line(e));
+                }
+                _ => {}
+            }
+        }
+    });
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        match line.trim_end() {
+            "" => continue,
+            "/quit" | "/exit" => break,
+            "/history" => {
+                for m in history::group_conversation(&home.db, group_id, 50, None).await? {
+                    println!("{}", output::group_message_line(&m));
+                }
+            }
+            text => {
+                if let Err(e) = group_post(home, group_id, text).await {
+                    println!("! {e}");
+                }
+            }
+        }
+    }
+    printer.abort();
+    Ok(())
+}

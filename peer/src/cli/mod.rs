@@ -1,0 +1,395 @@
+//! Command-line definitions, the dispatch of each command, and the helpers every command uses to reach
+//! the agent. What each group of commands does lives beside it: [`account`] (register, login, status,
+//! watch), [`friends`], [`chat`] (one-to-one messages and history), [`groups`].
+
+mod account;
+mod chat;
+mod friends;
+mod groups;
+
+use account::{authenticate, status, watch};
+use chat::{chat, history_line, send};
+use friends::friends;
+use groups::{group_chat, group_post, groups};
+
+use crate::control;
+use crate::home::{Account, Home};
+use crate::{agent, history, net, output, password};
+use anyhow::{Context, Result, anyhow, bail};
+use certs::Fingerprint;
+use certs::verify::ServerPin;
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+use shared::control::{AgentEvent, ControlRequest, ControlResponse, MessageStatus};
+use shared::io::{read_frame, write_frame};
+use shared::proto::{Event, FriendInfo, MAX_SEARCH_RESULTS, Request, Response};
+use shared::validate;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Peer-to-peer messenger.
+///
+/// Register or log in once against a broker, then run `peer up` (the agent) and use the other commands from
+/// another terminal. Every device has its own home directory with its identity, login and chat history.
+#[derive(Parser, Debug)]
+#[command(name = "peer", version, about, long_about)]
+pub(crate) struct Cli {
+    /// Home directory of this device (identity, login, database). Default: the platform's data directory.
+    #[arg(long, env = "PEER_HOME", global = true)]
+    pub(crate) home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Cmd {
+    /// Create an account on a broker and log this device in.
+    Register {
+        /// 3-32 characters of a-z, 0-9, '_', '.', '-'.
+        username: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// The name friends see (any Unicode, e.g. 张三). Default: the username.
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// Log this device in to an existing account.
+    Login {
+        username: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Run the agent in the foreground: stays online, reconnects by itself, serves the other commands.
+    Up {
+        /// Local UDP address for the agent's one socket (broker session and friends' connections).
+        #[arg(long, env = "PEER_BIND", default_value = "0.0.0.0:0")]
+        bind: SocketAddr,
+    },
+    /// Show who you are, the broker, and whether the agent is online.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke this device's session token at the broker, forget it, and stop the agent.
+    Logout,
+    /// Stream the agent's events (friend requests, presence, ...), one per line.
+    Watch {
+        /// JSON Lines: one object per event, with a "type" field.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find other users.
+    Users {
+        #[command(subcommand)]
+        cmd: UsersCmd,
+    },
+    /// List friends (with no subcommand), or manage them.
+    Friends(FriendsArgs),
+    /// Your own profile.
+    Profile {
+        #[command(subcommand)]
+        cmd: ProfileCmd,
+    },
+    /// Send a message to a friend (directly to their device, or queued until you are both online), or with
+    /// --group to a group (stored and relayed by the broker).
+    Send {
+        /// The group to post to, instead of a friend.
+        #[arg(long)]
+        group: Option<i64>,
+        /// USER TEXT, or just TEXT with --group. Any Unicode, up to 16 KiB.
+        #[arg(required = true, num_args = 1..=2, value_names = ["USER", "TEXT"])]
+        args: Vec<String>,
+    },
+    /// Interactive chat with a friend, or with --group a group: type to send; /history, /quit.
+    Chat {
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        user: Option<String>,
+        #[arg(long)]
+        group: Option<i64>,
+    },
+    /// List your groups (with no subcommand), or manage them.
+    Groups(GroupsArgs),
+    /// Show the conversation with USER or a --group (oldest first), or search every conversation.
+    History {
+        /// The friend whose conversation to show.
+        #[arg(required_unless_present_any = ["search", "group"])]
+        user: Option<String>,
+        /// A group's messages instead.
+        #[arg(long, conflicts_with_all = ["user", "search"])]
+        group: Option<i64>,
+        /// Messages containing this text, in any conversation.
+        #[arg(long, conflicts_with = "user")]
+        search: Option<String>,
+        /// How many messages (the newest ones).
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Only messages older than this local id (for paging back; ids are in --json output).
+        #[arg(long)]
+        before: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change your password; every other device is logged out.
+    Passwd {
+        /// Read the old and then the new password as two lines of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct BrokerArgs {
+    /// The broker, as HOST:PORT (port 7878 if left out).
+    #[arg(long, env = "PEER_BROKER")]
+    broker: String,
+    /// Pin the broker's SHA-256 fingerprint up front instead of trusting it on first use.
+    #[arg(long)]
+    broker_fingerprint: Option<String>,
+    /// Read the password from stdin (one line) instead of the terminal. Env PEER_PASSWORD also works.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum UsersCmd {
+    /// Users whose username or display name contains TEXT (case-insensitive).
+    Search {
+        text: String,
+        /// Page number, from 1 (50 results a page).
+        #[arg(long, default_value_t = 1)]
+        page: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct FriendsArgs {
+    #[command(subcommand)]
+    cmd: Option<FriendsCmd>,
+    /// With no subcommand: print the list as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum FriendsCmd {
+    /// Ask USER to be your friend.
+    Add {
+        user: String,
+        /// A note shown with the request (at most 256 characters).
+        #[arg(long, default_value = "")]
+        message: String,
+    },
+    /// Pending friend requests, to you and from you.
+    Requests {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept USER's friend request.
+    Accept { user: String },
+    /// Decline USER's friend request.
+    Decline { user: String },
+    /// End the friendship with USER (on both sides).
+    Remove { user: String },
+    /// Set your private alias for a friend ("" clears it).
+    Remark { user: String, alias: String },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct GroupsArgs {
+    #[command(subcommand)]
+    cmd: Option<GroupsCmd>,
+    /// With no subcommand: print the list as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum GroupsCmd {
+    /// Create a group (you own it); prints its number.
+    Create { name: String },
+    /// Invite a friend into a group you are in.
+    Invite { group: i64, user: String },
+    /// Your pending invitations.
+    Invitations {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join a group you were invited to.
+    Join { group: i64 },
+    /// Decline an invitation.
+    Decline { group: i64 },
+    /// Leave a group.
+    Leave { group: i64 },
+    /// Owner only: remove a member.
+    Remove { group: i64, user: String },
+    /// Owner only: rename the group.
+    Rename { group: i64, name: String },
+    /// Owner only: hand ownership to another member.
+    Transfer { group: i64, user: String },
+    /// Owner only: delete the group for everyone.
+    Disband { group: i64 },
+    /// A group's members, with who is online.
+    Members {
+        group: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ProfileCmd {
+    /// Change what others see.
+    Set {
+        #[arg(long)]
+        display_name: String,
+    },
+}
+
+/// Runs one command.
+pub(crate) async fn run(cli: Cli) -> Result<()> {
+    let home = Home::open(&Home::resolve(cli.home)?).await?;
+    match cli.cmd {
+        Cmd::Register { username, broker, display_name } => {
+            let display_name = display_name.unwrap_or_else(|| username.clone());
+            validate::username(&username)?;
+            validate::display_name(&display_name)?;
+            let mut pw = password::Source::new(broker.password_stdin)?;
+            let password = pw.read("new password (at least 8 characters)", "PEER_PASSWORD", true)?;
+            validate::password(&password)?;
+            authenticate(&home, &broker, Request::Register { username, display_name, password }).await
+        }
+        Cmd::Login { username, broker } => {
+            validate::username(&username).map_err(|_| anyhow!("unknown user or wrong password"))?;
+            let password = password::Source::new(broker.password_stdin)?.read("password", "PEER_PASSWORD", false)?;
+            authenticate(&home, &broker, Request::Login { username, password }).await
+        }
+        Cmd::Up { bind } => agent::run(home, bind).await,
+        Cmd::Status { json } => status(&home, json).await,
+        Cmd::Logout => {
+            expect_ok(control_call(&home, ControlRequest::Logout).await?)?;
+            println!("logged out; the agent has stopped");
+            Ok(())
+        }
+        Cmd::Watch { json } => watch(&home, json).await,
+        Cmd::Users { cmd: UsersCmd::Search { text, page, json } } => {
+            let offset = page.max(1).saturating_sub(1) * MAX_SEARCH_RESULTS;
+            let Response::Users(users) =
+                broker_call(&home, Request::SearchUsers { query: text, offset, limit: MAX_SEARCH_RESULTS }).await?
+            else {
+                bail!("unexpected answer from the broker")
+            };
+            if json {
+                print_json(&users.iter().map(output::user_json).collect::<Vec<_>>());
+            } else if users.is_empty() {
+                println!("no users found");
+            } else {
+                for u in users {
+                    println!("{:<32} {}", u.username, u.display_name);
+                }
+            }
+            Ok(())
+        }
+        Cmd::Friends(args) => friends(&home, args).await,
+        Cmd::Profile { cmd: ProfileCmd::Set { display_name } } => {
+            validate::display_name(&display_name)?;
+            expect_broker_ok(broker_call(&home, Request::SetDisplayName { display_name }).await?)?;
+            println!("display name changed");
+            Ok(())
+        }
+        Cmd::Send { group: Some(group), args } => {
+            let [text] = args.as_slice() else { bail!("with --group, give only the text") };
+            let seq = group_post(&home, group, text).await?;
+            println!("posted to group {group} as #{seq}");
+            Ok(())
+        }
+        Cmd::Send { group: None, args } => {
+            let [user, text] = args.as_slice() else { bail!("give a friend and the text: peer send USER TEXT") };
+            send(&home, user, text).await
+        }
+        Cmd::Chat { group: Some(group), .. } => group_chat(&home, group).await,
+        Cmd::Chat { user, .. } => chat(&home, &user.unwrap_or_default()).await,
+        Cmd::Groups(args) => groups(&home, args).await,
+        Cmd::History { group: Some(group), limit, before, json, .. } => {
+            let msgs = history::group_conversation(&home.db, group, limit, before).await?;
+            if json {
+                print_json(&msgs.iter().map(output::group_message_json).collect::<Vec<_>>());
+            } else if msgs.is_empty() {
+                println!("no messages");
+            } else {
+                for m in &msgs {
+                    println!("{}", output::group_message_line(m));
+                }
+            }
+            Ok(())
+        }
+        Cmd::History { user, search, limit, before, json, .. } => {
+            let me = home.get("username").await?.unwrap_or_default();
+            let msgs = match (&user, &search) {
+                (_, Some(text)) => history::search(&home.db, text, limit).await?,
+                (Some(user), None) => history::conversation(&home.db, user, limit, before).await?,
+                (None, None) => bail!("name a friend, or pass --search TEXT"),
+            };
+            if json {
+                print_json(&msgs.iter().map(|m| m.json(&me)).collect::<Vec<_>>());
+            } else if msgs.is_empty() {
+                println!("no messages");
+            } else {
+                for m in &msgs {
+                    println!("{}", history_line(m, &me));
+                }
+            }
+            Ok(())
+        }
+        Cmd::Passwd { password_stdin } => {
+            let mut pw = password::Source::new(password_stdin)?;
+            let old = pw.read("current password", "PEER_PASSWORD", false)?;
+            let new = pw.read("new password", "PEER_NEW_PASSWORD", true)?;
+            validate::password(&new)?;
+            expect_broker_ok(broker_call(&home, Request::ChangePassword { old, new }).await?)?;
+            println!("password changed; your other devices were logged out");
+            Ok(())
+        }
+    }
+}
+
+async fn control_call(home: &Home, req: ControlRequest) -> Result<ControlResponse> {
+    let mut stream = control::connect(&home.dir).await?;
+    write_frame(&mut stream, &req).await?;
+    read_frame::<ControlResponse, _>(&mut stream)
+        .await?
+        .ok_or_else(|| anyhow!("the agent closed the connection without answering"))
+}
+
+/// Sends a request to the broker through the agent; a broker error becomes this command's error.
+async fn broker_call(home: &Home, req: Request) -> Result<Response> {
+    match control_call(home, ControlRequest::Broker(req)).await? {
+        ControlResponse::Broker(Response::Error(e)) => bail!("{}", e.message),
+        ControlResponse::Broker(r) => Ok(r),
+        ControlResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+}
+
+fn expect_ok(resp: ControlResponse) -> Result<()> {
+    match resp {
+        ControlResponse::Ok => Ok(()),
+        ControlResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+}
+
+fn expect_broker_ok(resp: Response) -> Result<()> {
+    match resp {
+        Response::Ok => Ok(()),
+        other => bail!("unexpected answer from the broker: {other:?}"),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
