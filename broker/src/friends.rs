@@ -23,6 +23,15 @@ fn user_info(row: &AnyRow) -> std::result::Result<UserInfo, sqlx::Error> {
     Ok(UserInfo { username: row.try_get(0)?, display_name: row.try_get(1)? })
 }
 
+/// A user's public face (username and display name), if the user exists.
+pub async fn find_user(db: &Db, username: &str) -> std::result::Result<Option<UserInfo>, sqlx::Error> {
+    let row = sqlx::query(db.sql("SELECT username, display_name FROM users WHERE username = ?"))
+        .bind(username)
+        .fetch_optional(&db.pool)
+        .await?;
+    row.as_ref().map(user_info).transpose()
+}
+
 impl Friends {
     pub fn new(db: Db, table: Arc<Table>) -> Self {
         Self { db, table }
@@ -35,7 +44,7 @@ impl Friends {
             return Err(ErrorCode::InvalidText("search text must not be empty".into()).into());
         }
         validate::text("search text", q, validate::MAX_NAME_CHARS)?;
-        let pattern = format!("%{}%", escape_like(&q.to_lowercase()));
+        let pattern = validate::like_contains(&q.to_lowercase());
         let limit = limit.clamp(1, MAX_SEARCH_RESULTS);
         let rows = sqlx::query(self.db.sql(
             "SELECT username, display_name FROM users WHERE search_key LIKE ? ESCAPE '!' AND username <> ? \
@@ -229,10 +238,8 @@ impl Friends {
 
     /// Tells `me`'s friends about a new display name.
     pub async fn announce_profile(&self, me: &UserInfo) -> Result<()> {
-        let event = Event::FriendProfile { friend: me.clone() };
-        for f in self.usernames(&me.username).await? {
-            self.table.push(&f, &event);
-        }
+        let friends = self.usernames(&me.username).await?;
+        self.table.push_many(friends.iter().map(String::as_str), &Event::FriendProfile { friend: me.clone() });
         Ok(())
     }
 
@@ -255,11 +262,7 @@ impl Friends {
     }
 
     async fn user(&self, username: &str) -> Result<Option<UserInfo>> {
-        let row = sqlx::query(self.db.sql("SELECT username, display_name FROM users WHERE username = ?"))
-            .bind(username)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        Ok(row.as_ref().map(user_info).transpose()?)
+        Ok(find_user(&self.db, username).await?)
     }
 
     /// Makes `a` and `b` friends (both rows, requests between them gone) and tells both, with presence.
@@ -303,25 +306,5 @@ impl Friends {
         rows.iter()
             .map(|r| Ok(FriendRequestInfo { user: user_info(r)?, message: r.try_get(2)?, created_at: r.try_get(3)? }))
             .collect()
-    }
-}
-
-/// Escapes LIKE wildcards with `!`, an escape character that means the same to all three databases.
-fn escape_like(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '!') {
-            out.push('!');
-        }
-        out.push(c);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn like_wildcards_escaped() {
-        assert_eq!(super::escape_like("a_b%c!d"), "a!_b!%c!!d");
     }
 }

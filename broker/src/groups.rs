@@ -538,11 +538,6 @@ impl Groups {
     }
 
     async fn user(&self, username: &str) -> Result<UserInfo> {
-        let r = sqlx::query(self.db.sql("SELECT username, display_name FROM users WHERE username = ?"))
-            .bind(username)
-            .fetch_optional(&self.db.pool)
-            .await?
-            .ok_or(ErrorCode::UnknownUser)?;
-        Ok(UserInfo { username: r.try_get(0)?, display_name: r.try_get(1)? })
+        Ok(crate::friends::find_user(&self.db, username).await?.ok_or(ErrorCode::UnknownUser)?)
     }
 }

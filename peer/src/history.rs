@@ -152,12 +152,10 @@ pub(crate) async fn conversation(db: &SqlitePool, peer: &str, limit: i64, before
 
 /// Messages containing `text` (case-insensitive for ASCII), across conversations, oldest first.
 pub(crate) async fn search(db: &SqlitePool, text: &str, limit: i64) -> Result<Vec<Message>> {
-    let escaped: String =
-        text.chars().flat_map(|c| if matches!(c, '%' | '_' | '!') { vec!['!', c] } else { vec![c] }).collect();
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM messages WHERE text LIKE ? ESCAPE '!' ORDER BY local_id DESC LIMIT ?"
     )))
-    .bind(format!("%{escaped}%"))
+    .bind(shared::validate::like_contains(text))
     .bind(limit)
     .fetch_all(db)
     .await?;

@@ -1,12 +1,7 @@
 //! One-to-one chat over direct QUIC connections, end to end.
 
-use serde_json::Value;
 use std::sync::Arc;
-use testkit::{Backend, Broker, PASSWORD, Peer, wait_until};
-
-fn texts(history: &Value) -> Vec<String> {
-    history.as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap().to_string()).collect()
-}
+use testkit::{Backend, Broker, PASSWORD, Peer, texts, wait_until};
 
 #[test]
 fn direct_delivery_both_ways_with_history_and_search() {

@@ -1,11 +1,6 @@
 //! Group chat end to end: three users, one order, catch-up after being offline.
 
-use serde_json::Value;
-use testkit::{Backend, Broker, Peer, wait_until};
-
-fn texts(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap().to_string()).collect()
-}
+use testkit::{Backend, Broker, Peer, texts, wait_until};
 
 #[test]
 fn three_users_share_one_order_and_the_offline_one_catches_up() {

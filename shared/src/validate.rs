@@ -44,6 +44,22 @@ pub fn text(what: &str, value: &str, max_chars: usize) -> Result<(), ErrorCode> 
     }
 }
 
+/// A SQL `LIKE` pattern matching values that contain `text`, with `%`, `_` and the escape character itself
+/// escaped by `!` (to be used with `ESCAPE '!'`): an escape character that means the same to SQLite,
+/// PostgreSQL and MySQL, where a backslash does not.
+pub fn like_contains(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '!') {
+            out.push('!');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
 fn short_text(value: &str, max_chars: usize) -> bool {
     value.chars().count() <= max_chars && !value.chars().any(char::is_control)
 }
@@ -79,6 +95,12 @@ mod tests {
         assert!(password("密码密码密码密码").is_ok());
         assert!(password("1234567").is_err());
         assert!(password(&"x".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn like_wildcards_escaped() {
+        assert_eq!(like_contains("a_b%c!d"), "%a!_b!%c!!d%");
+        assert_eq!(like_contains("张"), "%张%");
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod proc;
 
 pub use client::Client;
 pub use db::{Backend, TestDb, backends};
-pub use proc::{Agent, Broker, Peer, WAIT, Watch, bin, wait_until};
+pub use proc::{Agent, Broker, Peer, WAIT, Watch, bin, texts, wait_until};
 
 /// Password used for test accounts.
 pub const PASSWORD: &str = "correct horse battery";

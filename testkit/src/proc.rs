@@ -23,6 +23,24 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A child's output, line by line as it comes, through `parse` (lines it turns into `None` are skipped).
+fn lines_of<T: Send + 'static>(
+    out: std::process::ChildStdout,
+    parse: impl Fn(String) -> Option<T> + Send + 'static,
+) -> mpsc::Receiver<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(v) = parse(line)
+                && tx.send(v).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// Kills a child process (if still there) and reaps it.
 fn kill(child: Option<Child>) {
     if let Some(mut c) = child {
@@ -150,13 +168,7 @@ fn spawn_broker(data: &Path, db_url: &str, listen: SocketAddr, extra: &[&str]) -
         .stderr(log)
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(child.stdout.take().unwrap(), Some);
     let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
         let log = std::fs::read_to_string(data.join("broker.log")).unwrap_or_default();
         panic!("broker did not become ready; log:\n{log}")
@@ -301,15 +313,7 @@ impl Peer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
+        let rx = lines_of(child.stdout.take().unwrap(), |line| serde_json::from_str::<Value>(&line).ok());
         let w = Watch { child, rx, seen: Default::default() };
         w.expect("watch subscribed", |v| v["type"] == "watching");
         w
@@ -324,6 +328,11 @@ impl Peer {
     pub fn agent_log(&self) -> String {
         std::fs::read_to_string(self.home.path().join("agent.log")).unwrap_or_default()
     }
+}
+
+/// The `text` of every message in a `peer history --json` listing, in order.
+pub fn texts(history: &Value) -> Vec<String> {
+    history.as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap().to_string()).collect()
 }
 
 /// Polls `cond` until it holds; panics with `what` after [`WAIT`].
