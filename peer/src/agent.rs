@@ -11,7 +11,7 @@ use certs::verify::ServerPin;
 use shared::backoff::Backoff;
 use shared::control::{AgentEvent, AgentStatus, ControlRequest, ControlResponse};
 use shared::io::{read_frame, write_frame};
-use shared::proto::{ErrorCode, Event, Request, Response};
+use shared::proto::{DeviceEndpoint, ErrorCode, Event, Request, Response};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -53,6 +53,17 @@ pub(crate) struct Agent {
     /// friends log in at the same moment (snapshot and announcement cross), watchers hear it once.
     presence: Mutex<HashMap<String, bool>>,
     stop: Notify,
+    /// Transfers whose bytes are moving now.
+    pub(crate) files: crate::files::Live,
+    pub(crate) policy: crate::files::FilePolicy,
+}
+
+/// Why a friend's devices are not at hand.
+pub(crate) enum Reach {
+    /// Not (or no longer) friends: retrying will not help.
+    NotFriends(String),
+    /// Offline, or the broker is out of reach: try again later.
+    Unreachable(String),
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -71,7 +82,7 @@ fn jitter() -> f64 {
 }
 
 /// Runs the agent in the foreground until it is stopped (signal, `peer logout`) or its token is refused.
-pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
+pub(crate) async fn run(home: Home, bind: SocketAddr, policy: crate::files::FilePolicy) -> Result<()> {
     let account = home.account().await?;
     let listener = control::Listener::bind(&home.dir).await?;
     let identity = home.identity()?;
@@ -112,6 +123,8 @@ pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
         events,
         presence: Mutex::default(),
         stop: Notify::new(),
+        files: crate::files::Live::default(),
+        policy,
     });
     tracing::info!(user = agent.account.username, broker = agent.account.broker, udp = ?agent.endpoint.local_addr().ok(), "agent starting");
     let server = tokio::spawn(agent.clone().serve_control(listener));
@@ -123,6 +136,7 @@ pub(crate) async fn run(home: Home, bind: SocketAddr) -> Result<()> {
             loop {
                 tokio::time::sleep(crate::chat::RETRY_EVERY).await;
                 agent.clone().deliver_all().await;
+                agent.clone().resume_files(None).await;
             }
         }
     });
@@ -204,6 +218,7 @@ impl Agent {
         self.emit(AgentEvent::Connected { observed_addr, at });
         tokio::spawn(self.clone().deliver_all());
         tokio::spawn(self.clone().catch_up_all());
+        tokio::spawn(self.clone().resume_files(None));
         let end = self.read_events(&conn).await;
         *lock(&self.conn) = None;
         lock(&self.presence).clear();
@@ -243,6 +258,8 @@ impl Agent {
                         if *online {
                             let (agent, friend) = (self.clone(), username.clone());
                             tokio::spawn(async move { agent.deliver_to(&friend).await });
+                            self.files.kick(username);
+                            tokio::spawn(self.clone().resume_files(Some(username.clone())));
                         }
                         if lock(&self.presence).insert(username.clone(), *online) == Some(*online) {
                             continue;
@@ -304,7 +321,7 @@ impl Agent {
 
     /// Serves one control connection: requests answered in turn until the client closes it (the CLI sends
     /// one; a script may keep the connection and send many), or a watch that streams until either side leaves.
-    async fn control(&self, mut stream: Box<dyn Duplex>) -> Result<()> {
+    async fn control(self: &Arc<Self>, mut stream: Box<dyn Duplex>) -> Result<()> {
         while let Some(req) = read_frame::<ControlRequest, _>(&mut stream).await? {
             let stop_after = matches!(req, ControlRequest::Logout);
             let resp = match req {
@@ -317,6 +334,13 @@ impl Agent {
                 ControlRequest::Broker(req) => self.forward(&req).await,
                 ControlRequest::Logout => self.logout().await,
                 ControlRequest::Send { to, text } => self.send_message(&to, &text).await,
+                ControlRequest::SendFile { to, path, name, size, hash } => {
+                    self.send_file(&to, &path, &name, size, hash).await
+                }
+                ControlRequest::Files => self.list_files().await,
+                ControlRequest::FileAccept { id, dir } => self.accept_file(&id, &dir).await,
+                ControlRequest::FileDecline { id } => self.decline_file(&id).await,
+                ControlRequest::FileCancel { id } => self.cancel_file(&id, "cancelled by the user").await,
             };
             let written = write_frame(&mut stream, &resp).await;
             if stop_after {
@@ -327,6 +351,23 @@ impl Agent {
             written?;
         }
         Ok(())
+    }
+
+    /// A friend's online devices: from the last lookup while its connections work, else asked of the broker
+    /// (which also tells the friend's agent to expect us).
+    pub(crate) async fn devices_of(&self, friend: &str) -> Result<Vec<DeviceEndpoint>, Reach> {
+        if let Some(d) = lock(&self.devices).get(friend).cloned() {
+            return Ok(d);
+        }
+        match self.forward(&Request::Lookup { username: friend.to_string() }).await {
+            ControlResponse::Broker(Response::Endpoints(d)) => Ok(d),
+            ControlResponse::Broker(Response::Error(e)) if matches!(e.code, ErrorCode::NotFriends) => {
+                Err(Reach::NotFriends(e.message))
+            }
+            ControlResponse::Broker(Response::Error(e)) => Err(Reach::Unreachable(e.message)),
+            ControlResponse::Error(e) => Err(Reach::Unreachable(e)),
+            other => Err(Reach::Unreachable(format!("unexpected answer: {other:?}"))),
+        }
     }
 
     pub(crate) async fn forward(&self, req: &Request) -> ControlResponse {

@@ -6,14 +6,14 @@
 //! costs a few database statements and one round trip instead of that many per message. Order is the order
 //! of storing, per friend, and delivery stops at the first message that cannot be delivered.
 
-use crate::agent::{Agent, lock, now_ms};
+use crate::agent::{Agent, Reach, lock, now_ms};
 use crate::direct::{Direct, peer_fingerprint};
 use crate::history;
 use anyhow::Result;
 use shared::control::{AgentEvent, ControlResponse, MessageStatus};
 use shared::io::{read_frame, write_frame};
 use shared::peer::{Chat, PeerAck, PeerFrame, batches, check_text, id_hex};
-use shared::proto::{DeviceEndpoint, ErrorCode, Request, Response};
+use shared::proto::DeviceEndpoint;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 /// How long an incoming stream may take to deliver its frame.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to keep retrying a refused handshake while the friend's agent learns our key from the broker.
-const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
 /// How often queued messages are retried even without a presence change.
 pub(crate) const RETRY_EVERY: Duration = Duration::from_secs(30);
 /// Most sends stored in one group commit.
@@ -163,10 +163,15 @@ impl Agent {
         if pending.is_empty() {
             return Ok(Report::default());
         }
-        let cached = lock(&self.devices).get(friend).cloned();
-        let devices = match cached {
-            Some(d) => d,
-            None => self.lookup(friend, &pending).await?,
+        let devices = match self.devices_of(friend).await {
+            Ok(d) => d,
+            Err(Reach::NotFriends(why)) => {
+                for m in &pending {
+                    self.fail(friend, &m.id, &why).await?;
+                }
+                return Err(anyhow::anyhow!("{why}"));
+            }
+            Err(Reach::Unreachable(why)) => return self.queue(&pending, &why).await,
         };
         if devices.is_empty() {
             return self.queue(&pending, &format!("{friend} is offline")).await;
@@ -187,7 +192,7 @@ impl Agent {
                         match ack {
                             PeerAck::Stored => stored[i] = true,
                             PeerAck::Refused(why) => refused[i] = Some(why),
-                            PeerAck::Batch(_) => {}
+                            PeerAck::Batch(_) | PeerAck::Offer(_) => {}
                         }
                     }
                     if let Some(e) = err {
@@ -257,22 +262,6 @@ impl Agent {
                 Err(_) => {}
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Asks the broker where the friend's devices are (and tells them to expect us).
-    async fn lookup(&self, friend: &str, pending: &[history::Message]) -> Result<Vec<DeviceEndpoint>> {
-        match self.forward(&Request::Lookup { username: friend.to_string() }).await {
-            ControlResponse::Broker(Response::Endpoints(d)) => Ok(d),
-            ControlResponse::Broker(Response::Error(e)) if matches!(e.code, ErrorCode::NotFriends) => {
-                for m in pending {
-                    self.fail(friend, &m.id, &e.message).await?;
-                }
-                Err(anyhow::anyhow!("{}", e.message))
-            }
-            ControlResponse::Broker(Response::Error(e)) => self.queue(pending, &e.message).await.map(|_| vec![]),
-            ControlResponse::Error(e) => self.queue(pending, &e).await.map(|_| vec![]),
-            other => self.queue(pending, &format!("unexpected answer: {other:?}")).await.map(|_| vec![]),
         }
     }
 
@@ -347,44 +336,57 @@ impl Agent {
         self.serve_streams(conn, friend).await;
     }
 
-    /// Serves the friend's streams on one connection until it closes. A stream carries one or more frames in
-    /// order; each is committed and then acknowledged on the same stream, in the same order.
+    /// Serves the friend's streams on one connection until it closes. A chat stream carries one or more
+    /// frames in order; each is committed and then acknowledged on the same stream, in the same order. A
+    /// stream that opens with a file fetch carries that file's bytes back instead.
     async fn serve_streams(self: Arc<Self>, conn: quinn::Connection, friend: String) {
-        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let (agent, friend) = (self.clone(), friend.clone());
-            tokio::spawn(async move {
-                loop {
-                    let ack = match tokio::time::timeout(FRAME_TIMEOUT, read_frame::<PeerFrame, _>(&mut recv)).await {
-                        Ok(Ok(Some(frame))) => agent.receive(&friend, frame).await,
-                        Ok(Ok(None)) => break,
-                        Ok(Err(e)) => {
-                            let _ = write_frame(&mut send, &PeerAck::Refused(format!("bad frame: {e}"))).await;
-                            break;
-                        }
-                        Err(_) => break,
-                    };
-                    let Some(ack) = ack else {
-                        // Not stored: no acknowledgement, so the sender keeps the messages and retries.
-                        let _ = send.reset(quinn::VarInt::from_u32(1));
-                        return;
-                    };
-                    if write_frame(&mut send, &ack).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = send.finish();
-                let _ = send.stopped().await;
-            });
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            tokio::spawn(self.clone().serve_stream(friend.clone(), send, recv));
         }
+    }
+
+    async fn serve_stream(self: Arc<Self>, friend: String, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let mut first = true;
+        loop {
+            let frame = match tokio::time::timeout(FRAME_TIMEOUT, read_frame::<PeerFrame, _>(&mut recv)).await {
+                Ok(Ok(Some(frame))) => frame,
+                Ok(Ok(None)) | Err(_) => break,
+                Ok(Err(e)) => {
+                    let _ = write_frame(&mut send, &PeerAck::Refused(format!("bad frame: {e}"))).await;
+                    break;
+                }
+            };
+            let ack = match frame {
+                PeerFrame::Chat(c) => self.receive(&friend, vec![c], true).await,
+                PeerFrame::ChatBatch(v) => self.receive(&friend, v, false).await,
+                PeerFrame::FileOffer(offer) => Some(self.on_offer(&friend, offer).await),
+                PeerFrame::FileCancel { id, declined, reason } => {
+                    Some(self.on_cancel(&friend, id, declined, &reason).await)
+                }
+                PeerFrame::FileFetch { id, offset } if first => {
+                    return self.serve_fetch(&friend, id, offset, send, recv).await;
+                }
+                PeerFrame::FileFetch { .. } | PeerFrame::FileResult { .. } => {
+                    Some(PeerAck::Refused("a file fetch must open its own stream".into()))
+                }
+            };
+            first = false;
+            let Some(ack) = ack else {
+                // Not stored: no acknowledgement, so the sender keeps the messages and retries.
+                let _ = send.reset(quinn::VarInt::from_u32(1));
+                return;
+            };
+            if write_frame(&mut send, &ack).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+        let _ = send.stopped().await;
     }
 
     /// Commits incoming messages, then acknowledges them; `None` (no acknowledgement) if they could not be
     /// stored. A retried id is acknowledged without a second copy.
-    async fn receive(&self, from: &str, frame: PeerFrame) -> Option<PeerAck> {
-        let (chats, single) = match frame {
-            PeerFrame::Chat(c) => (vec![c], true),
-            PeerFrame::ChatBatch(v) => (v, false),
-        };
+    async fn receive(&self, from: &str, chats: Vec<Chat>, single: bool) -> Option<PeerAck> {
         let mut acks = Vec::with_capacity(chats.len());
         let mut rows = Vec::with_capacity(chats.len());
         for c in &chats {

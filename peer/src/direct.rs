@@ -174,6 +174,7 @@ impl Direct {
                     let count = match f {
                         PeerFrame::Chat(_) => 1,
                         PeerFrame::ChatBatch(v) => v.len(),
+                        _ => 1,
                     };
                     match read_frame::<PeerAck, _>(&mut recv).await? {
                         Some(PeerAck::Batch(v)) => acks.extend(v),

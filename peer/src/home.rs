@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_settings.sql"),
     include_str!("../migrations/0002_messages.sql"),
     include_str!("../migrations/0003_group_messages.sql"),
+    include_str!("../migrations/0004_transfers.sql"),
 ];
 
 /// An opened home directory.

@@ -8,12 +8,14 @@ mod chat;
 mod cli;
 mod control;
 mod direct;
+mod files;
 mod groups;
 mod history;
 mod home;
 mod net;
 mod output;
 mod password;
+mod transfers;
 
 use clap::Parser;
 

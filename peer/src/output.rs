@@ -4,7 +4,8 @@
 //! built here, one flat object per item, with a `type` field on events.
 
 use serde_json::{Value, json};
-use shared::control::{AgentEvent, AgentStatus, PeerLink};
+use shared::control::{AgentEvent, AgentStatus, PeerLink, Transfer};
+use shared::files::format_size;
 use shared::proto::{Event, FriendInfo, FriendRequestInfo, GroupMessage, Millis, UserInfo};
 
 /// Local wall-clock time of a timestamp, to the second.
@@ -86,6 +87,22 @@ pub(crate) fn event_json(e: &AgentEvent) -> Value {
         AgentEvent::MessageFailed { to, id, reason, at } => {
             json!({ "type": "message_failed", "username": to, "id": id, "reason": reason, "at": at })
         }
+        AgentEvent::FileOffered { transfer, at } => {
+            let mut v = transfer_json(transfer);
+            v["type"] = json!("file_offered");
+            v["at"] = json!(at);
+            v
+        }
+        AgentEvent::FileUpdated { transfer, at } => {
+            let mut v = transfer_json(transfer);
+            v["type"] = json!("file_updated");
+            v["at"] = json!(at);
+            v
+        }
+        AgentEvent::FileProgress { id, peer, outgoing, bytes, size, at } => json!({
+            "type": "file_progress", "id": id, "peer": peer, "direction": if *outgoing { "out" } else { "in" },
+            "bytes": bytes, "size": size, "at": at,
+        }),
         AgentEvent::Broker { event, at } => {
             let mut v = match event {
                 Event::FriendRequest { from, message, created_at } => json!({
@@ -136,6 +153,19 @@ pub(crate) fn event_line(e: &AgentEvent) -> String {
         }
         AgentEvent::Disconnected { reason, at } => {
             format!("{} disconnected from the broker: {reason}; reconnecting", time(*at))
+        }
+        AgentEvent::FileOffered { transfer: t, at } => format!(
+            "{} {} offers {} ({}) (accept: `peer files accept {}`, decline: `peer files decline {}`)",
+            time(*at),
+            t.peer,
+            t.name,
+            format_size(t.size),
+            short_id(&t.id),
+            short_id(&t.id)
+        ),
+        AgentEvent::FileUpdated { transfer: t, at } => format!("{} {}", time(*at), transfer_line(t)),
+        AgentEvent::FileProgress { id, bytes, size, at, .. } => {
+            format!("{} {} {}", time(*at), short_id(id), percent(*bytes, *size))
         }
         AgentEvent::Broker { event, at } => {
             let t = time(*at);
@@ -191,4 +221,39 @@ pub(crate) fn group_message_line(m: &GroupMessage) -> String {
     } else {
         format!("[{}] #{} {}: {}", time(m.at), m.group_id, m.sender, m.text)
     }
+}
+
+/// The first 8 hex digits of a transfer id: enough to name it in commands.
+pub(crate) fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// How much of `size` is done, in whole percent (an empty file is complete).
+pub(crate) fn percent(bytes: u64, size: u64) -> String {
+    format!("{}%", bytes.saturating_mul(100).checked_div(size).unwrap_or(100))
+}
+
+/// A transfer as a flat JSON object.
+pub(crate) fn transfer_json(t: &Transfer) -> Value {
+    json!({
+        "id": t.id, "peer": t.peer, "direction": if t.outgoing { "out" } else { "in" }, "name": t.name,
+        "size": t.size, "hash": t.hash, "state": t.state.as_str(), "bytes": t.bytes, "path": t.path,
+        "error": t.error, "resumed_from": t.resumed_from, "created_at": t.created_at, "updated_at": t.updated_at,
+    })
+}
+
+/// A transfer as a line: `1a2b3c4d  to bob  report.pdf  1.2 MiB  transferring 40%`.
+pub(crate) fn transfer_line(t: &Transfer) -> String {
+    let who = if t.outgoing { format!("to {}", t.peer) } else { format!("from {}", t.peer) };
+    let mut line = format!("{}  {who}  {}  {}  {}", short_id(&t.id), t.name, format_size(t.size), t.state.as_str());
+    if !t.state.is_final() && t.state != shared::control::TransferState::Offered {
+        line.push_str(&format!(" {}", percent(t.bytes, t.size)));
+    }
+    if let (shared::control::TransferState::Done, Some(p), false) = (t.state, &t.path, t.outgoing) {
+        line.push_str(&format!("  saved as {p}"));
+    }
+    if let Some(e) = &t.error {
+        line.push_str(&format!("  ({e})"));
+    }
+    line
 }

@@ -22,6 +22,18 @@ pub enum ControlRequest {
     Broker(proto::Request),
     /// Send a chat message to a friend; answered once it is delivered, queued or failed.
     Send { to: String, text: String },
+    /// Offer a file to a friend (the CLI has hashed it); answered with [`ControlResponse::Transfer`] once the
+    /// friend's agent has the offer (or it is queued because they are offline). The same file offered again
+    /// to the same friend continues the earlier transfer.
+    SendFile { to: String, path: String, name: String, size: u64, hash: [u8; 32] },
+    /// Every transfer, newest first ([`ControlResponse::Transfers`]).
+    Files,
+    /// Accept an offered file into `dir` (an absolute path), by id or unique id prefix.
+    FileAccept { id: String, dir: String },
+    /// Decline an offered file.
+    FileDecline { id: String },
+    /// Stop a transfer, from either side; partial data is discarded.
+    FileCancel { id: String },
 }
 
 /// The agent's answer.
@@ -41,6 +53,78 @@ pub enum ControlResponse {
         status: MessageStatus,
         detail: Option<String>,
     },
+    /// Transfers, for [`ControlRequest::Files`].
+    Transfers(Vec<Transfer>),
+    /// One transfer after the request changed it.
+    Transfer(Transfer),
+}
+
+/// Where a file transfer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferState {
+    /// Sender: the friend is offline or unreachable; the agent offers it when both are online.
+    Waiting,
+    /// The receiver has the offer and has not answered yet.
+    Offered,
+    /// Accepted; bytes are moving, or will again when both are online (resuming where they stopped).
+    Transferring,
+    /// Received in full, the hash verified, the file in place.
+    Done,
+    Declined,
+    Cancelled,
+    /// Gave up for good (hash mismatch, the file changed, refused by the receiver).
+    Failed,
+}
+
+impl TransferState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Offered => "offered",
+            Self::Transferring => "transferring",
+            Self::Done => "done",
+            Self::Declined => "declined",
+            Self::Cancelled => "cancelled",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Waiting, Self::Offered, Self::Transferring, Self::Done, Self::Declined, Self::Cancelled, Self::Failed]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+
+    /// Nothing more will happen to it.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Declined | Self::Cancelled | Self::Failed)
+    }
+}
+
+/// One file transfer, as either side sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// 32 hex digits; commands take any unique prefix.
+    pub id: String,
+    /// The friend on the other end.
+    pub peer: String,
+    pub outgoing: bool,
+    /// Sanitised on the receiving side.
+    pub name: String,
+    pub size: u64,
+    /// BLAKE3 of the whole file, hex.
+    pub hash: String,
+    pub state: TransferState,
+    /// Bytes the receiver holds (receiving side) or that were sent (sending side).
+    pub bytes: u64,
+    /// Sender: the file being sent. Receiver: where it was saved, once done.
+    pub path: Option<String>,
+    /// Why it failed, was cancelled, or is waiting.
+    pub error: Option<String>,
+    /// The offset the latest fetch started from: above zero when a transfer resumed.
+    pub resumed_from: u64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
 }
 
 /// Where an outgoing message is.
@@ -114,4 +198,10 @@ pub enum AgentEvent {
     MessageDelivered { to: String, id: String, at: Millis },
     /// A message of ours will not be delivered.
     MessageFailed { to: String, id: String, reason: String, at: Millis },
+    /// A friend offers a file.
+    FileOffered { transfer: Transfer, at: Millis },
+    /// Bytes moved (at most a few times a second per transfer).
+    FileProgress { id: String, peer: String, outgoing: bool, bytes: u64, size: u64, at: Millis },
+    /// A transfer changed state (accepted, completed, declined, cancelled, failed, waiting).
+    FileUpdated { transfer: Transfer, at: Millis },
 }

@@ -4,6 +4,7 @@
 //! - [`frame`]: length-prefixed bincode frames with a hard size limit, and a sans-IO decoder.
 //! - [`proto`]: what a peer and the broker say to each other: requests, responses, typed errors, pushed events.
 //! - [`peer`]: what two peers say on a direct connection (chat messages and their acknowledgements).
+//! - [`files`]: file offers, name sanitising and size rules for transfers between friends.
 //! - [`control`]: what the `peer` CLI says to its own running agent over the local control socket.
 //! - [`session`]: which broker requests are allowed in which state of a broker connection.
 //! - [`validate`]: the rules for usernames, display names and passwords, shared by both ends.
@@ -13,6 +14,7 @@
 
 pub mod backoff;
 pub mod control;
+pub mod files;
 pub mod frame;
 #[cfg(feature = "io")]
 pub mod io;

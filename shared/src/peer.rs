@@ -3,8 +3,10 @@
 //! Who the sender is comes from the connection (the TLS certificate the broker vouched for), never from a
 //! frame. Each message travels on its own bidirectional stream: one [`PeerFrame`], one [`PeerAck`] once
 //! the receiver has committed it to its database. A message id is chosen by the sender and reused on every
-//! retry, so a message acknowledged twice is stored once.
+//! retry, so a message acknowledged twice is stored once. Files ride the same connection on streams of their
+//! own (see [`crate::files`]), so a transfer never holds up chat.
 
+use crate::files::{FileOffer, OfferAnswer, TransferId};
 use crate::proto::Millis;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +36,18 @@ pub enum PeerFrame {
     Chat(Chat),
     /// Several chat messages in order, committed together; answered with one [`PeerAck::Batch`].
     ChatBatch(Vec<Chat>),
+    /// A file on offer (sent again, same id, to learn where the receiver stands); answered with
+    /// [`PeerAck::Offer`] or [`PeerAck::Refused`].
+    FileOffer(FileOffer),
+    /// From the receiver: send the file from `offset` on. Answered with [`PeerAck::Stored`] followed by the
+    /// raw bytes to the end of the stream, or [`PeerAck::Refused`]. The receiver then sends a
+    /// [`PeerFrame::FileResult`] on the same stream.
+    FileFetch { id: TransferId, offset: u64 },
+    /// Either side gives up on a transfer (`declined`: the receiver never wanted it); answered with
+    /// [`PeerAck::Stored`].
+    FileCancel { id: TransferId, declined: bool, reason: String },
+    /// The receiver's verdict once it has every byte: the hash matched (and the file is in place), or not.
+    FileResult { id: TransferId, ok: bool, reason: String },
 }
 
 /// The receiver's answer.
@@ -45,6 +59,8 @@ pub enum PeerAck {
     Refused(String),
     /// One answer per message of a [`PeerFrame::ChatBatch`], in order.
     Batch(Vec<PeerAck>),
+    /// Where the receiver stands on an offered file.
+    Offer(OfferAnswer),
 }
 
 /// Packs messages, in order, into as few frames as fit under the frame limit.

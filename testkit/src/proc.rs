@@ -268,17 +268,29 @@ impl Peer {
 
     /// Starts the agent and waits until it is online.
     pub fn up(&self) -> Agent {
-        let agent = self.start_agent();
+        self.up_with(&[])
+    }
+
+    /// Starts the agent with extra `peer up` options and waits until it is online.
+    pub fn up_with(&self, extra: &[&str]) -> Agent {
+        let agent = self.start_agent_with(extra);
         self.wait_status(|s| s["online"] == Value::Bool(true), "agent online");
         agent
     }
 
     /// Starts the agent without waiting for it.
     pub fn start_agent(&self) -> Agent {
+        self.start_agent_with(&[])
+    }
+
+    /// Starts the agent with extra `peer up` options, without waiting for it.
+    pub fn start_agent_with(&self, extra: &[&str]) -> Agent {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.home.path().join("agent.log")).unwrap();
+        let mut args = vec!["up", "--bind", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
         let child = self
-            .command(&["up", "--bind", "127.0.0.1:0"])
+            .command(&args)
             .env("PEER_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

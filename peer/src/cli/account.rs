@@ -83,6 +83,8 @@ pub(super) async fn watch(home: &Home, json: bool) -> Result<()> {
     while let Some(resp) = read_frame::<ControlResponse, _>(&mut stream).await? {
         match resp {
             ControlResponse::Event(e) if json => writeln!(out, "{}", output::event_json(&e))?,
+            // Several a second per transfer: for scripts (--json) and progress bars, not for reading.
+            ControlResponse::Event(AgentEvent::FileProgress { .. }) => {}
             ControlResponse::Event(e) => writeln!(out, "{}", output::event_line(&e))?,
             ControlResponse::Status(s) if json => writeln!(
                 out,

@@ -4,11 +4,13 @@
 
 mod account;
 mod chat;
+mod files;
 mod friends;
 mod groups;
 
 use account::{authenticate, status, watch};
 use chat::{chat, history_line, send};
+use files::{files, send_file};
 use friends::friends;
 use groups::{group_chat, group_post, groups};
 
@@ -25,7 +27,7 @@ use shared::io::{read_frame, write_frame};
 use shared::proto::{Event, FriendInfo, MAX_SEARCH_RESULTS, Request, Response};
 use shared::validate;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Peer-to-peer messenger.
@@ -65,6 +67,12 @@ pub(crate) enum Cmd {
         /// Local UDP address for the agent's one socket (broker session and friends' connections).
         #[arg(long, env = "PEER_BIND", default_value = "0.0.0.0:0")]
         bind: SocketAddr,
+        /// Accept every file friends send into this directory, without asking.
+        #[arg(long, env = "PEER_AUTO_ACCEPT_FILES")]
+        auto_accept_files: Option<PathBuf>,
+        /// Refuse offers of files larger than this (e.g. 500M, 10G).
+        #[arg(long, env = "PEER_MAX_FILE_SIZE", default_value = "100G", value_parser = parse_size)]
+        max_file_size: u64,
     },
     /// Show who you are, the broker, and whether the agent is online.
     Status {
@@ -130,6 +138,21 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Send a file to a friend, directly: shows progress and exits 0 once the friend has verified every
+    /// byte (BLAKE3). Interrupted transfers resume where they stopped; running the same command again
+    /// continues one.
+    SendFile {
+        user: String,
+        path: PathBuf,
+        /// The name the friend sees. Default: the file's own name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Return once the offer is made (printing the transfer id) instead of following the transfer.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List file transfers in both directions (with no subcommand), or accept, decline or cancel one.
+    Files(FilesArgs),
     /// Change your password; every other device is logged out.
     Passwd {
         /// Read the old and then the new password as two lines of stdin.
@@ -241,6 +264,35 @@ pub(crate) enum GroupsCmd {
     },
 }
 
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct FilesArgs {
+    #[command(subcommand)]
+    cmd: Option<FilesCmd>,
+    /// With no subcommand: print the list as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum FilesCmd {
+    /// Accept an offered file (ID: any unique prefix of the transfer id, as `peer files` shows it).
+    Accept {
+        id: String,
+        /// Where to save it. Default: your Downloads directory (else the current one).
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Decline an offered file.
+    Decline { id: String },
+    /// Stop a transfer, sending or receiving; the receiver's partial data is deleted.
+    Cancel { id: String },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    shared::files::parse_size(s)
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum ProfileCmd {
     /// Change what others see.
@@ -268,7 +320,16 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             let password = password::Source::new(broker.password_stdin)?.read("password", "PEER_PASSWORD", false)?;
             authenticate(&home, &broker, Request::Login { username, password }).await
         }
-        Cmd::Up { bind } => agent::run(home, bind).await,
+        Cmd::Up { bind, auto_accept_files, max_file_size } => {
+            let auto_accept = match auto_accept_files {
+                Some(d) => Some(
+                    std::fs::canonicalize(&d)
+                        .with_context(|| format!("--auto-accept-files: no directory {}", d.display()))?,
+                ),
+                None => None,
+            };
+            agent::run(home, bind, crate::files::FilePolicy { auto_accept, max_size: max_file_size }).await
+        }
         Cmd::Status { json } => status(&home, json).await,
         Cmd::Logout => {
             expect_ok(control_call(&home, ControlRequest::Logout).await?)?;
@@ -345,6 +406,8 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::SendFile { user, path, name, no_wait } => send_file(&home, &user, &path, name, !no_wait).await,
+        Cmd::Files(args) => files(&home, args).await,
         Cmd::Passwd { password_stdin } => {
             let mut pw = password::Source::new(password_stdin)?;
             let old = pw.read("current password", "PEER_PASSWORD", false)?;

@@ -1,0 +1,187 @@
+//! File transfers in the agent's SQLite database: one row per transfer on each side, so that a transfer
+//! outlives either agent and resumes where it stopped. The receiver's byte count here is only what `peer
+//! files` shows between runs; on resume the partial file on disk is what counts.
+
+use anyhow::{Result, bail};
+use shared::control::{Transfer, TransferState};
+use shared::proto::Millis;
+use sqlx::Row;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+
+/// A transfer row with what only the agent needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub(crate) t: Transfer,
+    /// Sender: the file on disk.
+    pub(crate) source: Option<String>,
+    /// Receiver: the directory it goes to (set when accepted).
+    pub(crate) dir: Option<String>,
+}
+
+const COLUMNS: &str = "id, peer, outgoing, name, size, hash, state, bytes, source, dir, saved_as, error, resumed_from, created_at, updated_at";
+
+fn from_row(r: &SqliteRow) -> Result<Record, sqlx::Error> {
+    let outgoing = r.try_get::<i64, _>(2)? != 0;
+    let state: String = r.try_get(6)?;
+    let source: Option<String> = r.try_get(8)?;
+    let saved_as: Option<String> = r.try_get(10)?;
+    Ok(Record {
+        t: Transfer {
+            id: r.try_get(0)?,
+            peer: r.try_get(1)?,
+            outgoing,
+            name: r.try_get(3)?,
+            size: r.try_get::<i64, _>(4)? as u64,
+            hash: r.try_get(5)?,
+            state: TransferState::parse(&state).unwrap_or(TransferState::Failed),
+            bytes: r.try_get::<i64, _>(7)? as u64,
+            path: if outgoing { source.clone() } else { saved_as },
+            error: r.try_get(11)?,
+            resumed_from: r.try_get::<i64, _>(12)? as u64,
+            created_at: r.try_get(13)?,
+            updated_at: r.try_get(14)?,
+        },
+        source,
+        dir: r.try_get(9)?,
+    })
+}
+
+/// Records a new transfer.
+pub(crate) async fn insert(db: &SqlitePool, row: &Record) -> Result<()> {
+    let t = &row.t;
+    sqlx::query(
+        "INSERT INTO transfers (id, peer, outgoing, name, size, hash, state, bytes, source, dir, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
+    )
+    .bind(&t.id)
+    .bind(&t.peer)
+    .bind(i64::from(t.outgoing))
+    .bind(&t.name)
+    .bind(t.size as i64)
+    .bind(&t.hash)
+    .bind(t.state.as_str())
+    .bind(&row.source)
+    .bind(&row.dir)
+    .bind(t.created_at)
+    .bind(t.updated_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn get(db: &SqlitePool, id: &str) -> Result<Option<Record>> {
+    let sql = format!("SELECT {COLUMNS} FROM transfers WHERE id = ?");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(db).await?;
+    Ok(row.map(|r| from_row(&r)).transpose()?)
+}
+
+/// The transfer an id or unique id prefix names.
+pub(crate) async fn resolve(db: &SqlitePool, prefix: &str) -> Result<Record> {
+    let prefix = prefix.trim().to_ascii_lowercase();
+    if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("not a transfer id: {prefix:?} (ids are hex; see `peer files`)");
+    }
+    let sql = format!("SELECT {COLUMNS} FROM transfers WHERE id LIKE ? LIMIT 2");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(format!("{prefix}%")).fetch_all(db).await?;
+    match rows.as_slice() {
+        [one] => Ok(from_row(one)?),
+        [] => bail!("no transfer {prefix} (see `peer files`)"),
+        _ => bail!("{prefix} matches several transfers; give more of the id"),
+    }
+}
+
+/// Every transfer, newest first.
+pub(crate) async fn list(db: &SqlitePool) -> Result<Vec<Record>> {
+    let sql = format!("SELECT {COLUMNS} FROM transfers ORDER BY created_at DESC, id");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(db).await?;
+    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+}
+
+/// Unfinished transfers in one direction, oldest first: what the agent resumes.
+pub(crate) async fn unfinished(db: &SqlitePool, outgoing: bool) -> Result<Vec<Record>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM transfers WHERE outgoing = ? AND state IN ('waiting', 'offered', 'transferring') \
+         ORDER BY created_at"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64::from(outgoing)).fetch_all(db).await?;
+    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+}
+
+/// An unfinished outgoing transfer of the same file to the same friend: sending it again continues it.
+pub(crate) async fn find_outgoing(db: &SqlitePool, peer: &str, source: &str, hash: &str) -> Result<Option<Record>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM transfers WHERE outgoing = 1 AND peer = ? AND source = ? AND hash = ? \
+         AND state NOT IN ('declined', 'cancelled', 'failed') ORDER BY created_at DESC LIMIT 1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(peer).bind(source).bind(hash).fetch_optional(db).await?;
+    Ok(row.map(|r| from_row(&r)).transpose()?)
+}
+
+/// Moves a transfer to `state`, with why (or clearing the reason when `None`).
+pub(crate) async fn set_state(
+    db: &SqlitePool,
+    id: &str,
+    state: TransferState,
+    error: Option<&str>,
+    now: Millis,
+) -> Result<()> {
+    sqlx::query("UPDATE transfers SET state = ?, error = ?, updated_at = ? WHERE id = ?")
+        .bind(state.as_str())
+        .bind(error)
+        .bind(now)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn set_bytes(db: &SqlitePool, id: &str, bytes: u64, now: Millis) -> Result<()> {
+    sqlx::query("UPDATE transfers SET bytes = ?, updated_at = ? WHERE id = ?")
+        .bind(bytes as i64)
+        .bind(now)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Receiver: accepted into `dir`.
+pub(crate) async fn accept(db: &SqlitePool, id: &str, dir: &str, now: Millis) -> Result<()> {
+    sqlx::query("UPDATE transfers SET state = 'transferring', dir = ?, error = NULL, updated_at = ? WHERE id = ?")
+        .bind(dir)
+        .bind(now)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A fetch starts at `offset`.
+pub(crate) async fn started(db: &SqlitePool, id: &str, offset: u64, now: Millis) -> Result<()> {
+    sqlx::query(
+        "UPDATE transfers SET state = 'transferring', error = NULL, bytes = ?, resumed_from = ?, updated_at = ? \
+         WHERE id = ?",
+    )
+    .bind(offset as i64)
+    .bind(offset as i64)
+    .bind(now)
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Finished and verified; the receiver records where the file went.
+pub(crate) async fn done(db: &SqlitePool, id: &str, size: u64, saved_as: Option<&str>, now: Millis) -> Result<()> {
+    sqlx::query(
+        "UPDATE transfers SET state = 'done', bytes = ?, saved_as = COALESCE(?, saved_as), error = NULL, \
+         updated_at = ? WHERE id = ?",
+    )
+    .bind(size as i64)
+    .bind(saved_as)
+    .bind(now)
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
