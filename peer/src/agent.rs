@@ -130,6 +130,15 @@ pub(crate) async fn run(home: Home, bind: SocketAddr, policy: crate::files::File
     let server = tokio::spawn(agent.clone().serve_control(listener));
     let peers = tokio::spawn(agent.clone().accept_peers(opened_rx));
     let outbox = tokio::spawn(agent.clone().run_outbox(outbox_rx));
+    let reaper = tokio::spawn({
+        let agent = agent.clone();
+        async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                agent.direct.reap();
+            }
+        }
+    });
     let retry = tokio::spawn({
         let agent = agent.clone();
         async move {
@@ -149,6 +158,7 @@ pub(crate) async fn run(home: Home, bind: SocketAddr, policy: crate::files::File
     peers.abort();
     outbox.abort();
     retry.abort();
+    reaper.abort();
     if let Some(conn) = lock(&agent.conn).take() {
         conn.close(quinn::VarInt::from_u32(0), b"agent stopping");
     }

@@ -2,8 +2,10 @@
 //!
 //! Both sides pin the other's device key as the broker vouched for it: we connect only to the fingerprint a
 //! lookup returned, and accept only fingerprints the broker announced (`PeerIncoming`). The connection tells
-//! us who the sender is; no frame can claim otherwise. Connections are kept and reused in both directions,
-//! and close by themselves after [`IDLE`] without traffic.
+//! us who the sender is; no frame can claim otherwise. Connections are kept and reused in both directions.
+//! Both ends send keep-alives, so that a friend's agent that died is noticed within [`DEAD_AFTER`] (a
+//! transfer then resumes on a fresh connection) and NAT mappings stay open; a link that carried no stream
+//! data for [`UNUSED`] is closed by [`Direct::reap`].
 
 use crate::net::Allowed;
 use anyhow::{Result, anyhow};
@@ -17,8 +19,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A direct connection unused this long is closed.
-pub(crate) const IDLE: Duration = Duration::from_secs(30);
+/// A direct connection that carried no stream data this long is closed.
+pub(crate) const UNUSED: Duration = Duration::from_secs(60);
+/// A friend's agent silent this long (no keep-alive answered) is gone.
+pub(crate) const DEAD_AFTER: Duration = Duration::from_secs(10);
+/// Keep-alive period on direct connections.
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// How long to wait for a handshake on one candidate address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to wait for a friend's agent to store a message.
@@ -28,10 +34,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The transport for peer connections: no keep-alive (idle links close), a generous idle timeout.
+/// The transport for peer connections, both directions.
 pub(crate) fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(IDLE.as_millis() as u32))));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(DEAD_AFTER.as_millis() as u32))));
     t
 }
 
@@ -42,6 +49,8 @@ pub(crate) struct Direct {
     allowed: Allowed,
     who: Mutex<HashMap<Fingerprint, String>>,
     conns: Mutex<HashMap<Fingerprint, quinn::Connection>>,
+    /// Per connection (by stable id): stream frames counted at the last reap, and when that count last moved.
+    usage: Mutex<HashMap<usize, (u64, std::time::Instant)>>,
     /// Connections we opened, handed to the agent so that it serves the friend's streams on them too.
     opened: tokio::sync::mpsc::UnboundedSender<(quinn::Connection, String)>,
 }
@@ -53,7 +62,15 @@ impl Direct {
         allowed: Allowed,
         opened: tokio::sync::mpsc::UnboundedSender<(quinn::Connection, String)>,
     ) -> Self {
-        Self { endpoint, identity, allowed, who: Mutex::default(), conns: Mutex::default(), opened }
+        Self {
+            endpoint,
+            identity,
+            allowed,
+            who: Mutex::default(),
+            conns: Mutex::default(),
+            usage: Mutex::default(),
+            opened,
+        }
     }
 
     /// Accept `username`'s device `fp` from now on (the broker said it is about to connect).
@@ -94,6 +111,31 @@ impl Direct {
             .collect();
         links.sort_by(|a, b| a.username.cmp(&b.username));
         links
+    }
+
+    /// Closes connections that carried no stream data for [`UNUSED`] and forgets closed ones.
+    pub(crate) fn reap(&self) {
+        let now = std::time::Instant::now();
+        let mut usage = lock(&self.usage);
+        let mut conns = lock(&self.conns);
+        conns.retain(|_, c| {
+            if c.close_reason().is_some() {
+                usage.remove(&c.stable_id());
+                return false;
+            }
+            let stats = c.stats();
+            let frames = stats.frame_tx.stream + stats.frame_rx.stream;
+            let entry = usage.entry(c.stable_id()).or_insert((frames, now));
+            if entry.0 != frames {
+                *entry = (frames, now);
+            }
+            if now.duration_since(entry.1) >= UNUSED {
+                c.close(quinn::VarInt::from_u32(0), b"unused");
+                usage.remove(&c.stable_id());
+                return false;
+            }
+            true
+        });
     }
 
     /// The friend behind a device key.

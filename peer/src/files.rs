@@ -282,7 +282,7 @@ impl Agent {
         }
         sanitize_name(name).map_err(|e| anyhow!("{e}; pick another with --name"))?;
         let hash_hex = hex32(&hash);
-        let rec = match transfers::find_outgoing(&self.home.db, to, path, &hash_hex).await? {
+        let rec = match transfers::find_outgoing(&self.home.db, to, path, &hash_hex, name).await? {
             Some(rec) => rec,
             None => {
                 let now = now_ms();

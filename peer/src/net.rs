@@ -33,7 +33,7 @@ pub(crate) fn endpoint(identity: &Identity, bind: SocketAddr, allowed: Allowed) 
     let tls = certs::config::server(identity, ClientPolicy::Allowed(allowed), &[PEER_ALPN])?;
     let mut server =
         quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
-    server.transport_config(Arc::new(transport()));
+    server.transport_config(Arc::new(crate::direct::transport()));
     let socket = UdpSocket::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
     Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)?)

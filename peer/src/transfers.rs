@@ -107,13 +107,21 @@ pub(crate) async fn unfinished(db: &SqlitePool, outgoing: bool) -> Result<Vec<Re
     Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
 }
 
-/// An unfinished outgoing transfer of the same file to the same friend: sending it again continues it.
-pub(crate) async fn find_outgoing(db: &SqlitePool, peer: &str, source: &str, hash: &str) -> Result<Option<Record>> {
+/// The transfer of the same file (path, content, name) to the same friend that did not fail: sending it
+/// again continues it, or finds it done.
+pub(crate) async fn find_outgoing(
+    db: &SqlitePool,
+    peer: &str,
+    source: &str,
+    hash: &str,
+    name: &str,
+) -> Result<Option<Record>> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM transfers WHERE outgoing = 1 AND peer = ? AND source = ? AND hash = ? \
+        "SELECT {COLUMNS} FROM transfers WHERE outgoing = 1 AND peer = ? AND source = ? AND hash = ? AND name = ? \
          AND state NOT IN ('declined', 'cancelled', 'failed') ORDER BY created_at DESC LIMIT 1"
     );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(peer).bind(source).bind(hash).fetch_optional(db).await?;
+    let row =
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(peer).bind(source).bind(hash).bind(name).fetch_optional(db).await?;
     Ok(row.map(|r| from_row(&r)).transpose()?)
 }
 
