@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 const PASSWORD: &str = "bench password";
 
 /// A peer home with its agent running.
-struct Agent {
-    home: tempfile::TempDir,
-    child: Option<Child>,
+pub(crate) struct Agent {
+    pub(crate) home: tempfile::TempDir,
+    pub(crate) child: Option<Child>,
 }
 
 impl Drop for Agent {
@@ -29,7 +29,7 @@ impl Drop for Agent {
     }
 }
 
-fn peer(home: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+pub(crate) fn peer(home: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
     use std::io::Write;
     let mut child = Command::new(sibling("peer")?)
         .arg("--home")
@@ -49,7 +49,12 @@ fn peer(home: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn start_agent(broker: &Proc, name: &str) -> Result<Agent> {
+pub(crate) fn start_agent(broker: &Proc, name: &str) -> Result<Agent> {
+    start_agent_with(broker, name, &[])
+}
+
+/// Registers `name` and runs its agent with extra `peer up` options, waiting until it is online.
+pub(crate) fn start_agent_with(broker: &Proc, name: &str, extra: &[&str]) -> Result<Agent> {
     let home = tempfile::tempdir()?;
     let addr = broker.addr.to_string();
     peer(home.path(), &["register", name, "--broker", &addr, "--password-stdin"], Some(&format!("{PASSWORD}\n")))?;
@@ -57,6 +62,7 @@ fn start_agent(broker: &Proc, name: &str) -> Result<Agent> {
         .arg("--home")
         .arg(home.path())
         .args(["up", "--bind", "127.0.0.1:0"])
+        .args(extra)
         .env("PEER_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -72,7 +78,7 @@ fn start_agent(broker: &Proc, name: &str) -> Result<Agent> {
     Ok(agent)
 }
 
-fn socket(home: &Path) -> PathBuf {
+pub(crate) fn socket(home: &Path) -> PathBuf {
     home.join("agent.sock")
 }
 

@@ -32,7 +32,7 @@ impl Clients {
         Ok(Self { endpoints, identity: Identity::generate("bench-device")? })
     }
 
-    fn config(&self, fingerprint: &str, alpn: &[u8]) -> Result<quinn::ClientConfig> {
+    pub(crate) fn config(&self, fingerprint: &str, alpn: &[u8]) -> Result<quinn::ClientConfig> {
         let tls = certs::config::client(&self.identity, ServerPin::Exact(fingerprint.parse()?), &[alpn])?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
         let mut t = quinn::TransportConfig::default();
@@ -41,7 +41,12 @@ impl Clients {
         Ok(cfg)
     }
 
-    async fn connect(&self, i: usize, cfg: &quinn::ClientConfig, addr: SocketAddr) -> Result<quinn::Connection> {
+    pub(crate) async fn connect(
+        &self,
+        i: usize,
+        cfg: &quinn::ClientConfig,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection> {
         Ok(self.endpoints[i % ENDPOINTS].connect_with(cfg.clone(), addr, "bench")?.await?)
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - `bench broker`: token logins over fresh QUIC connections (sessions/s), broker RSS per idle session at
 //!   1,000 and 10,000 sessions, and bare mutual-TLS QUIC handshakes/s against a raw quinn server.
+//! - `bench files`: one file between two real agents (MB/s, peak RSS) beside a raw quinn single-stream blast.
 //! - `bench presence`: users with 50 friends each come online; presence events/s and the delay from a
 //!   user's hello to each friend's event, beside a raw quinn request/response round trip.
 //!
@@ -11,6 +12,8 @@
 #[cfg(unix)]
 mod chat;
 mod client;
+#[cfg(unix)]
+mod files;
 mod raw;
 mod stats;
 
@@ -70,6 +73,15 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// One file between two real agents: MB/s beside a raw quinn blast, and each agent's peak memory.
+    Files {
+        /// Bytes to send (e.g. 1G, 256M).
+        #[arg(long, default_value = "1G", value_parser = shared::files::parse_size)]
+        size: u64,
+        /// Where the file is made and received (default: the system's temp directory).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// A bare quinn server (the baseline); prints its address and certificate fingerprint.
     #[command(hide = true)]
     RawServer,
@@ -87,6 +99,10 @@ fn main() -> Result<()> {
         Cmd::Chat { messages, concurrency } => rt.block_on(chat::chat_bench(messages, concurrency)),
         #[cfg(not(unix))]
         Cmd::Chat { .. } => anyhow::bail!("the chat bench drives the agent's Unix control socket"),
+        #[cfg(unix)]
+        Cmd::Files { size, dir } => rt.block_on(files::files_bench(size, dir)),
+        #[cfg(not(unix))]
+        Cmd::Files { .. } => anyhow::bail!("the files bench drives the agent's Unix control socket"),
         Cmd::Broker { sessions, concurrency } => rt.block_on(client::broker_bench(sessions, concurrency)),
         Cmd::Presence { users, friends, concurrency } => {
             rt.block_on(client::presence_bench(users, friends, concurrency))
