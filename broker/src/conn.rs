@@ -68,6 +68,9 @@ impl Conn {
     async fn stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
         let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame::<Request, _>(&mut recv)).await;
         let response = match read {
+            Ok(Ok(Some(Request::Relay { username, fingerprint }))) => {
+                return self.relay(username, Fingerprint(fingerprint), send, recv).await;
+            }
             Ok(Ok(Some(req))) => {
                 let kind = req.kind();
                 let resp = self.handle(req).await;
@@ -87,6 +90,47 @@ impl Conn {
         };
         if write_frame(&mut send, &response).await.is_ok() {
             let _ = send.finish();
+        }
+    }
+
+    /// A relay to a friend's device: checked, answered, then spliced until either side ends.
+    async fn relay(&self, friend: String, device: Fingerprint, mut send: quinn::SendStream, recv: quinn::RecvStream) {
+        let checked = async {
+            let me = {
+                let state = self.state.lock().await;
+                state.admits(&Request::Relay { username: friend.clone(), fingerprint: device.0 })?;
+                state.user().map(str::to_string).unwrap_or_default()
+            };
+            self.ctx.relay.check_enabled()?;
+            if !self.ctx.friends.are_friends(&me, &friend).await? {
+                return Err(ErrorCode::NotFriends.into());
+            }
+            let Some(theirs) = self.ctx.table.device_connection(&friend, &device) else {
+                return Err(ErrorCode::RelayUnavailable(format!("{friend}'s device is not online")).into());
+            };
+            Ok::<_, AccountError>((me, theirs))
+        };
+        let (me, theirs) = match checked.await {
+            Ok(ok) => ok,
+            Err(e) => {
+                let resp = match e {
+                    AccountError::User(code) => Response::from(code),
+                    other => {
+                        tracing::error!(error = %other, "relay check failed");
+                        ErrorCode::Internal.into()
+                    }
+                };
+                if write_frame(&mut send, &resp).await.is_ok() {
+                    let _ = send.finish();
+                }
+                return;
+            }
+        };
+        if write_frame(&mut send, &Response::Ok).await.is_err() {
+            return;
+        }
+        if let Err(e) = self.ctx.relay.splice(&me, self.fingerprint, &friend, &theirs, (send, recv)).await {
+            tracing::info!(from = me, to = friend, error = e, "relay could not open the friend's side");
         }
     }
 
@@ -215,6 +259,8 @@ impl Conn {
                 ctx.friends.announce_profile(&user).await?;
                 Response::Ok
             }
+            // Served by `relay`, on the stream it arrives on.
+            Request::Relay { .. } => return Err(ErrorCode::Malformed("unexpected relay request".into()).into()),
             Request::ChangePassword { old, new } => {
                 let keep = self.token_hash.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
                 ctx.accounts.change_password(&me, &old, &new, &keep, from).await?;

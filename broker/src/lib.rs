@@ -9,6 +9,7 @@
 //! - [`table`]: the in-memory connection table and event fan-out.
 //! - [`friends`]: the friend graph and presence announcements.
 //! - [`groups`]: groups, invitations, and the ordered, stored, fanned-out group message log.
+//! - [`relay`]: friends' QUIC packets carried between their agents when no direct path opens.
 //! - [`db`]: one storage layer over SQLite, PostgreSQL and MySQL/MariaDB, with per-backend migrations.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -18,5 +19,6 @@ pub mod db;
 pub mod friends;
 pub mod groups;
 pub mod ratelimit;
+pub mod relay;
 pub mod server;
 pub mod table;

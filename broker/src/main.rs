@@ -10,7 +10,7 @@ use std::time::Duration;
 /// The messenger's rendezvous broker.
 ///
 /// Peers log in here, find their friends' addresses here (friends only), and get group chat from here;
-/// direct messages never pass through it. With no arguments it listens on UDP 0.0.0.0:7878 and keeps everything (SQLite database, TLS
+/// direct messages never pass through it, except relayed (end-to-end encrypted) when NAT blocks a direct path. With no arguments it listens on UDP 0.0.0.0:7878 and keeps everything (SQLite database, TLS
 /// identity) in ./broker-data. Open that UDP port in your firewall.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
@@ -42,6 +42,16 @@ struct Args {
     /// Days a group message is kept.
     #[arg(long, env = "BROKER_GROUP_RETENTION_DAYS", default_value_t = 90)]
     group_retention_days: u64,
+    /// Do not relay friends' traffic when their direct path is blocked (their chats and files then need a
+    /// direct path).
+    #[arg(long, env = "BROKER_NO_RELAY")]
+    no_relay: bool,
+    /// Bytes per second one user may relay (e.g. 10M); 0: no limit. Over it, their relays slow down.
+    #[arg(long, env = "BROKER_RELAY_USER_RATE", default_value = "10M", value_parser = shared::files::parse_size)]
+    relay_user_rate: u64,
+    /// Bytes per second relayed for everyone together; 0: no limit.
+    #[arg(long, env = "BROKER_RELAY_TOTAL_RATE", default_value = "100M", value_parser = shared::files::parse_size)]
+    relay_total_rate: u64,
     /// Argon2id memory per password hash, in KiB (OWASP: 19456). Lower only for tests.
     #[arg(long, env = "BROKER_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
     argon2_memory_kib: u32,
@@ -73,6 +83,11 @@ async fn main() -> anyhow::Result<()> {
         group_retention: broker::groups::Retention {
             max_messages: args.group_retention_messages.max(1),
             max_age: Duration::from_secs(args.group_retention_days * 86_400),
+        },
+        relay: broker::relay::RelayConfig {
+            enabled: !args.no_relay,
+            user_rate: args.relay_user_rate,
+            total_rate: args.relay_total_rate,
         },
     };
     let broker = Broker::bind(&cfg).await?;

@@ -26,6 +26,7 @@ pub struct Config {
     pub group_posts_per_second: u32,
     /// How much of each group's log is kept.
     pub group_retention: crate::groups::Retention,
+    pub relay: crate::relay::RelayConfig,
 }
 
 /// Shared state of all connections.
@@ -34,6 +35,7 @@ pub struct Ctx {
     pub friends: Friends,
     pub groups: crate::groups::Groups,
     pub table: Arc<Table>,
+    pub relay: crate::relay::Relay,
 }
 
 /// A broker bound and ready to serve.
@@ -68,7 +70,7 @@ impl Broker {
         let endpoint = quinn::Endpoint::new(endpoint_config(&identity), Some(server), socket, runtime)?;
         Ok(Self {
             endpoint,
-            ctx: Arc::new(Ctx { accounts, friends, groups, table }),
+            ctx: Arc::new(Ctx { accounts, friends, groups, table, relay: crate::relay::Relay::new(cfg.relay) }),
             db,
             max_connections: cfg.max_connections,
             fingerprint: identity.fingerprint(),

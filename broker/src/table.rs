@@ -70,6 +70,12 @@ impl Table {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The connection of one of `user`'s devices, by its certificate.
+    pub fn device_connection(&self, user: &str, fingerprint: &Fingerprint) -> Option<quinn::Connection> {
+        let inner = self.lock();
+        inner.online.get(user)?.iter().find(|r| r.fingerprint == *fingerprint).map(|r| r.conn.clone())
+    }
+
     /// Adds a device row; returns its session id and whether it is the user's first online device.
     #[allow(clippy::too_many_arguments)]
     pub fn insert(

@@ -47,7 +47,7 @@ pub(crate) struct Agent {
     pub(crate) outboxes: Mutex<HashMap<String, crate::chat::FriendOutbox>>,
     broker_addr: SocketAddr,
     status: Mutex<AgentStatus>,
-    conn: Mutex<Option<quinn::Connection>>,
+    conn: crate::direct::BrokerLink,
     events: broadcast::Sender<AgentEvent>,
     /// Last known presence of each friend in this session: the broker may say "online" twice when two
     /// friends log in at the same moment (snapshot and announcement cross), watchers hear it once.
@@ -56,6 +56,8 @@ pub(crate) struct Agent {
     /// Transfers whose bytes are moving now.
     pub(crate) files: crate::files::Live,
     pub(crate) policy: crate::files::FilePolicy,
+    /// Relay links on the broker connection, beside the UDP socket.
+    relays: Arc<crate::relay::Relays>,
 }
 
 /// Why a friend's devices are not at hand.
@@ -82,15 +84,30 @@ fn jitter() -> f64 {
 }
 
 /// Runs the agent in the foreground until it is stopped (signal, `peer logout`) or its token is refused.
-pub(crate) async fn run(home: Home, bind: SocketAddr, policy: crate::files::FilePolicy) -> Result<()> {
+pub(crate) async fn run(
+    home: Home,
+    bind: SocketAddr,
+    policy: crate::files::FilePolicy,
+    relay_only: bool,
+) -> Result<()> {
     let account = home.account().await?;
     let listener = control::Listener::bind(&home.dir).await?;
     let identity = home.identity()?;
     let allowed = net::Allowed::default();
-    let endpoint = net::endpoint(&identity, bind, allowed.clone())?;
+    let relays = Arc::new(crate::relay::Relays::default());
+    let endpoint = net::endpoint(&identity, bind, allowed.clone(), relays.clone())?;
+    let broker_link = crate::direct::BrokerLink::default();
     let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel();
     let (outbox_tx, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
-    let direct = Direct::new(endpoint.clone(), identity.clone(), allowed, opened_tx);
+    let direct = Direct::new(crate::direct::DirectParts {
+        endpoint: endpoint.clone(),
+        identity: identity.clone(),
+        allowed,
+        opened: opened_tx,
+        relays: relays.clone(),
+        broker: broker_link.clone(),
+        relay_only,
+    });
     let broker_addr = net::resolve(&account.broker).await?;
     let status = AgentStatus {
         username: account.username.clone(),
@@ -119,7 +136,8 @@ pub(crate) async fn run(home: Home, bind: SocketAddr, policy: crate::files::File
         outboxes: Mutex::default(),
         broker_addr,
         status: Mutex::new(status),
-        conn: Mutex::new(None),
+        conn: broker_link,
+        relays,
         events,
         presence: Mutex::default(),
         stop: Notify::new(),
@@ -229,6 +247,7 @@ impl Agent {
         tokio::spawn(self.clone().deliver_all());
         tokio::spawn(self.clone().catch_up_all());
         tokio::spawn(self.clone().resume_files(None));
+        tokio::spawn(self.clone().accept_relays(conn.clone()));
         let end = self.read_events(&conn).await;
         *lock(&self.conn) = None;
         lock(&self.presence).clear();
@@ -245,6 +264,23 @@ impl Agent {
         };
         self.emit(AgentEvent::Disconnected { reason, at });
         end
+    }
+
+    /// Serves relay streams the broker opens to us: a friend whose packets cannot reach us directly.
+    async fn accept_relays(self: Arc<Self>, conn: quinn::Connection) {
+        while let Ok((send, mut recv)) = conn.accept_bi().await {
+            let hello = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                read_frame::<shared::relay::RelayHello, _>(&mut recv),
+            )
+            .await;
+            let Ok(Ok(Some(hello))) = hello else { continue };
+            let fp = certs::Fingerprint(hello.fingerprint);
+            // The broker vouches for the friend's key, as with a lookup.
+            self.direct.expect(&hello.username, fp);
+            let addr = self.relays.attach(fp, send, recv);
+            tracing::info!(friend = hello.username, %addr, "relay from a friend");
+        }
     }
 
     /// Relays broker events until the connection ends.
@@ -284,6 +320,9 @@ impl Agent {
                         }
                         Event::PeerIncoming { username, device } => {
                             self.direct.expect(username, certs::Fingerprint(device.fingerprint));
+                            // Simultaneous open: our packets towards them open our NAT for theirs.
+                            let (agent, username, device) = (self.clone(), username.clone(), device.clone());
+                            tokio::spawn(async move { agent.direct.punch(&username, &device).await });
                             continue;
                         }
                         Event::GroupMessage(m) => {

@@ -331,6 +331,10 @@ impl Agent {
             conn.close(quinn::VarInt::from_u32(1), b"unknown device");
             return;
         };
+        if self.direct.relay_only() && !crate::relay::is_relay_addr(&conn.remote_address()) {
+            conn.close(quinn::VarInt::from_u32(1), b"this agent takes friends through the relay only");
+            return;
+        }
         tracing::info!(friend, remote = %conn.remote_address(), "direct connection from a friend");
         self.direct.adopt(fp, conn.clone());
         self.serve_streams(conn, friend).await;

@@ -8,12 +8,13 @@
 //! data for [`UNUSED`] is closed by [`Direct::reap`].
 
 use crate::net::Allowed;
+use crate::relay::{Relays, is_relay_addr};
 use anyhow::{Result, anyhow};
 use certs::verify::ServerPin;
 use certs::{Fingerprint, Identity};
-use shared::io::read_frame;
+use shared::io::{read_frame, write_frame};
 use shared::peer::{PeerAck, PeerFrame};
-use shared::proto::{DeviceEndpoint, PEER_ALPN};
+use shared::proto::{DeviceEndpoint, PEER_ALPN, Request, Response};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,10 @@ pub(crate) const DEAD_AFTER: Duration = Duration::from_secs(10);
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// How long to wait for a handshake on one candidate address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// With no direct path after this long, the relay takes over.
+const RELAY_AFTER: Duration = Duration::from_millis(1500);
+/// How long a handshake through the relay may take.
+const RELAY_HANDSHAKE: Duration = Duration::from_secs(5);
 /// How long to wait for a friend's agent to store a message.
 const ACK_TIMEOUT: Duration = Duration::from_secs(4);
 
@@ -42,6 +47,9 @@ pub(crate) fn transport() -> quinn::TransportConfig {
     t
 }
 
+/// The agent's broker connection while it has one (relay streams are opened on it).
+pub(crate) type BrokerLink = Arc<Mutex<Option<quinn::Connection>>>;
+
 /// Who may connect, and the live connections.
 pub(crate) struct Direct {
     endpoint: quinn::Endpoint,
@@ -53,24 +61,44 @@ pub(crate) struct Direct {
     usage: Mutex<HashMap<usize, (u64, std::time::Instant)>>,
     /// Connections we opened, handed to the agent so that it serves the friend's streams on them too.
     opened: tokio::sync::mpsc::UnboundedSender<(quinn::Connection, String)>,
+    /// Woken whenever a connection is kept, so that a connect in progress can take one the friend opened.
+    kept: tokio::sync::Notify,
+    relays: Arc<Relays>,
+    broker: BrokerLink,
+    /// Never try (or accept) direct paths: everything through the broker's relay.
+    relay_only: bool,
+}
+
+/// The settings and shared parts [`Direct`] works with.
+pub(crate) struct DirectParts {
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) identity: Identity,
+    pub(crate) allowed: Allowed,
+    pub(crate) opened: tokio::sync::mpsc::UnboundedSender<(quinn::Connection, String)>,
+    pub(crate) relays: Arc<Relays>,
+    pub(crate) broker: BrokerLink,
+    pub(crate) relay_only: bool,
 }
 
 impl Direct {
-    pub(crate) fn new(
-        endpoint: quinn::Endpoint,
-        identity: Identity,
-        allowed: Allowed,
-        opened: tokio::sync::mpsc::UnboundedSender<(quinn::Connection, String)>,
-    ) -> Self {
+    pub(crate) fn new(p: DirectParts) -> Self {
         Self {
-            endpoint,
-            identity,
-            allowed,
+            endpoint: p.endpoint,
+            identity: p.identity,
+            allowed: p.allowed,
             who: Mutex::default(),
             conns: Mutex::default(),
             usage: Mutex::default(),
-            opened,
+            opened: p.opened,
+            kept: tokio::sync::Notify::new(),
+            relays: p.relays,
+            broker: p.broker,
+            relay_only: p.relay_only,
         }
+    }
+
+    pub(crate) fn relay_only(&self) -> bool {
+        self.relay_only
     }
 
     /// Accept `username`'s device `fp` from now on (the broker said it is about to connect).
@@ -102,11 +130,18 @@ impl Direct {
         let mut links: Vec<_> = lock(&self.conns)
             .iter()
             .filter(|(_, c)| c.close_reason().is_none())
-            .map(|(fp, c)| shared::control::PeerLink {
-                username: who.get(fp).cloned().unwrap_or_default(),
-                path: "direct".into(),
-                remote_addr: c.remote_address(),
-                device_fingerprint: fp.to_string(),
+            .map(|(fp, c)| {
+                let relayed = is_relay_addr(&c.remote_address());
+                shared::control::PeerLink {
+                    username: who.get(fp).cloned().unwrap_or_default(),
+                    path: if relayed { "relayed" } else { "direct" }.into(),
+                    // Relayed: the broker's address, the one the packets travel to.
+                    remote_addr: match (relayed, lock(&self.broker).as_ref()) {
+                        (true, Some(b)) => b.remote_address(),
+                        _ => c.remote_address(),
+                    },
+                    device_fingerprint: fp.to_string(),
+                }
             })
             .collect();
         links.sort_by(|a, b| a.username.cmp(&b.username));
@@ -121,6 +156,7 @@ impl Direct {
         conns.retain(|_, c| {
             if c.close_reason().is_some() {
                 usage.remove(&c.stable_id());
+                self.relays.close(&c.remote_address());
                 return false;
             }
             let stats = c.stats();
@@ -132,6 +168,7 @@ impl Direct {
             if now.duration_since(entry.1) >= UNUSED {
                 c.close(quinn::VarInt::from_u32(0), b"unused");
                 usage.remove(&c.stable_id());
+                self.relays.close(&c.remote_address());
                 return false;
             }
             true
@@ -143,22 +180,102 @@ impl Direct {
         lock(&self.who).get(fp).cloned()
     }
 
-    /// Keeps an accepted connection for reuse in the other direction.
+    /// Keeps an accepted connection for reuse in the other direction (unless a better one is live).
     pub(crate) fn adopt(&self, fp: Fingerprint, conn: quinn::Connection) {
-        lock(&self.conns).insert(fp, conn);
+        self.keep(fp, conn, false);
     }
 
-    /// A connection to the device, reusing a live one; otherwise tries every candidate address at once and
-    /// keeps the first that completes a mutually authenticated handshake.
+    /// Records a connection to a device. When both sides' attempts complete (simultaneous open) there are
+    /// two: both agents keep the same one, a direct path over a relayed one, else the one opened by the
+    /// side with the smaller fingerprint. The other is closed a little later, once streams already on it
+    /// had time to finish (they are retried on the kept one if not).
+    fn keep(&self, fp: Fingerprint, conn: quinn::Connection, opened_by_us: bool) -> quinn::Connection {
+        let chosen = {
+            let mut conns = lock(&self.conns);
+            let kept = match conns.get(&fp) {
+                Some(old) if old.close_reason().is_none() && old.stable_id() != conn.stable_id() => {
+                    let (old_relayed, new_relayed) =
+                        (is_relay_addr(&old.remote_address()), is_relay_addr(&conn.remote_address()));
+                    let new_wins = if old_relayed != new_relayed {
+                        old_relayed
+                    } else {
+                        (self.identity.fingerprint() < fp) == opened_by_us
+                    };
+                    let (winner, loser) = if new_wins { (conn.clone(), old.clone()) } else { (old.clone(), conn) };
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        loser.close(quinn::VarInt::from_u32(0), b"duplicate connection");
+                    });
+                    winner
+                }
+                _ => conn,
+            };
+            conns.insert(fp, kept.clone());
+            kept
+        };
+        self.kept.notify_waiters();
+        chosen
+    }
+
+    /// A connection to the device, reusing a live one. Otherwise every candidate address is tried at once
+    /// (the broker tells the friend's agent to try ours at the same moment, which opens both NATs), and the
+    /// first mutually authenticated handshake wins, including one the friend's agent completes towards us.
+    /// With no direct path within [`RELAY_AFTER`], the broker relays the same QUIC connection.
     pub(crate) async fn connect(&self, username: &str, device: &DeviceEndpoint) -> Result<quinn::Connection> {
         let fp = Fingerprint(device.fingerprint);
         self.expect(username, fp);
-        if let Some(c) = lock(&self.conns).get(&fp).filter(|c| c.close_reason().is_none()).cloned() {
+        if let Some(c) = self.live(&fp) {
             return Ok(c);
         }
+        let mut errors = Vec::new();
+        if !self.relay_only {
+            match self.race_direct(username, device, RELAY_AFTER).await {
+                Ok(c) => return Ok(c),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        match self.via_relay(username, fp).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                errors.push(format!("relay: {e}"));
+                Err(anyhow!("could not reach {username}'s device: {}", errors.join("; ")))
+            }
+        }
+    }
+
+    /// Opens direct paths towards a friend who is about to connect to us (the broker said so): our packets
+    /// open our NAT for theirs. Whatever completes is kept as usual.
+    pub(crate) async fn punch(&self, username: &str, device: &DeviceEndpoint) {
+        let fp = Fingerprint(device.fingerprint);
+        if self.relay_only || self.live(&fp).is_some() {
+            return;
+        }
+        if let Err(e) = self.race_direct(username, device, CONNECT_TIMEOUT).await {
+            tracing::debug!(friend = username, error = %e, "no direct path from this side");
+        }
+    }
+
+    fn live(&self, fp: &Fingerprint) -> Option<quinn::Connection> {
+        lock(&self.conns).get(fp).filter(|c| c.close_reason().is_none()).cloned()
+    }
+
+    fn client_config(&self, fp: Fingerprint) -> Result<quinn::ClientConfig> {
         let tls = certs::config::client(&self.identity, ServerPin::Exact(fp), &[PEER_ALPN])?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
         cfg.transport_config(Arc::new(transport()));
+        Ok(cfg)
+    }
+
+    /// Tries every candidate at once until one completes, the friend's connection to us arrives, or
+    /// `patience` runs out.
+    async fn race_direct(
+        &self,
+        username: &str,
+        device: &DeviceEndpoint,
+        patience: Duration,
+    ) -> Result<quinn::Connection> {
+        let fp = Fingerprint(device.fingerprint);
+        let cfg = self.client_config(fp)?;
         let mut candidates: Vec<SocketAddr> = vec![device.observed];
         candidates.extend(device.local.iter().copied().filter(|a| *a != device.observed));
         let (tx, mut rx) = tokio::sync::mpsc::channel(candidates.len().max(1));
@@ -177,18 +294,63 @@ impl Direct {
             });
         }
         drop(tx);
+        let deadline = tokio::time::sleep(patience);
+        tokio::pin!(deadline);
         let mut errors = Vec::new();
-        while let Some(res) = rx.recv().await {
-            match res {
-                Ok(conn) => {
-                    lock(&self.conns).insert(fp, conn.clone());
-                    let _ = self.opened.send((conn.clone(), username.to_string()));
-                    return Ok(conn);
+        loop {
+            let kept = self.kept.notified();
+            tokio::select! {
+                res = rx.recv() => match res {
+                    Some(Ok(conn)) => {
+                        let conn = self.keep(fp, conn, true);
+                        let _ = self.opened.send((conn.clone(), username.to_string()));
+                        return Ok(conn);
+                    }
+                    Some(Err(e)) => errors.push(e.to_string()),
+                    None => break,
+                },
+                () = kept => {
+                    if let Some(c) = self.live(&fp) {
+                        return Ok(c);
+                    }
                 }
-                Err(e) => errors.push(e.to_string()),
+                () = &mut deadline => {
+                    errors.push(format!("no direct path within {} ms", patience.as_millis()));
+                    break;
+                }
             }
         }
-        Err(anyhow!("could not reach {username}'s device: {}", errors.join("; ")))
+        // The friend's connection may have arrived meanwhile.
+        self.live(&fp).ok_or_else(|| anyhow!("{}", errors.join("; ")))
+    }
+
+    /// The same peer connection, through the broker: a relay stream to the device, and a QUIC handshake
+    /// over it with the same pinned keys.
+    async fn via_relay(&self, username: &str, fp: Fingerprint) -> Result<quinn::Connection> {
+        let addr = match self.relays.addr_of(&fp) {
+            Some(a) => a,
+            None => {
+                let broker = lock(&self.broker).clone().ok_or_else(|| anyhow!("not connected to the broker"))?;
+                let (mut send, mut recv) = broker.open_bi().await?;
+                write_frame(&mut send, &Request::Relay { username: username.to_string(), fingerprint: fp.0 }).await?;
+                match tokio::time::timeout(CONNECT_TIMEOUT, read_frame::<Response, _>(&mut recv)).await {
+                    Ok(Ok(Some(Response::Ok))) => {}
+                    Ok(Ok(Some(Response::Error(e)))) => return Err(anyhow!("{}", e.message)),
+                    Ok(Ok(other)) => return Err(anyhow!("unexpected answer from the broker: {other:?}")),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => return Err(anyhow!("the broker did not answer")),
+                }
+                self.relays.attach(fp, send, recv)
+            }
+        };
+        let connecting = self.endpoint.connect_with(self.client_config(fp)?, addr, "p2pim-peer")?;
+        let conn = tokio::time::timeout(RELAY_HANDSHAKE, connecting)
+            .await
+            .map_err(|_| anyhow!("no handshake through the relay"))??;
+        tracing::info!(friend = username, "connected through the broker's relay");
+        let conn = self.keep(fp, conn, true);
+        let _ = self.opened.send((conn.clone(), username.to_string()));
+        Ok(conn)
     }
 
     /// Sends frames in order on one stream and collects the receiver's answers, flattened to one per

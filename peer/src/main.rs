@@ -15,6 +15,7 @@ mod home;
 mod net;
 mod output;
 mod password;
+mod relay;
 mod transfers;
 
 use clap::Parser;

@@ -28,15 +28,22 @@ fn transport() -> quinn::TransportConfig {
     t
 }
 
-/// Binds the endpoint: a server for friends (only allowed devices) and a client for everything.
-pub(crate) fn endpoint(identity: &Identity, bind: SocketAddr, allowed: Allowed) -> Result<quinn::Endpoint> {
+/// Binds the endpoint: a server for friends (only allowed devices) and a client for everything, on one UDP
+/// socket with the broker relay beside it.
+pub(crate) fn endpoint(
+    identity: &Identity,
+    bind: SocketAddr,
+    allowed: Allowed,
+    relays: Arc<crate::relay::Relays>,
+) -> Result<quinn::Endpoint> {
     let tls = certs::config::server(identity, ClientPolicy::Allowed(allowed), &[PEER_ALPN])?;
     let mut server =
         quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
     server.transport_config(Arc::new(crate::direct::transport()));
     let socket = UdpSocket::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
-    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)?)
+    let socket = Arc::new(crate::relay::RelaySocket::new(runtime.wrap_udp_socket(socket)?, relays));
+    Ok(quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), Some(server), socket, runtime)?)
 }
 
 /// Resolves `HOST:PORT` (a missing port means the default 7878).

@@ -198,3 +198,49 @@ fn a_friend_that_vanishes_leaves_messages_queued_then_delivered_once() {
         "no loss, no duplicate"
     );
 }
+
+/// With `--relay-only` on both agents, chat and files go through the broker's relay: the same pinned,
+/// end-to-end encrypted peer connection, carried by the broker; `friends --json` says so.
+#[test]
+fn relay_carries_chat_and_files_end_to_end() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let alice = Peer::registered(&broker, "alice");
+    let bob = Peer::registered(&broker, "bob");
+    let inbox = tempfile::tempdir().unwrap();
+    let _a = alice.up_with(&["--relay-only"]);
+    let _b = bob.up_with(&["--relay-only", "--auto-accept-files", inbox.path().to_str().unwrap()]);
+    alice.befriend(&bob);
+    let bob_watch = bob.watch();
+    assert!(alice.ok(&["send", "bob", "through the relay 中继"]).contains("delivered"));
+    bob_watch
+        .expect("the relayed message", |v| v["type"] == "message_received" && v["text"] == "through the relay 中继");
+    assert!(bob.ok(&["send", "alice", "and back"]).contains("delivered"));
+
+    let friends = alice.json(&["friends", "--json"]);
+    let conn = &friends[0]["connections"][0];
+    assert_eq!(conn["path"], "relayed", "{friends:#}");
+    assert_eq!(conn["remote_addr"], broker.address().as_str(), "the packets go to the broker");
+    assert_eq!(bob.json(&["status", "--json"])["peers"][0]["path"], "relayed");
+
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("relayed.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let out = alice.ok(&["send-file", "bob", file.to_str().unwrap()]);
+    assert!(out.contains("verified"), "{out}");
+    assert_eq!(std::fs::read(inbox.path().join("relayed.bin")).unwrap(), data);
+    assert!(broker.log().contains("relay open"));
+}
+
+/// A broker that does not relay says so; the message waits in the queue instead of vanishing.
+#[test]
+fn relay_switched_off_is_a_clear_error() {
+    let broker = Broker::start_with(&Backend::Sqlite, &["--no-relay"]);
+    let alice = Peer::registered(&broker, "alice");
+    let bob = Peer::registered(&broker, "bob");
+    let _a = alice.up_with(&["--relay-only"]);
+    let _b = bob.up_with(&["--relay-only"]);
+    alice.befriend(&bob);
+    let out = alice.ok(&["send", "bob", "no way through"]);
+    assert!(out.contains("queued") && out.contains("does not relay"), "{out}");
+}

@@ -6,6 +6,7 @@
 //! - [`peer`]: what two peers say on a direct connection (chat messages and their acknowledgements).
 //! - [`files`]: file offers, name sanitising and size rules for transfers between friends.
 //! - [`control`]: what the `peer` CLI says to its own running agent over the local control socket.
+//! - [`relay`]: how the broker carries friends' QUIC packets when no direct path opens.
 //! - [`session`]: which broker requests are allowed in which state of a broker connection.
 //! - [`validate`]: the rules for usernames, display names and passwords, shared by both ends.
 //! - [`backoff`]: the agent's reconnect schedule.
@@ -20,6 +21,7 @@ pub mod frame;
 pub mod io;
 pub mod peer;
 pub mod proto;
+pub mod relay;
 pub mod session;
 pub mod validate;
 

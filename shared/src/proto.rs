@@ -91,6 +91,10 @@ pub enum Request {
     GroupTransfer { group_id: i64, username: String },
     /// Owner only: deletes the group, its members and its messages.
     GroupDisband { group_id: i64 },
+    /// Relay packets to a friend's online device (see [`crate::relay`]): answered [`Response::Ok`], after
+    /// which this stream carries framed packets both ways, or with an error (not friends, device offline,
+    /// relay switched off or over its limits).
+    Relay { username: String, fingerprint: [u8; 32] },
 }
 
 impl Request {
@@ -127,6 +131,7 @@ impl Request {
             Self::GroupRename { .. } => "group_rename",
             Self::GroupTransfer { .. } => "group_transfer",
             Self::GroupDisband { .. } => "group_disband",
+            Self::Relay { .. } => "relay",
         }
     }
 }
@@ -354,6 +359,8 @@ pub enum ErrorCode {
     AlreadyMember,
     #[error("only the group's owner can do that")]
     NotOwner,
+    #[error("the relay is not available: {0}")]
+    RelayUnavailable(String),
 }
 
 #[cfg(test)]

@@ -73,6 +73,10 @@ pub(crate) enum Cmd {
         /// Refuse offers of files larger than this (e.g. 500M, 10G).
         #[arg(long, env = "PEER_MAX_FILE_SIZE", default_value = "100G", value_parser = parse_size)]
         max_file_size: u64,
+        /// Reach friends only through the broker's relay, never directly (for networks that block UDP
+        /// between peers). Chats and files stay end-to-end encrypted; the broker must allow relaying.
+        #[arg(long, env = "PEER_RELAY_ONLY")]
+        relay_only: bool,
     },
     /// Show who you are, the broker, and whether the agent is online.
     Status {
@@ -320,7 +324,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             let password = password::Source::new(broker.password_stdin)?.read("password", "PEER_PASSWORD", false)?;
             authenticate(&home, &broker, Request::Login { username, password }).await
         }
-        Cmd::Up { bind, auto_accept_files, max_file_size } => {
+        Cmd::Up { bind, auto_accept_files, max_file_size, relay_only } => {
             let auto_accept = match auto_accept_files {
                 Some(d) => Some(
                     std::fs::canonicalize(&d)
@@ -328,7 +332,8 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
                 ),
                 None => None,
             };
-            agent::run(home, bind, crate::files::FilePolicy { auto_accept, max_size: max_file_size }).await
+            let policy = crate::files::FilePolicy { auto_accept, max_size: max_file_size };
+            agent::run(home, bind, policy, relay_only).await
         }
         Cmd::Status { json } => status(&home, json).await,
         Cmd::Logout => {

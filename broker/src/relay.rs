@@ -1,0 +1,159 @@
+//! The relay: carries friends' QUIC packets between their agents when no direct path opens (see
+//! [`shared::relay`]). The broker splices two streams and copies bytes it cannot read: the peers' TLS session
+//! runs end to end inside. Limits: friends only, the target device must be online, per-user and total byte
+//! rates (exceeding them slows the stream down, it is never buffered), and the whole relay can be switched
+//! off. Bytes relayed are counted per user.
+
+use certs::Fingerprint;
+use shared::proto::ErrorCode;
+use shared::relay::RelayHello;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Bytes read from one side before they are written to the other: what the relay holds per direction.
+const CHUNK: usize = 64 * 1024;
+
+/// Operator settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayConfig {
+    pub enabled: bool,
+    /// Bytes per second one user may relay (both directions of all their relays together); 0: no limit.
+    pub user_rate: u64,
+    /// Bytes per second for the whole broker; 0: no limit.
+    pub total_rate: u64,
+}
+
+/// A token bucket that makes callers wait (rather than refusing them) when they exceed the rate.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    /// (tokens, when last refilled); tokens may go negative: the debt is the caller's wait.
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Self {
+        Self { rate: rate as f64, state: Mutex::new((rate as f64, Instant::now())) }
+    }
+
+    /// Takes `n` bytes' worth and says how long to wait before sending them.
+    fn take(&self, n: usize) -> Duration {
+        if self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        // At most one second's worth saved up: bursts stay short.
+        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
+        s.1 = now;
+        s.0 -= n as f64;
+        if s.0 >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-s.0 / self.rate) }
+    }
+}
+
+/// The broker's relay state.
+pub struct Relay {
+    cfg: RelayConfig,
+    total: Bucket,
+    users: Mutex<HashMap<String, std::sync::Arc<Bucket>>>,
+    relayed: Mutex<HashMap<String, u64>>,
+}
+
+impl Relay {
+    pub fn new(cfg: RelayConfig) -> Self {
+        Self { cfg, total: Bucket::new(cfg.total_rate), users: Mutex::default(), relayed: Mutex::default() }
+    }
+
+    /// Whether relaying is allowed at all.
+    pub fn check_enabled(&self) -> Result<(), ErrorCode> {
+        if self.cfg.enabled {
+            Ok(())
+        } else {
+            Err(ErrorCode::RelayUnavailable("this broker does not relay (its operator switched it off)".into()))
+        }
+    }
+
+    fn bucket(&self, user: &str) -> std::sync::Arc<Bucket> {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        users.entry(user.to_string()).or_insert_with(|| std::sync::Arc::new(Bucket::new(self.cfg.user_rate))).clone()
+    }
+
+    /// Bytes relayed for `user` since the broker started (what they sent through it).
+    pub fn relayed_bytes(&self, user: &str) -> u64 {
+        self.relayed.lock().unwrap_or_else(|p| p.into_inner()).get(user).copied().unwrap_or(0)
+    }
+
+    /// Opens the friend's side and splices it to ours until either ends. `ours` is the requester's stream,
+    /// already answered `Ok`.
+    pub async fn splice(
+        &self,
+        me: &str,
+        my_device: Fingerprint,
+        friend: &str,
+        theirs_conn: &quinn::Connection,
+        ours: (quinn::SendStream, quinn::RecvStream),
+    ) -> Result<(), String> {
+        let (mut their_send, their_recv) = theirs_conn.open_bi().await.map_err(|e| e.to_string())?;
+        let hello = RelayHello { username: me.to_string(), fingerprint: my_device.0 };
+        shared::io::write_frame(&mut their_send, &hello).await.map_err(|e| e.to_string())?;
+        let (our_send, our_recv) = ours;
+        tracing::info!(from = me, to = friend, "relay open");
+        let (up, down) = tokio::join!(self.pump(me, our_recv, their_send), self.pump(friend, their_recv, our_send));
+        tracing::info!(
+            from = me,
+            to = friend,
+            sent = up,
+            received = down,
+            user_total = self.relayed_bytes(me),
+            "relay closed"
+        );
+        Ok(())
+    }
+
+    /// Copies one direction, counting and pacing it as `user`'s traffic; returns the bytes copied.
+    async fn pump(&self, user: &str, mut from: quinn::RecvStream, mut to: quinn::SendStream) -> u64 {
+        let bucket = self.bucket(user);
+        let mut copied = 0u64;
+        loop {
+            let chunk = match from.read_chunk(CHUNK, true).await {
+                Ok(Some(c)) => c.bytes,
+                Ok(None) => {
+                    let _ = to.finish();
+                    break;
+                }
+                Err(_) => {
+                    let _ = to.reset(quinn::VarInt::from_u32(0));
+                    break;
+                }
+            };
+            let wait = bucket.take(chunk.len()).max(self.total.take(chunk.len()));
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let n = chunk.len() as u64;
+            if to.write_chunk(chunk).await.is_err() {
+                let _ = from.stop(quinn::VarInt::from_u32(0));
+                break;
+            }
+            copied += n;
+            *self.relayed.lock().unwrap_or_else(|p| p.into_inner()).entry(user.to_string()).or_default() += n;
+        }
+        copied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_pace_rather_than_refuse() {
+        let b = Bucket::new(1000);
+        assert_eq!(b.take(500), Duration::ZERO);
+        assert_eq!(b.take(500), Duration::ZERO);
+        let wait = b.take(500);
+        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500), "{wait:?}");
+        assert_eq!(Bucket::new(0).take(usize::MAX), Duration::ZERO, "0 means no limit");
+    }
+}
