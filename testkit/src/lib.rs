@@ -6,10 +6,12 @@
 
 pub mod client;
 pub mod db;
+pub mod natlab;
 mod proc;
 
 pub use client::Client;
 pub use db::{Backend, TestDb, backends};
+pub use natlab::Lab;
 pub use proc::{Agent, Broker, Peer, WAIT, Watch, bin, texts, wait_until};
 
 /// Password used for test accounts.

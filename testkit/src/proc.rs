@@ -96,6 +96,14 @@ impl Broker {
         Self { child: Some(child), addr, fingerprint, data, db, backend: backend.name() }
     }
 
+    /// Starts a broker inside network namespace `netns` (a NAT lab host), listening on `listen`.
+    pub fn start_in(netns: &str, listen: SocketAddr, extra: &[&str]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let db = TestDb::create(&Backend::Sqlite, data.path());
+        let (child, addr, fingerprint) = spawn_broker_in(Some(netns), data.path(), &db.url, listen, extra);
+        Self { child: Some(child), addr, fingerprint, data, db, backend: "sqlite" }
+    }
+
     /// `127.0.0.1:PORT`, as peers are told.
     pub fn address(&self) -> String {
         self.addr.to_string()
@@ -151,8 +159,31 @@ impl Drop for Broker {
 }
 
 fn spawn_broker(data: &Path, db_url: &str, listen: SocketAddr, extra: &[&str]) -> (Child, SocketAddr, String) {
+    spawn_broker_in(None, data, db_url, listen, extra)
+}
+
+/// A command for a workspace binary, inside network namespace `netns` when given (`ip netns exec` execs
+/// the binary in place, so the child's pid is the binary's).
+fn command_in(netns: Option<&str>, name: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin(name));
+            c
+        }
+        None => Command::new(bin(name)),
+    }
+}
+
+fn spawn_broker_in(
+    netns: Option<&str>,
+    data: &Path,
+    db_url: &str,
+    listen: SocketAddr,
+    extra: &[&str],
+) -> (Child, SocketAddr, String) {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(data.join("broker.log")).unwrap();
-    let mut child = Command::new(bin("broker"))
+    let mut child = command_in(netns, "broker")
         .arg("--listen")
         .arg(listen.to_string())
         .arg("--data")
@@ -186,12 +217,22 @@ pub struct Peer {
     pub home: TempDir,
     pub broker: String,
     pub username: String,
+    /// The NAT lab host (network namespace) the device runs on, if any.
+    pub netns: Option<String>,
 }
 
 impl Peer {
     /// A device with an empty home, pointed at `broker`.
     pub fn new(broker: &Broker) -> Self {
-        Self { home: tempfile::tempdir().unwrap(), broker: broker.address(), username: String::new() }
+        Self { home: tempfile::tempdir().unwrap(), broker: broker.address(), username: String::new(), netns: None }
+    }
+
+    /// A device registered as `username` on NAT lab host `netns`.
+    pub fn registered_in(broker: &Broker, username: &str, netns: &str) -> Self {
+        let mut p = Self::new(broker);
+        p.netns = Some(netns.to_string());
+        p.register(username, username);
+        p
     }
 
     /// A device registered as `username` (display name = username).
@@ -202,7 +243,7 @@ impl Peer {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin("peer"));
+        let mut c = command_in(self.netns.as_deref(), "peer");
         c.arg("--home").arg(self.home.path()).args(args).env("PEER_LOG", "warn").env_remove("PEER_PASSWORD");
         c
     }
@@ -287,7 +328,9 @@ impl Peer {
     pub fn start_agent_with(&self, extra: &[&str]) -> Agent {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.home.path().join("agent.log")).unwrap();
-        let mut args = vec!["up", "--bind", "127.0.0.1:0"];
+        // In a lab host, every interface: the agent reports its LAN address as a candidate itself.
+        let bind = if self.netns.is_some() { "0.0.0.0:0" } else { "127.0.0.1:0" };
+        let mut args = vec!["up", "--bind", bind];
         args.extend_from_slice(extra);
         let child = self
             .command(&args)
