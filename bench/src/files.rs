@@ -32,7 +32,7 @@ fn cpu_time(pid: u32) -> Duration {
 }
 
 /// A file of pseudo-random bytes (xorshift: incompressible, and cheap to make).
-fn random_file(path: &Path, size: u64) -> Result<()> {
+pub(crate) fn random_file(path: &Path, size: u64) -> Result<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut block = vec![0u8; 1 << 20];

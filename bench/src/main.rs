@@ -3,6 +3,7 @@
 //! - `bench broker`: token logins over fresh QUIC connections (sessions/s), broker RSS per idle session at
 //!   1,000 and 10,000 sessions, and bare mutual-TLS QUIC handshakes/s against a raw quinn server.
 //! - `bench files`: one file between two real agents (MB/s, peak RSS) beside a raw quinn single-stream blast.
+//! - `bench nat` (root, Linux): in the NAT lab, first message and file throughput, direct and relayed.
 //! - `bench presence`: users with 50 friends each come online; presence events/s and the delay from a
 //!   user's hello to each friend's event, beside a raw quinn request/response round trip.
 //!
@@ -14,6 +15,8 @@ mod chat;
 mod client;
 #[cfg(unix)]
 mod files;
+#[cfg(target_os = "linux")]
+mod nat;
 mod raw;
 mod stats;
 
@@ -82,6 +85,11 @@ enum Cmd {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// In the NAT lab (root): first message and file throughput, direct through NATs and relayed.
+    Nat {
+        #[arg(long, default_value = "256M", value_parser = shared::files::parse_size)]
+        size: u64,
+    },
     /// A bare quinn server (the baseline); prints its address and certificate fingerprint.
     #[command(hide = true)]
     RawServer,
@@ -99,6 +107,10 @@ fn main() -> Result<()> {
         Cmd::Chat { messages, concurrency } => rt.block_on(chat::chat_bench(messages, concurrency)),
         #[cfg(not(unix))]
         Cmd::Chat { .. } => anyhow::bail!("the chat bench drives the agent's Unix control socket"),
+        #[cfg(target_os = "linux")]
+        Cmd::Nat { size } => rt.block_on(nat::nat_bench(size)),
+        #[cfg(not(target_os = "linux"))]
+        Cmd::Nat { .. } => anyhow::bail!("the NAT lab needs Linux network namespaces"),
         #[cfg(unix)]
         Cmd::Files { size, dir } => rt.block_on(files::files_bench(size, dir)),
         #[cfg(not(unix))]

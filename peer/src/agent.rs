@@ -58,6 +58,8 @@ pub(crate) struct Agent {
     pub(crate) policy: crate::files::FilePolicy,
     /// Relay links on the broker connection, beside the UDP socket.
     relays: Arc<crate::relay::Relays>,
+    /// How friends arriving through the relay are served (large packets).
+    pub(crate) relay_server: Arc<quinn::ServerConfig>,
 }
 
 /// Why a friend's devices are not at hand.
@@ -95,7 +97,7 @@ pub(crate) async fn run(
     let identity = home.identity()?;
     let allowed = net::Allowed::default();
     let relays = Arc::new(crate::relay::Relays::default());
-    let endpoint = net::endpoint(&identity, bind, allowed.clone(), relays.clone())?;
+    let net::Bound { endpoint, relay_server } = net::endpoint(&identity, bind, allowed.clone(), relays.clone())?;
     let broker_link = crate::direct::BrokerLink::default();
     let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel();
     let (outbox_tx, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -138,6 +140,7 @@ pub(crate) async fn run(
         status: Mutex::new(status),
         conn: broker_link,
         relays,
+        relay_server,
         events,
         presence: Mutex::default(),
         stop: Notify::new(),

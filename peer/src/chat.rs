@@ -312,7 +312,12 @@ impl Agent {
                     let Some(incoming) = incoming else { return };
                     let agent = self.clone();
                     tokio::spawn(async move {
-                        match incoming.await {
+                        let connecting = if crate::relay::is_relay_addr(&incoming.remote_address()) {
+                            incoming.accept_with(agent.relay_server.clone())
+                        } else {
+                            incoming.accept()
+                        };
+                        match async { connecting?.await }.await {
                             Ok(conn) => agent.serve_incoming(conn).await,
                             Err(e) => tracing::info!(error = %e, "refused a direct connection"),
                         }

@@ -28,6 +28,12 @@ fn transport() -> quinn::TransportConfig {
     t
 }
 
+/// The agent's endpoint, and the server settings for friends who arrive through the relay.
+pub(crate) struct Bound {
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) relay_server: Arc<quinn::ServerConfig>,
+}
+
 /// Binds the endpoint: a server for friends (only allowed devices) and a client for everything, on one UDP
 /// socket with the broker relay beside it.
 pub(crate) fn endpoint(
@@ -35,15 +41,24 @@ pub(crate) fn endpoint(
     bind: SocketAddr,
     allowed: Allowed,
     relays: Arc<crate::relay::Relays>,
-) -> Result<quinn::Endpoint> {
-    let tls = certs::config::server(identity, ClientPolicy::Allowed(allowed), &[PEER_ALPN])?;
-    let mut server =
-        quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
+) -> Result<Bound> {
+    let tls = Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(certs::config::server(
+        identity,
+        ClientPolicy::Allowed(allowed),
+        &[PEER_ALPN],
+    )?)?);
+    let mut server = quinn::ServerConfig::with_crypto(tls.clone());
     server.transport_config(Arc::new(crate::direct::transport()));
+    let mut relay_server = quinn::ServerConfig::with_crypto(tls);
+    relay_server.transport_config(Arc::new(crate::direct::relay_transport()));
     let socket = UdpSocket::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
     let socket = Arc::new(crate::relay::RelaySocket::new(runtime.wrap_udp_socket(socket)?, relays));
-    Ok(quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), Some(server), socket, runtime)?)
+    // Friends may send packets this large: only relayed connections do (direct paths discover their MTU).
+    let mut config = quinn::EndpointConfig::default();
+    config.max_udp_payload_size(crate::direct::RELAY_MTU)?;
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(config, Some(server), socket, runtime)?;
+    Ok(Bound { endpoint, relay_server: Arc::new(relay_server) })
 }
 
 /// Resolves `HOST:PORT` (a missing port means the default 7878).

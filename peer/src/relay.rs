@@ -89,7 +89,7 @@ impl Relays {
                 while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024, true).await {
                     decoder.push(&chunk.bytes);
                     while let Some(p) = decoder.next_packet() {
-                        relays.deliver(addr, Bytes::copy_from_slice(p));
+                        relays.deliver(addr, p);
                     }
                 }
             };

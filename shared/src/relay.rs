@@ -11,6 +11,7 @@
 //! A reliable stream (as iroh's relays use) rather than datagrams, so that full-size QUIC packets fit
 //! whatever the broker path's MTU; the broker's flow control then bounds what it holds for a slow reader.
 
+use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 /// Largest packet carried (QUIC packets are far smaller; UDP's own limit).
@@ -32,45 +33,29 @@ pub fn encode_packet(packet: &[u8], out: &mut Vec<u8>) -> Result<(), usize> {
     Ok(())
 }
 
-/// Splits a relay stream back into packets, however the bytes were chunked on the way.
+/// Splits a relay stream back into packets, however the bytes were chunked on the way. Each packet is a
+/// view of the bytes received (copied once, into the decoder), not a copy of its own.
 #[derive(Debug, Default)]
 pub struct PacketDecoder {
-    buf: Vec<u8>,
-    start: usize,
+    buf: BytesMut,
 }
 
 impl PacketDecoder {
     pub fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// The next whole packet, if one has arrived.
-    pub fn next_packet(&mut self) -> Option<&[u8]> {
-        let rest = &self.buf[self.start..];
-        if rest.len() < 2 {
-            self.compact();
+    pub fn next_packet(&mut self) -> Option<Bytes> {
+        if self.buf.len() < 2 {
             return None;
         }
-        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-        if rest.len() < 2 + len {
-            self.compact();
+        let len = usize::from(u16::from_be_bytes([self.buf[0], self.buf[1]]));
+        if self.buf.len() < 2 + len {
             return None;
         }
-        let at = self.start + 2;
-        self.start = at + len;
-        Some(&self.buf[at..at + len])
-    }
-
-    /// Drops consumed bytes so that the buffer holds at most one partial packet.
-    fn compact(&mut self) {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
+        self.buf.advance(2);
+        Some(self.buf.split_to(len).freeze())
     }
 }
 

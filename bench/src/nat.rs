@@ -1,0 +1,190 @@
+//! `bench nat` (root): in the NAT lab (`scripts/natlab`), the time from a friend lookup to the first
+//! delivered message over a direct path through two port-preserving NATs ((b)-(b)) and through the broker's
+//! relay between two symmetric NATs ((c)-(c)), and file throughput over each.
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "bench password";
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/natlab")
+}
+
+/// The lab, torn down when dropped.
+struct Lab(String);
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).args(["down", &self.0]).status();
+    }
+}
+
+/// A process killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn in_ns(ns: &str, bin: &str) -> Result<Command> {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).arg(crate::sibling(bin)?);
+    Ok(c)
+}
+
+fn peer(ns: &str, home: &Path, args: &[&str], stdin: Option<&str>) -> Result<(String, Duration)> {
+    use std::io::Write;
+    let t = Instant::now();
+    let mut child = in_ns(ns, "peer")?
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(input) = stdin {
+        child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    let took = t.elapsed();
+    if !out.status.success() {
+        bail!("peer {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), took))
+}
+
+/// A user on a lab host with its agent running (and online).
+struct User {
+    ns: String,
+    home: tempfile::TempDir,
+    _agent: Running,
+}
+
+fn user(lab: &Lab, host: &str, name: &str, broker: &str, extra: &[&str]) -> Result<User> {
+    let ns = format!("{}-{host}", lab.0);
+    let home = tempfile::tempdir()?;
+    peer(
+        &ns,
+        home.path(),
+        &["register", name, "--broker", broker, "--password-stdin"],
+        Some(&format!("{PASSWORD}\n")),
+    )?;
+    let agent = in_ns(&ns, "peer")?
+        .arg("--home")
+        .arg(home.path())
+        .args(["up", "--bind", "0.0.0.0:0"])
+        .args(extra)
+        .env("PEER_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let u = User { ns, home, _agent: Running(agent) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !u.run(&["status", "--json"]).is_ok_and(|s| s.contains("\"online\": true")) {
+        if Instant::now() > deadline {
+            bail!("{name}'s agent did not come online");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(u)
+}
+
+impl User {
+    fn run(&self, args: &[&str]) -> Result<String> {
+        peer(&self.ns, self.home.path(), args, None).map(|(s, _)| s)
+    }
+
+    fn timed(&self, args: &[&str]) -> Result<(String, Duration)> {
+        peer(&self.ns, self.home.path(), args, None)
+    }
+
+    fn path_to(&self) -> Result<String> {
+        let friends: serde_json::Value = serde_json::from_str(&self.run(&["friends", "--json"])?)?;
+        Ok(friends[0]["connections"][0]["path"].as_str().unwrap_or("none").to_string())
+    }
+}
+
+/// One pair: first message (lookup, path set-up, delivery) and a file's throughput.
+struct Pair {
+    first: Duration,
+    path: String,
+    file_mb_s: f64,
+}
+
+fn pair(lab: &Lab, broker: &str, hosts: (&str, &str), names: (&str, &str), file: &Path, size: u64) -> Result<Pair> {
+    let inbox = tempfile::tempdir()?;
+    let a = user(lab, hosts.0, names.0, broker, &[])?;
+    let b = user(lab, hosts.1, names.1, broker, &["--auto-accept-files", &inbox.path().to_string_lossy()])?;
+    a.run(&["friends", "add", names.1])?;
+    b.run(&["friends", "accept", names.0])?;
+    let (out, first) = a.timed(&["send", names.1, "first message"])?;
+    if !out.contains("delivered") {
+        bail!("first message not delivered: {out}");
+    }
+    let path = a.path_to()?;
+    let (out, took) = a.timed(&["send-file", names.1, &file.to_string_lossy()])?;
+    if !out.contains("verified") {
+        bail!("file not delivered: {out}");
+    }
+    Ok(Pair { first, path, file_mb_s: size as f64 / 1e6 / took.as_secs_f64() })
+}
+
+pub(crate) async fn nat_bench(size: u64) -> Result<()> {
+    let lab = Lab(format!("nlbench{}", std::process::id()));
+    let out = Command::new(script()).args(["up", &lab.0]).output()?;
+    if !out.status.success() {
+        bail!("could not build the NAT lab (needs root and nftables): {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let data = tempfile::tempdir()?;
+    let broker_ns = format!("{}-broker", lab.0);
+    let mut child = in_ns(&broker_ns, "broker")?
+        .args(["--listen", "203.0.113.1:7878", "--data"])
+        .arg(data.path())
+        .args(["--relay-user-rate", "0", "--relay-total-rate", "0"])
+        .env("BROKER_ARGON2_MEMORY_KIB", "1024")
+        .env("BROKER_ARGON2_ITERATIONS", "1")
+        .env("BROKER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let _broker = Running(child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    let broker = "203.0.113.1:7878";
+
+    let src = tempfile::tempdir()?;
+    let file = src.path().join("payload.bin");
+    crate::files::random_file(&file, size)?;
+
+    let direct = pair(&lab, broker, ("b1", "b2"), ("alice", "bob"), &file, size)?;
+    let relayed = pair(&lab, broker, ("c1", "c2"), ("carol", "dave"), &file, size)?;
+    if direct.path != "direct" || relayed.path != "relayed" {
+        bail!("unexpected paths: (b)-(b) {}, (c)-(c) {}", direct.path, relayed.path);
+    }
+    let ratio = relayed.file_mb_s / direct.file_mb_s;
+    println!("nat bench ({} MB file), in the NAT lab", size / 1_000_000);
+    println!("  (b)-(b) direct:  lookup -> first message delivered {:>7.1} ms", direct.first.as_secs_f64() * 1e3);
+    println!("  (c)-(c) relayed: lookup -> first message delivered {:>7.1} ms", relayed.first.as_secs_f64() * 1e3);
+    println!(
+        "  file, send-file start -> verified: direct {:.0} MB/s, relayed {:.0} MB/s",
+        direct.file_mb_s, relayed.file_mb_s
+    );
+    println!("  relayed / direct: {ratio:.2}x");
+    println!(
+        "{}",
+        json!({
+            "bench": "nat", "bytes": size, "direct_first_ms": direct.first.as_secs_f64() * 1e3,
+            "relayed_first_ms": relayed.first.as_secs_f64() * 1e3, "direct_file_mb_per_s": direct.file_mb_s,
+            "relayed_file_mb_per_s": relayed.file_mb_s, "ratio": ratio,
+        })
+    );
+    Ok(())
+}
