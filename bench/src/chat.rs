@@ -30,8 +30,13 @@ impl Drop for Agent {
 }
 
 pub(crate) fn peer(home: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    run_peer(Command::new(sibling("peer")?), home, args, stdin)
+}
+
+/// Runs `peer` (as `cmd` starts it: directly, or inside a network namespace) against `home`; its stdout.
+pub(crate) fn run_peer(mut cmd: Command, home: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
     use std::io::Write;
-    let mut child = Command::new(sibling("peer")?)
+    let mut child = cmd
         .arg("--home")
         .arg(home)
         .args(args)

@@ -40,25 +40,9 @@ fn in_ns(ns: &str, bin: &str) -> Result<Command> {
 }
 
 fn peer(ns: &str, home: &Path, args: &[&str], stdin: Option<&str>) -> Result<(String, Duration)> {
-    use std::io::Write;
     let t = Instant::now();
-    let mut child = in_ns(ns, "peer")?
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(input) = stdin {
-        child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    let took = t.elapsed();
-    if !out.status.success() {
-        bail!("peer {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), took))
+    let out = crate::chat::run_peer(in_ns(ns, "peer")?, home, args, stdin)?;
+    Ok((out, t.elapsed()))
 }
 
 /// A user on a lab host with its agent running (and online).

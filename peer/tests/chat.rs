@@ -244,3 +244,75 @@ fn relay_switched_off_is_a_clear_error() {
     let out = alice.ok(&["send", "bob", "no way through"]);
     assert!(out.contains("queued") && out.contains("does not relay"), "{out}");
 }
+
+/// Datagrams that are not QUIC from a friend (garbage, forged long headers, a stranger's handshake with a
+/// key the broker never vouched for) change nothing: no connection, no crash, chat carries on.
+#[test]
+fn forged_packets_and_strangers_get_nowhere() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let alice = Peer::registered(&broker, "alice");
+    let bob = Peer::registered(&broker, "bob");
+    let _a = alice.up();
+    let _b = bob.up();
+    alice.befriend(&bob);
+    assert!(alice.ok(&["send", "bob", "before"]).contains("delivered"));
+    let status = bob.json(&["status", "--json"]);
+    let bob_addr: std::net::SocketAddr = status["observed_addr"].as_str().unwrap().parse().unwrap();
+    let bob_fp: certs::Fingerprint = status["device_fingerprint"].as_str().unwrap().parse().unwrap();
+
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..300usize {
+        let mut d: Vec<u8> = (0..(i * 7 % 1400 + 1)).map(|j| (i * 13 + j * 7) as u8).collect();
+        if i % 3 == 0 {
+            d[0] = 0xc3; // a long-header Initial's first byte, followed by nonsense
+        }
+        sock.send_to(&d, bob_addr).unwrap();
+    }
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refused = rt.block_on(async {
+        let stranger = certs::Identity::generate("stranger").unwrap();
+        let tls =
+            certs::config::client(&stranger, certs::verify::ServerPin::Exact(bob_fp), &[b"p2pim-peer/1"]).unwrap();
+        let cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        match endpoint.connect_with(cfg, bob_addr, "p2pim-peer").unwrap().await {
+            // TLS 1.3 lets a client finish before the server has judged its certificate: the refusal is the
+            // connection closing instead of carrying anything.
+            Ok(conn) => match conn.open_bi().await {
+                Ok((mut s, mut r)) => {
+                    let _ = s.write_all(b"hello?").await;
+                    let _ = s.finish();
+                    r.read_to_end(1024).await.is_err()
+                }
+                Err(_) => true,
+            },
+            Err(_) => true,
+        }
+    });
+    assert!(refused, "a stranger's connection must not be served");
+
+    assert!(alice.ok(&["send", "bob", "after"]).contains("delivered"));
+    assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["before", "after"]);
+    let peers = bob.json(&["status", "--json"])["peers"].clone();
+    assert!(peers.as_array().unwrap().iter().all(|p| p["username"] == "alice"), "{peers:#}");
+}
+
+/// Over the broker's per-user relay rate, a transfer is paced, not refused: it still completes, verified.
+#[test]
+fn relay_over_its_rate_slows_down_but_delivers() {
+    let broker = Broker::start_with(&Backend::Sqlite, &["--relay-user-rate", "512K", "--relay-total-rate", "1M"]);
+    let alice = Peer::registered(&broker, "alice");
+    let bob = Peer::registered(&broker, "bob");
+    let inbox = tempfile::tempdir().unwrap();
+    let _a = alice.up_with(&["--relay-only"]);
+    let _b = bob.up_with(&["--relay-only", "--auto-accept-files", inbox.path().to_str().unwrap()]);
+    alice.befriend(&bob);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("paced.bin");
+    let data: Vec<u8> = (0..1_500_000u32).map(|i| (i * 11 % 241) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    assert!(alice.ok(&["send-file", "bob", file.to_str().unwrap()]).contains("verified"));
+    assert_eq!(std::fs::read(inbox.path().join("paced.bin")).unwrap(), data);
+    assert!(alice.ok(&["send", "bob", "still chatting"]).contains("delivered"));
+}

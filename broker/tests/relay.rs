@@ -1,0 +1,77 @@
+//! The broker's relay, driven by raw protocol clients: who may relay to whom, and that bytes pass through
+//! unchanged in both directions.
+
+use shared::io::{read_frame, write_frame};
+use shared::proto::{ErrorCode, Request, Response};
+use shared::relay::RelayHello;
+use testkit::{Backend, Broker, Client};
+
+/// Asks for a relay on a stream of its own; the answer and the stream.
+async fn relay(c: &Client, to: &str, fingerprint: [u8; 32]) -> (Response, quinn::SendStream, quinn::RecvStream) {
+    let (mut send, mut recv) = c.conn.open_bi().await.unwrap();
+    write_frame(&mut send, &Request::Relay { username: to.into(), fingerprint }).await.unwrap();
+    let resp = read_frame::<Response, _>(&mut recv).await.unwrap().expect("an answer");
+    (resp, send, recv)
+}
+
+fn code(r: &Response) -> ErrorCode {
+    match r {
+        Response::Error(e) => e.code.clone(),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_is_for_friends_online_devices_and_passes_bytes_unchanged() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let alice = Client::session(&broker, "alice", true).await;
+    let bob = Client::session(&broker, "bob", true).await;
+    let anonymous = Client::connect(&broker).await;
+
+    assert_eq!(code(&relay(&anonymous, "bob", [0; 32]).await.0), ErrorCode::NotLoggedIn);
+    assert_eq!(code(&relay(&alice, "bob", [0; 32]).await.0), ErrorCode::NotFriends, "strangers get no relay");
+
+    alice.call(&Request::FriendAdd { username: "bob".into(), message: String::new() }).await;
+    bob.ok(Request::FriendAccept { username: "alice".into() }).await;
+    let Response::Endpoints(devices) = alice.call(&Request::Lookup { username: "bob".into() }).await else {
+        panic!("lookup")
+    };
+    let bob_device = devices[0].fingerprint;
+    let err = relay(&alice, "bob", [7; 32]).await.0;
+    assert!(matches!(code(&err), ErrorCode::RelayUnavailable(m) if m.contains("not online")), "{err:?}");
+
+    let (resp, mut a_send, mut a_recv) = relay(&alice, "bob", bob_device).await;
+    assert_eq!(resp, Response::Ok);
+    let (mut b_send, mut b_recv) = bob.conn.accept_bi().await.unwrap();
+    let hello = read_frame::<RelayHello, _>(&mut b_recv).await.unwrap().unwrap();
+    assert_eq!(hello.username, "alice");
+    let Response::Endpoints(mine) = bob.call(&Request::Lookup { username: "alice".into() }).await else {
+        panic!("lookup")
+    };
+    assert_eq!(hello.fingerprint, mine[0].fingerprint, "the broker vouches for alice's device key");
+
+    // Opaque bytes, both ways, unchanged (the broker neither parses nor alters them).
+    let blob: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 256) as u8).collect();
+    a_send.write_all(&blob).await.unwrap();
+    let mut got = vec![0u8; blob.len()];
+    b_recv.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, blob);
+    b_send.write_all(b"and back").await.unwrap();
+    b_send.finish().unwrap();
+    assert_eq!(a_recv.read_to_end(1024).await.unwrap(), b"and back");
+    // One side ending ends the other.
+    a_send.finish().unwrap();
+    assert!(b_recv.read_to_end(1024).await.unwrap().is_empty());
+    assert!(broker.log().contains("relay closed"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_that_does_not_relay_says_so() {
+    let broker = Broker::start_with(&Backend::Sqlite, &["--no-relay"]);
+    let alice = Client::session(&broker, "alice", true).await;
+    let bob = Client::session(&broker, "bob", true).await;
+    alice.call(&Request::FriendAdd { username: "bob".into(), message: String::new() }).await;
+    bob.ok(Request::FriendAccept { username: "alice".into() }).await;
+    let err = relay(&alice, "bob", [0; 32]).await.0;
+    assert!(matches!(code(&err), ErrorCode::RelayUnavailable(m) if m.contains("does not relay")), "{err:?}");
+}
