@@ -42,8 +42,6 @@ pub(crate) struct Agent {
     /// Friends' devices from the last lookup, reused while their connections work; forgotten on any
     /// presence change, removal or failure, so a lookup (and the broker's vouching) happens again.
     pub(crate) devices: Mutex<HashMap<String, Vec<shared::proto::DeviceEndpoint>>>,
-    /// Sends waiting for the outbox task's next group commit.
-    pub(crate) outbox: tokio::sync::mpsc::UnboundedSender<crate::chat::Outgoing>,
     pub(crate) outboxes: Mutex<HashMap<String, crate::chat::FriendOutbox>>,
     broker_addr: SocketAddr,
     status: Mutex<AgentStatus>,
@@ -100,7 +98,6 @@ pub(crate) async fn run(
     let net::Bound { endpoint, relay_server } = net::endpoint(&identity, bind, allowed.clone(), relays.clone())?;
     let broker_link = crate::direct::BrokerLink::default();
     let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (outbox_tx, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
     let direct = Direct::new(crate::direct::DirectParts {
         endpoint: endpoint.clone(),
         identity: identity.clone(),
@@ -134,7 +131,6 @@ pub(crate) async fn run(
         direct,
         outbox_locks: Mutex::default(),
         devices: Mutex::default(),
-        outbox: outbox_tx,
         outboxes: Mutex::default(),
         broker_addr,
         status: Mutex::new(status),
@@ -150,7 +146,6 @@ pub(crate) async fn run(
     tracing::info!(user = agent.account.username, broker = agent.account.broker, udp = ?agent.endpoint.local_addr().ok(), "agent starting");
     let server = tokio::spawn(agent.clone().serve_control(listener));
     let peers = tokio::spawn(agent.clone().accept_peers(opened_rx));
-    let outbox = tokio::spawn(agent.clone().run_outbox(outbox_rx));
     let reaper = tokio::spawn({
         let agent = agent.clone();
         async move {
@@ -177,7 +172,6 @@ pub(crate) async fn run(
     };
     server.abort();
     peers.abort();
-    outbox.abort();
     retry.abort();
     reaper.abort();
     if let Some(conn) = lock(&agent.conn).take() {

@@ -25,24 +25,24 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
 /// How often queued messages are retried even without a presence change.
 pub(crate) const RETRY_EVERY: Duration = Duration::from_secs(30);
-/// Most sends stored in one group commit.
-const GROUP_COMMIT: usize = 256;
 
 /// A `peer send` waiting for its outcome.
 pub(crate) struct Outgoing {
-    to: String,
+    id: String,
     text: String,
+    sent_at: i64,
     reply: oneshot::Sender<ControlResponse>,
 }
 
 /// Sends to one friend waiting for a delivery run.
 #[derive(Default)]
 pub(crate) struct FriendOutbox {
-    waiting: Vec<(String, oneshot::Sender<ControlResponse>)>,
-    /// New sends arrived since the current run started.
-    dirty: bool,
+    waiting: Vec<Outgoing>,
     /// A worker is delivering to this friend.
     running: bool,
+    /// Known to have nothing older waiting in the database (set after a run delivered everything), so the
+    /// next sends can go straight from memory; until then every run reads the backlog first.
+    clean: bool,
 }
 
 /// What one delivery run settled.
@@ -50,6 +50,8 @@ pub(crate) struct FriendOutbox {
 struct Report {
     delivered: HashSet<String>,
     failed: HashMap<String, String>,
+    /// Delivered, in order: their status is recorded after the senders have their answer.
+    to_record: Vec<String>,
 }
 
 fn random_id() -> [u8; 16] {
@@ -60,8 +62,8 @@ fn random_id() -> [u8; 16] {
 }
 
 impl Agent {
-    /// `peer send`: hands the message to the outbox and waits for its outcome.
-    pub(crate) async fn send_message(&self, to: &str, text: &str) -> ControlResponse {
+    /// `peer send`: hands the message to the friend's outbox and waits for its outcome.
+    pub(crate) async fn send_message(self: &Arc<Self>, to: &str, text: &str) -> ControlResponse {
         if let Err(e) = check_text(text) {
             return ControlResponse::Error(e);
         }
@@ -69,70 +71,83 @@ impl Agent {
             return ControlResponse::Error("you cannot send messages to yourself".into());
         }
         let (reply, outcome) = oneshot::channel();
-        if self.outbox.send(Outgoing { to: to.to_string(), text: text.to_string(), reply }).is_err() {
-            return ControlResponse::Error("the agent is stopping".into());
+        let out = Outgoing { id: id_hex(&random_id()), text: text.to_string(), sent_at: now_ms(), reply };
+        let spawn = {
+            let mut outboxes = lock(&self.outboxes);
+            let ob = outboxes.entry(to.to_string()).or_default();
+            ob.waiting.push(out);
+            !std::mem::replace(&mut ob.running, true)
+        };
+        if spawn {
+            tokio::spawn(self.clone().friend_worker(to.to_string()));
         }
         outcome.await.unwrap_or_else(|_| ControlResponse::Error("the agent is stopping".into()))
     }
 
-    /// The outbox task: group-commits waiting sends, then delivers per friend.
-    pub(crate) async fn run_outbox(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < GROUP_COMMIT {
-                match rx.try_recv() {
-                    Ok(o) => batch.push(o),
-                    Err(_) => break,
-                }
-            }
-            let rows: Vec<(String, String, String)> =
-                batch.iter().map(|o| (id_hex(&random_id()), o.to.clone(), o.text.clone())).collect();
-            if let Err(e) = history::insert_outgoing(&self.home.db, &rows, now_ms()).await {
-                for o in batch {
-                    let _ = o.reply.send(ControlResponse::Error(format!("could not store the message: {e}")));
-                }
-                continue;
-            }
-            let mut spawn = Vec::new();
-            {
+    /// Delivers a friend's sends until none are waiting, answering each `peer send` with its outcome. At
+    /// most one per friend runs; sends arriving during a run go in the next, so a burst costs a few runs of
+    /// one multi-row INSERT, one exchange and one UPDATE each.
+    async fn friend_worker(self: Arc<Self>, friend: String) {
+        loop {
+            let (batch, clean) = {
                 let mut outboxes = lock(&self.outboxes);
-                for (o, (id, ..)) in batch.into_iter().zip(rows) {
-                    let ob = outboxes.entry(o.to.clone()).or_default();
-                    ob.waiting.push((id, o.reply));
-                    ob.dirty = true;
-                    if !ob.running {
-                        ob.running = true;
-                        spawn.push(o.to);
-                    }
+                let ob = outboxes.entry(friend.clone()).or_default();
+                if ob.waiting.is_empty() {
+                    ob.running = false;
+                    return;
                 }
+                (std::mem::take(&mut ob.waiting), ob.clean)
+            };
+            let run = self.deliver_batch(&friend, &batch, clean).await;
+            let all_done = matches!(&run, Ok(r) if r.delivered.len() == batch.len());
+            for out in batch {
+                let _ = out.reply.send(self.outcome(&out.id, &run).await);
             }
-            for friend in spawn {
-                tokio::spawn(self.clone().friend_worker(friend));
+            if let Ok(report) = &run {
+                self.record(&friend, report).await;
             }
+            lock(&self.outboxes).entry(friend.clone()).or_default().clean = all_done;
         }
     }
 
-    /// Delivers a friend's pending messages until no new ones arrived meanwhile, answering each waiting
-    /// `peer send` with its outcome. At most one per friend runs; sends arriving during a run join the next.
-    async fn friend_worker(self: Arc<Self>, friend: String) {
-        loop {
-            let waiting = {
-                let mut outboxes = lock(&self.outboxes);
-                let ob = outboxes.entry(friend.clone()).or_default();
-                ob.dirty = false;
-                std::mem::take(&mut ob.waiting)
-            };
-            let run = self.deliver_pending(&friend).await;
-            for (id, reply) in waiting {
-                let _ = reply.send(self.outcome(&id, &run).await);
-            }
-            let mut outboxes = lock(&self.outboxes);
-            let ob = outboxes.entry(friend.clone()).or_default();
-            if !ob.dirty {
-                ob.running = false;
-                return;
+    /// Stores a batch of new sends and delivers it. With nothing older waiting (`clean`) the batch goes from
+    /// memory, sent while it is being stored (it is answered once both are done); otherwise it is stored and
+    /// then everything pending to the friend goes, oldest first.
+    async fn deliver_batch(&self, friend: &str, batch: &[Outgoing], clean: bool) -> Result<Report> {
+        let rows: Vec<(String, String, String)> =
+            batch.iter().map(|o| (o.id.clone(), friend.to_string(), o.text.clone())).collect();
+        let at = batch.first().map_or_else(now_ms, |o| o.sent_at);
+        if !clean {
+            history::insert_outgoing(&self.home.db, &rows, at)
+                .await
+                .map_err(|e| anyhow::anyhow!("could not store the message: {e}"))?;
+            return self.deliver_pending(friend).await;
+        }
+        let gate = lock(&self.outbox_locks).entry(friend.to_string()).or_default().clone();
+        let _turn = gate.lock().await;
+        let pending: Vec<history::Message> = batch
+            .iter()
+            .map(|o| history::Message {
+                local_id: 0,
+                id: o.id.clone(),
+                peer: friend.to_string(),
+                outgoing: true,
+                text: o.text.clone(),
+                sent_at: at,
+                stored_at: at,
+                status: "sending".into(),
+            })
+            .collect();
+        let (stored, run) =
+            tokio::join!(history::insert_outgoing(&self.home.db, &rows, at), self.deliver(friend, &pending));
+        stored.map_err(|e| anyhow::anyhow!("could not store the message (it may have reached {friend}): {e}"))?;
+        if let Ok(report) = &run {
+            // A refusal may have been recorded before the row existed.
+            for id in report.failed.keys() {
+                history::set_status(&self.home.db, id, MessageStatus::Failed).await?;
             }
         }
+        run
     }
 
     /// Where message `id` ended up after a delivery run.
@@ -154,8 +169,8 @@ impl Agent {
         ControlResponse::Sent { id: id.to_string(), status, detail }
     }
 
-    /// Delivers the friend's pending messages, oldest first, stopping at the first that cannot be delivered
-    /// (so that order holds). One delivery per friend at a time. `Err` means the rest stay queued.
+    /// Delivers the friend's pending messages from the database, oldest first, and records the outcome.
+    /// One delivery per friend at a time. `Err` means the rest stay queued.
     async fn deliver_pending(&self, friend: &str) -> Result<Report> {
         let gate = lock(&self.outbox_locks).entry(friend.to_string()).or_default().clone();
         let _turn = gate.lock().await;
@@ -163,18 +178,42 @@ impl Agent {
         if pending.is_empty() {
             return Ok(Report::default());
         }
+        let report = self.deliver(friend, &pending).await?;
+        self.record(friend, &report).await;
+        Ok(Report { to_record: Vec::new(), ..report })
+    }
+
+    /// Marks delivered messages and tells watchers (after the senders have their answers).
+    async fn record(&self, friend: &str, report: &Report) {
+        if report.to_record.is_empty() {
+            return;
+        }
+        if let Err(e) = history::set_status_many(&self.home.db, &report.to_record, MessageStatus::Delivered).await {
+            // They stay `sending` and are sent again later: the friend's agent stores each id once.
+            tracing::warn!(error = %e, "could not record delivered messages");
+            return;
+        }
+        let at = now_ms();
+        for id in &report.to_record {
+            self.emit(AgentEvent::MessageDelivered { to: friend.to_string(), id: id.clone(), at });
+        }
+    }
+
+    /// Sends messages in order, stopping at the first that cannot be delivered (so that order holds).
+    /// `Err` means the rest stay queued. The caller holds the friend's turn and records the report.
+    async fn deliver(&self, friend: &str, pending: &[history::Message]) -> Result<Report> {
         let devices = match self.devices_of(friend).await {
             Ok(d) => d,
             Err(Reach::NotFriends(why)) => {
-                for m in &pending {
+                for m in pending {
                     self.fail(friend, &m.id, &why).await?;
                 }
                 return Err(anyhow::anyhow!("{why}"));
             }
-            Err(Reach::Unreachable(why)) => return self.queue(&pending, &why).await,
+            Err(Reach::Unreachable(why)) => return self.queue(pending, &why).await,
         };
         if devices.is_empty() {
-            return self.queue(&pending, &format!("{friend} is offline")).await;
+            return self.queue(pending, &format!("{friend} is offline")).await;
         }
         let chats: Vec<Chat> =
             pending.iter().map(|m| Chat { id: parse_id(&m.id), sent_at: m.sent_at, text: m.text.clone() }).collect();
@@ -205,7 +244,7 @@ impl Agent {
         }
         if !reached {
             lock(&self.devices).remove(friend);
-            return self.queue(&pending, &errors.join("; ")).await;
+            return self.queue(pending, &errors.join("; ")).await;
         }
         if errors.is_empty() {
             lock(&self.devices).insert(friend.to_string(), devices);
@@ -224,15 +263,12 @@ impl Agent {
                 break;
             }
         }
-        let delivered: Vec<String> =
-            pending.iter().filter(|m| report.delivered.contains(&m.id)).map(|m| m.id.clone()).collect();
-        history::set_status_many(&self.home.db, &delivered, MessageStatus::Delivered).await?;
-        let at = now_ms();
-        for id in delivered {
-            self.emit(AgentEvent::MessageDelivered { to: friend.to_string(), id, at });
-        }
+        report.to_record = pending.iter().filter(|m| report.delivered.contains(&m.id)).map(|m| m.id.clone()).collect();
         match gap {
-            Some(i) => self.queue(&pending[i..], &errors.join("; ")).await,
+            Some(i) => {
+                self.record(friend, &report).await;
+                self.queue(&pending[i..], &errors.join("; ")).await
+            }
             None => Ok(report),
         }
     }
