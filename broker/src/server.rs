@@ -143,7 +143,9 @@ fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
     cfg
 }
 
-/// Small windows: a broker session carries small frames, and 10,000 idle sessions must fit in little memory.
+/// Modest windows: a broker session carries small frames, and 10,000 idle sessions must fit in little memory
+/// (windows are limits, not allocations). A relay stream needs a round trip's worth in flight to keep its
+/// speed; what a connection can make the broker hold is bounded by `receive_window`.
 fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
@@ -151,8 +153,8 @@ fn transport() -> quinn::TransportConfig {
     ));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(32));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
-    t.stream_receive_window(quinn::VarInt::from_u32(128 * 1024));
-    t.receive_window(quinn::VarInt::from_u32(512 * 1024));
-    t.send_window(512 * 1024);
+    t.stream_receive_window(quinn::VarInt::from_u32(1024 * 1024));
+    t.receive_window(quinn::VarInt::from_u32(2 * 1024 * 1024));
+    t.send_window(2 * 1024 * 1024);
     t
 }
