@@ -91,6 +91,7 @@ pub(crate) async fn run(
     relay_only: bool,
 ) -> Result<()> {
     let account = home.account().await?;
+    let checkpointer = home.checkpoint_in_background().await?;
     let listener = control::Listener::bind(&home.dir).await?;
     let identity = home.identity()?;
     let allowed = net::Allowed::default();
@@ -173,6 +174,7 @@ pub(crate) async fn run(
     server.abort();
     peers.abort();
     retry.abort();
+    checkpointer.abort();
     reaper.abort();
     if let Some(conn) = lock(&agent.conn).take() {
         conn.close(quinn::VarInt::from_u32(0), b"agent stopping");

@@ -57,6 +57,9 @@ impl Home {
             .synchronous(SqliteSynchronous::Normal);
         let db = SqlitePoolOptions::new()
             .max_connections(1)
+            // One long-lived connection: its settings (see `checkpoint_in_background`) stay in force.
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(opts)
             .await
             .with_context(|| format!("cannot open {}", db_path.display()))?;
@@ -76,6 +79,23 @@ impl Home {
             tx.commit().await?;
         }
         Ok(())
+    }
+
+    /// Moves WAL checkpoints off the agent's one connection: SQLite otherwise runs one inside whichever
+    /// commit crosses 1,000 WAL pages, and that commit (a message being sent or stored) waits milliseconds
+    /// for it. A second connection checkpoints passively every 2 s instead, beside the writer.
+    pub(crate) async fn checkpoint_in_background(&self) -> Result<tokio::task::JoinHandle<()>> {
+        sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&self.db).await?;
+        let opts = SqliteConnectOptions::new().filename(self.dir.join("peer.db"));
+        let mut conn = sqlx::ConnectOptions::connect(&opts).await?;
+        Ok(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut conn).await {
+                    tracing::debug!(error = %e, "checkpoint skipped");
+                }
+            }
+        }))
     }
 
     /// This device's identity, made on first use.
