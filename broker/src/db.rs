@@ -82,6 +82,9 @@ impl Db {
                         "PRAGMA synchronous = NORMAL",
                         "PRAGMA foreign_keys = ON",
                         "PRAGMA busy_timeout = 5000",
+                        // Checkpoints run beside the writers (`Db::checkpoint`), not inside whichever commit
+                        // crosses 1,000 WAL pages, which would stall that request (and a busy group) for ms.
+                        "PRAGMA wal_autocheckpoint = 0",
                     ] {
                         sqlx::query(pragma).execute(&mut *conn).await?;
                     }
@@ -93,6 +96,15 @@ impl Db {
         let db = Self { pool, backend };
         db.migrate().await?;
         Ok(db)
+    }
+
+    /// SQLite only: copies the WAL back into the database without blocking writers (run every few seconds
+    /// by the server, since automatic checkpoints are off). A no-op on the other backends.
+    pub async fn checkpoint(&self) -> Result<(), DbError> {
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&self.pool).await?;
+        }
+        Ok(())
     }
 
     /// The query text for this backend (placeholders rewritten for PostgreSQL).
