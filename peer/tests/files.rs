@@ -113,7 +113,13 @@ fn offer_accept_verify_never_overwrite_and_tame_names() {
 
     bob.ok(&["files", "accept", &id[..8], "--to", dl.path().to_str().unwrap()]);
     let out = finish(sender, Duration::from_secs(60));
-    assert!(out.status.success(), "send-file: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "send-file: {}\nalice's agent:\n{}\nbob's agent:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        alice.agent_log(),
+        bob.agent_log()
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("verified"));
 
     // The existing file is untouched; the new one got a free name; nothing partial is left.
