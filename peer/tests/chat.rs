@@ -1,13 +1,12 @@
 //! One-to-one chat over direct QUIC connections, end to end.
 
 use std::sync::Arc;
-use testkit::{Backend, Broker, PASSWORD, Peer, texts, wait_until};
+use testkit::{Backend, Broker, PASSWORD, Peer, alice_and_bob, texts, wait_until};
 
 #[test]
 fn direct_delivery_both_ways_with_history_and_search() {
     let broker = Broker::start(&Backend::Sqlite);
-    let alice = Peer::registered(&broker, "alice");
-    let bob = Peer::registered(&broker, "bob");
+    let (alice, bob) = alice_and_bob(&broker);
     let _a = alice.up();
     let _b = bob.up();
     alice.befriend(&bob);
@@ -69,8 +68,7 @@ fn direct_delivery_both_ways_with_history_and_search() {
 #[test]
 fn offline_messages_queue_in_order_and_survive_restarts() {
     let broker = Broker::start(&Backend::Sqlite);
-    let alice = Peer::registered(&broker, "alice");
-    let bob = Peer::registered(&broker, "bob");
+    let (alice, bob) = alice_and_bob(&broker);
     let mut a = alice.up();
     {
         let _b = bob.up();
@@ -102,8 +100,7 @@ fn offline_messages_queue_in_order_and_survive_restarts() {
 #[test]
 fn every_device_of_the_friend_gets_it() {
     let broker = Broker::start(&Backend::Sqlite);
-    let alice = Peer::registered(&broker, "alice");
-    let bob = Peer::registered(&broker, "bob");
+    let (alice, bob) = alice_and_bob(&broker);
     let _a = alice.up();
     let _b = bob.up();
     alice.befriend(&bob);
@@ -120,8 +117,7 @@ fn every_device_of_the_friend_gets_it() {
 #[test]
 fn non_friends_and_unknown_keys_are_refused() {
     let broker = Broker::start(&Backend::Sqlite);
-    let alice = Peer::registered(&broker, "alice");
-    let bob = Peer::registered(&broker, "bob");
+    let (alice, bob) = alice_and_bob(&broker);
     let mallory = Peer::registered(&broker, "mallory");
     let _a = alice.up();
     let _b = bob.up();
@@ -175,8 +171,7 @@ fn non_friends_and_unknown_keys_are_refused() {
 #[test]
 fn a_friend_that_vanishes_leaves_messages_queued_then_delivered_once() {
     let broker = Broker::start(&Backend::Sqlite);
-    let alice = Peer::registered(&broker, "alice");
-    let bob = Peer::registered(&broker, "bob");
+    let (alice, bob) = alice_and_bob(&broker);
     let _a = alice.up();
     let mut b = bob.up();
     alice.befriend(&bob);
@@ -204,8 +199,7 @@ fn a_friend_that_vanishes_leaves_messages_queued_then_delivered_once() {
 #[test]
 fn relay_carries_chat_and_files_end_to_end() {
     let broker = Broker::start(&Backend::Sqlite);
-    let alice = Peer::registered(&broker, "alice");
-    let bob = Peer::registered(&broker, "bob");
+    let (alice, bob) = alice_and_bob(&broker);
     let inbox = tempfile::tempdir().unwrap();
     let _a = alice.up_with(&["--relay-only"]);
     let _b = bob.up_with(&["--relay-only", "--auto-accept-files", inbox.path().to_str().unwrap()]);
@@ -236,8 +230,7 @@ fn relay_carries_chat_and_files_end_to_end() {
 #[test]
 fn relay_switched_off_is_a_clear_error() {
     let broker = Broker::start_with(&Backend::Sqlite, &["--no-relay"]);
-    let alice = Peer::registered(&broker, "alice");
-    let bob = Peer::registered(&broker, "bob");
+    let (alice, bob) = alice_and_bob(&broker);
     let _a = alice.up_with(&["--relay-only"]);
     let _b = bob.up_with(&["--relay-only"]);
     alice.befriend(&bob);
@@ -250,8 +243,7 @@ fn relay_switched_off_is_a_clear_error() {
 #[test]
 fn forged_packets_and_strangers_get_nowhere() {
     let broker = Broker::start(&Backend::Sqlite);
-    let alice = Peer::registered(&broker, "alice");
-    let bob = Peer::registered(&broker, "bob");
+    let (alice, bob) = alice_and_bob(&broker);
     let _a = alice.up();
     let _b = bob.up();
     alice.befriend(&bob);
@@ -302,8 +294,7 @@ fn forged_packets_and_strangers_get_nowhere() {
 #[test]
 fn relay_over_its_rate_slows_down_but_delivers() {
     let broker = Broker::start_with(&Backend::Sqlite, &["--relay-user-rate", "512K", "--relay-total-rate", "1M"]);
-    let alice = Peer::registered(&broker, "alice");
-    let bob = Peer::registered(&broker, "bob");
+    let (alice, bob) = alice_and_bob(&broker);
     let inbox = tempfile::tempdir().unwrap();
     let _a = alice.up_with(&["--relay-only"]);
     let _b = bob.up_with(&["--relay-only", "--auto-accept-files", inbox.path().to_str().unwrap()]);

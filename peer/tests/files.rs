@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{Backend, Broker, Peer, wait_until};
+use testkit::{Backend, Broker, Peer, alice_and_bob, wait_until};
 
 /// How long a large transfer may take on a slow debug build before the test gives up.
 const LARGE: Duration = Duration::from_secs(600);
@@ -85,14 +85,10 @@ fn no_partials(dir: &Path) -> bool {
     std::fs::read_dir(dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".part"))
 }
 
-fn pair(broker: &Broker) -> (Peer, Peer) {
-    (Peer::registered(broker, "alice"), Peer::registered(broker, "bob"))
-}
-
 #[test]
 fn offer_accept_verify_never_overwrite_and_tame_names() {
     let broker = Broker::start(&Backend::Sqlite);
-    let (alice, bob) = pair(&broker);
+    let (alice, bob) = alice_and_bob(&broker);
     let _a = alice.up();
     let _b = bob.up();
     alice.befriend(&bob);
@@ -179,7 +175,7 @@ fn offer_accept_verify_never_overwrite_and_tame_names() {
 #[test]
 fn auto_accept_and_size_limit() {
     let broker = Broker::start(&Backend::Sqlite);
-    let (alice, bob) = pair(&broker);
+    let (alice, bob) = alice_and_bob(&broker);
     let inbox = tempfile::tempdir().unwrap();
     let _a = alice.up();
     let _b = bob.up_with(&["--auto-accept-files", inbox.path().to_str().unwrap(), "--max-file-size", "1M"]);
@@ -203,7 +199,7 @@ fn auto_accept_and_size_limit() {
 #[test]
 fn decline_and_cancel_from_either_side() {
     let broker = Broker::start(&Backend::Sqlite);
-    let (alice, bob) = pair(&broker);
+    let (alice, bob) = alice_and_bob(&broker);
     let _a = alice.up();
     let _b = bob.up();
     alice.befriend(&bob);
@@ -278,7 +274,7 @@ fn wait_until_offered(bob: &Peer) -> String {
 #[test]
 fn resume_after_either_agent_dies_mid_transfer() {
     let broker = Broker::start(&Backend::Sqlite);
-    let (alice, bob) = pair(&broker);
+    let (alice, bob) = alice_and_bob(&broker);
     let mut a = alice.up();
     let mut b = bob.up();
     alice.befriend(&bob);
@@ -318,7 +314,7 @@ fn resume_after_either_agent_dies_mid_transfer() {
 #[test]
 fn transfers_both_ways_at_once_while_chat_flows() {
     let broker = Broker::start(&Backend::Sqlite);
-    let (alice, bob) = pair(&broker);
+    let (alice, bob) = alice_and_bob(&broker);
     let (in_a, in_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let _a = alice.up_with(&["--auto-accept-files", in_a.path().to_str().unwrap()]);
     let _b = bob.up_with(&["--auto-accept-files", in_b.path().to_str().unwrap()]);

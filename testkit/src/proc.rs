@@ -385,6 +385,11 @@ impl Peer {
     }
 }
 
+/// Two devices registered as `alice` and `bob` (agents not started).
+pub fn alice_and_bob(broker: &Broker) -> (Peer, Peer) {
+    (Peer::registered(broker, "alice"), Peer::registered(broker, "bob"))
+}
+
 /// The `text` of every message in a `peer history --json` listing, in order.
 pub fn texts(history: &Value) -> Vec<String> {
     history.as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap().to_string()).collect()
