@@ -20,11 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use tokio::sync::mpsc;
 
-/// Packets queued towards the broker per relayed friend; beyond that they are dropped, as a full UDP
-/// socket buffer would (QUIC recovers), so the agent never buffers without bound.
-const OUTBOUND_QUEUE: usize = 1024;
-/// Packets received from relays and not yet taken by the endpoint; beyond that they are dropped.
-const INBOUND_QUEUE: usize = 4096;
+/// Packets queued towards the broker per relayed friend (at most 4 MiB of 16 KiB packets); beyond that they
+/// are dropped, as a full UDP
+/// socket buffer would drop them (QUIC recovers), so the agent never buffers without bound.
+const OUTBOUND_QUEUE: usize = 256;
+/// Bytes of packets received from relays and not yet taken by the endpoint; beyond that they are dropped.
+const INBOUND_BYTES: usize = 4 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -39,7 +40,8 @@ pub(crate) fn is_relay_addr(addr: &SocketAddr) -> bool {
 #[derive(Default)]
 pub(crate) struct Relays {
     out: Mutex<HashMap<SocketAddr, (Fingerprint, mpsc::Sender<Bytes>)>>,
-    inbound: Mutex<VecDeque<(SocketAddr, Bytes)>>,
+    /// Packets from relays for the endpoint, and their total size.
+    inbound: Mutex<(VecDeque<(SocketAddr, Bytes)>, usize)>,
     waker: Mutex<Option<Waker>>,
     next: AtomicU32,
 }
@@ -106,10 +108,11 @@ impl Relays {
     fn deliver(&self, from: SocketAddr, packet: Bytes) {
         {
             let mut q = lock(&self.inbound);
-            if q.len() >= INBOUND_QUEUE {
+            if q.1 + packet.len() > INBOUND_BYTES {
                 return;
             }
-            q.push_back((from, packet));
+            q.1 += packet.len();
+            q.0.push_back((from, packet));
         }
         if let Some(w) = lock(&self.waker).take() {
             w.wake();
@@ -181,20 +184,19 @@ impl quinn::AsyncUdpSocket for RelaySocket {
         {
             let mut q = lock(&self.relays.inbound);
             while filled < bufs.len().min(meta.len()) {
-                let Some((from, packet)) = q.front() else { break };
+                let Some((from, packet)) = q.0.pop_front() else { break };
+                q.1 -= packet.len();
                 if packet.len() > bufs[filled].len() {
-                    q.pop_front();
                     continue;
                 }
-                bufs[filled][..packet.len()].copy_from_slice(packet);
+                bufs[filled][..packet.len()].copy_from_slice(&packet);
                 meta[filled] = quinn::udp::RecvMeta {
-                    addr: *from,
+                    addr: from,
                     len: packet.len(),
                     stride: packet.len(),
                     ecn: None,
                     dst_ip: None,
                 };
-                q.pop_front();
                 filled += 1;
             }
         }
