@@ -21,8 +21,8 @@ use std::task::{Context, Poll, Waker};
 use tokio::sync::mpsc;
 
 /// Packets queued towards the broker per relayed friend (at most 4 MiB of 16 KiB packets); beyond that they
-/// are dropped, as a full UDP
-/// socket buffer would drop them (QUIC recovers), so the agent never buffers without bound.
+/// are dropped, as a full UDP socket buffer would drop them (QUIC recovers), so the agent never buffers
+/// without bound.
 const OUTBOUND_QUEUE: usize = 256;
 /// Bytes of packets received from relays and not yet taken by the endpoint; beyond that they are dropped.
 const INBOUND_BYTES: usize = 4 << 20;
