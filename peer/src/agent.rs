@@ -249,6 +249,7 @@ impl Agent {
         tokio::spawn(self.clone().accept_relays(conn.clone()));
         let end = self.read_events(&conn).await;
         *lock(&self.conn) = None;
+        self.direct.drop_relayed();
         lock(&self.presence).clear();
         let at = now_ms();
         {

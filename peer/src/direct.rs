@@ -189,6 +189,19 @@ impl Direct {
         });
     }
 
+    /// Closes every relayed connection: they ride the broker session, which just ended, so they are dead
+    /// already and whatever used them should retry now rather than after the idle timeout.
+    pub(crate) fn drop_relayed(&self) {
+        lock(&self.conns).retain(|_, c| {
+            let relayed = is_relay_addr(&c.remote_address());
+            if relayed {
+                c.close(quinn::VarInt::from_u32(0), b"relay lost with the broker session");
+                self.relays.close(&c.remote_address());
+            }
+            !relayed
+        });
+    }
+
     /// The friend behind a device key.
     pub(crate) fn username_of(&self, fp: &Fingerprint) -> Option<String> {
         lock(&self.who).get(fp).cloned()

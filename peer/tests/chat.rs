@@ -1,7 +1,7 @@
 //! One-to-one chat over direct QUIC connections, end to end.
 
 use std::sync::Arc;
-use testkit::{Backend, Broker, PASSWORD, Peer, alice_and_bob, texts, wait_until};
+use testkit::{Backend, Broker, PASSWORD, Peer, RelayedPair, alice_and_bob, texts, wait_until};
 
 #[test]
 fn direct_delivery_both_ways_with_history_and_search() {
@@ -199,11 +199,7 @@ fn a_friend_that_vanishes_leaves_messages_queued_then_delivered_once() {
 #[test]
 fn relay_carries_chat_and_files_end_to_end() {
     let broker = Broker::start(&Backend::Sqlite);
-    let (alice, bob) = alice_and_bob(&broker);
-    let inbox = tempfile::tempdir().unwrap();
-    let _a = alice.up_with(&["--relay-only"]);
-    let _b = bob.up_with(&["--relay-only", "--auto-accept-files", inbox.path().to_str().unwrap()]);
-    alice.befriend(&bob);
+    let RelayedPair { alice, bob, inbox, agents: _agents } = RelayedPair::start(&broker);
     let bob_watch = bob.watch();
     assert!(alice.ok(&["send", "bob", "through the relay 中继"]).contains("delivered"));
     bob_watch
@@ -294,11 +290,7 @@ fn forged_packets_and_strangers_get_nowhere() {
 #[test]
 fn relay_over_its_rate_slows_down_but_delivers() {
     let broker = Broker::start_with(&Backend::Sqlite, &["--relay-user-rate", "512K", "--relay-total-rate", "1M"]);
-    let (alice, bob) = alice_and_bob(&broker);
-    let inbox = tempfile::tempdir().unwrap();
-    let _a = alice.up_with(&["--relay-only"]);
-    let _b = bob.up_with(&["--relay-only", "--auto-accept-files", inbox.path().to_str().unwrap()]);
-    alice.befriend(&bob);
+    let RelayedPair { alice, inbox, agents: _agents, .. } = RelayedPair::start(&broker);
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("paced.bin");
     let data: Vec<u8> = (0..1_500_000u32).map(|i| (i * 11 % 241) as u8).collect();

@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{Backend, Broker, Peer, alice_and_bob, wait_until};
+use testkit::{Backend, Broker, Peer, RelayedPair, alice_and_bob, wait_until};
 
 /// How long a large transfer may take on a slow debug build before the test gives up.
 const LARGE: Duration = Duration::from_secs(600);
@@ -346,4 +346,22 @@ fn transfers_both_ways_at_once_while_chat_flows() {
     assert!(same_contents(&to_bob, &in_b.path().join("to-bob.bin")));
     assert!(same_contents(&to_alice, &in_a.path().join("to-alice.bin")));
     assert_eq!(alice.json(&["history", "bob", "--json"]).as_array().unwrap().len(), 10);
+}
+
+/// A relayed transfer survives the broker restarting under it: the agents reconnect, the relay opens again
+/// and the receiver resumes from what it has.
+#[test]
+fn relayed_transfer_resumes_after_a_broker_restart() {
+    let mut broker = Broker::start(&Backend::Sqlite);
+    let RelayedPair { alice, bob, inbox, agents: _agents } = RelayedPair::start(&broker);
+    let src = tempfile::tempdir().unwrap();
+    let size: u64 = 256 << 20;
+    let file = make_file(&src.path().join("through-restart.bin"), size, 21);
+    let id = alice.ok(&["send-file", "bob", file.to_str().unwrap(), "--no-wait"]).trim().to_string();
+    wait_transfer(&bob, &id, LARGE, "bytes arriving", |t| t["bytes"].as_u64().unwrap_or(0) > 0);
+    broker.restart();
+    let done = wait_transfer(&bob, &id, LARGE, "the transfer after the restart", |t| t["state"] == "done");
+    assert!(done["resumed_from"].as_u64().unwrap() > 0, "resumed, not restarted: {done:#}");
+    wait_transfer(&alice, &id, Duration::from_secs(60), "done on alice", |t| t["state"] == "done");
+    assert!(same_contents(&file, &inbox.path().join("through-restart.bin")));
 }

@@ -390,6 +390,26 @@ pub fn alice_and_bob(broker: &Broker) -> (Peer, Peer) {
     (Peer::registered(broker, "alice"), Peer::registered(broker, "bob"))
 }
 
+/// Friends alice and bob, both agents running with `--relay-only`, bob accepting every file into a temp
+/// directory: everything between them goes through the broker's relay.
+pub struct RelayedPair {
+    pub alice: Peer,
+    pub bob: Peer,
+    pub inbox: TempDir,
+    pub agents: (Agent, Agent),
+}
+
+impl RelayedPair {
+    pub fn start(broker: &Broker) -> Self {
+        let (alice, bob) = alice_and_bob(broker);
+        let inbox = tempfile::tempdir().unwrap();
+        let a = alice.up_with(&["--relay-only"]);
+        let b = bob.up_with(&["--relay-only", "--auto-accept-files", inbox.path().to_str().unwrap()]);
+        alice.befriend(&bob);
+        Self { alice, bob, inbox, agents: (a, b) }
+    }
+}
+
 /// The `text` of every message in a `peer history --json` listing, in order.
 pub fn texts(history: &Value) -> Vec<String> {
     history.as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap().to_string()).collect()
