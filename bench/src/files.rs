@@ -15,10 +15,7 @@ use std::time::{Duration, Instant};
 
 /// Peak resident memory of a process (Linux `VmHWM`), in KiB.
 fn peak_rss_kib(agent: &Agent) -> Option<u64> {
-    let pid = agent.child.as_ref()?.id();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    crate::proc_status_kib(agent.child.as_ref()?.id(), "VmHWM:")
 }
 
 /// CPU time a process has used so far (user + system), from Linux `/proc`.

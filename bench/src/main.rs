@@ -140,10 +140,15 @@ impl Drop for Proc {
 impl Proc {
     /// Resident memory of the process, in KiB (Linux /proc).
     pub(crate) fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+        proc_status_kib(self.child.id(), "VmRSS:")
     }
+}
+
+/// A KiB figure from `/proc/PID/status` (Linux): `VmRSS:` now, `VmHWM:` at its peak.
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 pub(crate) fn sibling(name: &str) -> Result<std::path::PathBuf> {

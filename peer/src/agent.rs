@@ -76,6 +76,14 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// A fresh random id (messages, transfers): 16 bytes from the system's secure generator.
+pub(crate) fn random_id() -> [u8; 16] {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    b
+}
+
 fn jitter() -> f64 {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 1];
@@ -266,20 +274,24 @@ impl Agent {
         end
     }
 
-    /// Serves relay streams the broker opens to us: a friend whose packets cannot reach us directly.
+    /// Serves relay streams the broker opens to us: a friend whose packets cannot reach us directly. Each
+    /// is read on its own task, so one slow to name its friend holds up no other.
     async fn accept_relays(self: Arc<Self>, conn: quinn::Connection) {
         while let Ok((send, mut recv)) = conn.accept_bi().await {
-            let hello = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                read_frame::<shared::relay::RelayHello, _>(&mut recv),
-            )
-            .await;
-            let Ok(Ok(Some(hello))) = hello else { continue };
-            let fp = certs::Fingerprint(hello.fingerprint);
-            // The broker vouches for the friend's key, as with a lookup.
-            self.direct.expect(&hello.username, fp);
-            let addr = self.relays.attach(fp, send, recv);
-            tracing::info!(friend = hello.username, %addr, "relay from a friend");
+            let agent = self.clone();
+            tokio::spawn(async move {
+                let hello = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    read_frame::<shared::relay::RelayHello, _>(&mut recv),
+                )
+                .await;
+                let Ok(Ok(Some(hello))) = hello else { return };
+                let fp = certs::Fingerprint(hello.fingerprint);
+                // The broker vouches for the friend's key, as with a lookup.
+                agent.direct.expect(&hello.username, fp);
+                let addr = agent.relays.attach(fp, send, recv);
+                tracing::info!(friend = hello.username, %addr, "relay from a friend");
+            });
         }
     }
 

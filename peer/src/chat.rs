@@ -6,13 +6,13 @@
 //! costs a few database statements and one round trip instead of that many per message. Order is the order
 //! of storing, per friend, and delivery stops at the first message that cannot be delivered.
 
-use crate::agent::{Agent, Reach, lock, now_ms};
+use crate::agent::{Agent, Reach, lock, now_ms, random_id};
 use crate::direct::{Direct, peer_fingerprint};
 use crate::history;
 use anyhow::Result;
 use shared::control::{AgentEvent, ControlResponse, MessageStatus};
 use shared::io::{read_frame, write_frame};
-use shared::peer::{Chat, PeerAck, PeerFrame, batches, check_text, id_hex};
+use shared::peer::{Chat, PeerAck, PeerFrame, batches, check_text, from_hex, id_hex};
 use shared::proto::DeviceEndpoint;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -45,6 +45,13 @@ pub(crate) struct FriendOutbox {
     clean: bool,
 }
 
+/// One try of an exchange with a friend's device.
+pub(crate) enum Attempt<T> {
+    Done(T),
+    /// Worth another try on a fresh connection while patience lasts.
+    Retry(anyhow::Error),
+}
+
 /// What one delivery run settled.
 #[derive(Default)]
 struct Report {
@@ -52,13 +59,6 @@ struct Report {
     failed: HashMap<String, String>,
     /// Delivered, in order: their status is recorded after the senders have their answer.
     to_record: Vec<String>,
-}
-
-fn random_id() -> [u8; 16] {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 16];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    b
 }
 
 impl Agent {
@@ -215,8 +215,10 @@ impl Agent {
         if devices.is_empty() {
             return self.queue(pending, &format!("{friend} is offline")).await;
         }
-        let chats: Vec<Chat> =
-            pending.iter().map(|m| Chat { id: parse_id(&m.id), sent_at: m.sent_at, text: m.text.clone() }).collect();
+        let chats: Vec<Chat> = pending
+            .iter()
+            .map(|m| Chat { id: from_hex(&m.id).unwrap_or_default(), sent_at: m.sent_at, text: m.text.clone() })
+            .collect();
         let frames = batches(chats);
         // Per message: stored by some device, or refused (with why) by one.
         let mut stored = vec![false; pending.len()];
@@ -273,32 +275,47 @@ impl Agent {
         }
     }
 
-    /// Sends the frames to one device. The friend's agent learns our key through the broker at the same moment
-    /// as we learn theirs, and in TLS 1.3 a client's handshake completes before the server has checked the
-    /// client's certificate: a refusal shows up as the connection closing before any answer. Both are retried
-    /// for a few seconds, on a fresh connection, before the device counts as unreachable.
+    /// Runs `attempt` on a connection to one device, retrying it for a few seconds on a fresh connection
+    /// while it asks to. The friend's agent learns our key through the broker at the same moment as we learn
+    /// theirs, and in TLS 1.3 a client's handshake completes before the server has checked the client's
+    /// certificate: a refusal shows up as the connection closing before any answer. Once patience is out,
+    /// the last error is the outcome.
+    pub(crate) async fn patiently<T, F, Fut>(&self, friend: &str, device: &DeviceEndpoint, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(quinn::Connection) -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+        loop {
+            let patient = tokio::time::Instant::now() < deadline;
+            match self.direct.connect(friend, device).await {
+                Ok(conn) => match attempt(conn).await {
+                    Attempt::Done(v) => return Ok(v),
+                    Attempt::Retry(e) if !patient => return Err(e),
+                    Attempt::Retry(e) => tracing::debug!(friend, error = %e, "not answered yet; retrying"),
+                },
+                Err(e) if !patient => return Err(e),
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Sends the frames to one device (see [`Agent::patiently`]): the answers, and what cut them short.
     async fn send_to_device(
         &self,
         friend: &str,
         device: &DeviceEndpoint,
         frames: &[PeerFrame],
     ) -> Result<(Vec<PeerAck>, Option<anyhow::Error>)> {
-        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
-        loop {
-            let patient = tokio::time::Instant::now() < deadline;
-            match self.direct.connect(friend, device).await {
-                Ok(conn) => {
-                    let (acks, err) = Direct::send_batch(&conn, frames).await;
-                    let refused = err.is_some() && acks.is_empty() && conn.close_reason().is_some();
-                    if !(refused && patient) {
-                        return Ok((acks, err));
-                    }
-                }
-                Err(e) if !patient => return Err(e),
-                Err(_) => {}
+        self.patiently(friend, device, |conn| async move {
+            let (acks, err) = Direct::send_batch(&conn, frames).await;
+            match err {
+                Some(e) if acks.is_empty() && conn.close_reason().is_some() => Attempt::Retry(e),
+                err => Attempt::Done((acks, err)),
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await
     }
 
     /// Retries every friend with pending messages (after reconnecting, on a friend coming online, and
@@ -458,12 +475,4 @@ impl Agent {
         }
         Some(if single { acks.remove(0) } else { PeerAck::Batch(acks) })
     }
-}
-
-fn parse_id(hex: &str) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (i, chunk) in hex.as_bytes().chunks(2).take(16).enumerate() {
-        out[i] = std::str::from_utf8(chunk).ok().and_then(|s| u8::from_str_radix(s, 16).ok()).unwrap_or(0);
-    }
-    out
 }

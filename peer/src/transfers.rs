@@ -11,9 +11,8 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 /// A transfer row with what only the agent needs.
 #[derive(Debug, Clone)]
 pub(crate) struct Record {
+    /// For the sender, `t.path` is the file on disk.
     pub(crate) t: Transfer,
-    /// Sender: the file on disk.
-    pub(crate) source: Option<String>,
     /// Receiver: the directory it goes to (set when accepted).
     pub(crate) dir: Option<String>,
 }
@@ -35,13 +34,12 @@ fn from_row(r: &SqliteRow) -> Result<Record, sqlx::Error> {
             hash: r.try_get(5)?,
             state: TransferState::parse(&state).unwrap_or(TransferState::Failed),
             bytes: r.try_get::<i64, _>(7)? as u64,
-            path: if outgoing { source.clone() } else { saved_as },
+            path: if outgoing { source } else { saved_as },
             error: r.try_get(11)?,
             resumed_from: r.try_get::<i64, _>(12)? as u64,
             created_at: r.try_get(13)?,
             updated_at: r.try_get(14)?,
         },
-        source,
         dir: r.try_get(9)?,
     })
 }
@@ -60,7 +58,7 @@ pub(crate) async fn insert(db: &SqlitePool, row: &Record) -> Result<()> {
     .bind(t.size as i64)
     .bind(&t.hash)
     .bind(t.state.as_str())
-    .bind(&row.source)
+    .bind(if t.outgoing { t.path.as_deref() } else { None })
     .bind(&row.dir)
     .bind(t.created_at)
     .bind(t.updated_at)

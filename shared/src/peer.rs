@@ -86,7 +86,24 @@ pub fn batches(messages: Vec<Chat>) -> Vec<PeerFrame> {
 
 /// Hex form of a message id.
 pub fn id_hex(id: &MessageId) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    to_hex(id)
+}
+
+/// Lower-case hex of any bytes (ids, hashes), as stored and shown.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes back from [`to_hex`]; `None` unless `hex` is exactly `2 * N` hex digits.
+pub fn from_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    if hex.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        *o = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Checks a chat text: not empty, at most [`MAX_MESSAGE_BYTES`].
@@ -111,6 +128,10 @@ mod tests {
         assert!(check_text(&"x".repeat(MAX_MESSAGE_BYTES)).is_ok());
         assert!(check_text(&"x".repeat(MAX_MESSAGE_BYTES + 1)).is_err());
         assert_eq!(id_hex(&[0xab; 16]).len(), 32);
+        assert_eq!(from_hex::<16>(&id_hex(&[0xab; 16])), Some([0xab; 16]));
+        assert_eq!(from_hex::<2>("0aFf"), Some([0x0a, 0xff]));
+        assert_eq!(from_hex::<2>("0a"), None);
+        assert_eq!(from_hex::<1>("zz"), None);
     }
 
     #[test]

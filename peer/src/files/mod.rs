@@ -9,14 +9,15 @@
 //! Here: offers and the commands (`send-file`, `files accept|decline|cancel`). [`transfer`]: the byte
 //! streams of both sides. [`disk`]: the blocking file work. [`live`]: transfers in motion and their signals.
 
-use crate::agent::{Agent, lock, now_ms};
+use crate::agent::{Agent, lock, now_ms, random_id};
+use crate::chat::Attempt;
 use crate::transfers::{self, Record};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use shared::control::{AgentEvent, ControlResponse, Transfer, TransferState};
 use shared::files::{FileOffer, OfferAnswer, TransferId, check_space, format_size, numbered_name, sanitize_name};
 use shared::io::{read_frame, write_frame};
-use shared::peer::{PeerAck, PeerFrame, id_hex};
+use shared::peer::{PeerAck, PeerFrame, from_hex, id_hex, to_hex};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -66,17 +67,6 @@ impl From<anyhow::Error> for Stop {
     fn from(e: anyhow::Error) -> Self {
         Stop::Later(format!("{e:#}"))
     }
-}
-
-fn random_id() -> TransferId {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 16];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    b
-}
-
-fn hex32(h: &[u8; 32]) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Agent {
@@ -145,7 +135,7 @@ impl Agent {
             bail!("{path} changed while it was being hashed; send it again");
         }
         sanitize_name(name).map_err(|e| anyhow!("{e}; pick another with --name"))?;
-        let hash_hex = hex32(&hash);
+        let hash_hex = to_hex(&hash);
         let rec = match transfers::find_outgoing(&self.home.db, to, path, &hash_hex, name).await? {
             Some(rec) => rec,
             None => {
@@ -166,7 +156,6 @@ impl Agent {
                         created_at: now,
                         updated_at: now,
                     },
-                    source: Some(path.to_string()),
                     dir: None,
                 };
                 transfers::insert(&self.home.db, &rec).await?;
@@ -182,7 +171,12 @@ impl Agent {
     /// Offers (again) an outgoing transfer and records where the receiver stands.
     async fn offer(&self, rec: &Record) -> Result<Transfer> {
         let t = &rec.t;
-        let offer = FileOffer { id: parse_id(&t.id), name: t.name.clone(), size: t.size, hash: parse_hash(&t.hash) };
+        let offer = FileOffer {
+            id: parse_id(&t.id),
+            name: t.name.clone(),
+            size: t.size,
+            hash: from_hex(&t.hash).unwrap_or_default(),
+        };
         let (state, error) = match self.exchange(&t.peer, &PeerFrame::FileOffer(offer)).await {
             Ok((_, _, PeerAck::Offer(answer))) => match answer {
                 // The receiver drives from here: it fetches once accepted.
@@ -222,32 +216,29 @@ impl Agent {
         };
         let mut errors = Vec::new();
         for device in &devices {
-            let deadline = tokio::time::Instant::now() + crate::chat::CONNECT_PATIENCE;
-            loop {
-                let attempt = async {
-                    let conn = self.direct.connect(friend, device).await?;
-                    let (mut send, mut recv) = conn.open_bi().await?;
-                    write_frame(&mut send, frame).await?;
-                    let ack = tokio::time::timeout(ANSWER_TIMEOUT, read_frame::<PeerAck, _>(&mut recv))
-                        .await
-                        .map_err(|_| anyhow!("no answer"))??
-                        .ok_or_else(|| anyhow!("the friend's agent closed the stream"))?;
-                    Ok::<_, anyhow::Error>((send, recv, ack))
-                };
-                match attempt.await {
-                    Ok(r) => {
-                        lock(&self.devices).insert(friend.to_string(), devices.clone());
-                        return Ok(r);
+            let exchanged = self
+                .patiently(friend, device, |conn| async move {
+                    let exchange = async {
+                        let (mut send, mut recv) = conn.open_bi().await?;
+                        write_frame(&mut send, frame).await?;
+                        let ack = tokio::time::timeout(ANSWER_TIMEOUT, read_frame::<PeerAck, _>(&mut recv))
+                            .await
+                            .map_err(|_| anyhow!("no answer"))??
+                            .ok_or_else(|| anyhow!("the friend's agent closed the stream"))?;
+                        Ok::<_, anyhow::Error>((send, recv, ack))
+                    };
+                    match exchange.await {
+                        Ok(r) => Attempt::Done(r),
+                        Err(e) => Attempt::Retry(e),
                     }
-                    Err(e) if tokio::time::Instant::now() < deadline => {
-                        tracing::debug!(friend, error = %e, "file frame not answered yet; retrying");
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                    Err(e) => {
-                        errors.push(format!("{e:#}"));
-                        break;
-                    }
+                })
+                .await;
+            match exchanged {
+                Ok(r) => {
+                    lock(&self.devices).insert(friend.to_string(), devices.clone());
+                    return Ok(r);
                 }
+                Err(e) => errors.push(format!("{e:#}")),
             }
         }
         lock(&self.devices).remove(friend);
@@ -294,7 +285,7 @@ impl Agent {
                 outgoing: false,
                 name,
                 size: offer.size,
-                hash: hex32(&offer.hash),
+                hash: to_hex(&offer.hash),
                 state: TransferState::Offered,
                 bytes: 0,
                 path: None,
@@ -303,7 +294,6 @@ impl Agent {
                 created_at: now,
                 updated_at: now,
             },
-            source: None,
             dir: None,
         };
         if let Err(e) = transfers::insert(&self.home.db, &rec).await {
@@ -444,18 +434,7 @@ impl Agent {
     }
 }
 
-fn parse_hex<const N: usize>(hex: &str) -> [u8; N] {
-    let mut out = [0u8; N];
-    for (i, chunk) in hex.as_bytes().chunks(2).take(N).enumerate() {
-        out[i] = std::str::from_utf8(chunk).ok().and_then(|s| u8::from_str_radix(s, 16).ok()).unwrap_or(0);
-    }
-    out
-}
-
+/// A transfer id back from its hex form (ids in the database are always well-formed).
 pub(crate) fn parse_id(hex: &str) -> TransferId {
-    parse_hex(hex)
-}
-
-fn parse_hash(hex: &str) -> [u8; 32] {
-    parse_hex(hex)
+    from_hex(hex).unwrap_or_default()
 }

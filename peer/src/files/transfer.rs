@@ -146,7 +146,7 @@ impl Agent {
             return Err(Stop::Later(format!("the sender stopped at {} of {}", format_size(total), format_size(size))));
         }
         self.progress_event(&t, total);
-        if hex32(hash.as_bytes()) != t.hash {
+        if to_hex(hash.as_bytes()) != t.hash {
             let why = "the received data does not match the file's hash; the partial data was discarded".to_string();
             let _ = write_frame(&mut send, &PeerFrame::FileResult { id: parse_id(id), ok: false, reason: why.clone() })
                 .await;
@@ -226,7 +226,7 @@ impl Agent {
         if offset > rec.t.size {
             return Err(format!("offset {offset} is past the end of the file"));
         }
-        let source = rec.source.clone().unwrap_or_default();
+        let source = rec.t.path.clone().unwrap_or_default();
         let changed = match std::fs::metadata(&source) {
             Ok(m) => (m.len() != rec.t.size).then(|| format!("{source} changed since it was offered; send it again")),
             Err(e) => Some(format!("{source} cannot be read any more: {e}")),
@@ -260,7 +260,7 @@ impl Agent {
         self.transfer_event(&t);
         tracing::info!(id = t.id, to = t.peer, offset, "sending");
         let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(BLOCKS_IN_FLIGHT);
-        let source = PathBuf::from(rec.source.clone().unwrap_or_default());
+        let source = PathBuf::from(rec.t.path.clone().unwrap_or_default());
         let remaining = t.size - offset;
         let reader = tokio::task::spawn_blocking(move || read_blocks(&source, offset, remaining, tx));
         let mut total = offset;
