@@ -1,15 +1,12 @@
 //! One-to-one chat over direct QUIC connections, end to end.
 
 use std::sync::Arc;
-use testkit::{Backend, Broker, PASSWORD, Peer, RelayedPair, alice_and_bob, texts, wait_until};
+use testkit::{Backend, Broker, Friends, PASSWORD, Peer, RelayedPair, alice_and_bob, texts, wait_until};
 
 #[test]
 fn direct_delivery_both_ways_with_history_and_search() {
     let broker = Broker::start(&Backend::Sqlite);
-    let (alice, bob) = alice_and_bob(&broker);
-    let _a = alice.up();
-    let _b = bob.up();
-    alice.befriend(&bob);
+    let Friends { alice, bob, agents: _agents } = Friends::start(&broker, &[], &[]);
     let bob_watch = bob.watch();
     let alice_watch = alice.watch();
 
@@ -100,10 +97,7 @@ fn offline_messages_queue_in_order_and_survive_restarts() {
 #[test]
 fn every_device_of_the_friend_gets_it() {
     let broker = Broker::start(&Backend::Sqlite);
-    let (alice, bob) = alice_and_bob(&broker);
-    let _a = alice.up();
-    let _b = bob.up();
-    alice.befriend(&bob);
+    let Friends { alice, bob, agents: _agents } = Friends::start(&broker, &[], &[]);
     let phone = Peer::new(&broker);
     assert!(phone.login("bob", PASSWORD).status.success());
     let _p = phone.up();
@@ -239,10 +233,7 @@ fn relay_switched_off_is_a_clear_error() {
 #[test]
 fn forged_packets_and_strangers_get_nowhere() {
     let broker = Broker::start(&Backend::Sqlite);
-    let (alice, bob) = alice_and_bob(&broker);
-    let _a = alice.up();
-    let _b = bob.up();
-    alice.befriend(&bob);
+    let Friends { alice, bob, agents: _agents } = Friends::start(&broker, &[], &[]);
     assert!(alice.ok(&["send", "bob", "before"]).contains("delivered"));
     let status = bob.json(&["status", "--json"]);
     let bob_addr: std::net::SocketAddr = status["observed_addr"].as_str().unwrap().parse().unwrap();

@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{Backend, Broker, Peer, RelayedPair, alice_and_bob, wait_until};
+use testkit::{Backend, Broker, Friends, Peer, RelayedPair, alice_and_bob, wait_until};
 
 /// How long a large transfer may take on a slow debug build before the test gives up.
 const LARGE: Duration = Duration::from_secs(600);
@@ -88,10 +88,7 @@ fn no_partials(dir: &Path) -> bool {
 #[test]
 fn offer_accept_verify_never_overwrite_and_tame_names() {
     let broker = Broker::start(&Backend::Sqlite);
-    let (alice, bob) = alice_and_bob(&broker);
-    let _a = alice.up();
-    let _b = bob.up();
-    alice.befriend(&bob);
+    let Friends { alice, bob, agents: _agents } = Friends::start(&broker, &[], &[]);
     let bob_watch = bob.watch();
     let src = tempfile::tempdir().unwrap();
     let dl = tempfile::tempdir().unwrap();
@@ -199,10 +196,7 @@ fn auto_accept_and_size_limit() {
 #[test]
 fn decline_and_cancel_from_either_side() {
     let broker = Broker::start(&Backend::Sqlite);
-    let (alice, bob) = alice_and_bob(&broker);
-    let _a = alice.up();
-    let _b = bob.up();
-    alice.befriend(&bob);
+    let Friends { alice, bob, agents: _agents } = Friends::start(&broker, &[], &[]);
     let src = tempfile::tempdir().unwrap();
     let dl = tempfile::tempdir().unwrap();
     let file = make_file(&src.path().join("doc.bin"), 64 * 1024, 3);

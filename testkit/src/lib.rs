@@ -12,7 +12,7 @@ mod proc;
 pub use client::Client;
 pub use db::{Backend, TestDb, backends};
 pub use natlab::Lab;
-pub use proc::{Agent, Broker, Peer, RelayedPair, WAIT, Watch, alice_and_bob, bin, texts, wait_until};
+pub use proc::{Agent, Broker, Friends, Peer, RelayedPair, WAIT, Watch, alice_and_bob, bin, texts, wait_until};
 
 /// Password used for test accounts.
 pub const PASSWORD: &str = "correct horse battery";

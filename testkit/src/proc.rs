@@ -390,6 +390,23 @@ pub fn alice_and_bob(broker: &Broker) -> (Peer, Peer) {
     (Peer::registered(broker, "alice"), Peer::registered(broker, "bob"))
 }
 
+/// Friends alice and bob with both agents running.
+pub struct Friends {
+    pub alice: Peer,
+    pub bob: Peer,
+    pub agents: (Agent, Agent),
+}
+
+impl Friends {
+    /// Registers both, starts their agents (with extra `peer up` options each) and befriends them.
+    pub fn start(broker: &Broker, alice_up: &[&str], bob_up: &[&str]) -> Self {
+        let (alice, bob) = alice_and_bob(broker);
+        let agents = (alice.up_with(alice_up), bob.up_with(bob_up));
+        alice.befriend(&bob);
+        Self { alice, bob, agents }
+    }
+}
+
 /// Friends alice and bob, both agents running with `--relay-only`, bob accepting every file into a temp
 /// directory: everything between them goes through the broker's relay.
 pub struct RelayedPair {
@@ -401,12 +418,10 @@ pub struct RelayedPair {
 
 impl RelayedPair {
     pub fn start(broker: &Broker) -> Self {
-        let (alice, bob) = alice_and_bob(broker);
         let inbox = tempfile::tempdir().unwrap();
-        let a = alice.up_with(&["--relay-only"]);
-        let b = bob.up_with(&["--relay-only", "--auto-accept-files", inbox.path().to_str().unwrap()]);
-        alice.befriend(&bob);
-        Self { alice, bob, inbox, agents: (a, b) }
+        let bob_up = ["--relay-only", "--auto-accept-files", inbox.path().to_str().unwrap()];
+        let Friends { alice, bob, agents } = Friends::start(broker, &["--relay-only"], &bob_up);
+        Self { alice, bob, inbox, agents }
     }
 }
 
