@@ -105,9 +105,11 @@ impl Conn {
             if !self.ctx.friends.are_friends(&me, &friend).await? {
                 return Err(ErrorCode::NotFriends.into());
             }
-            let Some(theirs) = self.ctx.table.device_connection(&friend, &device) else {
+            let Some(conn) = self.ctx.table.device_connection(&friend, &device) else {
                 return Err(ErrorCode::RelayUnavailable(format!("{friend}'s device is not online")).into());
             };
+            // The friend's side first, so that the answer says whether the relay really stands.
+            let theirs = self.ctx.relay.open(&me, self.fingerprint, &conn).await?;
             Ok::<_, AccountError>((me, theirs))
         };
         let (me, theirs) = match checked.await {
@@ -129,9 +131,7 @@ impl Conn {
         if write_frame(&mut send, &Response::Ok).await.is_err() {
             return;
         }
-        if let Err(e) = self.ctx.relay.splice(&me, self.fingerprint, &friend, &theirs, (send, recv)).await {
-            tracing::info!(from = me, to = friend, error = e, "relay could not open the friend's side");
-        }
+        self.ctx.relay.splice(&me, &friend, (send, recv), theirs).await;
     }
 
     async fn handle(&self, req: Request) -> Response {

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 /// Bytes read from one side before they are written to the other: what the relay holds per direction.
 const CHUNK: usize = 64 * 1024;
 
+/// How long the friend's agent may take to accept its side of a relay.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Operator settings.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayConfig {
@@ -84,20 +87,37 @@ impl Relay {
         self.relayed.lock().unwrap_or_else(|p| p.into_inner()).get(user).copied().unwrap_or(0)
     }
 
-    /// Opens the friend's side and splices it to ours until either ends. `ours` is the requester's stream,
-    /// already answered `Ok`.
-    pub async fn splice(
+    /// Opens the friend's side of a relay: a stream to their agent naming who is on the other end. A
+    /// friend's agent that takes no new stream (at its limit, or stuck) fails it rather than holding the
+    /// requester.
+    pub async fn open(
         &self,
         me: &str,
         my_device: Fingerprint,
+        theirs: &quinn::Connection,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), ErrorCode> {
+        let open = async {
+            let (mut send, recv) = theirs.open_bi().await.ok()?;
+            let hello = RelayHello { username: me.to_string(), fingerprint: my_device.0 };
+            shared::io::write_frame(&mut send, &hello).await.ok()?;
+            Some((send, recv))
+        };
+        tokio::time::timeout(OPEN_TIMEOUT, open)
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| ErrorCode::RelayUnavailable("the friend's agent did not take the relay".into()))
+    }
+
+    /// Copies between the requester's stream and the friend's until either ends.
+    pub async fn splice(
+        &self,
+        me: &str,
         friend: &str,
-        theirs_conn: &quinn::Connection,
         ours: (quinn::SendStream, quinn::RecvStream),
-    ) -> Result<(), String> {
-        let (mut their_send, their_recv) = theirs_conn.open_bi().await.map_err(|e| e.to_string())?;
-        let hello = RelayHello { username: me.to_string(), fingerprint: my_device.0 };
-        shared::io::write_frame(&mut their_send, &hello).await.map_err(|e| e.to_string())?;
-        let (our_send, our_recv) = ours;
+        theirs: (quinn::SendStream, quinn::RecvStream),
+    ) {
+        let ((our_send, our_recv), (their_send, their_recv)) = (ours, theirs);
         tracing::info!(from = me, to = friend, "relay open");
         let (up, down) = tokio::join!(self.pump(me, our_recv, their_send), self.pump(friend, their_recv, our_send));
         tracing::info!(
@@ -108,7 +128,6 @@ impl Relay {
             user_total = self.relayed_bytes(me),
             "relay closed"
         );
-        Ok(())
     }
 
     /// Copies one direction, counting and pacing it as `user`'s traffic; returns the bytes copied.
