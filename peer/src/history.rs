@@ -2,12 +2,13 @@
 //! acknowledged. The CLI reads it directly (WAL allows a reader beside the agent), so history works even
 //! when the agent is not running.
 
+use crate::db::Db;
 use anyhow::Result;
 use serde_json::{Value, json};
 use shared::control::MessageStatus;
 use shared::proto::{GroupMessage, Millis};
 use sqlx::Row;
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::sqlite::SqliteRow;
 
 /// One stored message.
 #[derive(Debug, Clone)]
@@ -53,7 +54,7 @@ const ROWS_PER_STATEMENT: usize = 256;
 
 /// Records outgoing messages (status `sending`) in one statement per 256, in the given order, which is the
 /// order they are delivered in.
-pub(crate) async fn insert_outgoing(db: &SqlitePool, rows: &[(String, String, String)], now: Millis) -> Result<()> {
+pub(crate) async fn insert_outgoing(db: &Db, rows: &[(String, String, String)], now: Millis) -> Result<()> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let values = vec!["(?, ?, 1, ?, ?, ?, 'sending')"; chunk.len()].join(", ");
         let sql =
@@ -62,7 +63,7 @@ pub(crate) async fn insert_outgoing(db: &SqlitePool, rows: &[(String, String, St
         for (id, peer, text) in chunk {
             q = q.bind(id).bind(peer).bind(text).bind(now).bind(now);
         }
-        q.execute(db).await?;
+        q.execute(&mut *db.lock().await).await?;
     }
     Ok(())
 }
@@ -70,12 +71,31 @@ pub(crate) async fn insert_outgoing(db: &SqlitePool, rows: &[(String, String, St
 /// Stores incoming messages from `peer` in one statement; returns the ids that were new (a retried id is
 /// stored once and not reported again).
 pub(crate) async fn insert_incoming(
-    db: &SqlitePool,
+    db: &Db,
     peer: &str,
     msgs: &[(String, String, Millis)],
     now: Millis,
 ) -> Result<Vec<String>> {
     let mut fresh = Vec::new();
+    if let [(id, text, sent_at)] = msgs {
+        // The usual case, live chat: `rows_affected` says whether it was new, and a plain execute is one
+        // answer from SQLite's thread where `RETURNING` rows stream back in several.
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO messages (id, peer, outgoing, text, sent_at, stored_at, status) \
+             VALUES (?, ?, 0, ?, ?, ?, 'received')",
+        )
+        .bind(id)
+        .bind(peer)
+        .bind(text)
+        .bind(*sent_at)
+        .bind(now)
+        .execute(&mut *db.lock().await)
+        .await?;
+        if done.rows_affected() == 1 {
+            fresh.push(id.clone());
+        }
+        return Ok(fresh);
+    }
     for chunk in msgs.chunks(ROWS_PER_STATEMENT) {
         let values = vec!["(?, ?, 0, ?, ?, ?, 'received')"; chunk.len()].join(", ");
         let sql = format!(
@@ -85,7 +105,7 @@ pub(crate) async fn insert_incoming(
         for (id, text, sent_at) in chunk {
             q = q.bind(id).bind(peer).bind(text).bind(*sent_at).bind(now);
         }
-        for row in q.fetch_all(db).await? {
+        for row in q.fetch_all(&mut *db.lock().await).await? {
             fresh.push(row.try_get(0)?);
         }
     }
@@ -93,7 +113,7 @@ pub(crate) async fn insert_incoming(
 }
 
 /// Sets the status of many messages, one statement per 256.
-pub(crate) async fn set_status_many(db: &SqlitePool, ids: &[String], status: MessageStatus) -> Result<()> {
+pub(crate) async fn set_status_many(db: &Db, ids: &[String], status: MessageStatus) -> Result<()> {
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let marks = vec!["?"; chunk.len()].join(", ");
         let sql = format!("UPDATE messages SET status = ? WHERE id IN ({marks})");
@@ -101,49 +121,54 @@ pub(crate) async fn set_status_many(db: &SqlitePool, ids: &[String], status: Mes
         for id in chunk {
             q = q.bind(id);
         }
-        q.execute(db).await?;
+        q.execute(&mut *db.lock().await).await?;
     }
     Ok(())
 }
 
-pub(crate) async fn set_status(db: &SqlitePool, id: &str, status: MessageStatus) -> Result<()> {
-    sqlx::query("UPDATE messages SET status = ? WHERE id = ?").bind(status.as_str()).bind(id).execute(db).await?;
+pub(crate) async fn set_status(db: &Db, id: &str, status: MessageStatus) -> Result<()> {
+    sqlx::query("UPDATE messages SET status = ? WHERE id = ?")
+        .bind(status.as_str())
+        .bind(id)
+        .execute(&mut *db.lock().await)
+        .await?;
     Ok(())
 }
 
-pub(crate) async fn status(db: &SqlitePool, id: &str) -> Result<Option<String>> {
-    let row = sqlx::query("SELECT status FROM messages WHERE id = ?").bind(id).fetch_optional(db).await?;
+pub(crate) async fn status(db: &Db, id: &str) -> Result<Option<String>> {
+    let row =
+        sqlx::query("SELECT status FROM messages WHERE id = ?").bind(id).fetch_optional(&mut *db.lock().await).await?;
     Ok(row.map(|r| r.try_get(0)).transpose()?)
 }
 
 /// Outgoing messages to `peer` not yet delivered, oldest first.
-pub(crate) async fn pending(db: &SqlitePool, peer: &str) -> Result<Vec<Message>> {
+pub(crate) async fn pending(db: &Db, peer: &str) -> Result<Vec<Message>> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM messages WHERE status IN ('sending', 'queued') AND outgoing = 1 AND peer = ? ORDER BY local_id"
     )))
     .bind(peer)
-    .fetch_all(db)
+    .fetch_all(&mut *db.lock().await)
     .await?;
     Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
 }
 
 /// Friends with undelivered messages.
-pub(crate) async fn peers_with_pending(db: &SqlitePool) -> Result<Vec<String>> {
+pub(crate) async fn peers_with_pending(db: &Db) -> Result<Vec<String>> {
     let rows = sqlx::query("SELECT DISTINCT peer FROM messages WHERE status IN ('sending', 'queued') AND outgoing = 1")
-        .fetch_all(db)
+        .fetch_all(&mut *db.lock().await)
         .await?;
     Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
 }
 
 /// The conversation with `peer`, newest `limit` messages before `before` (a local id), oldest first.
-pub(crate) async fn conversation(db: &SqlitePool, peer: &str, limit: i64, before: Option<i64>) -> Result<Vec<Message>> {
+pub(crate) async fn conversation(db: &Db, peer: &str, limit: i64, before: Option<i64>) -> Result<Vec<Message>> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM messages WHERE peer = ? AND local_id < ? ORDER BY local_id DESC LIMIT ?"
     )))
     .bind(peer)
     .bind(before.unwrap_or(i64::MAX))
     .bind(limit)
-    .fetch_all(db)
+    .fetch_all(&mut *db.lock().await)
     .await?;
     let mut out: Vec<Message> = rows.iter().map(from_row).collect::<Result<_, _>>()?;
     out.reverse();
@@ -151,13 +176,13 @@ pub(crate) async fn conversation(db: &SqlitePool, peer: &str, limit: i64, before
 }
 
 /// Messages containing `text` (case-insensitive for ASCII), across conversations, oldest first.
-pub(crate) async fn search(db: &SqlitePool, text: &str, limit: i64) -> Result<Vec<Message>> {
+pub(crate) async fn search(db: &Db, text: &str, limit: i64) -> Result<Vec<Message>> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM messages WHERE text LIKE ? ESCAPE '!' ORDER BY local_id DESC LIMIT ?"
     )))
     .bind(shared::validate::like_contains(text))
     .bind(limit)
-    .fetch_all(db)
+    .fetch_all(&mut *db.lock().await)
     .await?;
     let mut out: Vec<Message> = rows.iter().map(from_row).collect::<Result<_, _>>()?;
     out.reverse();
@@ -165,7 +190,7 @@ pub(crate) async fn search(db: &SqlitePool, text: &str, limit: i64) -> Result<Ve
 }
 
 /// Stores group messages (in the broker's order); returns those that were new.
-pub(crate) async fn insert_group(db: &SqlitePool, msgs: &[GroupMessage], now: Millis) -> Result<Vec<GroupMessage>> {
+pub(crate) async fn insert_group(db: &Db, msgs: &[GroupMessage], now: Millis) -> Result<Vec<GroupMessage>> {
     let mut fresh = Vec::new();
     for chunk in msgs.chunks(ROWS_PER_STATEMENT) {
         let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
@@ -185,7 +210,7 @@ pub(crate) async fn insert_group(db: &SqlitePool, msgs: &[GroupMessage], now: Mi
                 .bind(now);
         }
         let new: std::collections::HashSet<(i64, i64)> = q
-            .fetch_all(db)
+            .fetch_all(&mut *db.lock().await)
             .await?
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -196,17 +221,17 @@ pub(crate) async fn insert_group(db: &SqlitePool, msgs: &[GroupMessage], now: Mi
 }
 
 /// The newest sequence number stored for a group (0 if none).
-pub(crate) async fn last_group_seq(db: &SqlitePool, group_id: i64) -> Result<i64> {
+pub(crate) async fn last_group_seq(db: &Db, group_id: i64) -> Result<i64> {
     let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM group_messages WHERE group_id = ?")
         .bind(group_id)
-        .fetch_one(db)
+        .fetch_one(&mut *db.lock().await)
         .await?;
     Ok(row.try_get(0)?)
 }
 
 /// A group's messages, newest `limit` before `before` (a sequence number), oldest first.
 pub(crate) async fn group_conversation(
-    db: &SqlitePool,
+    db: &Db,
     group_id: i64,
     limit: i64,
     before: Option<i64>,
@@ -218,7 +243,7 @@ pub(crate) async fn group_conversation(
     .bind(group_id)
     .bind(before.unwrap_or(i64::MAX))
     .bind(limit)
-    .fetch_all(db)
+    .fetch_all(&mut *db.lock().await)
     .await?;
     let mut out = rows
         .iter()
@@ -241,13 +266,13 @@ pub(crate) async fn group_conversation(
 mod tests {
     use super::*;
 
-    async fn db() -> SqlitePool {
-        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
+    async fn db() -> Db {
+        let db = Db::memory().await;
         for stmt in include_str!("../migrations/0002_messages.sql").split(';').map(str::trim).filter(|s| !s.is_empty())
         {
-            sqlx::query(sqlx::AssertSqlSafe(stmt.to_string())).execute(&pool).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(stmt.to_string())).execute(&mut *db.lock().await).await.unwrap();
         }
-        pool
+        db
     }
 
     #[tokio::test]

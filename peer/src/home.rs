@@ -1,10 +1,12 @@
 //! The peer's home directory: device identity, settings (broker, pinned fingerprint, token) and its SQLite
 //! database. Everything secret is 0600 in a 0700 directory.
 
+use crate::db::Db;
 use anyhow::{Context, Result, bail};
 use certs::{Fingerprint, Identity};
+use sqlx::Connection;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use std::path::{Path, PathBuf};
 
 /// Schema steps, applied in order; the index + 1 is the version stored in `PRAGMA user_version`.
@@ -18,7 +20,7 @@ const MIGRATIONS: &[&str] = &[
 /// An opened home directory.
 pub(crate) struct Home {
     pub(crate) dir: PathBuf,
-    pub(crate) db: SqlitePool,
+    pub(crate) db: Db,
 }
 
 /// What `register`/`login` store and `up` needs.
@@ -55,23 +57,18 @@ impl Home {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal);
-        let db = SqlitePoolOptions::new()
-            .max_connections(1)
-            // One long-lived connection: its settings (see `checkpoint_in_background`) stay in force.
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(opts)
-            .await
-            .with_context(|| format!("cannot open {}", db_path.display()))?;
+        let db = Db::open(&opts).await.with_context(|| format!("cannot open {}", db_path.display()))?;
         let home = Self { dir: dir.to_path_buf(), db };
         home.migrate().await?;
         Ok(home)
     }
 
     async fn migrate(&self) -> Result<()> {
-        let current: i64 = sqlx::query("PRAGMA user_version").fetch_one(&self.db).await?.try_get(0)?;
+        let current: i64 =
+            sqlx::query("PRAGMA user_version").fetch_one(&mut *self.db.lock().await).await?.try_get(0)?;
         for (i, script) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let mut tx = self.db.begin().await?;
+            let mut conn = self.db.lock().await;
+            let mut tx = conn.begin().await?;
             for stmt in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                 sqlx::query(sqlx::AssertSqlSafe(stmt.to_string())).execute(&mut *tx).await?;
             }
@@ -85,7 +82,7 @@ impl Home {
     /// commit crosses 1,000 WAL pages, and that commit (a message being sent or stored) waits milliseconds
     /// for it. A second connection checkpoints passively every 2 s instead, beside the writer.
     pub(crate) async fn checkpoint_in_background(&self) -> Result<tokio::task::JoinHandle<()>> {
-        sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&self.db).await?;
+        sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&mut *self.db.lock().await).await?;
         let opts = SqliteConnectOptions::new().filename(self.dir.join("peer.db"));
         let mut conn = sqlx::ConnectOptions::connect(&opts).await?;
         Ok(tokio::spawn(async move {
@@ -104,7 +101,10 @@ impl Home {
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT value FROM settings WHERE key = ?").bind(key).fetch_optional(&self.db).await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&mut *self.db.lock().await)
+            .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
@@ -114,13 +114,13 @@ impl Home {
         )
         .bind(key)
         .bind(value)
-        .execute(&self.db)
+        .execute(&mut *self.db.lock().await)
         .await?;
         Ok(())
     }
 
     pub(crate) async fn delete(&self, key: &str) -> Result<()> {
-        sqlx::query("DELETE FROM settings WHERE key = ?").bind(key).execute(&self.db).await?;
+        sqlx::query("DELETE FROM settings WHERE key = ?").bind(key).execute(&mut *self.db.lock().await).await?;
         Ok(())
     }
 

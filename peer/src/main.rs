@@ -7,6 +7,7 @@ mod agent;
 mod chat;
 mod cli;
 mod control;
+mod db;
 mod direct;
 mod files;
 mod groups;

@@ -2,11 +2,12 @@
 //! outlives either agent and resumes where it stopped. The receiver's byte count here is only what `peer
 //! files` shows between runs; on resume the partial file on disk is what counts.
 
+use crate::db::Db;
 use anyhow::{Result, bail};
 use shared::control::{Transfer, TransferState};
 use shared::proto::Millis;
 use sqlx::Row;
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::sqlite::SqliteRow;
 
 /// A transfer row with what only the agent needs.
 #[derive(Debug, Clone)]
@@ -45,7 +46,7 @@ fn from_row(r: &SqliteRow) -> Result<Record, sqlx::Error> {
 }
 
 /// Records a new transfer.
-pub(crate) async fn insert(db: &SqlitePool, row: &Record) -> Result<()> {
+pub(crate) async fn insert(db: &Db, row: &Record) -> Result<()> {
     let t = &row.t;
     sqlx::query(
         "INSERT INTO transfers (id, peer, outgoing, name, size, hash, state, bytes, source, dir, created_at, updated_at) \
@@ -62,25 +63,26 @@ pub(crate) async fn insert(db: &SqlitePool, row: &Record) -> Result<()> {
     .bind(&row.dir)
     .bind(t.created_at)
     .bind(t.updated_at)
-    .execute(db)
+    .execute(&mut *db.lock().await)
     .await?;
     Ok(())
 }
 
-pub(crate) async fn get(db: &SqlitePool, id: &str) -> Result<Option<Record>> {
+pub(crate) async fn get(db: &Db, id: &str) -> Result<Option<Record>> {
     let sql = format!("SELECT {COLUMNS} FROM transfers WHERE id = ?");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(db).await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *db.lock().await).await?;
     Ok(row.map(|r| from_row(&r)).transpose()?)
 }
 
 /// The transfer an id or unique id prefix names.
-pub(crate) async fn resolve(db: &SqlitePool, prefix: &str) -> Result<Record> {
+pub(crate) async fn resolve(db: &Db, prefix: &str) -> Result<Record> {
     let prefix = prefix.trim().to_ascii_lowercase();
     if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
         bail!("not a transfer id: {prefix:?} (ids are hex; see `peer files`)");
     }
     let sql = format!("SELECT {COLUMNS} FROM transfers WHERE id LIKE ? LIMIT 2");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(format!("{prefix}%")).fetch_all(db).await?;
+    let rows =
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(format!("{prefix}%")).fetch_all(&mut *db.lock().await).await?;
     match rows.as_slice() {
         [one] => Ok(from_row(one)?),
         [] => bail!("no transfer {prefix} (see `peer files`)"),
@@ -89,81 +91,74 @@ pub(crate) async fn resolve(db: &SqlitePool, prefix: &str) -> Result<Record> {
 }
 
 /// Every transfer, newest first.
-pub(crate) async fn list(db: &SqlitePool) -> Result<Vec<Record>> {
+pub(crate) async fn list(db: &Db) -> Result<Vec<Record>> {
     let sql = format!("SELECT {COLUMNS} FROM transfers ORDER BY created_at DESC, id");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(db).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *db.lock().await).await?;
     Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
 }
 
 /// Unfinished transfers in one direction, oldest first: what the agent resumes.
-pub(crate) async fn unfinished(db: &SqlitePool, outgoing: bool) -> Result<Vec<Record>> {
+pub(crate) async fn unfinished(db: &Db, outgoing: bool) -> Result<Vec<Record>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM transfers WHERE outgoing = ? AND state IN ('waiting', 'offered', 'transferring') \
          ORDER BY created_at"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64::from(outgoing)).fetch_all(db).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64::from(outgoing)).fetch_all(&mut *db.lock().await).await?;
     Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
 }
 
 /// The transfer of the same file (path, content, name) to the same friend that did not fail: sending it
 /// again continues it, or finds it done.
-pub(crate) async fn find_outgoing(
-    db: &SqlitePool,
-    peer: &str,
-    source: &str,
-    hash: &str,
-    name: &str,
-) -> Result<Option<Record>> {
+pub(crate) async fn find_outgoing(db: &Db, peer: &str, source: &str, hash: &str, name: &str) -> Result<Option<Record>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM transfers WHERE outgoing = 1 AND peer = ? AND source = ? AND hash = ? AND name = ? \
          AND state NOT IN ('declined', 'cancelled', 'failed') ORDER BY created_at DESC LIMIT 1"
     );
-    let row =
-        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(peer).bind(source).bind(hash).bind(name).fetch_optional(db).await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(peer)
+        .bind(source)
+        .bind(hash)
+        .bind(name)
+        .fetch_optional(&mut *db.lock().await)
+        .await?;
     Ok(row.map(|r| from_row(&r)).transpose()?)
 }
 
 /// Moves a transfer to `state`, with why (or clearing the reason when `None`).
-pub(crate) async fn set_state(
-    db: &SqlitePool,
-    id: &str,
-    state: TransferState,
-    error: Option<&str>,
-    now: Millis,
-) -> Result<()> {
+pub(crate) async fn set_state(db: &Db, id: &str, state: TransferState, error: Option<&str>, now: Millis) -> Result<()> {
     sqlx::query("UPDATE transfers SET state = ?, error = ?, updated_at = ? WHERE id = ?")
         .bind(state.as_str())
         .bind(error)
         .bind(now)
         .bind(id)
-        .execute(db)
+        .execute(&mut *db.lock().await)
         .await?;
     Ok(())
 }
 
-pub(crate) async fn set_bytes(db: &SqlitePool, id: &str, bytes: u64, now: Millis) -> Result<()> {
+pub(crate) async fn set_bytes(db: &Db, id: &str, bytes: u64, now: Millis) -> Result<()> {
     sqlx::query("UPDATE transfers SET bytes = ?, updated_at = ? WHERE id = ?")
         .bind(bytes as i64)
         .bind(now)
         .bind(id)
-        .execute(db)
+        .execute(&mut *db.lock().await)
         .await?;
     Ok(())
 }
 
 /// Receiver: accepted into `dir`.
-pub(crate) async fn accept(db: &SqlitePool, id: &str, dir: &str, now: Millis) -> Result<()> {
+pub(crate) async fn accept(db: &Db, id: &str, dir: &str, now: Millis) -> Result<()> {
     sqlx::query("UPDATE transfers SET state = 'transferring', dir = ?, error = NULL, updated_at = ? WHERE id = ?")
         .bind(dir)
         .bind(now)
         .bind(id)
-        .execute(db)
+        .execute(&mut *db.lock().await)
         .await?;
     Ok(())
 }
 
 /// A fetch starts at `offset`.
-pub(crate) async fn started(db: &SqlitePool, id: &str, offset: u64, now: Millis) -> Result<()> {
+pub(crate) async fn started(db: &Db, id: &str, offset: u64, now: Millis) -> Result<()> {
     sqlx::query(
         "UPDATE transfers SET state = 'transferring', error = NULL, bytes = ?, resumed_from = ?, updated_at = ? \
          WHERE id = ?",
@@ -172,13 +167,13 @@ pub(crate) async fn started(db: &SqlitePool, id: &str, offset: u64, now: Millis)
     .bind(offset as i64)
     .bind(now)
     .bind(id)
-    .execute(db)
+    .execute(&mut *db.lock().await)
     .await?;
     Ok(())
 }
 
 /// Finished and verified; the receiver records where the file went.
-pub(crate) async fn done(db: &SqlitePool, id: &str, size: u64, saved_as: Option<&str>, now: Millis) -> Result<()> {
+pub(crate) async fn done(db: &Db, id: &str, size: u64, saved_as: Option<&str>, now: Millis) -> Result<()> {
     sqlx::query(
         "UPDATE transfers SET state = 'done', bytes = ?, saved_as = COALESCE(?, saved_as), error = NULL, \
          updated_at = ? WHERE id = ?",
@@ -187,7 +182,7 @@ pub(crate) async fn done(db: &SqlitePool, id: &str, size: u64, saved_as: Option<
     .bind(saved_as)
     .bind(now)
     .bind(id)
-    .execute(db)
+    .execute(&mut *db.lock().await)
     .await?;
     Ok(())
 }
