@@ -24,11 +24,16 @@ pub(crate) struct Clients {
     identity: Identity,
 }
 
+/// A quinn endpoint on a socket with the same deep buffers as the broker's and the agents'.
+pub(crate) fn endpoint(server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint> {
+    let socket = shared::udp::bind("127.0.0.1:0".parse()?)?.socket;
+    let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
+    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)?)
+}
+
 impl Clients {
     pub(crate) fn new() -> Result<Self> {
-        let endpoints = (0..ENDPOINTS)
-            .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse()?).map_err(Into::into))
-            .collect::<Result<_>>()?;
+        let endpoints = (0..ENDPOINTS).map(|_| endpoint(None)).collect::<Result<_>>()?;
         Ok(Self { endpoints, identity: Identity::generate("bench-device")? })
     }
 

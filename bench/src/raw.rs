@@ -14,7 +14,7 @@ pub(crate) async fn serve() -> Result<()> {
     let identity = Identity::generate("raw")?;
     let tls = certs::config::server(&identity, ClientPolicy::AnyDevice, &[ALPN, SINK_ALPN])?;
     let server = quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
-    let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
+    let endpoint = crate::client::endpoint(Some(server))?;
     println!("raw listening on {} fingerprint {}", endpoint.local_addr()?, identity.fingerprint());
     while let Some(incoming) = endpoint.accept().await {
         tokio::spawn(async move {

@@ -65,7 +65,16 @@ impl Broker {
         let mut server =
             quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
         server.transport_config(Arc::new(transport()));
-        let socket = std::net::UdpSocket::bind(cfg.listen)?;
+        let bound = shared::udp::bind(cfg.listen)?;
+        if bound.is_low() {
+            tracing::warn!(
+                recv_buffer = bound.recv_buffer,
+                send_buffer = bound.send_buffer,
+                "small UDP buffers: bursts (a busy group) may be dropped and resent late; raise the OS cap \
+                 (Linux: sysctl -w net.core.rmem_max=8388608 net.core.wmem_max=8388608) and restart"
+            );
+        }
+        let socket = bound.socket;
         let runtime = quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime"))?;
         let endpoint = quinn::Endpoint::new(endpoint_config(&identity), Some(server), socket, runtime)?;
         Ok(Self {

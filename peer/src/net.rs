@@ -51,7 +51,7 @@ pub(crate) fn endpoint(
     server.transport_config(Arc::new(crate::direct::transport()));
     let mut relay_server = quinn::ServerConfig::with_crypto(tls);
     relay_server.transport_config(Arc::new(crate::direct::relay_transport()));
-    let socket = UdpSocket::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
+    let socket = shared::udp::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?.socket;
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
     let socket = Arc::new(crate::relay::RelaySocket::new(runtime.wrap_udp_socket(socket)?, relays));
     // Friends may send packets this large: only relayed connections do (direct paths discover their MTU).

@@ -23,6 +23,8 @@ pub mod peer;
 pub mod proto;
 pub mod relay;
 pub mod session;
+#[cfg(feature = "io")]
+pub mod udp;
 pub mod validate;
 
 pub use frame::{FrameError, MAX_FRAME};

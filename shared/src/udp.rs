@@ -1,0 +1,54 @@
+//! The UDP socket under every QUIC endpoint (broker, agent, bench clients), bound with deep buffers.
+//!
+//! An operating system's default receive buffer (about 200 KiB on Linux) holds only a few hundred small
+//! datagrams. A broker fanning a group post out to a thousand members gets a thousand acknowledgements
+//! back at once; whatever overflows the buffer is dropped, and QUIC resends it only after a probe timeout
+//! (tens of ms). Measured: 10,000 drops in a 3 s `bench groups` run, and every 99th-percentile delivery
+//! was one of them. The kernel caps the size at `net.core.rmem_max` / `wmem_max`; [`bind`] reports what
+//! it got so that an operator can raise the cap.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+
+/// What we ask for, per direction.
+pub const BUFFER: usize = 8 << 20;
+/// Below this (per direction, as the kernel reports it) bursts are likely to be dropped.
+pub const LOW_BUFFER: usize = 1 << 20;
+
+/// A bound socket and the buffer sizes the kernel granted.
+pub struct Bound {
+    pub socket: UdpSocket,
+    pub recv_buffer: usize,
+    pub send_buffer: usize,
+}
+
+impl Bound {
+    /// Whether either buffer stayed small (the kernel's cap is low).
+    pub fn is_low(&self) -> bool {
+        self.recv_buffer < LOW_BUFFER || self.send_buffer < LOW_BUFFER
+    }
+}
+
+/// Binds `addr` and asks for [`BUFFER`]-sized buffers; a smaller grant is not an error.
+pub fn bind(addr: SocketAddr) -> io::Result<Bound> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.bind(&addr.into())?;
+    let _ = socket.set_recv_buffer_size(BUFFER);
+    let _ = socket.set_send_buffer_size(BUFFER);
+    let recv_buffer = socket.recv_buffer_size()?;
+    let send_buffer = socket.send_buffer_size()?;
+    Ok(Bound { socket: socket.into(), recv_buffer, send_buffer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_and_reports_buffers() {
+        let b = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(b.recv_buffer > 0 && b.send_buffer > 0);
+        assert_ne!(b.socket.local_addr().unwrap().port(), 0);
+    }
+}
