@@ -432,6 +432,7 @@ pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize
 
     eprintln!("{senders} senders posting {messages} messages ...");
     let sent: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+    let drops_before = crate::udp_rcvbuf_drops();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..senders {
@@ -463,6 +464,7 @@ pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let drops = crate::udp_rcvbuf_drops().zip(drops_before).map(|(a, b)| a.saturating_sub(b));
     let received = received.lock().map_err(|_| anyhow!("poisoned"))?.clone();
     let sent = sent.lock().map_err(|_| anyhow!("poisoned"))?.clone();
     let last = received.iter().map(|(_, t)| *t).max().unwrap_or(start);
@@ -482,13 +484,16 @@ pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize
         last.duration_since(start).as_secs_f64()
     );
     println!("  post sent -> member received: p50 {}  p99 {}", ms(p50), ms(p99));
+    if let Some(d) = drops {
+        println!("  UDP datagrams dropped by full receive buffers meanwhile (host-wide): {d}");
+    }
     println!("  raw quinn 100-byte round trip: p50 {}  p99 {}", ms(r50), ms(r99));
     println!(
         "{}",
         json!({
             "bench": "groups", "members": members, "senders": senders, "messages": messages, "rate": rate, "deliveries": deliveries,
             "deliveries_per_s": delivered_per_s, "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,
-            "raw_rtt_p50_ms": r50.as_secs_f64() * 1e3, "raw_rtt_p99_ms": r99.as_secs_f64() * 1e3,
+            "raw_rtt_p50_ms": r50.as_secs_f64() * 1e3, "raw_rtt_p99_ms": r99.as_secs_f64() * 1e3, "udp_drops": drops,
         })
     );
     if deliveries < expected {

@@ -151,6 +151,16 @@ pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// UDP datagrams this host dropped because a socket's receive buffer was full (Linux `/proc/net/snmp`,
+/// all sockets): a drop costs QUIC a probe timeout, so a tail latency is read beside it.
+pub(crate) fn udp_rcvbuf_drops() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let i = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
 pub(crate) fn sibling(name: &str) -> Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
