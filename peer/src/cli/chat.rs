@@ -23,7 +23,6 @@ pub(super) async fn send(home: &Home, to: &str, text: &str) -> Result<()> {
             "queued: {}; the agent delivers it when you are both online",
             detail.unwrap_or_else(|| format!("{to} is not reachable now"))
         ),
-        ControlResponse::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer from the agent: {other:?}"),
     }
     Ok(())
@@ -92,7 +91,6 @@ pub(super) async fn send_quiet(home: &Home, to: &str, text: &str) -> Result<()> 
             println!("(queued: {to} is not reachable now; it will be delivered when you are both online)");
             Ok(())
         }
-        ControlResponse::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer from the agent: {other:?}"),
     }
 }

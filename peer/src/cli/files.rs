@@ -105,7 +105,6 @@ pub(super) async fn send_file(home: &Home, to: &str, path: &Path, name: Option<S
     };
     let t = match control_call(home, req).await? {
         ControlResponse::Transfer(t) => t,
-        ControlResponse::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer from the agent: {other:?}"),
     };
     let id = t.id.clone();
@@ -169,8 +168,7 @@ pub(super) async fn send_file(home: &Home, to: &str, path: &Path, name: Option<S
 pub(super) async fn files(home: &Home, args: FilesArgs) -> Result<()> {
     let resp = match args.cmd {
         None => {
-            let ControlResponse::Transfers(list) = expect_answer(control_call(home, ControlRequest::Files).await?)?
-            else {
+            let ControlResponse::Transfers(list) = control_call(home, ControlRequest::Files).await? else {
                 bail!("unexpected answer from the agent");
             };
             print_transfers(&list, args.json);
@@ -187,7 +185,7 @@ pub(super) async fn files(home: &Home, args: FilesArgs) -> Result<()> {
         Some(FilesCmd::Decline { id }) => control_call(home, ControlRequest::FileDecline { id }).await?,
         Some(FilesCmd::Cancel { id }) => control_call(home, ControlRequest::FileCancel { id }).await?,
     };
-    let ControlResponse::Transfer(t) = expect_answer(resp)? else { bail!("unexpected answer from the agent") };
+    let ControlResponse::Transfer(t) = resp else { bail!("unexpected answer from the agent") };
     match t.state {
         TransferState::Transferring => {
             println!("accepted {} from {}; `peer files` shows its progress", t.name, t.peer)
@@ -197,23 +195,8 @@ pub(super) async fn files(home: &Home, args: FilesArgs) -> Result<()> {
     Ok(())
 }
 
-fn expect_answer(resp: ControlResponse) -> Result<ControlResponse> {
-    match resp {
-        ControlResponse::Error(e) => bail!("{e}"),
-        other => Ok(other),
-    }
-}
-
 fn print_transfers(list: &[Transfer], json: bool) {
-    if json {
-        print_json(&list.iter().map(output::transfer_json).collect::<Vec<_>>());
-    } else if list.is_empty() {
-        println!("no transfers");
-    } else {
-        for t in list {
-            println!("{}", output::transfer_line(t));
-        }
-    }
+    print_list(list, json, "no transfers", output::transfer_json, output::transfer_line);
 }
 
 /// The platform's download directory, else the current one.

@@ -52,22 +52,20 @@ pub(super) async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
             }
         }
         FriendsCmd::Accept { user } => {
-            expect_broker_ok(broker_call(home, Request::FriendAccept { username: user.clone() }).await?)?;
+            broker_ok(home, Request::FriendAccept { username: user.clone() }).await?;
             println!("you and {user} are friends now");
         }
         FriendsCmd::Decline { user } => {
-            expect_broker_ok(broker_call(home, Request::FriendDecline { username: user.clone() }).await?)?;
+            broker_ok(home, Request::FriendDecline { username: user.clone() }).await?;
             println!("declined {user}'s request");
         }
         FriendsCmd::Remove { user } => {
-            expect_broker_ok(broker_call(home, Request::FriendRemove { username: user.clone() }).await?)?;
+            broker_ok(home, Request::FriendRemove { username: user.clone() }).await?;
             println!("{user} is no longer your friend");
         }
         FriendsCmd::Remark { user, alias } => {
             validate::text("alias", &alias, validate::MAX_NAME_CHARS)?;
-            expect_broker_ok(
-                broker_call(home, Request::FriendRemark { username: user.clone(), remark: alias }).await?,
-            )?;
+            broker_ok(home, Request::FriendRemark { username: user.clone(), remark: alias }).await?;
             println!("alias for {user} saved");
         }
     }

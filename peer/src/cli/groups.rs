@@ -13,23 +13,17 @@ pub(super) async fn group_post(home: &Home, group_id: i64, text: &str) -> Result
 pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
     let Some(cmd) = args.cmd else {
         let Response::Groups(list) = broker_call(home, Request::Groups).await? else { bail!("unexpected answer") };
-        if args.json {
-            let v: Vec<Value> = list
-                .iter()
-                .map(|g| {
-                    serde_json::json!({
-                        "group_id": g.group_id, "name": g.name, "owner": g.owner, "members": g.members, "last_seq": g.last_seq,
-                    })
+        print_list(
+            &list,
+            args.json,
+            "no groups yet: `peer groups create NAME`, or join one you were invited to",
+            |g| {
+                serde_json::json!({
+                    "group_id": g.group_id, "name": g.name, "owner": g.owner, "members": g.members, "last_seq": g.last_seq,
                 })
-                .collect();
-            print_json(&v);
-        } else if list.is_empty() {
-            println!("no groups yet: `peer groups create NAME`, or join one you were invited to");
-        } else {
-            for g in list {
-                println!("{:>6}  {:<32} owner {:<20} {} members", g.group_id, g.name, g.owner, g.members);
-            }
-        }
+            },
+            |g| format!("{:>6}  {:<32} owner {:<20} {} members", g.group_id, g.name, g.owner, g.members),
+        );
         return Ok(());
     };
     match cmd {
@@ -40,66 +34,56 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
             println!("{group_id}");
         }
         GroupsCmd::Invite { group, user } => {
-            expect_broker_ok(
-                broker_call(home, Request::GroupInvite { group_id: group, username: user.clone() }).await?,
-            )?;
+            broker_ok(home, Request::GroupInvite { group_id: group, username: user.clone() }).await?;
             println!("invited {user} to group {group}");
         }
         GroupsCmd::Invitations { json } => {
             let Response::GroupInvitations(list) = broker_call(home, Request::GroupInvitations).await? else {
                 bail!("unexpected answer")
             };
-            if json {
-                let v: Vec<Value> = list
-                    .iter()
-                    .map(|i| {
-                        serde_json::json!({
-                            "group_id": i.group_id, "name": i.name, "inviter": i.inviter.username, "created_at": i.created_at,
-                        })
+            print_list(
+                &list,
+                json,
+                "no invitations",
+                |i| {
+                    serde_json::json!({
+                        "group_id": i.group_id, "name": i.name, "inviter": i.inviter.username, "created_at": i.created_at,
                     })
-                    .collect();
-                print_json(&v);
-            } else if list.is_empty() {
-                println!("no invitations");
-            } else {
-                for i in list {
-                    println!(
+                },
+                |i| {
+                    format!(
                         "{:>6}  {:<32} from {}  (`peer groups join {}`)",
                         i.group_id, i.name, i.inviter.username, i.group_id
-                    );
-                }
-            }
+                    )
+                },
+            );
         }
         GroupsCmd::Join { group } => {
-            expect_broker_ok(broker_call(home, Request::GroupJoin { group_id: group }).await?)?;
+            broker_ok(home, Request::GroupJoin { group_id: group }).await?;
             println!("joined group {group}");
         }
         GroupsCmd::Decline { group } => {
-            expect_broker_ok(broker_call(home, Request::GroupDecline { group_id: group }).await?)?;
+            broker_ok(home, Request::GroupDecline { group_id: group }).await?;
             println!("declined the invitation to group {group}");
         }
         GroupsCmd::Leave { group } => {
-            expect_broker_ok(broker_call(home, Request::GroupLeave { group_id: group }).await?)?;
+            broker_ok(home, Request::GroupLeave { group_id: group }).await?;
             println!("left group {group}");
         }
         GroupsCmd::Remove { group, user } => {
-            expect_broker_ok(
-                broker_call(home, Request::GroupRemove { group_id: group, username: user.clone() }).await?,
-            )?;
+            broker_ok(home, Request::GroupRemove { group_id: group, username: user.clone() }).await?;
             println!("removed {user} from group {group}");
         }
         GroupsCmd::Rename { group, name } => {
-            expect_broker_ok(broker_call(home, Request::GroupRename { group_id: group, name: name.clone() }).await?)?;
+            broker_ok(home, Request::GroupRename { group_id: group, name: name.clone() }).await?;
             println!("group {group} is now called {name}");
         }
         GroupsCmd::Transfer { group, user } => {
-            expect_broker_ok(
-                broker_call(home, Request::GroupTransfer { group_id: group, username: user.clone() }).await?,
-            )?;
+            broker_ok(home, Request::GroupTransfer { group_id: group, username: user.clone() }).await?;
             println!("{user} now owns group {group}");
         }
         GroupsCmd::Disband { group } => {
-            expect_broker_ok(broker_call(home, Request::GroupDisband { group_id: group }).await?)?;
+            broker_ok(home, Request::GroupDisband { group_id: group }).await?;
             println!("group {group} disbanded");
         }
         GroupsCmd::Members { group, json } => {
@@ -107,23 +91,21 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
             else {
                 bail!("unexpected answer")
             };
-            if json {
-                let v: Vec<Value> = list
-                    .iter()
-                    .map(|m| {
-                        serde_json::json!({
-                            "username": m.user.username, "display_name": m.user.display_name, "owner": m.owner, "online": m.online,
-                        })
+            print_list(
+                &list,
+                json,
+                "no members",
+                |m| {
+                    serde_json::json!({
+                        "username": m.user.username, "display_name": m.user.display_name, "owner": m.owner, "online": m.online,
                     })
-                    .collect();
-                print_json(&v);
-            } else {
-                for m in list {
+                },
+                |m| {
                     let role = if m.owner { " (owner)" } else { "" };
                     let presence = if m.online { "online" } else { "offline" };
-                    println!("{:<32} {:<24} {presence}{role}", m.user.username, m.user.display_name);
-                }
-            }
+                    format!("{:<32} {:<24} {presence}{role}", m.user.username, m.user.display_name)
+                },
+            );
         }
     }
     Ok(())

@@ -349,21 +349,15 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             else {
                 bail!("unexpected answer from the broker")
             };
-            if json {
-                print_json(&users.iter().map(output::user_json).collect::<Vec<_>>());
-            } else if users.is_empty() {
-                println!("no users found");
-            } else {
-                for u in users {
-                    println!("{:<32} {}", u.username, u.display_name);
-                }
-            }
+            print_list(&users, json, "no users found", output::user_json, |u| {
+                format!("{:<32} {}", u.username, u.display_name)
+            });
             Ok(())
         }
         Cmd::Friends(args) => friends(&home, args).await,
         Cmd::Profile { cmd: ProfileCmd::Set { display_name } } => {
             validate::display_name(&display_name)?;
-            expect_broker_ok(broker_call(&home, Request::SetDisplayName { display_name }).await?)?;
+            broker_ok(&home, Request::SetDisplayName { display_name }).await?;
             println!("display name changed");
             Ok(())
         }
@@ -382,15 +376,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Cmd::Groups(args) => groups(&home, args).await,
         Cmd::History { group: Some(group), limit, before, json, .. } => {
             let msgs = history::group_conversation(&home.db, group, limit, before).await?;
-            if json {
-                print_json(&msgs.iter().map(output::group_message_json).collect::<Vec<_>>());
-            } else if msgs.is_empty() {
-                println!("no messages");
-            } else {
-                for m in &msgs {
-                    println!("{}", output::group_message_line(m));
-                }
-            }
+            print_list(&msgs, json, "no messages", output::group_message_json, output::group_message_line);
             Ok(())
         }
         Cmd::History { user, search, limit, before, json, .. } => {
@@ -400,15 +386,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
                 (Some(user), None) => history::conversation(&home.db, user, limit, before).await?,
                 (None, None) => bail!("name a friend, or pass --search TEXT"),
             };
-            if json {
-                print_json(&msgs.iter().map(|m| m.json(&me)).collect::<Vec<_>>());
-            } else if msgs.is_empty() {
-                println!("no messages");
-            } else {
-                for m in &msgs {
-                    println!("{}", history_line(m, &me));
-                }
-            }
+            print_list(&msgs, json, "no messages", |m| m.json(&me), |m| history_line(m, &me));
             Ok(())
         }
         Cmd::SendFile { user, path, name, no_wait } => send_file(&home, &user, &path, name, !no_wait).await,
@@ -418,19 +396,22 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             let old = pw.read("current password", "PEER_PASSWORD", false)?;
             let new = pw.read("new password", "PEER_NEW_PASSWORD", true)?;
             validate::password(&new)?;
-            expect_broker_ok(broker_call(&home, Request::ChangePassword { old, new }).await?)?;
+            broker_ok(&home, Request::ChangePassword { old, new }).await?;
             println!("password changed; your other devices were logged out");
             Ok(())
         }
     }
 }
 
+/// One request to the agent; the agent's refusal (`ControlResponse::Error`) becomes this command's error.
 async fn control_call(home: &Home, req: ControlRequest) -> Result<ControlResponse> {
     let mut stream = control::connect(&home.dir).await?;
     write_frame(&mut stream, &req).await?;
-    read_frame::<ControlResponse, _>(&mut stream)
-        .await?
-        .ok_or_else(|| anyhow!("the agent closed the connection without answering"))
+    match read_frame::<ControlResponse, _>(&mut stream).await? {
+        Some(ControlResponse::Error(e)) => bail!("{e}"),
+        Some(resp) => Ok(resp),
+        None => bail!("the agent closed the connection without answering"),
+    }
 }
 
 /// Sends a request to the broker through the agent; a broker error becomes this command's error.
@@ -438,7 +419,6 @@ async fn broker_call(home: &Home, req: Request) -> Result<Response> {
     match control_call(home, ControlRequest::Broker(req)).await? {
         ControlResponse::Broker(Response::Error(e)) => bail!("{}", e.message),
         ControlResponse::Broker(r) => Ok(r),
-        ControlResponse::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer from the agent: {other:?}"),
     }
 }
@@ -446,13 +426,13 @@ async fn broker_call(home: &Home, req: Request) -> Result<Response> {
 fn expect_ok(resp: ControlResponse) -> Result<()> {
     match resp {
         ControlResponse::Ok => Ok(()),
-        ControlResponse::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer from the agent: {other:?}"),
     }
 }
 
-fn expect_broker_ok(resp: Response) -> Result<()> {
-    match resp {
+/// A broker request whose only good answer is `Ok`.
+async fn broker_ok(home: &Home, req: Request) -> Result<()> {
+    match broker_call(home, req).await? {
         Response::Ok => Ok(()),
         other => bail!("unexpected answer from the broker: {other:?}"),
     }
@@ -460,4 +440,17 @@ fn expect_broker_ok(resp: Response) -> Result<()> {
 
 fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// A listing: a JSON array with `--json`; otherwise `empty` when there is nothing, else a line per item.
+fn print_list<T>(items: &[T], json: bool, empty: &str, to_json: impl Fn(&T) -> Value, line: impl Fn(&T) -> String) {
+    if json {
+        print_json(&items.iter().map(to_json).collect::<Vec<_>>());
+    } else if items.is_empty() {
+        println!("{empty}");
+    } else {
+        for item in items {
+            println!("{}", line(item));
+        }
+    }
 }
