@@ -57,16 +57,7 @@ pub(super) fn open_partial(path: &Path, size: u64) -> std::io::Result<(std::fs::
         have = 0;
     }
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; BLOCK];
-    let mut left = have;
-    while left > 0 {
-        let n = file.read(&mut buf[..(left.min(BLOCK as u64) as usize)])?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        left -= n as u64;
-    }
+    feed(&mut hasher, (&mut file).take(have), |_| {})?;
     file.seek(SeekFrom::Start(have))?;
     Ok((file, hasher, have))
 }
@@ -134,15 +125,20 @@ pub(super) fn read_blocks(path: &Path, offset: u64, len: u64, tx: mpsc::Sender<s
 }
 
 /// BLAKE3 of a whole file, reporting progress (the CLI hashes before offering).
-pub(crate) fn hash_file(path: &Path, mut progress: impl FnMut(u64)) -> std::io::Result<blake3::Hash> {
-    let mut file = std::fs::File::open(path)?;
+pub(crate) fn hash_file(path: &Path, progress: impl FnMut(u64)) -> std::io::Result<blake3::Hash> {
     let mut hasher = blake3::Hasher::new();
+    feed(&mut hasher, std::fs::File::open(path)?, progress)?;
+    Ok(hasher.finalize())
+}
+
+/// Hashes everything `from` yields, reporting the running total.
+fn feed(hasher: &mut blake3::Hasher, mut from: impl Read, mut progress: impl FnMut(u64)) -> std::io::Result<()> {
     let mut buf = vec![0u8; BLOCK * 2];
     let mut done = 0u64;
     loop {
-        let n = file.read(&mut buf)?;
+        let n = from.read(&mut buf)?;
         if n == 0 {
-            return Ok(hasher.finalize());
+            return Ok(());
         }
         hasher.update(&buf[..n]);
         done += n as u64;

@@ -3,19 +3,12 @@
 
 use super::*;
 
-/// Why a running transfer must stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Halt {
-    /// For good: the user cancelled, or the friend did.
-    Cancel,
-    /// A newer stream serves this transfer (the receiver came back on a new connection): stop quietly.
-    Supersede,
-}
-
 /// What the agent asks of a running transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(super) struct Signal {
-    pub(super) halt: Option<Halt>,
+    /// Stop: the transfer was cancelled (by either side), or a newer stream serves it (the receiver came
+    /// back on a new connection). Whoever halts it records the transfer's state.
+    pub(super) halted: bool,
     /// Bumped when the friend comes online: a waiting retry goes at once.
     pub(super) kicks: u32,
 }
@@ -52,7 +45,7 @@ impl Live {
             if !supersede {
                 return None;
             }
-            old.signal.send_modify(|s| s.halt = Some(Halt::Supersede));
+            old.signal.send_modify(|s| s.halted = true);
         }
         let (signal, rx) = watch::channel(Signal::default());
         let bytes = Arc::new(AtomicU64::new(0));
@@ -71,7 +64,7 @@ impl Live {
 
     pub(super) fn cancel(&self, id: &str) {
         if let Some(a) = lock(&self.active).remove(id) {
-            a.signal.send_modify(|s| s.halt = Some(Halt::Cancel));
+            a.signal.send_modify(|s| s.halted = true);
         }
     }
 
@@ -94,12 +87,10 @@ impl Live {
     }
 }
 
-/// Waits for a signal that stops a transfer (cancel or supersede).
+/// Waits for the transfer to be halted (cancelled or superseded).
 pub(super) async fn stopped(signal: &mut watch::Receiver<Signal>) -> Stop {
-    match signal.wait_for(|s| s.halt.is_some()).await.map(|s| s.halt) {
-        Ok(Some(Halt::Cancel)) => Stop::Final(TransferState::Cancelled, "cancelled".into()),
-        _ => Stop::Superseded,
-    }
+    let _ = signal.wait_for(|s| s.halted).await;
+    Stop::Halted
 }
 
 /// How often progress is reported to watchers, per transfer.

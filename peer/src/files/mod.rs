@@ -59,8 +59,9 @@ enum Stop {
     Later(String),
     /// Nothing more will happen: the transfer ends in this state.
     Final(TransferState, String),
-    /// A newer run took over; this one leaves the records alone.
-    Superseded,
+    /// Cancelled, or a newer run took over: whoever halted it recorded why (a cancel's reason, say), so
+    /// this run leaves the records alone.
+    Halted,
 }
 
 impl From<anyhow::Error> for Stop {
@@ -88,6 +89,23 @@ impl Agent {
     /// Sets a transfer's state and tells watchers.
     async fn settle(&self, id: &str, state: TransferState, error: Option<&str>) -> Result<Transfer> {
         transfers::set_state(&self.home.db, id, state, error, now_ms()).await?;
+        self.announce(id).await
+    }
+
+    /// Records a verified transfer (the receiver: where it was saved) and tells watchers.
+    async fn record_done(&self, id: &str, size: u64, saved_as: Option<&str>) -> Result<Transfer> {
+        transfers::done(&self.home.db, id, size, saved_as, now_ms()).await?;
+        self.announce(id).await
+    }
+
+    /// A run cut short: the bytes so far are kept, and the transfer waits to resume.
+    async fn interrupted(&self, id: &str, bytes: u64, why: &str) -> Result<Transfer> {
+        let _ = transfers::set_bytes(&self.home.db, id, bytes, now_ms()).await;
+        self.settle(id, TransferState::Transferring, Some(&format!("interrupted: {why}"))).await
+    }
+
+    /// Tells watchers where a transfer now stands, as recorded.
+    async fn announce(&self, id: &str) -> Result<Transfer> {
         let rec = transfers::get(&self.home.db, id).await?.ok_or_else(|| anyhow!("transfer {id} vanished"))?;
         self.transfer_event(&rec.t);
         Ok(rec.t)
@@ -117,10 +135,7 @@ impl Agent {
         size: u64,
         hash: [u8; 32],
     ) -> ControlResponse {
-        match self.send_file_inner(to, path, name, size, hash).await {
-            Ok(t) => ControlResponse::Transfer(t),
-            Err(e) => ControlResponse::Error(format!("{e:#}")),
-        }
+        answer(self.send_file_inner(to, path, name, size, hash).await)
     }
 
     async fn send_file_inner(&self, to: &str, path: &str, name: &str, size: u64, hash: [u8; 32]) -> Result<Transfer> {
@@ -182,10 +197,7 @@ impl Agent {
                 // The receiver drives from here: it fetches once accepted.
                 OfferAnswer::Offered => (TransferState::Offered, None),
                 OfferAnswer::Receiving { .. } => (TransferState::Transferring, None),
-                OfferAnswer::Done => {
-                    transfers::done(&self.home.db, &t.id, t.size, None, now_ms()).await?;
-                    (TransferState::Done, None)
-                }
+                OfferAnswer::Done => return self.record_done(&t.id, t.size, None).await,
                 OfferAnswer::Declined => (TransferState::Declined, Some(format!("{} declined the file", t.peer))),
                 OfferAnswer::Cancelled => (TransferState::Cancelled, Some(format!("{} cancelled it", t.peer))),
             },
@@ -193,7 +205,7 @@ impl Agent {
             Ok((_, _, other)) => (TransferState::Waiting, Some(format!("unexpected answer: {other:?}"))),
             Err(Stop::Final(state, why)) => (state, Some(why)),
             Err(Stop::Later(why)) => (TransferState::Waiting, Some(why)),
-            Err(Stop::Superseded) => return Ok(t.clone()),
+            Err(Stop::Halted) => return Ok(t.clone()),
         };
         if (state, error.as_deref()) == (t.state, t.error.as_deref()) {
             return Ok(t.clone());
@@ -336,14 +348,11 @@ impl Agent {
                 anyhow!("not enough space in {}: {e}; free some space or accept with --to DIR elsewhere", dir.display())
             })?;
             transfers::accept(&self.home.db, &rec.t.id, &dir.to_string_lossy(), now_ms()).await?;
-            let t = self.settle(&rec.t.id, TransferState::Transferring, None).await?;
+            let t = self.announce(&rec.t.id).await?;
             tokio::spawn(self.clone().fetch(rec.t.id.clone()));
             Ok(t)
         };
-        match result.await {
-            Ok(t) => ControlResponse::Transfer(t),
-            Err(e) => ControlResponse::Error(format!("{e:#}")),
-        }
+        answer(result.await)
     }
 
     /// `peer files decline`.
@@ -359,10 +368,7 @@ impl Agent {
             self.notify_cancel(&t, true, "declined");
             Ok(t)
         };
-        match result.await {
-            Ok(t) => ControlResponse::Transfer(t),
-            Err(e) => ControlResponse::Error(format!("{e:#}")),
-        }
+        answer(result.await)
     }
 
     /// `peer files cancel`, from either side.
@@ -378,10 +384,7 @@ impl Agent {
             self.notify_cancel(&t, false, reason);
             Ok(t)
         };
-        match result.await {
-            Ok(t) => ControlResponse::Transfer(t),
-            Err(e) => ControlResponse::Error(format!("{e:#}")),
-        }
+        answer(result.await)
     }
 
     /// Tells the other side, in the background; if it cannot be reached it learns at its next offer or fetch.
@@ -431,6 +434,14 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+/// A command's outcome as the CLI gets it.
+fn answer(result: Result<Transfer>) -> ControlResponse {
+    match result {
+        Ok(t) => ControlResponse::Transfer(t),
+        Err(e) => ControlResponse::Error(format!("{e:#}")),
     }
 }
 

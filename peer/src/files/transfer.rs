@@ -18,7 +18,7 @@ impl Agent {
             let before = run.bytes.load(Ordering::Relaxed);
             let result = self.fetch_once(&id, &mut run).await;
             let outcome = match result {
-                Ok(()) | Err(Stop::Superseded) => break,
+                Ok(()) | Err(Stop::Halted) => break,
                 Err(Stop::Final(state, why)) => {
                     if let Ok(Some(rec)) = transfers::get(&self.home.db, &id).await {
                         discard_partial(&rec);
@@ -30,9 +30,8 @@ impl Agent {
                     break;
                 }
                 Err(Stop::Later(why)) => {
-                    let _ = transfers::set_bytes(&self.home.db, &id, run.bytes.load(Ordering::Relaxed), now_ms()).await;
                     tracing::info!(id, reason = why, "transfer interrupted; it resumes when both agents are online");
-                    self.settle(&id, TransferState::Transferring, Some(&format!("interrupted: {why}"))).await
+                    self.interrupted(&id, run.bytes.load(Ordering::Relaxed), &why).await
                 }
             };
             if let Err(e) = outcome {
@@ -45,9 +44,9 @@ impl Agent {
             let kicks = run.signal.borrow().kicks;
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                _ = run.signal.wait_for(|s| s.halt.is_some() || s.kicks != kicks) => {}
+                _ = run.signal.wait_for(|s| s.halted || s.kicks != kicks) => {}
             }
-            if run.signal.borrow().halt.is_some() {
+            if run.signal.borrow().halted {
                 break;
             }
         }
@@ -161,9 +160,7 @@ impl Agent {
         .map_err(|e| anyhow!("{e}"))?
         .map_err(|e| Stop::Final(TransferState::Failed, format!("cannot move the file into place: {e}")))?;
         let saved_str = saved.to_string_lossy().to_string();
-        transfers::done(&self.home.db, id, size, Some(&saved_str), now_ms()).await?;
-        let rec = transfers::get(&self.home.db, id).await?.ok_or_else(|| anyhow!("transfer {id} vanished"))?;
-        self.transfer_event(&rec.t);
+        self.record_done(id, size, Some(&saved_str)).await?;
         tracing::info!(id, from = t.peer, saved = saved_str, "file received and verified");
         // The sender learns it arrived; if this is lost, its next offer is answered "done".
         let _ =
@@ -197,11 +194,10 @@ impl Agent {
         self.files.finish(&id, &run);
         let bytes = run.bytes;
         let outcome = match result {
-            Ok(()) | Err(Stop::Superseded) => Ok(()),
+            Ok(()) | Err(Stop::Halted) => Ok(()),
             Err(Stop::Later(why)) => {
-                let _ = transfers::set_bytes(&self.home.db, &id, bytes.load(Ordering::Relaxed), now_ms()).await;
                 tracing::info!(id, reason = why, "sending interrupted; the receiver resumes it");
-                self.settle(&id, TransferState::Transferring, Some(&format!("interrupted: {why}"))).await.map(|_| ())
+                self.interrupted(&id, bytes.load(Ordering::Relaxed), &why).await.map(|_| ())
             }
             Err(Stop::Final(state, why)) => self.settle(&id, state, Some(&why)).await.map(|_| ()),
         };
@@ -301,8 +297,7 @@ impl Agent {
         };
         match verdict {
             Some(PeerFrame::FileResult { ok: true, .. }) => {
-                transfers::done(&self.home.db, &t.id, t.size, None, now_ms()).await?;
-                let _ = self.settle(&t.id, TransferState::Done, None).await;
+                self.record_done(&t.id, t.size, None).await?;
                 tracing::info!(id = t.id, to = t.peer, "file delivered and verified");
                 Ok(())
             }
