@@ -30,9 +30,9 @@ pub struct Groups {
     order: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     posts: Mutex<Quota<String>>,
     retention: Retention,
-    /// Member lists of groups with recent posts, so a post to a thousand members costs no query. Every
-    /// membership change replaces its group's entry while holding that group's turn, so no post can use a
-    /// list older than the change.
+    /// Member lists of groups posted to since the broker started (as large as their rows in
+    /// `group_members`, at most), so a post to a thousand members costs no query. Every membership change
+    /// drops its group's entry while holding that group's turn, so no post can use a list older than it.
     members: Mutex<HashMap<i64, Arc<Vec<String>>>>,
 }
 

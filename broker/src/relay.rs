@@ -8,14 +8,12 @@ use certs::Fingerprint;
 use shared::proto::ErrorCode;
 use shared::relay::RelayHello;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Bytes read from one side before they are written to the other: what the relay holds per direction.
 const CHUNK: usize = 64 * 1024;
-
-/// How long the friend's agent may take to accept its side of a relay.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Operator settings.
 #[derive(Debug, Clone, Copy)]
@@ -55,17 +53,23 @@ impl Bucket {
     }
 }
 
+/// One user's relaying: their pace and what they relayed since the broker started.
+#[derive(Debug)]
+struct UserRelay {
+    bucket: Bucket,
+    relayed: AtomicU64,
+}
+
 /// The broker's relay state.
 pub struct Relay {
     cfg: RelayConfig,
     total: Bucket,
-    users: Mutex<HashMap<String, std::sync::Arc<Bucket>>>,
-    relayed: Mutex<HashMap<String, u64>>,
+    users: Mutex<HashMap<String, Arc<UserRelay>>>,
 }
 
 impl Relay {
     pub fn new(cfg: RelayConfig) -> Self {
-        Self { cfg, total: Bucket::new(cfg.total_rate), users: Mutex::default(), relayed: Mutex::default() }
+        Self { cfg, total: Bucket::new(cfg.total_rate), users: Mutex::default() }
     }
 
     /// Whether relaying is allowed at all.
@@ -77,14 +81,15 @@ impl Relay {
         }
     }
 
-    fn bucket(&self, user: &str) -> std::sync::Arc<Bucket> {
+    fn user(&self, user: &str) -> Arc<UserRelay> {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        users.entry(user.to_string()).or_insert_with(|| std::sync::Arc::new(Bucket::new(self.cfg.user_rate))).clone()
+        let new = || Arc::new(UserRelay { bucket: Bucket::new(self.cfg.user_rate), relayed: AtomicU64::new(0) });
+        users.entry(user.to_string()).or_insert_with(new).clone()
     }
 
     /// Bytes relayed for `user` since the broker started (what they sent through it).
     pub fn relayed_bytes(&self, user: &str) -> u64 {
-        self.relayed.lock().unwrap_or_else(|p| p.into_inner()).get(user).copied().unwrap_or(0)
+        self.user(user).relayed.load(Ordering::Relaxed)
     }
 
     /// Opens the friend's side of a relay: a stream to their agent naming who is on the other end. A
@@ -102,7 +107,7 @@ impl Relay {
             shared::io::write_frame(&mut send, &hello).await.ok()?;
             Some((send, recv))
         };
-        tokio::time::timeout(OPEN_TIMEOUT, open)
+        tokio::time::timeout(shared::relay::OPEN_TIMEOUT, open)
             .await
             .ok()
             .flatten()
@@ -132,7 +137,7 @@ impl Relay {
 
     /// Copies one direction, counting and pacing it as `user`'s traffic; returns the bytes copied.
     async fn pump(&self, user: &str, mut from: quinn::RecvStream, mut to: quinn::SendStream) -> u64 {
-        let bucket = self.bucket(user);
+        let account = self.user(user);
         let mut copied = 0u64;
         loop {
             let chunk = match from.read_chunk(CHUNK, true).await {
@@ -146,7 +151,7 @@ impl Relay {
                     break;
                 }
             };
-            let wait = bucket.take(chunk.len()).max(self.total.take(chunk.len()));
+            let wait = account.bucket.take(chunk.len()).max(self.total.take(chunk.len()));
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
@@ -156,7 +161,7 @@ impl Relay {
                 break;
             }
             copied += n;
-            *self.relayed.lock().unwrap_or_else(|p| p.into_inner()).entry(user.to_string()).or_default() += n;
+            account.relayed.fetch_add(n, Ordering::Relaxed);
         }
         copied
     }
