@@ -168,25 +168,26 @@ impl Direct {
         let mut usage = lock(&self.usage);
         let mut conns = lock(&self.conns);
         conns.retain(|_, c| {
-            if c.close_reason().is_some() {
-                usage.remove(&c.stable_id());
-                self.relays.close(&c.remote_address());
-                return false;
-            }
             let stats = c.stats();
             let frames = stats.frame_tx.stream + stats.frame_rx.stream;
             let entry = usage.entry(c.stable_id()).or_insert((frames, now));
             if entry.0 != frames {
                 *entry = (frames, now);
             }
-            if now.duration_since(entry.1) >= UNUSED {
-                c.close(quinn::VarInt::from_u32(0), b"unused");
-                usage.remove(&c.stable_id());
-                self.relays.close(&c.remote_address());
-                return false;
+            let unused = now.duration_since(entry.1) >= UNUSED;
+            if c.close_reason().is_none() && !unused {
+                return true;
             }
-            true
+            usage.remove(&c.stable_id());
+            self.close(c, b"unused");
+            false
         });
+    }
+
+    /// Closes a connection (a no-op if it is closed already) and its relay link, if it has one.
+    fn close(&self, c: &quinn::Connection, why: &[u8]) {
+        c.close(quinn::VarInt::from_u32(0), why);
+        self.relays.close(&c.remote_address());
     }
 
     /// Closes every relayed connection: they ride the broker session, which just ended, so they are dead
@@ -195,8 +196,7 @@ impl Direct {
         lock(&self.conns).retain(|_, c| {
             let relayed = is_relay_addr(&c.remote_address());
             if relayed {
-                c.close(quinn::VarInt::from_u32(0), b"relay lost with the broker session");
-                self.relays.close(&c.remote_address());
+                self.close(c, b"relay lost with the broker session");
             }
             !relayed
         });
@@ -360,7 +360,9 @@ impl Direct {
                 let broker = lock(&self.broker).clone().ok_or_else(|| anyhow!("not connected to the broker"))?;
                 let (mut send, mut recv) = broker.open_bi().await?;
                 write_frame(&mut send, &Request::Relay { username: username.to_string(), fingerprint: fp.0 }).await?;
-                match tokio::time::timeout(CONNECT_TIMEOUT, read_frame::<Response, _>(&mut recv)).await {
+                // The broker answers once the friend's side stands, or after its own limit for that.
+                let answer_within = shared::relay::OPEN_TIMEOUT + Duration::from_secs(1);
+                match tokio::time::timeout(answer_within, read_frame::<Response, _>(&mut recv)).await {
                     Ok(Ok(Some(Response::Ok))) => {}
                     Ok(Ok(Some(Response::Error(e)))) => return Err(anyhow!("{}", e.message)),
                     Ok(Ok(other)) => return Err(anyhow!("unexpected answer from the broker: {other:?}")),

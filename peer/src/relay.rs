@@ -178,8 +178,14 @@ impl quinn::AsyncUdpSocket for RelaySocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [quinn::udp::RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        // The waker first, then the queue: a packet delivered in between still wakes us.
-        *lock(&self.relays.waker) = Some(cx.waker().clone());
+        // The waker first, then the queue: a packet delivered in between still wakes us. (Every receive,
+        // direct ones too, passes here: the waker is cloned only when it changed.)
+        {
+            let mut waker = lock(&self.relays.waker);
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        }
         let mut filled = 0;
         {
             let mut q = lock(&self.relays.inbound);

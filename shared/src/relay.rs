@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 /// Largest packet carried (QUIC packets are far smaller; UDP's own limit).
 pub const MAX_PACKET: usize = u16::MAX as usize;
 
+/// How long the broker waits for the friend's agent to take its side of a relay before answering the
+/// asking agent (which therefore waits longer than this for the answer).
+pub const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// First frame on a relay stream the broker opens to an agent: who is on the other end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayHello {
