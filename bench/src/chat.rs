@@ -58,15 +58,27 @@ pub(crate) fn start_agent(broker: &Proc, name: &str) -> Result<Agent> {
     start_agent_with(broker, name, &[])
 }
 
-/// Registers `name` and runs its agent with extra `peer up` options, waiting until it is online.
+/// Registers `name` and runs its agent on loopback with extra `peer up` options, waiting until it is online.
 pub(crate) fn start_agent_with(broker: &Proc, name: &str, extra: &[&str]) -> Result<Agent> {
+    start_agent_via(&|| Ok(Command::new(sibling("peer")?)), &broker.addr.to_string(), name, "127.0.0.1:0", extra)
+}
+
+/// Registers `name` at `broker` and runs its agent (`peer up --bind BIND`, plus `extra`), each `peer` started
+/// by `launch` (directly, or inside a network namespace); returns once the agent is online.
+pub(crate) fn start_agent_via(
+    launch: &dyn Fn() -> Result<Command>,
+    broker: &str,
+    name: &str,
+    bind: &str,
+    extra: &[&str],
+) -> Result<Agent> {
     let home = tempfile::tempdir()?;
-    let addr = broker.addr.to_string();
-    peer(home.path(), &["register", name, "--broker", &addr, "--password-stdin"], Some(&format!("{PASSWORD}\n")))?;
-    let child = Command::new(sibling("peer")?)
+    let register = ["register", name, "--broker", broker, "--password-stdin"];
+    run_peer(launch()?, home.path(), &register, Some(&format!("{PASSWORD}\n")))?;
+    let child = launch()?
         .arg("--home")
         .arg(home.path())
-        .args(["up", "--bind", "127.0.0.1:0"])
+        .args(["up", "--bind", bind])
         .args(extra)
         .env("PEER_LOG", "warn")
         .stdin(Stdio::null())
@@ -74,11 +86,13 @@ pub(crate) fn start_agent_with(broker: &Proc, name: &str, extra: &[&str]) -> Res
         .spawn()?;
     let agent = Agent { home, child: Some(child) };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !peer(agent.home.path(), &["status", "--json"], None).is_ok_and(|s| s.contains("\"online\": true")) {
+    while !run_peer(launch()?, agent.home.path(), &["status", "--json"], None)
+        .is_ok_and(|s| s.contains("\"online\": true"))
+    {
         if Instant::now() > deadline {
             bail!("agent {name} did not come online");
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
     Ok(agent)
 }

@@ -2,13 +2,12 @@
 //! delivered message over a direct path through two port-preserving NATs ((b)-(b)) and through the broker's
 //! relay between two symmetric NATs ((c)-(c)), and file throughput over each.
 
+use crate::chat::{Agent, start_agent_via};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const PASSWORD: &str = "bench password";
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/natlab")
@@ -48,46 +47,22 @@ fn peer(ns: &str, home: &Path, args: &[&str], stdin: Option<&str>) -> Result<(St
 /// A user on a lab host with its agent running (and online).
 struct User {
     ns: String,
-    home: tempfile::TempDir,
-    _agent: Running,
+    agent: Agent,
 }
 
 fn user(lab: &Lab, host: &str, name: &str, broker: &str, extra: &[&str]) -> Result<User> {
     let ns = format!("{}-{host}", lab.0);
-    let home = tempfile::tempdir()?;
-    peer(
-        &ns,
-        home.path(),
-        &["register", name, "--broker", broker, "--password-stdin"],
-        Some(&format!("{PASSWORD}\n")),
-    )?;
-    let agent = in_ns(&ns, "peer")?
-        .arg("--home")
-        .arg(home.path())
-        .args(["up", "--bind", "0.0.0.0:0"])
-        .args(extra)
-        .env("PEER_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()?;
-    let u = User { ns, home, _agent: Running(agent) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !u.run(&["status", "--json"]).is_ok_and(|s| s.contains("\"online\": true")) {
-        if Instant::now() > deadline {
-            bail!("{name}'s agent did not come online");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(u)
+    let agent = start_agent_via(&|| in_ns(&ns, "peer"), broker, name, "0.0.0.0:0", extra)?;
+    Ok(User { ns, agent })
 }
 
 impl User {
     fn run(&self, args: &[&str]) -> Result<String> {
-        peer(&self.ns, self.home.path(), args, None).map(|(s, _)| s)
+        peer(&self.ns, self.agent.home.path(), args, None).map(|(s, _)| s)
     }
 
     fn timed(&self, args: &[&str]) -> Result<(String, Duration)> {
-        peer(&self.ns, self.home.path(), args, None)
+        peer(&self.ns, self.agent.home.path(), args, None)
     }
 
     fn path_to(&self) -> Result<String> {
