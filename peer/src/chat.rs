@@ -123,8 +123,7 @@ impl Agent {
                 .map_err(|e| anyhow::anyhow!("could not store the message: {e}"))?;
             return self.deliver_pending(friend).await;
         }
-        let gate = lock(&self.outbox_locks).entry(friend.to_string()).or_default().clone();
-        let _turn = gate.lock().await;
+        let _turn = self.turn(friend).await;
         let pending: Vec<history::Message> = batch
             .iter()
             .map(|o| history::Message {
@@ -150,6 +149,12 @@ impl Agent {
         run
     }
 
+    /// The friend's turn: one delivery to a friend at a time, so that order holds.
+    async fn turn(&self, friend: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let gate = lock(&self.outbox_locks).entry(friend.to_string()).or_default().clone();
+        gate.lock_owned().await
+    }
+
     /// Where message `id` ended up after a delivery run.
     async fn outcome(&self, id: &str, run: &Result<Report>) -> ControlResponse {
         let (status, detail) = match run {
@@ -172,8 +177,7 @@ impl Agent {
     /// Delivers the friend's pending messages from the database, oldest first, and records the outcome.
     /// One delivery per friend at a time. `Err` means the rest stay queued.
     async fn deliver_pending(&self, friend: &str) -> Result<Report> {
-        let gate = lock(&self.outbox_locks).entry(friend.to_string()).or_default().clone();
-        let _turn = gate.lock().await;
+        let _turn = self.turn(friend).await;
         let pending = history::pending(&self.home.db, friend).await?;
         if pending.is_empty() {
             return Ok(Report::default());
