@@ -29,12 +29,12 @@ fn main() {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("peer: cannot start the async runtime: {e}");
+            output::note!("peer: cannot start the async runtime: {e}");
             std::process::exit(1);
         }
     };
     if let Err(e) = rt.block_on(cli::run(args)) {
-        eprintln!("peer: {e:#}");
+        output::raw_line_to(&mut std::io::stderr(), &format!("peer: {}", output::error_text(&format!("{e:#}"))));
         std::process::exit(1);
     }
 }

@@ -5,8 +5,61 @@
 
 use serde_json::{Value, json};
 use shared::control::{AgentEvent, AgentStatus, PeerLink, Transfer};
+use shared::display::Safe;
 use shared::files::format_size;
 use shared::proto::{Event, FriendInfo, FriendRequestInfo, GroupMessage, Millis, UserInfo};
+use std::io::Write;
+
+/// `println!` for everything the CLI prints for people: the whole line goes out with every control and bidi
+/// character escaped (`shared::display`), so a friend's message, name or reason can never drive the terminal,
+/// and one message stays one line. Our own lines hold no control characters, so escaping the whole line costs
+/// nothing and cannot be forgotten for one field. `println!` itself is disallowed in this crate (clippy.toml).
+macro_rules! say {
+    ($($t:tt)*) => { $crate::output::line_to(&mut ::std::io::stdout(), &::std::format!($($t)*)) };
+}
+/// `eprintln!` the same way: notes and errors on stderr.
+macro_rules! note {
+    ($($t:tt)*) => { $crate::output::line_to(&mut ::std::io::stderr(), &::std::format!($($t)*)) };
+}
+pub(crate) use {note, say};
+
+/// Writes one escaped line. A closed pipe (`peer history | head`) ends the program quietly, as `cat` does,
+/// instead of panicking as `println!` would; other write errors have nowhere better to be reported.
+pub(crate) fn line_to(out: &mut impl Write, line: &str) {
+    raw_line_to(out, &Safe(line).to_string());
+}
+
+/// Writes JSON for scripts: serde_json already escapes every control character inside strings; the bidi
+/// controls it leaves raw are written as `\uXXXX` escapes too (the same JSON value), so that a person
+/// reading `--json` on a terminal is not fooled either. The line breaks of pretty output stay.
+pub(crate) fn json_line_to(out: &mut impl Write, json: &str) {
+    if !json.chars().any(|c| c != '\n' && shared::display::is_unsafe(c)) {
+        return raw_line_to(out, json);
+    }
+    let mut text = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if c != '\n' && shared::display::is_unsafe(c) {
+            text.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            text.push(c);
+        }
+    }
+    raw_line_to(out, &text);
+}
+
+/// Writes a line as it is, with the same handling of a closed pipe.
+pub(crate) fn raw_line_to(out: &mut impl Write, text: &str) {
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
+/// An error for stderr: escaped like [`say`], except that the line breaks our own messages contain are kept.
+pub(crate) fn error_text(text: &str) -> String {
+    text.split('\n').map(|l| Safe(l).to_string()).collect::<Vec<_>>().join("\n")
+}
 
 /// Local wall-clock time of a timestamp, to the second.
 pub(crate) fn time(ms: Millis) -> String {

@@ -1,4 +1,5 @@
 //! Friends and live presence, end to end: consent, removal, remarks, privacy, persistence.
+#![allow(clippy::disallowed_macros)] // test output, read by people debugging a test
 
 use serde_json::Value;
 use testkit::{Backend, Broker, PASSWORD, Peer, backends, wait_until};

@@ -56,7 +56,8 @@ const DEVICE_NAMES: &[&str] = &[
 
 /// Turns a name chosen by someone else into one safe to create inside the receiver's directory: only the
 /// last path component is kept (no separators, no `..`, nothing absolute), control and reserved characters
-/// become `_`, leading dots and trailing dots or spaces go (no hidden files, nothing Windows would alter),
+/// become `_`, bidi controls are dropped (`evil\u{202e}txt.exe` would show as `evilexe.txt` and hide its real
+/// extension), leading dots and trailing dots or spaces go (no hidden files, nothing Windows would alter),
 /// and device names get a `_` prefix. Empty and overlong names are refused.
 pub fn sanitize_name(name: &str) -> Result<String, NameError> {
     if name.len() > MAX_NAME_BYTES {
@@ -65,6 +66,7 @@ pub fn sanitize_name(name: &str) -> Result<String, NameError> {
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
     let cleaned: String = last
         .chars()
+        .filter(|&c| !crate::display::is_bidi(c) && !matches!(c, '\u{2028}' | '\u{2029}'))
         .map(|c| if c.is_control() || matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*') { '_' } else { c })
         .collect();
     let trimmed = cleaned.trim_start_matches(['.', ' ']).trim_end_matches(['.', ' ']);
@@ -143,6 +145,8 @@ mod tests {
         assert_eq!(sanitize_name("a\u{0}b\nc").unwrap(), "a_b_c");
         assert_eq!(sanitize_name("what?<>|*.txt").unwrap(), "what_____.txt");
         assert_eq!(sanitize_name("CON").unwrap(), "_CON");
+        assert_eq!(sanitize_name("evil\u{202e}txt.exe").unwrap(), "eviltxt.exe");
+        assert_eq!(sanitize_name("\u{2067}a\u{2069}\u{200f}.pdf").unwrap(), "a.pdf");
         assert_eq!(sanitize_name("nul.txt").unwrap(), "_nul.txt");
         assert_eq!(sanitize_name("lpt1 .tar.gz").unwrap(), "_lpt1 .tar.gz");
         assert_eq!(sanitize_name("console.log").unwrap(), "console.log");

@@ -8,6 +8,7 @@
 //! - [`control`]: what the `peer` CLI says to its own running agent over the local control socket.
 //! - [`relay`]: how the broker carries friends' QUIC packets when no direct path opens.
 //! - [`session`]: which broker requests are allowed in which state of a broker connection.
+//! - [`display`]: text from a remote party made safe to print on a terminal (controls and bidi escaped).
 //! - [`validate`]: the rules for usernames, display names and passwords, shared by both ends.
 //! - [`backoff`]: the agent's reconnect schedule.
 //! - [`io`] (feature `io`): thin async adapters that move frames over tokio streams.
@@ -15,6 +16,7 @@
 
 pub mod backoff;
 pub mod control;
+pub mod display;
 pub mod files;
 pub mod frame;
 #[cfg(feature = "io")]

@@ -27,7 +27,7 @@ pub(super) async fn authenticate(home: &Home, args: &BrokerArgs, req: Request) -
         Some(fp) => fp,
         None => {
             let fp = seen.lock().ok().and_then(|s| *s).context("the broker presented no certificate")?;
-            eprintln!(
+            note!(
                 "pinned the broker's identity {fp} (trust on first use); it should match the fingerprint the broker printed at start-up"
             );
             fp
@@ -41,7 +41,7 @@ pub(super) async fn authenticate(home: &Home, args: &BrokerArgs, req: Request) -
     })
     .await?;
     let what = if matches!(req, Request::Register { .. }) { "registered and logged in" } else { "logged in" };
-    println!("{what} as {username}; start the agent with `peer --home {} up`", home.dir.display());
+    say!("{what} as {username}; start the agent with `peer --home {} up`", home.dir.display());
     Ok(())
 }
 
@@ -54,23 +54,23 @@ pub(super) async fn status(home: &Home, json: bool) -> Result<()> {
         return Ok(());
     }
     let name = s.display_name.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
-    println!("user:      {}{name}", s.username);
-    println!("broker:    {} (fingerprint {})", s.broker, s.broker_fingerprint);
-    println!("device:    {}", s.device_fingerprint);
+    say!("user:      {}{name}", s.username);
+    say!("broker:    {} (fingerprint {})", s.broker, s.broker_fingerprint);
+    say!("device:    {}", s.device_fingerprint);
     let since = s.since.map(output::time).unwrap_or_default();
     match (s.online, s.observed_addr) {
         (true, Some(addr)) => {
-            println!("online:    yes, since {since}, seen by the broker as {addr}")
+            say!("online:    yes, since {since}, seen by the broker as {addr}")
         }
-        _ => println!(
+        _ => say!(
             "online:    no (reconnecting{})",
             if since.is_empty() { String::new() } else { format!("; lost at {since}") }
         ),
     }
     let locals: Vec<String> = s.local_addrs.iter().map(ToString::to_string).collect();
-    println!("local:     {}", locals.join(", "));
+    say!("local:     {}", locals.join(", "));
     for p in &s.peers {
-        println!("peer:      {} via {} path to {}", p.username, p.path, p.remote_addr);
+        say!("peer:      {} via {} path to {}", p.username, p.path, p.remote_addr);
     }
     Ok(())
 }
@@ -78,25 +78,22 @@ pub(super) async fn status(home: &Home, json: bool) -> Result<()> {
 pub(super) async fn watch(home: &Home, json: bool) -> Result<()> {
     let mut stream = control::connect(&home.dir).await?;
     write_frame(&mut stream, &ControlRequest::Watch).await?;
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
+    let mut out = std::io::stdout();
     while let Some(resp) = read_frame::<ControlResponse, _>(&mut stream).await? {
         match resp {
-            ControlResponse::Event(e) if json => writeln!(out, "{}", output::event_json(&e))?,
+            ControlResponse::Event(e) if json => output::json_line_to(&mut out, &output::event_json(&e).to_string()),
             // Several a second per transfer: for scripts (--json) and progress bars, not for reading.
             ControlResponse::Event(AgentEvent::FileProgress { .. }) => {}
-            ControlResponse::Event(e) => writeln!(out, "{}", output::event_line(&e))?,
-            ControlResponse::Status(s) if json => writeln!(
-                out,
-                "{}",
-                serde_json::json!({ "type": "watching", "username": s.username, "online": s.online })
-            )?,
-            ControlResponse::Status(s) => writeln!(out, "watching events for {}; Ctrl-C to stop", s.username)?,
-            ControlResponse::Error(e) => eprintln!("peer: {e}"),
+            ControlResponse::Event(e) => say!("{}", output::event_line(&e)),
+            ControlResponse::Status(s) if json => output::json_line_to(
+                &mut out,
+                &serde_json::json!({ "type": "watching", "username": s.username, "online": s.online }).to_string(),
+            ),
+            ControlResponse::Status(s) => say!("watching events for {}; Ctrl-C to stop", s.username),
+            ControlResponse::Error(e) => note!("peer: {e}"),
             _ => {}
         }
-        out.flush()?;
     }
-    eprintln!("peer: the agent stopped");
+    note!("peer: the agent stopped");
     Ok(())
 }

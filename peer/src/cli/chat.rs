@@ -15,11 +15,11 @@ pub(super) async fn send(home: &Home, to: &str, text: &str) -> Result<()> {
     validate::username(to).map_err(|_| anyhow!("no such user: {to}"))?;
     shared::peer::check_text(text).map_err(|e| anyhow!(e))?;
     match control_call(home, ControlRequest::Send { to: to.to_string(), text: text.to_string() }).await? {
-        ControlResponse::Sent { status: MessageStatus::Delivered, .. } => println!("delivered to {to}"),
+        ControlResponse::Sent { status: MessageStatus::Delivered, .. } => say!("delivered to {to}"),
         ControlResponse::Sent { status: MessageStatus::Failed, detail, .. } => {
             bail!("not delivered: {}", detail.unwrap_or_default())
         }
-        ControlResponse::Sent { detail, .. } => println!(
+        ControlResponse::Sent { detail, .. } => say!(
             "queued: {}; the agent delivers it when you are both online",
             detail.unwrap_or_else(|| format!("{to} is not reachable now"))
         ),
@@ -34,9 +34,9 @@ pub(super) async fn chat(home: &Home, friend: &str) -> Result<()> {
     let me = home.get("username").await?.unwrap_or_default();
     let mut events = control::connect(&home.dir).await?;
     write_frame(&mut events, &ControlRequest::Watch).await?;
-    println!("chat with {friend}: type a message and press Enter; /history shows more, /quit leaves");
+    say!("chat with {friend}: type a message and press Enter; /history shows more, /quit leaves");
     for m in history::conversation(&home.db, friend, 10, None).await? {
-        println!("{}", history_line(&m, &me));
+        say!("{}", history_line(&m, &me));
     }
     let who = friend.to_string();
     let printer = tokio::spawn(async move {
@@ -53,9 +53,9 @@ pub(super) async fn chat(home: &Home, friend: &str) -> Result<()> {
                 }
                 _ => continue,
             };
-            println!("{line}");
+            say!("{line}");
         }
-        println!("(the agent stopped)");
+        say!("(the agent stopped)");
     });
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
@@ -65,12 +65,12 @@ pub(super) async fn chat(home: &Home, friend: &str) -> Result<()> {
             "/quit" | "/exit" => break,
             "/history" => {
                 for m in history::conversation(&home.db, friend, 50, None).await? {
-                    println!("{}", history_line(&m, &me));
+                    say!("{}", history_line(&m, &me));
                 }
             }
             text => {
                 if let Err(e) = send_quiet(home, friend, text).await {
-                    println!("! {e}");
+                    say!("! {e}");
                 }
             }
         }
@@ -88,7 +88,7 @@ pub(super) async fn send_quiet(home: &Home, to: &str, text: &str) -> Result<()> 
             bail!("not delivered: {}", detail.unwrap_or_default())
         }
         ControlResponse::Sent { .. } => {
-            println!("(queued: {to} is not reachable now; it will be delivered when you are both online)");
+            say!("(queued: {to} is not reachable now; it will be delivered when you are both online)");
             Ok(())
         }
         other => bail!("unexpected answer from the agent: {other:?}"),

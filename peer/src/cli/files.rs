@@ -22,6 +22,9 @@ struct Meter {
 
 impl Meter {
     fn new(label: &str, size: u64) -> Self {
+        // The label holds a file name a friend chose; the bar writes it to the terminal itself.
+        let label = shared::display::escape(label);
+        let label = label.as_str();
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(size);
             let style =
@@ -41,7 +44,7 @@ impl Meter {
             None if self.last_line.elapsed() >= PLAIN_EVERY => {
                 self.last_line = Instant::now();
                 let pct = output::percent(bytes, self.size);
-                eprintln!("{}: {} of {} ({pct})", self.label, format_size(bytes), format_size(self.size));
+                note!("{}: {} of {} ({pct})", self.label, format_size(bytes), format_size(self.size));
             }
             None => {}
         }
@@ -50,8 +53,8 @@ impl Meter {
     /// Prints a note without breaking the bar.
     fn note(&self, text: &str) {
         match &self.bar {
-            Some(bar) => bar.println(text),
-            None => eprintln!("{text}"),
+            Some(bar) => bar.println(shared::display::escape(text)),
+            None => note!("{text}"),
         }
     }
 
@@ -110,22 +113,22 @@ pub(super) async fn send_file(home: &Home, to: &str, path: &Path, name: Option<S
     let id = t.id.clone();
     match t.state {
         TransferState::Done => {
-            println!("{to} already has {name} ({}, verified)", format_size(size));
+            say!("{to} already has {name} ({}, verified)", format_size(size));
             return Ok(());
         }
-        TransferState::Waiting => eprintln!(
+        TransferState::Waiting => note!(
             "{}; the agent offers {name} when you are both online (transfer {})",
             t.error.as_deref().unwrap_or("not reachable now"),
             output::short_id(&id)
         ),
         TransferState::Offered => {
-            eprintln!("offered {name} to {to}; waiting for them to accept (transfer {})", output::short_id(&id))
+            note!("offered {name} to {to}; waiting for them to accept (transfer {})", output::short_id(&id))
         }
-        TransferState::Transferring => eprintln!("continuing {name} to {to} (transfer {})", output::short_id(&id)),
+        TransferState::Transferring => note!("continuing {name} to {to} (transfer {})", output::short_id(&id)),
         _ => bail!("{}", t.error.unwrap_or_else(|| format!("the transfer is {}", t.state.as_str()))),
     }
     if !wait {
-        println!("{id}");
+        say!("{id}");
         return Ok(());
     }
     meter = Meter::new(&format!("{name} → {to}"), size);
@@ -139,7 +142,7 @@ pub(super) async fn send_file(home: &Home, to: &str, path: &Path, name: Option<S
                 match transfer.state {
                     TransferState::Done => {
                         meter.done();
-                        println!("delivered {name} to {to} ({}, verified by {to})", format_size(size));
+                        say!("delivered {name} to {to} ({}, verified by {to})", format_size(size));
                         return Ok(());
                     }
                     s if s.is_final() => {
@@ -188,9 +191,9 @@ pub(super) async fn files(home: &Home, args: FilesArgs) -> Result<()> {
     let ControlResponse::Transfer(t) = resp else { bail!("unexpected answer from the agent") };
     match t.state {
         TransferState::Transferring => {
-            println!("accepted {} from {}; `peer files` shows its progress", t.name, t.peer)
+            say!("accepted {} from {}; `peer files` shows its progress", t.name, t.peer)
         }
-        _ => println!("{}", output::transfer_line(&t)),
+        _ => say!("{}", output::transfer_line(&t)),
     }
     Ok(())
 }

@@ -17,9 +17,9 @@ pub(super) async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
             validate::text("message", &message, validate::MAX_REQUEST_MESSAGE_CHARS)?;
             match broker_call(home, Request::FriendAdd { username: user.clone(), message }).await? {
                 Response::FriendAdded { now_friends: true } => {
-                    println!("{user} had already asked you: you are friends now")
+                    say!("{user} had already asked you: you are friends now")
                 }
-                _ => println!("friend request sent to {user}"),
+                _ => say!("friend request sent to {user}"),
             }
         }
         FriendsCmd::Requests { json } => {
@@ -35,10 +35,10 @@ pub(super) async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
                     .collect();
                 print_json(&all);
             } else if incoming.is_empty() && outgoing.is_empty() {
-                println!("no pending friend requests");
+                say!("no pending friend requests");
             } else {
                 for r in &incoming {
-                    println!(
+                    say!(
                         "from {:<24} {}  {:?}  (`peer friends accept {}`)",
                         r.user.username,
                         output::time(r.created_at),
@@ -47,26 +47,26 @@ pub(super) async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
                     );
                 }
                 for r in &outgoing {
-                    println!("to   {:<24} {}  {:?}  (waiting)", r.user.username, output::time(r.created_at), r.message);
+                    say!("to   {:<24} {}  {:?}  (waiting)", r.user.username, output::time(r.created_at), r.message);
                 }
             }
         }
         FriendsCmd::Accept { user } => {
             broker_ok(home, Request::FriendAccept { username: user.clone() }).await?;
-            println!("you and {user} are friends now");
+            say!("you and {user} are friends now");
         }
         FriendsCmd::Decline { user } => {
             broker_ok(home, Request::FriendDecline { username: user.clone() }).await?;
-            println!("declined {user}'s request");
+            say!("declined {user}'s request");
         }
         FriendsCmd::Remove { user } => {
             broker_ok(home, Request::FriendRemove { username: user.clone() }).await?;
-            println!("{user} is no longer your friend");
+            say!("{user} is no longer your friend");
         }
         FriendsCmd::Remark { user, alias } => {
             validate::text("alias", &alias, validate::MAX_NAME_CHARS)?;
             broker_ok(home, Request::FriendRemark { username: user.clone(), remark: alias }).await?;
-            println!("alias for {user} saved");
+            say!("alias for {user} saved");
         }
     }
     Ok(())
@@ -78,7 +78,7 @@ pub(super) fn print_friends(list: &[FriendInfo], links: &[shared::control::PeerL
         return;
     }
     if list.is_empty() {
-        println!("no friends yet: find people with `peer users search TEXT`, then `peer friends add USER`");
+        say!("no friends yet: find people with `peer users search TEXT`, then `peer friends add USER`");
         return;
     }
     for f in list {
@@ -92,6 +92,6 @@ pub(super) fn print_friends(list: &[FriendInfo], links: &[shared::control::PeerL
             (false, Some(t)) => format!("offline, last seen {}", output::time(t)),
             (false, None) => "offline".to_string(),
         };
-        println!("{name:<48} {presence}");
+        say!("{name:<48} {presence}");
     }
 }

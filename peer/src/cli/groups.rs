@@ -31,11 +31,11 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
             let Response::GroupCreated { group_id } = broker_call(home, Request::GroupCreate { name }).await? else {
                 bail!("unexpected answer")
             };
-            println!("{group_id}");
+            say!("{group_id}");
         }
         GroupsCmd::Invite { group, user } => {
             broker_ok(home, Request::GroupInvite { group_id: group, username: user.clone() }).await?;
-            println!("invited {user} to group {group}");
+            say!("invited {user} to group {group}");
         }
         GroupsCmd::Invitations { json } => {
             let Response::GroupInvitations(list) = broker_call(home, Request::GroupInvitations).await? else {
@@ -60,31 +60,31 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
         }
         GroupsCmd::Join { group } => {
             broker_ok(home, Request::GroupJoin { group_id: group }).await?;
-            println!("joined group {group}");
+            say!("joined group {group}");
         }
         GroupsCmd::Decline { group } => {
             broker_ok(home, Request::GroupDecline { group_id: group }).await?;
-            println!("declined the invitation to group {group}");
+            say!("declined the invitation to group {group}");
         }
         GroupsCmd::Leave { group } => {
             broker_ok(home, Request::GroupLeave { group_id: group }).await?;
-            println!("left group {group}");
+            say!("left group {group}");
         }
         GroupsCmd::Remove { group, user } => {
             broker_ok(home, Request::GroupRemove { group_id: group, username: user.clone() }).await?;
-            println!("removed {user} from group {group}");
+            say!("removed {user} from group {group}");
         }
         GroupsCmd::Rename { group, name } => {
             broker_ok(home, Request::GroupRename { group_id: group, name: name.clone() }).await?;
-            println!("group {group} is now called {name}");
+            say!("group {group} is now called {name}");
         }
         GroupsCmd::Transfer { group, user } => {
             broker_ok(home, Request::GroupTransfer { group_id: group, username: user.clone() }).await?;
-            println!("{user} now owns group {group}");
+            say!("{user} now owns group {group}");
         }
         GroupsCmd::Disband { group } => {
             broker_ok(home, Request::GroupDisband { group_id: group }).await?;
-            println!("group {group} disbanded");
+            say!("group {group} disbanded");
         }
         GroupsCmd::Members { group, json } => {
             let Response::GroupMembers(list) = broker_call(home, Request::GroupMembers { group_id: group }).await?
@@ -116,9 +116,9 @@ pub(super) async fn group_chat(home: &Home, group_id: i64) -> Result<()> {
     use tokio::io::AsyncBufReadExt;
     let mut events = control::connect(&home.dir).await?;
     write_frame(&mut events, &ControlRequest::Watch).await?;
-    println!("group {group_id}: type a message and press Enter; /history shows more, /quit leaves");
+    say!("group {group_id}: type a message and press Enter; /history shows more, /quit leaves");
     for m in history::group_conversation(&home.db, group_id, 10, None).await? {
-        println!("{}", output::group_message_line(&m));
+        say!("{}", output::group_message_line(&m));
     }
     let printer = tokio::spawn(async move {
         while let Ok(Some(resp)) = read_frame::<ControlResponse, _>(&mut events).await {
@@ -126,12 +126,12 @@ pub(super) async fn group_chat(home: &Home, group_id: i64) -> Result<()> {
                 ControlResponse::Event(AgentEvent::Broker { event: Event::GroupMessage(m), .. })
                     if m.group_id == group_id =>
                 {
-                    println!("{}", output::group_message_line(m));
+                    say!("{}", output::group_message_line(m));
                 }
                 ControlResponse::Event(
                     e @ AgentEvent::Broker { event: Event::GroupPresence { group_id: g, .. }, .. },
                 ) if *g == group_id => {
-                    println!("{}", output::event_line(e));
+                    say!("{}", output::event_line(e));
                 }
                 _ => {}
             }
@@ -144,12 +144,12 @@ pub(super) async fn group_chat(home: &Home, group_id: i64) -> Result<()> {
             "/quit" | "/exit" => break,
             "/history" => {
                 for m in history::group_conversation(&home.db, group_id, 50, None).await? {
-                    println!("{}", output::group_message_line(&m));
+                    say!("{}", output::group_message_line(&m));
                 }
             }
             text => {
                 if let Err(e) = group_post(home, group_id, text).await {
-                    println!("! {e}");
+                    say!("! {e}");
                 }
             }
         }

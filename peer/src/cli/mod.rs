@@ -16,6 +16,7 @@ use groups::{group_chat, group_post, groups};
 
 use crate::control;
 use crate::home::{Account, Home};
+use crate::output::{note, say};
 use crate::{agent, history, net, output, password};
 use anyhow::{Context, Result, anyhow, bail};
 use certs::Fingerprint;
@@ -338,7 +339,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Cmd::Status { json } => status(&home, json).await,
         Cmd::Logout => {
             expect_ok(control_call(&home, ControlRequest::Logout).await?)?;
-            println!("logged out; the agent has stopped");
+            say!("logged out; the agent has stopped");
             Ok(())
         }
         Cmd::Watch { json } => watch(&home, json).await,
@@ -358,13 +359,13 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Cmd::Profile { cmd: ProfileCmd::Set { display_name } } => {
             validate::display_name(&display_name)?;
             broker_ok(&home, Request::SetDisplayName { display_name }).await?;
-            println!("display name changed");
+            say!("display name changed");
             Ok(())
         }
         Cmd::Send { group: Some(group), args } => {
             let [text] = args.as_slice() else { bail!("with --group, give only the text") };
             let seq = group_post(&home, group, text).await?;
-            println!("posted to group {group} as #{seq}");
+            say!("posted to group {group} as #{seq}");
             Ok(())
         }
         Cmd::Send { group: None, args } => {
@@ -397,7 +398,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             let new = pw.read("new password", "PEER_NEW_PASSWORD", true)?;
             validate::password(&new)?;
             broker_ok(&home, Request::ChangePassword { old, new }).await?;
-            println!("password changed; your other devices were logged out");
+            say!("password changed; your other devices were logged out");
             Ok(())
         }
     }
@@ -439,7 +440,7 @@ async fn broker_ok(home: &Home, req: Request) -> Result<()> {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    output::json_line_to(&mut std::io::stdout(), &serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// A listing: a JSON array with `--json`; otherwise `empty` when there is nothing, else a line per item.
@@ -447,10 +448,10 @@ fn print_list<T>(items: &[T], json: bool, empty: &str, to_json: impl Fn(&T) -> V
     if json {
         print_json(&items.iter().map(to_json).collect::<Vec<_>>());
     } else if items.is_empty() {
-        println!("{empty}");
+        say!("{empty}");
     } else {
         for item in items {
-            println!("{}", line(item));
+            say!("{}", line(item));
         }
     }
 }
