@@ -166,10 +166,18 @@ impl Agent {
                 Ok(Some(s)) if s == "failed" => (MessageStatus::Failed, None),
                 _ => (MessageStatus::Queued, None),
             },
-            Err(e) => {
-                let failed = matches!(history::status(&self.home.db, id).await, Ok(Some(s)) if s == "failed");
-                (if failed { MessageStatus::Failed } else { MessageStatus::Queued }, Some(e.to_string()))
-            }
+            // Queued only if it is stored: a message that could not be stored (a full disk) is an error for
+            // `peer send` to report, never "queued" (nothing would ever deliver it).
+            Err(e) => match history::status(&self.home.db, id).await {
+                Ok(Some(s)) if s == "failed" => (MessageStatus::Failed, Some(e.to_string())),
+                Ok(Some(_)) => (MessageStatus::Queued, Some(e.to_string())),
+                Ok(None) => return ControlResponse::Error(format!("{e:#}; nothing was queued, send it again")),
+                Err(read) => {
+                    return ControlResponse::Error(format!(
+                        "{e:#}; and its state cannot be read ({read}): check `peer history` before sending again"
+                    ));
+                }
+            },
         };
         ControlResponse::Sent { id: id.to_string(), status, detail }
     }

@@ -11,7 +11,7 @@ mod proc;
 
 pub use client::Client;
 pub use db::{Backend, TestDb, backends};
-pub use natlab::Lab;
+pub use natlab::{Lab, SmallDisk};
 pub use proc::{Agent, Broker, Friends, Peer, RelayedPair, WAIT, Watch, alice_and_bob, bin, texts, wait_until};
 
 /// Password used for test accounts.

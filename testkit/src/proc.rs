@@ -227,6 +227,11 @@ impl Peer {
         Self { home: tempfile::tempdir().unwrap(), broker: broker.address(), username: String::new(), netns: None }
     }
 
+    /// A device with an empty home in `home` (on a disk of the test's choosing), pointed at `broker`.
+    pub fn with_home(broker: &Broker, home: TempDir) -> Self {
+        Self { home, broker: broker.address(), username: String::new(), netns: None }
+    }
+
     /// A device registered as `username` on NAT lab host `netns`.
     pub fn registered_in(broker: &Broker, username: &str, netns: &str) -> Self {
         let mut p = Self::new(broker);
