@@ -102,14 +102,14 @@ impl Conn {
                 state.user().map(str::to_string).unwrap_or_default()
             };
             self.ctx.relay.check_enabled()?;
-            if !self.ctx.friends.are_friends(&me, &friend).await? {
-                return Err(ErrorCode::NotFriends.into());
-            }
-            let Some(conn) = self.ctx.table.device_connection(&friend, &device) else {
-                return Err(ErrorCode::RelayUnavailable(format!("{friend}'s device is not online")).into());
+            let open = async {
+                let Some(conn) = self.ctx.table.device_connection(&friend, &device) else {
+                    return Err(ErrorCode::RelayUnavailable(format!("{friend}'s device is not online")).into());
+                };
+                // The friend's side first, so that the answer says whether the relay really stands.
+                Ok(self.ctx.relay.open(&me, self.fingerprint, &conn).await?)
             };
-            // The friend's side first, so that the answer says whether the relay really stands.
-            let theirs = self.ctx.relay.open(&me, self.fingerprint, &conn).await?;
+            let theirs = self.ctx.friends.while_friends(&me, &friend, open).await?;
             Ok::<_, AccountError>((me, theirs))
         };
         let (me, theirs) = match checked.await {
@@ -247,12 +247,7 @@ impl Conn {
                 ctx.groups.disband(&me, group_id).await?;
                 Response::Ok
             }
-            Request::Lookup { username } => {
-                if !ctx.friends.are_friends(&me, &username).await? {
-                    return Err(ErrorCode::NotFriends.into());
-                }
-                Response::Endpoints(ctx.friends.lookup_devices(&me, session_id, &username))
-            }
+            Request::Lookup { username } => Response::Endpoints(ctx.friends.lookup(&me, session_id, &username).await?),
             Request::SetDisplayName { display_name } => {
                 ctx.accounts.set_display_name(&me, &display_name).await?;
                 let user = shared::proto::UserInfo { username: me.clone(), display_name };

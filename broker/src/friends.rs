@@ -17,6 +17,26 @@ type Result<T> = std::result::Result<T, AccountError>;
 pub struct Friends {
     db: Db,
     table: Arc<Table>,
+    pairs: PairLocks,
+}
+
+/// One lock per pair of users (striped): every decision about a pair's friendship and the pushes that
+/// follow from it happen under it, so that a check can never be overtaken by a change. A lookup that found
+/// them friends has pushed its `PeerIncoming` before a removal can delete the rows and push
+/// `FriendRemoved`; requests crossing each other, and two devices accepting at once, see each other's work.
+struct PairLocks([tokio::sync::Mutex<()>; 64]);
+
+impl PairLocks {
+    fn new() -> Self {
+        Self(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+
+    async fn lock(&self, a: &str, b: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (a.min(b), a.max(b)).hash(&mut h);
+        self.0[(h.finish() % self.0.len() as u64) as usize].lock().await
+    }
 }
 
 fn user_info(row: &AnyRow) -> std::result::Result<UserInfo, sqlx::Error> {
@@ -34,7 +54,7 @@ pub async fn find_user(db: &Db, username: &str) -> std::result::Result<Option<Us
 
 impl Friends {
     pub fn new(db: Db, table: Arc<Table>) -> Self {
-        Self { db, table }
+        Self { db, table, pairs: PairLocks::new() }
     }
 
     /// Users whose username or display name contains `query`, case-insensitively; never `me`.
@@ -69,6 +89,7 @@ impl Friends {
         let Some(target) = self.user(to).await? else {
             return Err(ErrorCode::UnknownUser.into());
         };
+        let _pair = self.pairs.lock(me, to).await;
         if self.are_friends(me, to).await? {
             return Err(ErrorCode::AlreadyFriends.into());
         }
@@ -120,6 +141,7 @@ impl Friends {
 
     /// Accepts the pending request from `from`.
     pub async fn accept(&self, me: &str, from: &str) -> Result<()> {
+        let _pair = self.pairs.lock(me, from).await;
         if !self.pending(from, me).await? {
             return Err(ErrorCode::NoSuchRequest.into());
         }
@@ -142,6 +164,7 @@ impl Friends {
 
     /// Ends the friendship on both sides at once.
     pub async fn remove(&self, me: &str, other: &str) -> Result<()> {
+        let _pair = self.pairs.lock(me, other).await;
         let res = sqlx::query(
             self.db.sql("DELETE FROM friends WHERE (owner = ? AND friend = ?) OR (owner = ? AND friend = ?)"),
         )
@@ -221,8 +244,13 @@ impl Friends {
     }
 
     /// Where `friend`'s online devices are, for `me` only if they are friends. Each of those devices is told
-    /// to expect `me`'s device (its key and addresses), so both sides can open the path at once.
-    pub fn lookup_devices(&self, me: &str, session_id: u64, friend: &str) -> Vec<DeviceEndpoint> {
+    /// to expect `me`'s device (its key and addresses), so both sides can open the path at once. The check
+    /// and the push happen under the pair's lock: a removal cannot slip between them.
+    pub async fn lookup(&self, me: &str, session_id: u64, friend: &str) -> Result<Vec<DeviceEndpoint>> {
+        let _pair = self.pairs.lock(me, friend).await;
+        if !self.are_friends(me, friend).await? {
+            return Err(ErrorCode::NotFriends.into());
+        }
         let endpoint = |r: &crate::table::Row| DeviceEndpoint {
             fingerprint: r.fingerprint.0,
             observed: r.observed,
@@ -233,7 +261,22 @@ impl Friends {
             let event = Event::PeerIncoming { username: me.to_string(), device: endpoint(&mine) };
             self.table.push(friend, &event);
         }
-        devices
+        Ok(devices)
+    }
+
+    /// Runs `f` (which opens a relay to `friend`) only if `me` and `friend` are friends, under the pair's
+    /// lock, so that the friend's agent is told who is relaying before any removal is pushed to it.
+    pub async fn while_friends<T>(
+        &self,
+        me: &str,
+        friend: &str,
+        f: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let _pair = self.pairs.lock(me, friend).await;
+        if !self.are_friends(me, friend).await? {
+            return Err(ErrorCode::NotFriends.into());
+        }
+        f.await
     }
 
     /// Tells `me`'s friends about a new display name.

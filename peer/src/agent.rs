@@ -253,6 +253,7 @@ impl Agent {
         self.emit(AgentEvent::Connected { observed_addr, at });
         tokio::spawn(self.clone().deliver_all());
         tokio::spawn(self.clone().catch_up_all());
+        tokio::spawn(self.clone().refresh_friends());
         tokio::spawn(self.clone().resume_files(None));
         tokio::spawn(self.clone().accept_relays(conn.clone()));
         let end = self.read_events(&conn).await;
@@ -274,6 +275,24 @@ impl Agent {
         end
     }
 
+    /// Re-reads the friend list from the broker, so that a friend removed while this agent was away from
+    /// the broker (no `FriendRemoved` reached it) is no longer accepted.
+    async fn refresh_friends(self: Arc<Self>) {
+        for _ in 0..5 {
+            let epoch = self.direct.friends_epoch();
+            let list = match self.forward(&Request::Friends).await {
+                ControlResponse::Broker(Response::Friends(list)) => list,
+                other => {
+                    tracing::warn!(answer = ?other, "could not re-read the friend list");
+                    return;
+                }
+            };
+            if self.direct.set_friends(list.into_iter().map(|f| f.user.username).collect(), epoch) {
+                return;
+            }
+        }
+    }
+
     /// Serves relay streams the broker opens to us: a friend whose packets cannot reach us directly. Each
     /// is read on its own task, so one slow to name its friend holds up no other.
     async fn accept_relays(self: Arc<Self>, conn: quinn::Connection) {
@@ -288,7 +307,9 @@ impl Agent {
                 let Ok(Ok(Some(hello))) = hello else { return };
                 let fp = certs::Fingerprint(hello.fingerprint);
                 // The broker vouches for the friend's key, as with a lookup.
-                agent.direct.expect(&hello.username, fp);
+                if !agent.direct.expect(&hello.username, fp) {
+                    return;
+                }
                 let addr = agent.relays.attach(fp, send, recv);
                 tracing::info!(friend = hello.username, %addr, "relay from a friend");
             });
@@ -330,8 +351,11 @@ impl Agent {
                             lock(&self.devices).remove(username);
                             self.direct.forget(username);
                         }
+                        Event::FriendAccepted { friend } => self.direct.befriended(&friend.username),
                         Event::PeerIncoming { username, device } => {
-                            self.direct.expect(username, certs::Fingerprint(device.fingerprint));
+                            if !self.direct.expect(username, certs::Fingerprint(device.fingerprint)) {
+                                continue;
+                            }
                             // Simultaneous open: our packets towards them open our NAT for theirs.
                             let (agent, username, device) = (self.clone(), username.clone(), device.clone());
                             tokio::spawn(async move { agent.direct.punch(&username, &device).await });

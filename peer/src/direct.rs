@@ -15,7 +15,7 @@ use certs::{Fingerprint, Identity};
 use shared::io::{read_frame, write_frame};
 use shared::peer::{PeerAck, PeerFrame};
 use shared::proto::{DeviceEndpoint, PEER_ALPN, Request, Response};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -81,6 +81,22 @@ pub(crate) struct Direct {
     broker: BrokerLink,
     /// Never try (or accept) direct paths: everything through the broker's relay.
     relay_only: bool,
+    /// Who our friends are, as the agent last heard: pushes from the broker that vouch for someone's key
+    /// are checked against it, so a push that raced an unfriending cannot let a former friend back in.
+    friends: Mutex<FriendSet>,
+}
+
+/// The agent's view of its friend list: filled from the broker at every session start, kept current by
+/// `FriendAccepted` and `FriendRemoved` events.
+#[derive(Default)]
+struct FriendSet {
+    /// `None` until the first list arrived (until then, as before: the broker's word).
+    known: Option<HashSet<String>>,
+    /// Counts changes from events, so that a list fetched before one of them is not applied over it.
+    epoch: u64,
+    /// Keys the broker vouched for while we did not know the user as a friend (a friendship made while we
+    /// were offline): applied if the next list says they are one.
+    held: Vec<(String, Fingerprint)>,
 }
 
 /// The settings and shared parts [`Direct`] works with.
@@ -108,6 +124,7 @@ impl Direct {
             relays: p.relays,
             broker: p.broker,
             relay_only: p.relay_only,
+            friends: Mutex::default(),
         }
     }
 
@@ -115,8 +132,60 @@ impl Direct {
         self.relay_only
     }
 
-    /// Accept `username`'s device `fp` from now on (the broker said it is about to connect).
-    pub(crate) fn expect(&self, username: &str, fp: Fingerprint) {
+    /// Accept `username`'s device `fp` from now on: the broker pushed that it is about to connect. Refused
+    /// (and held until the next friend list) for someone the agent does not know as a friend.
+    pub(crate) fn expect(&self, username: &str, fp: Fingerprint) -> bool {
+        {
+            let mut f = lock(&self.friends);
+            if f.known.as_ref().is_some_and(|k| !k.contains(username)) {
+                tracing::warn!(user = username, "the broker vouched for a key of someone who is not a friend; refused");
+                f.held.push((username.to_string(), fp));
+                return false;
+            }
+        }
+        self.allow(username, fp);
+        true
+    }
+
+    /// A friendship began (`FriendAccepted`).
+    pub(crate) fn befriended(&self, username: &str) {
+        let mut f = lock(&self.friends);
+        f.epoch += 1;
+        if let Some(k) = &mut f.known {
+            k.insert(username.to_string());
+        }
+    }
+
+    /// Where the friend list stands now, for [`Direct::set_friends`].
+    pub(crate) fn friends_epoch(&self) -> u64 {
+        lock(&self.friends).epoch
+    }
+
+    /// The friend list from the broker, fetched at `epoch`: everyone else is forgotten (their keys refused,
+    /// their connections closed). `false` if an event changed the list meanwhile: fetch again.
+    pub(crate) fn set_friends(&self, list: HashSet<String>, epoch: u64) -> bool {
+        let (gone, held) = {
+            let mut f = lock(&self.friends);
+            if f.epoch != epoch {
+                return false;
+            }
+            let held: Vec<_> = std::mem::take(&mut f.held).into_iter().filter(|(u, _)| list.contains(u)).collect();
+            let gone: HashSet<String> = lock(&self.who).values().filter(|u| !list.contains(*u)).cloned().collect();
+            f.known = Some(list);
+            (gone, held)
+        };
+        for user in gone {
+            tracing::info!(user, "no longer a friend: key dropped");
+            self.forget_keys(&user);
+        }
+        for (user, fp) in held {
+            self.allow(&user, fp);
+        }
+        true
+    }
+
+    /// Accept `username`'s device `fp` from now on (we looked them up ourselves).
+    fn allow(&self, username: &str, fp: Fingerprint) {
         lock(&self.who).insert(fp, username.to_string());
         if let Ok(mut a) = self.allowed.write() {
             a.insert(fp);
@@ -125,6 +194,18 @@ impl Direct {
 
     /// Stop accepting and drop every connection of `username` (no longer a friend).
     pub(crate) fn forget(&self, username: &str) {
+        {
+            let mut f = lock(&self.friends);
+            f.epoch += 1;
+            if let Some(k) = &mut f.known {
+                k.remove(username);
+            }
+            f.held.retain(|(u, _)| u != username);
+        }
+        self.forget_keys(username);
+    }
+
+    fn forget_keys(&self, username: &str) {
         let gone: Vec<Fingerprint> =
             lock(&self.who).iter().filter(|(_, u)| u.as_str() == username).map(|(f, _)| *f).collect();
         for fp in gone {
@@ -250,7 +331,7 @@ impl Direct {
     /// With no direct path within [`RELAY_AFTER`], the broker relays the same QUIC connection.
     pub(crate) async fn connect(&self, username: &str, device: &DeviceEndpoint) -> Result<quinn::Connection> {
         let fp = Fingerprint(device.fingerprint);
-        self.expect(username, fp);
+        self.allow(username, fp);
         if let Some(c) = self.live(&fp) {
             return Ok(c);
         }

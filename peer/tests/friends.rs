@@ -2,7 +2,7 @@
 #![allow(clippy::disallowed_macros)] // test output, read by people debugging a test
 
 use serde_json::Value;
-use testkit::{Backend, Broker, PASSWORD, Peer, backends, wait_until};
+use testkit::{Backend, Broker, Friends, PASSWORD, Peer, backends, texts, wait_until};
 
 fn usernames(list: &Value) -> Vec<String> {
     list.as_array().unwrap().iter().map(|v| v["username"].as_str().unwrap().to_string()).collect()
@@ -199,4 +199,22 @@ fn password_change_logs_out_other_devices() {
     let out = laptop.run_with_stdin(&["passwd", "--password-stdin"], "wrong old password\nanother one 456\n");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong password"));
+}
+
+/// An agent that was away from the broker when the friendship ended (no `FriendRemoved` reached it) re-reads
+/// its friend list when it reconnects and stops accepting the former friend's key: nothing the former friend
+/// sends afterwards is stored, even over a connection that was open before.
+#[test]
+fn an_agent_that_missed_the_removal_drops_the_key_when_it_reconnects() {
+    let mut broker = Broker::start(&Backend::Sqlite);
+    let Friends { alice, bob, agents: _agents } = Friends::start(&broker, &[], &[]);
+    assert!(alice.ok(&["send", "bob", "while friends"]).contains("delivered"));
+    // The friendship ends while neither agent can hear of it.
+    broker.kill();
+    broker.db.execute("DELETE FROM friends");
+    broker.restart();
+    wait_until("bob dropped alice's key", || bob.agent_log().contains("no longer a friend"));
+    let out = alice.run(&["send", "bob", "after the removal"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("delivered"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["while friends"]);
 }

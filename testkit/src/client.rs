@@ -84,16 +84,20 @@ impl Client {
 
     /// The next group message pushed to this session (other events skipped).
     pub async fn next_group_message(&mut self) -> GroupMessage {
+        loop {
+            if let Event::GroupMessage(m) = self.next_event().await {
+                return m;
+            }
+        }
+    }
+
+    /// The next event pushed to this session.
+    pub async fn next_event(&mut self) -> Event {
         if self.events.is_none() {
             self.events = Some(self.conn.accept_uni().await.unwrap());
         }
         let stream = self.events.as_mut().unwrap();
-        loop {
-            let ev: Event = tokio::time::timeout(WAIT, read_frame(stream)).await.unwrap().unwrap().unwrap();
-            if let Event::GroupMessage(m) = ev {
-                return m;
-            }
-        }
+        tokio::time::timeout(WAIT, read_frame(stream)).await.expect("no event in time").unwrap().unwrap()
     }
 
     /// Reads and discards this session's events in the background, like a healthy agent.

@@ -111,6 +111,27 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Runs SQL statements against this database directly, behind the broker's back: what a tampered or
+    /// restored database would hold.
+    pub fn execute(&self, sql: &str) {
+        let (url, sql) = (self.url.clone(), sql.to_string());
+        block_on(async move {
+            let sql = sqlx::AssertSqlSafe(sql);
+            if url.starts_with("sqlite") {
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+            } else if url.starts_with("postgres") {
+                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+            } else {
+                let mut c = sqlx::MySqlConnection::connect(&url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+            }
+        });
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Some(admin) = &self.admin_url else { return };
