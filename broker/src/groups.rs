@@ -291,12 +291,6 @@ impl Groups {
     /// A member's post: numbered, stored, then delivered to every online member's devices.
     pub async fn post(&self, me: &str, group_id: i64, text: &str) -> Result<i64> {
         check_text(text).map_err(ErrorCode::InvalidText)?;
-        if !self.members_of(group_id).await?.iter().any(|m| m == me) {
-            return Err(ErrorCode::NotMember.into());
-        }
-        lock(&self.posts)
-            .take(&me.to_string(), Instant::now())
-            .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
         self.post_as(me, group_id, text, false).await
     }
 
@@ -306,16 +300,19 @@ impl Groups {
         if user == me || !self.is_member(user, group_id).await? {
             return Err(ErrorCode::NotMember.into());
         }
-        self.post_as(me, group_id, &format!("{user} was removed by {me}"), true).await?;
-        let delete = async {
-            sqlx::query(self.db.sql("DELETE FROM group_members WHERE group_id = ? AND username = ?"))
-                .bind(group_id)
-                .bind(user)
-                .execute(&self.db.pool)
-                .await?;
-            Ok(())
-        };
-        self.change_members(group_id, delete).await
+        // One turn: the notice is the last thing the removed member gets and no post of theirs can be
+        // numbered after it.
+        let gate = self.gate(group_id);
+        let _turn = gate.lock().await;
+        self.post_in_turn(me, group_id, &format!("{user} was removed by {me}"), true).await?;
+        let deleted = sqlx::query(self.db.sql("DELETE FROM group_members WHERE group_id = ? AND username = ?"))
+            .bind(group_id)
+            .bind(user)
+            .execute(&self.db.pool)
+            .await;
+        lock(&self.members).remove(&group_id);
+        deleted?;
+        Ok(())
     }
 
     /// Owner only: renames the group.
@@ -378,15 +375,19 @@ impl Groups {
         Ok(res.rows_affected())
     }
 
-    /// Messages after `after_seq`, for members only.
+    /// Messages after `after_seq`, for members only, and only from when they joined: the group's earlier
+    /// conversation is not theirs to read (their own "joined" notice is the first they get).
     pub async fn sync(&self, me: &str, group_id: i64, after_seq: i64, limit: u32) -> Result<Vec<GroupMessage>> {
         self.require_member(me, group_id).await?;
         let rows = sqlx::query(self.db.sql(
             "SELECT seq, sender, system, text, created_at FROM group_messages WHERE group_id = ? AND seq > ? \
+             AND created_at >= (SELECT joined_at FROM group_members WHERE group_id = ? AND username = ?) \
              ORDER BY seq LIMIT ?",
         ))
         .bind(group_id)
         .bind(after_seq)
+        .bind(group_id)
+        .bind(me)
         .bind(i64::from(limit.clamp(1, MAX_SYNC)))
         .fetch_all(&self.db.pool)
         .await?;
@@ -404,9 +405,26 @@ impl Groups {
             .collect()
     }
 
+    /// Numbers, stores and fans out a message in the group's turn. A member's post (`!system`) is checked
+    /// against the member list read in that same turn (someone removed a moment ago can no longer post),
+    /// then against the sender's post rate.
     async fn post_as(&self, sender: &str, group_id: i64, text: &str, system: bool) -> Result<i64> {
         let gate = self.gate(group_id);
         let _turn = gate.lock().await;
+        self.post_in_turn(sender, group_id, text, system).await
+    }
+
+    /// [`Groups::post_as`] for a caller that holds the group's turn.
+    async fn post_in_turn(&self, sender: &str, group_id: i64, text: &str, system: bool) -> Result<i64> {
+        let members = self.members_of(group_id).await?;
+        if !system {
+            if !members.iter().any(|m| m == sender) {
+                return Err(ErrorCode::NotMember.into());
+            }
+            lock(&self.posts)
+                .take(&sender.to_string(), Instant::now())
+                .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
+        }
         let at = now_ms();
         let mut tx = self.db.pool.begin().await?;
         sqlx::query(self.db.sql("UPDATE chat_groups SET last_seq = last_seq + 1 WHERE id = ?"))
@@ -446,7 +464,6 @@ impl Groups {
             text: text.to_string(),
             at,
         });
-        let members = self.members_of(group_id).await?;
         self.table.push_many(members.iter().map(String::as_str), &event);
         Ok(seq)
     }
@@ -468,6 +485,8 @@ impl Groups {
         Ok(())
     }
 
+    /// The member list, cached. Only ever called in the group's turn: membership changes drop the entry in
+    /// the same turn, so a list read from the database can never be written back after a change to it.
     async fn members_of(&self, group_id: i64) -> Result<Arc<Vec<String>>> {
         if let Some(m) = lock(&self.members).get(&group_id) {
             return Ok(m.clone());

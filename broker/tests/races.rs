@@ -104,3 +104,82 @@ async fn crossing_requests_and_double_accepts_settle_cleanly() {
         alice.ok(Request::FriendRemove { username: "carol".into() }).await;
     }
 }
+
+/// A removal racing a member's posts: once the removal is done, the removed member can neither post nor
+/// receive the group's messages (the member list cache is never refilled with the old list), and a member
+/// who joins later reads the group from their join on, not what was said before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_member_gets_nothing_more_and_a_new_one_nothing_older() {
+    let broker = Broker::start_with(&Backend::Sqlite, &["--group-posts-per-second", "10000"]);
+    let alice = std::sync::Arc::new(Client::session(&broker, "alice", true).await);
+    let bob = std::sync::Arc::new(Client::session(&broker, "bob", true).await);
+    let mut bob_events = Client::session(&broker, "bob", false).await;
+    alice.drain_events();
+    bob.drain_events();
+    let add = |who: &str| Request::FriendAdd { username: who.into(), message: String::new() };
+    assert_eq!(alice.call(&add("bob")).await, Response::FriendAdded { now_friends: false });
+    bob.ok(Request::FriendAccept { username: "alice".into() }).await;
+    let Response::GroupCreated { group_id } = alice.call(&Request::GroupCreate { name: "g".into() }).await else {
+        panic!("create")
+    };
+    let (mut late_posts, mut late_pushes) = (0, 0);
+    for round in 0..ROUNDS {
+        alice.ok(Request::GroupInvite { group_id, username: "bob".into() }).await;
+        bob.ok(Request::GroupJoin { group_id }).await;
+        let posts = {
+            let bob = bob.clone();
+            tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..20 {
+                    let post = Request::GroupPost { group_id, text: format!("{round}.{i}") };
+                    if let Response::GroupPosted { seq } = bob.call(&post).await {
+                        seqs.push(seq);
+                    }
+                }
+                seqs
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(round as u64 % 4)).await;
+        alice.ok(Request::GroupRemove { group_id, username: "bob".into() }).await;
+        let after = match alice.call(&Request::GroupPost { group_id, text: format!("after {round}") }).await {
+            Response::GroupPosted { seq } => seq,
+            other => panic!("{other:?}"),
+        };
+        let Response::GroupMessages(log) =
+            alice.call(&Request::GroupSync { group_id, after_seq: after - 60, limit: 500 }).await
+        else {
+            panic!("sync")
+        };
+        let removed = log.iter().rev().find(|m| m.text == "bob was removed by alice").expect("notice").seq;
+        // Bob's posts that were accepted must have been numbered before his removal.
+        late_posts += posts.await.unwrap().iter().filter(|&&s| s > removed).count();
+        let late = Request::GroupPost { group_id, text: "too late".into() };
+        let answer = bob.call(&late).await;
+        assert!(matches!(&answer, Response::Error(e) if e.code == ErrorCode::NotMember), "{answer:?}");
+        // Everything the group pushed to bob's other device before the friend request that follows.
+        alice.ok(Request::FriendRemove { username: "bob".into() }).await;
+        assert_eq!(alice.call(&add("bob")).await, Response::FriendAdded { now_friends: false });
+        loop {
+            match bob_events.next_event().await {
+                Event::GroupMessage(m) if m.seq > removed => late_pushes += 1,
+                Event::FriendRequest { .. } => break,
+                _ => {}
+            }
+        }
+        bob.ok(Request::FriendAccept { username: "alice".into() }).await;
+    }
+    assert_eq!((late_posts, late_pushes), (0, 0), "(posts accepted, messages pushed) after the removal");
+
+    // Carol joins now: her catch-up starts at her own join notice.
+    let carol = Client::session(&broker, "carol", true).await;
+    carol.drain_events();
+    assert_eq!(alice.call(&add("carol")).await, Response::FriendAdded { now_friends: false });
+    carol.ok(Request::FriendAccept { username: "alice".into() }).await;
+    alice.ok(Request::GroupInvite { group_id, username: "carol".into() }).await;
+    carol.ok(Request::GroupJoin { group_id }).await;
+    let Response::GroupMessages(seen) = carol.call(&Request::GroupSync { group_id, after_seq: 0, limit: 500 }).await
+    else {
+        panic!("sync")
+    };
+    assert_eq!(seen.first().map(|m| m.text.as_str()), Some("carol joined"), "{seen:?}");
+}

@@ -325,7 +325,8 @@ pub enum ErrorCode {
     UsernameTaken,
     #[error("unknown user or wrong password")]
     BadCredentials,
-    #[error("too many failed attempts; try again in {retry_after_secs} s")]
+    /// Too many attempts (logins, group posts) in a short time.
+    #[error("too many attempts; slow down and try again in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("this connection has no session yet: run `peer login` and start the agent")]
     NotLoggedIn,
@@ -370,7 +371,7 @@ mod tests {
     #[test]
     fn error_messages_say_what_to_do() {
         let e: ErrorBody = ErrorCode::RateLimited { retry_after_secs: 12 }.into();
-        assert_eq!(e.to_string(), "too many failed attempts; try again in 12 s");
+        assert_eq!(e.to_string(), "too many attempts; slow down and try again in 12 s");
         assert!(ErrorBody::from(ErrorCode::InvalidToken).message.contains("peer login"));
     }
 
