@@ -5,7 +5,8 @@
 //! so a leaked database holds no usable token.
 
 use crate::db::{Db, DbError, now_ms};
-use crate::ratelimit::{Limiter, Quota};
+use crate::lockout::LoginGuard;
+use crate::ratelimit::Quota;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
 use shared::proto::{ErrorCode, Millis, UserInfo};
@@ -69,8 +70,7 @@ pub struct Accounts {
     /// A real hash of a random password, verified against when the user does not exist, so that unknown
     /// users and wrong passwords take the same time.
     decoy_hash: String,
-    by_user: Mutex<Limiter<String>>,
-    by_addr: Mutex<Limiter<IpAddr>>,
+    guard: Mutex<LoginGuard>,
     registrations: Mutex<Quota<IpAddr>>,
 }
 
@@ -80,6 +80,7 @@ impl Accounts {
         cost: HashCost,
         token_ttl: Duration,
         registrations_per_hour: u32,
+        strangers_per_minute: u32,
     ) -> Result<Arc<Self>, AccountError> {
         let params =
             Params::new(cost.memory_kib, cost.iterations, 1, None).map_err(|e| AccountError::Hash(e.to_string()))?;
@@ -93,8 +94,7 @@ impl Accounts {
             hashing: Semaphore::new(permits),
             token_ttl,
             decoy_hash,
-            by_user: Mutex::default(),
-            by_addr: Mutex::default(),
+            guard: Mutex::new(LoginGuard::new(strangers_per_minute)),
             registrations: Mutex::new(Quota::new(registrations_per_hour, Duration::from_secs(3600))),
         }))
     }
@@ -133,14 +133,25 @@ impl Accounts {
         self.issue(username).await
     }
 
-    /// Checks a password and issues a token. Unknown users and wrong passwords are the same error, and both
-    /// count towards the per-account and per-address limits.
-    pub async fn login(&self, username: &str, password: &str, from: IpAddr) -> Result<Issued, AccountError> {
-        let now = Instant::now();
-        let user_key = username.to_string();
-        self.check_limits(&user_key, from, now)?;
-        let stored =
-            if password.len() > validate::MAX_PASSWORD_BYTES { None } else { self.password_hash(username).await? };
+    /// Checks a password and issues a token. Unknown users and wrong passwords are the same error and cost
+    /// the same time; both count towards the limits of [`LoginGuard`], which counts the attempt before the
+    /// hash is checked and does not lock out a device or address that logged into the account before.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        from: IpAddr,
+        device: [u8; 32],
+    ) -> Result<Issued, AccountError> {
+        // Checked before anything is keyed on it: no such account can exist, and a stranger's 60 KB
+        // "username" must not become a limiter key.
+        if validate::username(username).is_err() || password.len() > validate::MAX_PASSWORD_BYTES {
+            return Err(ErrorCode::BadCredentials.into());
+        }
+        let attempt = lock(&self.guard)
+            .begin(username, device, from, Instant::now())
+            .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
+        let stored = self.password_hash(username).await?;
         let ok = match &stored {
             Some(hash) => self.verify(password, hash).await?,
             None => {
@@ -149,12 +160,10 @@ impl Accounts {
             }
         };
         if !ok {
-            self.record_failure(&user_key, from, now);
-            tracing::info!(user = username, %from, "failed login");
+            tracing::info!(user = username, %from, known_source = attempt.trusted(), "failed login");
             return Err(ErrorCode::BadCredentials.into());
         }
-        lock(&self.by_user).success(&user_key);
-        lock(&self.by_addr).success(&from);
+        lock(&self.guard).succeeded(&attempt, Instant::now());
         self.issue(username).await
     }
 
@@ -196,18 +205,19 @@ impl Accounts {
         new: &str,
         keep: &str,
         from: IpAddr,
+        device: [u8; 32],
     ) -> Result<(), AccountError> {
         validate::password(new)?;
-        let now = Instant::now();
-        let key = username.to_string();
-        self.check_limits(&key, from, now)?;
+        let attempt = lock(&self.guard)
+            .begin(username, device, from, Instant::now())
+            .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
         let Some(hash) = self.password_hash(username).await? else {
             return Err(ErrorCode::UnknownUser.into());
         };
         if !self.verify(old, &hash).await? {
-            self.record_failure(&key, from, now);
             return Err(ErrorCode::BadCredentials.into());
         }
+        lock(&self.guard).succeeded(&attempt, Instant::now());
         let new_hash = self.hash(new).await?;
         let mut tx = self.db.pool.begin().await?;
         sqlx::query(self.db.sql("UPDATE users SET password_hash = ? WHERE username = ?"))
@@ -235,22 +245,6 @@ impl Accounts {
             .execute(&self.db.pool)
             .await?;
         Ok(())
-    }
-
-    fn check_limits(&self, user: &String, from: IpAddr, now: Instant) -> Result<(), ErrorCode> {
-        let wait = [lock(&self.by_user).check(user, now), lock(&self.by_addr).check(&from, now)]
-            .into_iter()
-            .filter_map(Result::err)
-            .max();
-        match wait {
-            Some(retry_after_secs) => Err(ErrorCode::RateLimited { retry_after_secs }),
-            None => Ok(()),
-        }
-    }
-
-    fn record_failure(&self, user: &String, from: IpAddr, now: Instant) {
-        lock(&self.by_user).failure(user, now);
-        lock(&self.by_addr).failure(&from, now);
     }
 
     async fn password_hash(&self, username: &str) -> Result<Option<String>, AccountError> {

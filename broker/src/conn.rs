@@ -163,7 +163,7 @@ impl Conn {
                 Response::Token { username, token: t.token, expires_at: t.expires_at }
             }
             Request::Login { username, password } => {
-                let t = ctx.accounts.login(&username, &password, from).await?;
+                let t = ctx.accounts.login(&username, &password, from, self.fingerprint.0).await?;
                 Response::Token { username, token: t.token, expires_at: t.expires_at }
             }
             Request::Hello { token, local_addrs } => self.hello(&token, local_addrs).await?,
@@ -258,7 +258,7 @@ impl Conn {
             Request::Relay { .. } => return Err(ErrorCode::Malformed("unexpected relay request".into()).into()),
             Request::ChangePassword { old, new } => {
                 let keep = self.token_hash.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
-                ctx.accounts.change_password(&me, &old, &new, &keep, from).await?;
+                ctx.accounts.change_password(&me, &old, &new, &keep, from, self.fingerprint.0).await?;
                 ctx.table.close_others(&me, session_id, &Event::SessionRevoked);
                 Response::Ok
             }

@@ -5,7 +5,8 @@
 //! - [`server`]: the QUIC endpoint, accept loop and shutdown.
 //! - [`conn`]: one peer connection: request streams, event stream, session life.
 //! - [`accounts`]: registration, password login (argon2id), tokens (stored hashed).
-//! - [`ratelimit`]: per-account and per-address slow-down of failed logins (pure).
+//! - [`ratelimit`]: failure limiters and quotas with bounded memory (pure).
+//! - [`lockout`]: who may try a password now: counted before the hash, known devices not locked out (pure).
 //! - [`table`]: the in-memory connection table and event fan-out.
 //! - [`friends`]: the friend graph and presence announcements.
 //! - [`groups`]: groups, invitations, and the ordered, stored, fanned-out group message log.
@@ -18,6 +19,7 @@ pub mod conn;
 pub mod db;
 pub mod friends;
 pub mod groups;
+pub mod lockout;
 pub mod ratelimit;
 pub mod relay;
 pub mod server;

@@ -33,6 +33,10 @@ struct Args {
     /// Accounts one IP address may create per hour (each costs a password hash).
     #[arg(long, env = "BROKER_REGISTRATIONS_PER_IP_HOUR", default_value_t = 20)]
     registrations_per_ip_hour: u32,
+    /// Password attempts from devices and addresses that never logged into the account tried, broker-wide,
+    /// per minute: bounds password spraying from many addresses. Known devices are not held back by it.
+    #[arg(long, env = "BROKER_LOGIN_STRANGERS_PER_MINUTE", default_value_t = 600)]
+    login_strangers_per_minute: u32,
     /// Group messages one user may post per second (across their groups).
     #[arg(long, env = "BROKER_GROUP_POSTS_PER_SECOND", default_value_t = 20)]
     group_posts_per_second: u32,
@@ -79,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         token_ttl: Duration::from_secs(args.token_ttl_days * 86_400),
         max_connections: args.max_connections,
         registrations_per_hour: args.registrations_per_ip_hour,
+        login_strangers_per_minute: args.login_strangers_per_minute,
         group_posts_per_second: args.group_posts_per_second,
         group_retention: broker::groups::Retention {
             max_messages: args.group_retention_messages.max(1),

@@ -1,4 +1,4 @@
-//! Slows down password guessing, per account and per source address.
+//! Limiters and quotas keyed by account, address or anything else, with a hard bound on their memory.
 //!
 //! Pure state: the caller passes the time. A key gets [`FREE_FAILURES`] failed attempts; each failure after
 //! that locks it for twice as long as the last (1 s, 2 s, 4 s … up to [`MAX_LOCK`]). A success clears the key;
@@ -50,6 +50,14 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         if self.entries.len() >= PRUNE_AT {
             self.entries.retain(|_, e| now.saturating_duration_since(e.last_failure) < FORGET_AFTER);
         }
+        // Still full (a flood of distinct keys): keep only the locks that are in force, then nothing. The
+        // table never grows past PRUNE_AT keys, whatever a stranger sends.
+        if self.entries.len() >= PRUNE_AT {
+            self.entries.retain(|_, e| e.locked_until > now);
+        }
+        if self.entries.len() >= PRUNE_AT {
+            self.entries.clear();
+        }
         let e = self.entries.entry(key.clone()).or_insert(Entry { failures: 0, last_failure: now, locked_until: now });
         if now.saturating_duration_since(e.last_failure) >= FORGET_AFTER {
             e.failures = 0;
@@ -87,6 +95,9 @@ impl<K: Hash + Eq + Clone> Quota<K> {
         if self.entries.len() >= PRUNE_AT {
             let window = self.window;
             self.entries.retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
+        }
+        if self.entries.len() >= PRUNE_AT {
+            self.entries.clear();
         }
         let e = self.entries.entry(key.clone()).or_insert((now, 0));
         if now.saturating_duration_since(e.0) >= self.window {

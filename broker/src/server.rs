@@ -22,6 +22,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Accounts one address may create per hour.
     pub registrations_per_hour: u32,
+    /// Password attempts from unknown devices and addresses the whole broker takes per minute.
+    pub login_strangers_per_minute: u32,
     /// Group posts one user may make per second.
     pub group_posts_per_second: u32,
     /// How much of each group's log is kept.
@@ -44,7 +46,51 @@ pub struct Broker {
     ctx: Arc<Ctx>,
     db: Db,
     max_connections: usize,
+    handshakes: Handshakes,
     pub fingerprint: certs::Fingerprint,
+}
+
+/// Handshakes that have begun but not finished: what a stranger can make the broker hold without ever
+/// authenticating. Past [`Handshakes::RETRY_ABOVE`] in progress, a client must first prove it receives at
+/// its address (a QUIC Retry: stateless, so spoofed floods cost nothing); past [`Handshakes::MAX`] new
+/// ones are dropped unanswered; and each must finish within [`Handshakes::DEADLINE`].
+#[derive(Clone, Default)]
+struct Handshakes(Arc<std::sync::atomic::AtomicUsize>);
+
+/// One admitted handshake, counted until it ends either way.
+struct Handshake {
+    incoming: quinn::Incoming,
+    count: Handshakes,
+}
+
+impl Handshakes {
+    const RETRY_ABOVE: usize = 64;
+    const MAX: usize = 2048;
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    fn admit(&self, incoming: quinn::Incoming) -> Option<Handshake> {
+        use std::sync::atomic::Ordering;
+        let now = self.0.load(Ordering::Relaxed);
+        if now >= Self::MAX {
+            incoming.ignore();
+            return None;
+        }
+        if now >= Self::RETRY_ABOVE && !incoming.remote_address_validated() && incoming.may_retry() {
+            let _ = incoming.retry();
+            return None;
+        }
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Some(Handshake { incoming, count: self.clone() })
+    }
+}
+
+impl Handshake {
+    async fn complete(self) -> anyhow::Result<quinn::Connection> {
+        let Self { incoming, count } = self;
+        let done = tokio::time::timeout(Handshakes::DEADLINE, async { incoming.accept()?.await }).await;
+        count.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(done.map_err(|_| anyhow::anyhow!("handshake not finished in time"))??)
+    }
 }
 
 /// The idle timeout after which a silent peer counts as gone (its agent sends keep-alives well inside it).
@@ -57,7 +103,13 @@ impl Broker {
         let identity = Identity::load_or_create(&cfg.data_dir, "broker", "p2pim-broker")?;
         let db = Db::open(&cfg.database_url).await?;
         let table = Arc::new(Table::default());
-        let accounts = Accounts::new(db.clone(), cfg.hash_cost, cfg.token_ttl, cfg.registrations_per_hour)?;
+        let accounts = Accounts::new(
+            db.clone(),
+            cfg.hash_cost,
+            cfg.token_ttl,
+            cfg.registrations_per_hour,
+            cfg.login_strangers_per_minute,
+        )?;
         let friends = Friends::new(db.clone(), table.clone());
         let groups =
             crate::groups::Groups::new(db.clone(), table.clone(), cfg.group_posts_per_second, cfg.group_retention);
@@ -82,6 +134,7 @@ impl Broker {
             ctx: Arc::new(Ctx { accounts, friends, groups, table, relay: crate::relay::Relay::new(cfg.relay) }),
             db,
             max_connections: cfg.max_connections,
+            handshakes: Handshakes::default(),
             fingerprint: identity.fingerprint(),
         })
     }
@@ -129,9 +182,10 @@ impl Broker {
                         incoming.refuse();
                         continue;
                     }
+                    let Some(handshake) = self.handshakes.admit(incoming) else { continue };
                     let ctx = self.ctx.clone();
                     tokio::spawn(async move {
-                        match incoming.await {
+                        match handshake.complete().await {
                             Ok(conn) => crate::conn::serve(ctx, conn).await,
                             Err(e) => tracing::debug!(error = %e, "handshake failed"),
                         }

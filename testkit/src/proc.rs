@@ -104,6 +104,14 @@ impl Broker {
         Self { child: Some(child), addr, fingerprint, data, db, backend: "sqlite" }
     }
 
+    /// The broker process's resident memory now, in KiB (Linux).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("broker running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
     /// `127.0.0.1:PORT`, as peers are told.
     pub fn address(&self) -> String {
         self.addr.to_string()
