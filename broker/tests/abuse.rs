@@ -4,7 +4,7 @@
 
 use certs::Identity;
 use certs::verify::ServerPin;
-use shared::proto::{BROKER_ALPN, ErrorCode, Request, Response};
+use shared::proto::{BROKER_ALPN, ErrorCode, Response};
 use std::sync::Arc;
 use testkit::{Backend, Broker, Client, PASSWORD};
 
