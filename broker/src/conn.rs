@@ -259,7 +259,14 @@ impl Conn {
             Request::ChangePassword { old, new } => {
                 let keep = self.token_hash.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
                 ctx.accounts.change_password(&me, &old, &new, &keep, from, self.fingerprint.0).await?;
-                ctx.table.close_others(&me, session_id, &Event::SessionRevoked);
+                let remaining = ctx.table.close_others(&me, session_id, &Event::SessionRevoked);
+                // Friends' agents drop the revoked devices' keys now, not at their next restart.
+                let friends = ctx.friends.usernames(&me).await?;
+                let event = Event::FriendDevices {
+                    username: me.clone(),
+                    fingerprints: remaining.iter().map(|f| f.0).collect(),
+                };
+                ctx.table.push_many(friends.iter().map(String::as_str), &event);
                 Response::Ok
             }
         })
@@ -323,13 +330,19 @@ async fn write_events(
     quic: quinn::Connection,
 ) {
     let mut buf = Vec::new();
+    let mut last = false;
     while let Some(frame) = rx.recv().await {
-        // Coalesce a burst (a busy group) into one write.
+        // Coalesce a burst (a busy group) into one write. An empty frame is the table's "revoked: close
+        // after what came before" (`Table::close_others`).
         buf.clear();
         buf.extend_from_slice(&frame);
-        while buf.len() < 64 * 1024 {
+        last = frame.is_empty();
+        while buf.len() < 64 * 1024 && !last {
             match rx.try_recv() {
-                Ok(more) => buf.extend_from_slice(&more),
+                Ok(more) => {
+                    last = more.is_empty();
+                    buf.extend_from_slice(&more);
+                }
                 Err(_) => break,
             }
         }
@@ -337,5 +350,14 @@ async fn write_events(
             quic.close(quinn::VarInt::from_u32(2), b"event stream failed");
             return;
         }
+        if last {
+            break;
+        }
+    }
+    if last {
+        // Give the agent the chance to read why before the connection goes.
+        let _ = send.finish();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped()).await;
+        quic.close(quinn::VarInt::from_u32(3), b"session revoked");
     }
 }

@@ -178,14 +178,26 @@ impl Table {
         }
     }
 
-    /// Closes every device of `user` but `keep` (their tokens were revoked).
-    pub fn close_others(&self, user: &str, keep: u64, event: &Event) {
+    /// Closes every device of `user` but `keep` (their tokens were revoked): each is taken out of the table
+    /// at once (no lookup finds it, nothing more is pushed to it), sent `event`, and its connection is closed
+    /// once that event is written (see `conn::write_events`). Returns the devices that remain.
+    pub fn close_others(&self, user: &str, keep: u64, event: &Event) -> Vec<Fingerprint> {
         let frame = encode(event);
-        for row in self.sessions(user).into_iter().filter(|r| r.session_id != keep) {
+        let mut t = self.lock();
+        let Some(rows) = t.online.get_mut(user) else { return Vec::new() };
+        let (kept, revoked): (Vec<Row>, Vec<Row>) =
+            std::mem::take(rows).into_iter().partition(|r| r.session_id == keep);
+        *rows = kept;
+        let remaining = rows.iter().map(|r| r.fingerprint).collect();
+        for row in revoked {
             if let Some(f) = &frame {
                 let _ = row.events.try_send(f.clone());
             }
-            row.conn.close(quinn::VarInt::from_u32(3), b"session revoked");
+            // The last frame: the writer closes the connection once everything before it is written.
+            if row.events.try_send(Frame::from(Vec::new())).is_err() {
+                row.conn.close(quinn::VarInt::from_u32(3), b"session revoked");
+            }
         }
+        remaining
     }
 }

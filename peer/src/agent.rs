@@ -352,6 +352,16 @@ impl Agent {
                             self.direct.forget(username);
                         }
                         Event::FriendAccepted { friend } => self.direct.befriended(&friend.username),
+                        Event::FriendDevices { username, fingerprints } => {
+                            let keep: Vec<_> = fingerprints.iter().map(|f| certs::Fingerprint(*f)).collect();
+                            tracing::info!(
+                                friend = username,
+                                devices = keep.len(),
+                                "a friend's other devices were cut off"
+                            );
+                            lock(&self.devices).remove(username);
+                            self.direct.keep_only(username, &keep);
+                        }
                         Event::PeerIncoming { username, device } => {
                             if !self.direct.expect(username, certs::Fingerprint(device.fingerprint)) {
                                 continue;

@@ -206,8 +206,17 @@ impl Direct {
     }
 
     fn forget_keys(&self, username: &str) {
-        let gone: Vec<Fingerprint> =
-            lock(&self.who).iter().filter(|(_, u)| u.as_str() == username).map(|(f, _)| *f).collect();
+        self.keep_only(username, &[]);
+    }
+
+    /// Stop accepting every device key of `username` but `keep`, and close their connections (devices cut
+    /// off by a password change).
+    pub(crate) fn keep_only(&self, username: &str, keep: &[Fingerprint]) {
+        let gone: Vec<Fingerprint> = lock(&self.who)
+            .iter()
+            .filter(|(f, u)| u.as_str() == username && !keep.contains(f))
+            .map(|(f, _)| *f)
+            .collect();
         for fp in gone {
             lock(&self.who).remove(&fp);
             if let Ok(mut a) = self.allowed.write() {

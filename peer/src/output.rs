@@ -182,6 +182,9 @@ pub(crate) fn event_json(e: &AgentEvent) -> Value {
                     "username": i.inviter.username, "display_name": i.inviter.display_name, "created_at": i.created_at,
                 }),
                 Event::GroupMessage(m) => group_message_json(m),
+                Event::FriendDevices { username, fingerprints } => json!({
+                    "type": "friend_devices", "username": username, "devices": fingerprints.len(),
+                }),
                 Event::GroupPresence { group_id, username, online, at } => json!({
                     "type": if *online { "group_member_online" } else { "group_member_offline" },
                     "group_id": group_id, "username": username, "online": online, "changed_at": at,
@@ -248,6 +251,9 @@ pub(crate) fn event_line(e: &AgentEvent) -> String {
                     i.inviter.username, i.group_id, i.name, i.group_id
                 ),
                 Event::GroupMessage(m) => group_message_line(m),
+                Event::FriendDevices { username, .. } => {
+                    format!("{t} {username} changed their password; their other devices were cut off")
+                }
                 Event::GroupPresence { group_id, username, online, .. } => {
                     format!(
                         "{t} #{group_id} {username} {}",

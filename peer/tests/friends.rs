@@ -188,10 +188,27 @@ fn password_change_logs_out_other_devices() {
     assert!(phone.login("alice", PASSWORD).status.success());
     let _l = laptop.up();
     let mut p = phone.up();
+    // Bob, a friend, has a live connection to each of alice's devices.
+    let bob = Peer::registered(&broker, "bob");
+    let _b = bob.up();
+    laptop.befriend(&bob);
+    assert!(bob.ok(&["send", "alice", "to both devices"]).contains("delivered"));
+    let phone_key = phone.json(&["status", "--json"])["device_fingerprint"].as_str().unwrap().to_string();
+    let bob_links = || bob.json(&["status", "--json"])["peers"].to_string();
+    wait_until("bob is connected to the phone", || bob_links().contains(&phone_key));
+    let bob_watch = bob.watch();
+
     let out = laptop.run_with_stdin(&["passwd", "--password-stdin"], &format!("{PASSWORD}\nnew password 123\n"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!p.wait_exit(), "the other device's agent stops with an error");
-    assert!(phone.agent_log().contains("peer login"), "{}", phone.agent_log());
+    assert!(
+        phone.agent_log().contains("session was revoked (password changed on another device)"),
+        "the phone is told why: {}",
+        phone.agent_log()
+    );
+    // Bob's agent drops the phone's key and connection at once, not at its next restart.
+    bob_watch.expect_event("friend_devices", "alice");
+    wait_until("bob's link to the cut-off phone is closed", || !bob_links().contains(&phone_key));
     assert!(!phone.login("alice", PASSWORD).status.success(), "old password refused");
     assert!(phone.login("alice", "new password 123").status.success());
     // The device that changed it stays logged in.

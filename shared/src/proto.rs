@@ -286,6 +286,9 @@ pub enum Event {
     GroupMessage(GroupMessage),
     /// A member of one of your groups came online (first device) or went offline (last device).
     GroupPresence { group_id: i64, username: String, online: bool, at: Millis },
+    /// A friend's devices were cut off (a password change revoked every other session): these are the only
+    /// device keys of theirs to accept from now on; drop every other and close its connections.
+    FriendDevices { username: String, fingerprints: Vec<[u8; 32]> },
 }
 
 /// A failed request: the code is for programs, the message for people.
