@@ -45,6 +45,17 @@ impl Home {
 
     /// Opens (creating if needed) the home directory and its database.
     pub(crate) async fn open(dir: &Path) -> Result<Self> {
+        // A home is made private (0700): never do that to a folder that holds someone's other files.
+        if !dir.join("peer.db").exists()
+            && let Ok(mut entries) = std::fs::read_dir(dir)
+            && entries.next().is_some()
+        {
+            bail!(
+                "{} is not a p2pim home and is not empty: pick a new or empty folder for --home (p2pim would \
+                 make it private to you, 0700)",
+                dir.display()
+            );
+        }
         certs::secret_file::private_dir(dir)
             .with_context(|| format!("cannot create home directory {}", dir.display()))?;
         let db_path = dir.join("peer.db");

@@ -82,6 +82,22 @@ fn cli_errors_are_clear() {
     // An agent without an account says how to get one.
     let err = other.fails(&["up"]);
     assert!(err.contains("peer register") || err.contains("peer login"), "{err}");
+    // A folder with other files in it is not taken over (and not made private) as a home.
+    let docs = tempfile::tempdir().unwrap();
+    std::fs::write(docs.path().join("notes.txt"), "mine").unwrap();
+    let mode =
+        |p: &std::path::Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions());
+    let before = mode(docs.path());
+    let out = std::process::Command::new(testkit::bin("peer"))
+        .arg("--home")
+        .arg(docs.path())
+        .args(["register", "carol", "--broker", &broker.address(), "--password-stdin"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a p2pim home"), "{out:?}");
+    assert_eq!(mode(docs.path()), before, "permissions untouched");
     // Logging in on a second device works, and both devices are separate identities.
     other.username = "alice".into();
     assert!(other.login("alice", PASSWORD).status.success());
