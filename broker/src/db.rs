@@ -118,33 +118,122 @@ impl Db {
         cache.entry(q).or_insert_with(|| Box::leak(numbered_placeholders(q).into_boxed_str()))
     }
 
+    /// Brings the schema up to date, safely when several brokers start at once and when a start was cut
+    /// short half-way:
+    /// - one broker migrates at a time: a database lock held on one connection (PostgreSQL advisory lock,
+    ///   MySQL `GET_LOCK`, SQLite `BEGIN IMMEDIATE`), and the version is read only once it is held;
+    /// - PostgreSQL and SQLite apply each version in one transaction (their DDL is transactional);
+    /// - MySQL/MariaDB commit every DDL statement by itself, so each statement's completion is recorded in
+    ///   `schema_steps`, and a restart resumes after the last recorded one. A statement that ran but whose
+    ///   record was lost (a crash between the two) fails with "already exists" when run again, which counts
+    ///   as done.
     async fn migrate(&self) -> Result<(), DbError> {
+        let mut conn = self.pool.acquire().await?;
+        let (lock, unlock) = match self.backend {
+            Backend::Sqlite => ("BEGIN IMMEDIATE", "COMMIT"),
+            Backend::Postgres => ("SELECT pg_advisory_lock(7878001)", "SELECT pg_advisory_unlock(7878001)"),
+            Backend::MySql => ("SELECT GET_LOCK('p2pim_migrations', 300)", "SELECT RELEASE_LOCK('p2pim_migrations')"),
+        };
+        sqlx::query(lock).execute(&mut *conn).await?;
+        let result = self.migrate_locked(&mut conn).await;
+        let unlocked = if result.is_err() && self.backend == Backend::Sqlite {
+            sqlx::query("ROLLBACK").execute(&mut *conn).await
+        } else {
+            sqlx::query(unlock).execute(&mut *conn).await
+        };
+        result?;
+        unlocked?;
+        Ok(())
+    }
+
+    async fn migrate_locked(&self, conn: &mut sqlx::AnyConnection) -> Result<(), DbError> {
         let steps = match self.backend {
             Backend::Sqlite => SQLITE,
             Backend::Postgres => POSTGRES,
             Backend::MySql => MYSQL,
         };
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").execute(&self.pool).await?;
-        let rows: Vec<AnyRow> = sqlx::query("SELECT version FROM schema_version").fetch_all(&self.pool).await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").execute(&mut *conn).await?;
+        let rows: Vec<AnyRow> = sqlx::query("SELECT version FROM schema_version").fetch_all(&mut *conn).await?;
         let current = rows.iter().filter_map(|r| r.try_get::<i64, _>(0).ok()).max().unwrap_or(0) as usize;
         for (i, script) in steps.iter().enumerate().skip(current) {
             let version = i + 1;
-            let mut tx = self.pool.begin().await?;
-            for stmt in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                sqlx::query(sqlx::AssertSqlSafe(stmt.to_string()))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|source| DbError::Migration { version, source })?;
+            let statements: Vec<&str> = script.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
+            match self.backend {
+                Backend::MySql => self.apply_resumable(conn, version, &statements).await?,
+                Backend::Postgres => {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    self.apply(&mut tx, version, &statements).await?;
+                    tx.commit().await?;
+                }
+                // Already inside BEGIN IMMEDIATE: every version commits together at the end.
+                Backend::Sqlite => self.apply(conn, version, &statements).await?,
             }
-            sqlx::query(self.sql("INSERT INTO schema_version (version) VALUES (?)"))
-                .bind(version as i64)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
             tracing::info!(version, "applied database migration");
         }
         Ok(())
     }
+
+    /// Runs a version's statements and records the version, on a connection inside a transaction.
+    async fn apply(&self, conn: &mut sqlx::AnyConnection, version: usize, statements: &[&str]) -> Result<(), DbError> {
+        for stmt in statements {
+            sqlx::query(sqlx::AssertSqlSafe(stmt.to_string()))
+                .execute(&mut *conn)
+                .await
+                .map_err(|source| DbError::Migration { version, source })?;
+        }
+        sqlx::query(self.sql("INSERT INTO schema_version (version) VALUES (?)"))
+            .bind(version as i64)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// MySQL: runs a version's statements one by one, recording each, skipping those already recorded.
+    async fn apply_resumable(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        version: usize,
+        statements: &[&str],
+    ) -> Result<(), DbError> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_steps (version BIGINT NOT NULL, step BIGINT NOT NULL)")
+            .execute(&mut *conn)
+            .await?;
+        let done: Vec<i64> = sqlx::query("SELECT step FROM schema_steps WHERE version = ?")
+            .bind(version as i64)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .filter_map(|r| r.try_get(0).ok())
+            .collect();
+        for (step, stmt) in statements.iter().enumerate() {
+            if done.contains(&(step as i64)) {
+                continue;
+            }
+            match sqlx::query(sqlx::AssertSqlSafe(stmt.to_string())).execute(&mut *conn).await {
+                Ok(_) => {}
+                Err(e) if already_applied(&e) => {
+                    tracing::warn!(version, step, "migration step had run before its record was written; skipped")
+                }
+                Err(source) => return Err(DbError::Migration { version, source }),
+            }
+            sqlx::query("INSERT INTO schema_steps (version, step) VALUES (?, ?)")
+                .bind(version as i64)
+                .bind(step as i64)
+                .execute(&mut *conn)
+                .await?;
+        }
+        sqlx::query("INSERT INTO schema_version (version) VALUES (?)").bind(version as i64).execute(&mut *conn).await?;
+        sqlx::query("DELETE FROM schema_steps WHERE version = ?").bind(version as i64).execute(&mut *conn).await?;
+        Ok(())
+    }
+}
+
+/// MySQL's answer to DDL that has been applied already: table (1050), column (1060) or key (1061) exists,
+/// or a key to drop (1091) is gone.
+fn already_applied(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else { return false };
+    db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .is_some_and(|m| matches!(m.number(), 1050 | 1060 | 1061 | 1091))
 }
 
 fn create_sqlite_file(url: &str) -> Result<(), DbError> {

@@ -161,6 +161,7 @@ fn secrets_are_private_and_never_logged() {
     }
     for log in [broker.log(), alice.agent_log()] {
         assert!(!log.is_empty());
+        assert!(!log.contains('\u{1b}'), "colour codes in a log file: {log}");
         assert!(!log.contains(PASSWORD), "password in a log");
     }
 }

@@ -112,6 +112,11 @@ impl TestDb {
 }
 
 impl TestDb {
+    /// The same database for a second process; dropping it leaves the database to the first.
+    pub fn shared(&self) -> Self {
+        Self { url: self.url.clone(), admin_url: None, name: self.name.clone() }
+    }
+
     /// Runs SQL statements against this database directly, behind the broker's back: what a tampered or
     /// restored database would hold.
     pub fn execute(&self, sql: &str) {

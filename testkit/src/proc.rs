@@ -96,6 +96,27 @@ impl Broker {
         Self { child: Some(child), addr, fingerprint, data, db, backend: backend.name() }
     }
 
+    /// Starts two brokers at the same moment on one fresh database (each with its own data directory and
+    /// port): both run the migrations' start-up at once.
+    pub fn start_pair(backend: &Backend) -> (Self, Self) {
+        let data = tempfile::tempdir().unwrap();
+        let db = TestDb::create(backend, data.path());
+        let data2 = tempfile::tempdir().unwrap();
+        let url = db.url.clone();
+        let (d1, d2) = (data.path().to_path_buf(), data2.path().to_path_buf());
+        let any = "127.0.0.1:0".parse().unwrap();
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| spawn_broker(&d1, &url, any, &[]));
+            let b = s.spawn(|| spawn_broker(&d2, &url, any, &[]));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let second_db = db.shared();
+        (
+            Self { child: Some(a.0), addr: a.1, fingerprint: a.2, data, db, backend: backend.name() },
+            Self { child: Some(b.0), addr: b.1, fingerprint: b.2, data: data2, db: second_db, backend: backend.name() },
+        )
+    }
+
     /// Starts a broker inside network namespace `netns` (a NAT lab host), listening on `listen`.
     pub fn start_in(netns: &str, listen: SocketAddr, extra: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
