@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// A CLI command for the agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum ControlRequest {
     /// The agent's state ([`ControlResponse::Status`]).
     Status,
@@ -37,7 +37,7 @@ pub enum ControlRequest {
 }
 
 /// The agent's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum ControlResponse {
     Status(AgentStatus),
     Ok,
@@ -60,7 +60,7 @@ pub enum ControlResponse {
 }
 
 /// Where a file transfer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum TransferState {
     /// Sender: the friend is offline or unreachable; the agent offers it when both are online.
     Waiting,
@@ -102,7 +102,7 @@ impl TransferState {
 }
 
 /// One file transfer, as either side sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Transfer {
     /// 32 hex digits; commands take any unique prefix.
     pub id: String,
@@ -128,7 +128,7 @@ pub struct Transfer {
 }
 
 /// Where an outgoing message is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum MessageStatus {
     /// Being delivered right now.
     Sending,
@@ -153,7 +153,7 @@ impl MessageStatus {
 }
 
 /// What `peer status` shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct AgentStatus {
     pub username: String,
     pub display_name: Option<String>,
@@ -174,7 +174,7 @@ pub struct AgentStatus {
 }
 
 /// One live connection to a friend's device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct PeerLink {
     pub username: String,
     /// `direct` (a QUIC connection between the two agents); relayed paths will say `relayed`.
@@ -184,7 +184,7 @@ pub struct PeerLink {
 }
 
 /// An event as `peer watch` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum AgentEvent {
     /// The agent's broker session opened.
     Connected { observed_addr: SocketAddr, at: Millis },

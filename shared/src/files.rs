@@ -15,7 +15,7 @@ pub type TransferId = [u8; 16];
 pub const MAX_NAME_BYTES: usize = 255;
 
 /// What the sender proposes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct FileOffer {
     pub id: TransferId,
     /// As the sender named it; the receiver sanitises it with [`sanitize_name`] before any use.
@@ -25,7 +25,7 @@ pub struct FileOffer {
 }
 
 /// The receiver's view of an offered transfer, in answer to an offer (new or repeated).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum OfferAnswer {
     /// Recorded; waiting for the user (or being fetched, if it was accepted).
     Offered,

@@ -2,9 +2,10 @@
 //!
 //! The length is checked against [`MAX_FRAME`] before any buffer is sized from it, so a hostile length prefix
 //! costs the receiver nothing. Decoding is also limited to the frame's own bytes: bincode cannot be talked into
-//! allocating more than the frame holds.
-
-use serde::{Serialize, de::DeserializeOwned};
+//! allocating more than the frame holds: the types derive bincode's own `Encode`/`Decode` (the same bytes as
+//! its serde encoding, which the wire fixtures in `fuzz/tests` pin), whose decoder checks every declared
+//! length against that limit before it allocates (serde's path would preallocate up to 1 MiB for a hostile
+//! element count).
 
 /// Largest frame body either side accepts. A 16 KiB chat message plus its envelope fits with room to spare;
 /// anything bulkier (files) travels as raw bytes on its own stream, never as a frame.
@@ -35,9 +36,9 @@ fn config() -> impl bincode::config::Config {
 }
 
 /// Encodes `msg` as one frame (header included).
-pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+pub fn encode<T: bincode::Encode>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; HEADER_LEN];
-    bincode::serde::encode_into_std_write(msg, &mut out, config()).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    bincode::encode_into_std_write(msg, &mut out, config()).map_err(|e| FrameError::Malformed(e.to_string()))?;
     let body = out.len() - HEADER_LEN;
     if body > MAX_FRAME {
         return Err(FrameError::TooLarge(body));
@@ -56,9 +57,8 @@ pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
 }
 
 /// Decodes one frame body (without its header). The whole body must be one message.
-pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    let (msg, used) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| FrameError::Malformed(e.to_string()))?;
+pub fn decode_body<T: bincode::Decode<()>>(body: &[u8]) -> Result<T, FrameError> {
+    let (msg, used) = bincode::decode_from_slice(body, config()).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if used != body.len() {
         return Err(FrameError::Trailing(body.len() - used));
     }
@@ -87,7 +87,7 @@ impl Decoder {
 
     /// Takes the next whole frame out, `Ok(None)` if more bytes are needed. An oversized length prefix is
     /// reported as soon as the header is in, before its body is waited for.
-    pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn next_frame<T: bincode::Decode<()>>(&mut self) -> Result<Option<T>, FrameError> {
         let Some(header) = self.buf.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };

@@ -1,7 +1,6 @@
 //! Async shell around [`crate::frame`]: reads and writes whole frames on any tokio stream.
 
 use crate::frame::{self, FrameError, HEADER_LEN};
-use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A frame could not be moved.
@@ -15,7 +14,7 @@ pub enum IoError {
 
 /// Reads one frame. `Ok(None)` on a clean end of stream before any byte of a frame; an end inside a frame
 /// is [`FrameError::Truncated`]. The body buffer is sized only after the length passed the limit.
-pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<T>, IoError> {
+pub async fn read_frame<T: bincode::Decode<()>, R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<T>, IoError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -35,7 +34,7 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(r: &mut R) ->
 }
 
 /// Writes one frame and flushes it.
-pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(w: &mut W, msg: &T) -> Result<(), IoError> {
+pub async fn write_frame<T: bincode::Encode, W: AsyncWrite + Unpin>(w: &mut W, msg: &T) -> Result<(), IoError> {
     let bytes = frame::encode(msg)?;
     w.write_all(&bytes).await?;
     w.flush().await?;

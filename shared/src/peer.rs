@@ -22,7 +22,7 @@ const BATCH_OVERHEAD: usize = 1024;
 const PER_MESSAGE_OVERHEAD: usize = 40;
 
 /// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Chat {
     pub id: MessageId,
     pub sent_at: Millis,
@@ -30,7 +30,7 @@ pub struct Chat {
 }
 
 /// From one peer to another.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum PeerFrame {
     /// One chat message; answered with one [`PeerAck`].
     Chat(Chat),
@@ -51,7 +51,7 @@ pub enum PeerFrame {
 }
 
 /// The receiver's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum PeerAck {
     /// Committed to the receiver's history (or already there).
     Stored,

@@ -28,7 +28,7 @@ pub const MAX_SEARCH_RESULTS: u32 = 50;
 pub type Millis = i64;
 
 /// A request from a peer to the broker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum Request {
     /// Liveness check; allowed in any state.
     Ping,
@@ -137,7 +137,7 @@ impl Request {
 }
 
 /// The broker's one answer to one request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum Response {
     /// Done, nothing to report.
     Ok,
@@ -186,7 +186,7 @@ pub enum Response {
 }
 
 /// A group as its members see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct GroupInfo {
     pub group_id: i64,
     pub name: String,
@@ -197,7 +197,7 @@ pub struct GroupInfo {
 }
 
 /// A member of a group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct GroupMember {
     pub user: UserInfo,
     pub owner: bool,
@@ -205,7 +205,7 @@ pub struct GroupMember {
 }
 
 /// An invitation into a group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct GroupInvitation {
     pub group_id: i64,
     pub name: String,
@@ -214,7 +214,7 @@ pub struct GroupInvitation {
 }
 
 /// One group message, with its place in the group's order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct GroupMessage {
     pub group_id: i64,
     pub seq: i64,
@@ -226,7 +226,7 @@ pub struct GroupMessage {
 }
 
 /// One online device of a friend, as the broker vouches for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct DeviceEndpoint {
     /// SHA-256 of the device's certificate: the only key a connection to it may present.
     pub fingerprint: [u8; 32],
@@ -237,14 +237,14 @@ pub struct DeviceEndpoint {
 }
 
 /// A user as others may see them: never an address, never presence unless they are friends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct UserInfo {
     pub username: String,
     pub display_name: String,
 }
 
 /// A pending friend request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct FriendRequestInfo {
     /// The other side: the requester for incoming, the addressee for outgoing.
     pub user: UserInfo,
@@ -253,7 +253,7 @@ pub struct FriendRequestInfo {
 }
 
 /// One friend, as the friend list shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct FriendInfo {
     pub user: UserInfo,
     /// Your private alias for them, if you set one.
@@ -264,7 +264,7 @@ pub struct FriendInfo {
 }
 
 /// Something the broker tells a connected agent without being asked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum Event {
     /// Someone asked to become your friend.
     FriendRequest { from: UserInfo, message: String, created_at: Millis },
@@ -292,7 +292,7 @@ pub enum Event {
 }
 
 /// A failed request: the code is for programs, the message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode, thiserror::Error)]
 #[error("{message}")]
 pub struct ErrorBody {
     pub code: ErrorCode,
@@ -312,7 +312,7 @@ impl From<ErrorCode> for Response {
 }
 
 /// Every way a request can fail. Messages say what to do next.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode, thiserror::Error)]
 pub enum ErrorCode {
     #[error("malformed request: {0}")]
     Malformed(String),

@@ -22,7 +22,7 @@ pub const MAX_PACKET: usize = u16::MAX as usize;
 pub const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// First frame on a relay stream the broker opens to an agent: who is on the other end.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct RelayHello {
     pub username: String,
     /// The friend's device, as its TLS handshake with the broker showed it.
