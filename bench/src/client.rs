@@ -56,7 +56,7 @@ impl Clients {
     }
 }
 
-async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response> {
+pub(crate) async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response> {
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(&mut send, req).await?;
     send.finish()?;
@@ -67,12 +67,12 @@ async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response> {
     }
 }
 
-fn username(i: usize) -> String {
+pub(crate) fn username(i: usize) -> String {
     format!("user{i:05}")
 }
 
 /// Registers `n` users over a few connections; returns their tokens.
-async fn register_users(clients: &Clients, broker: &Proc, n: usize) -> Result<Vec<String>> {
+pub(crate) async fn register_users(clients: &Clients, broker: &Proc, n: usize) -> Result<Vec<String>> {
     let cfg = clients.config(&broker.fingerprint, BROKER_ALPN)?;
     let workers = 8;
     let tokens = Arc::new(Mutex::new(vec![String::new(); n]));

@@ -4,6 +4,8 @@
 //!   1,000 and 10,000 sessions, and bare mutual-TLS QUIC handshakes/s against a raw quinn server.
 //! - `bench files`: one file between two real agents (MB/s, peak RSS) beside a raw quinn single-stream blast.
 //! - `bench nat` (root, Linux): in the NAT lab, first message and file throughput, direct and relayed.
+//! - `bench soak`: a long mixed load (churn, lookups, group posts over 10,000 sessions): RSS over time and
+//!   p99 latencies at the start and the end.
 //! - `bench presence`: users with 50 friends each come online; presence events/s and the delay from a
 //!   user's hello to each friend's event, beside a raw quinn request/response round trip.
 //!
@@ -18,6 +20,7 @@ mod files;
 #[cfg(target_os = "linux")]
 mod nat;
 mod raw;
+mod soak;
 mod stats;
 
 use anyhow::{Context, Result, bail};
@@ -90,6 +93,24 @@ enum Cmd {
         #[arg(long, default_value = "256M", value_parser = shared::files::parse_size)]
         size: u64,
     },
+    /// A long mixed load: sessions held with churn, friend lookups and group posts; the broker's RSS over
+    /// time and p99 latencies at the start and the end.
+    Soak {
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// How long to hold the load, in seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Sessions dropped and reopened per second.
+        #[arg(long, default_value_t = 20)]
+        churn: u32,
+        /// Friend lookups per second.
+        #[arg(long, default_value_t = 200)]
+        lookups: u32,
+        /// Group posts per second (each to 20 members).
+        #[arg(long, default_value_t = 100)]
+        posts: u32,
+    },
     /// A bare quinn server (the baseline); prints its address and certificate fingerprint.
     #[command(hide = true)]
     RawServer,
@@ -116,6 +137,13 @@ fn main() -> Result<()> {
         #[cfg(not(unix))]
         Cmd::Files { .. } => anyhow::bail!("the files bench drives the agent's Unix control socket"),
         Cmd::Broker { sessions, concurrency } => rt.block_on(client::broker_bench(sessions, concurrency)),
+        Cmd::Soak { sessions, seconds, churn, lookups, posts } => rt.block_on(soak::soak_bench(soak::SoakConfig {
+            sessions,
+            duration: std::time::Duration::from_secs(seconds),
+            churn,
+            lookups,
+            posts,
+        })),
         Cmd::Presence { users, friends, concurrency } => {
             rt.block_on(client::presence_bench(users, friends, concurrency))
         }
