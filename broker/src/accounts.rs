@@ -188,6 +188,11 @@ impl Accounts {
         Ok(TokenOwner { user: UserInfo { username: row.try_get(0)?, display_name: row.try_get(1)? }, token_hash })
     }
 
+    /// Revokes a token given in full (a logout without a session).
+    pub async fn revoke_token(&self, token: &str) -> Result<(), AccountError> {
+        self.revoke(&sha256_hex(token.as_bytes())).await
+    }
+
     /// Revokes one token (logout).
     pub async fn revoke(&self, token_hash: &str) -> Result<(), AccountError> {
         sqlx::query(self.db.sql("DELETE FROM tokens WHERE token_hash = ?"))

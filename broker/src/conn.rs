@@ -158,6 +158,10 @@ impl Conn {
         let from = self.quic.remote_address().ip();
         Ok(match req {
             Request::Ping => Response::Pong,
+            Request::RevokeToken { token } => {
+                ctx.accounts.revoke_token(&token).await?;
+                Response::Ok
+            }
             Request::Register { username, display_name, password } => {
                 let t = ctx.accounts.register(&username, &display_name, &password, from).await?;
                 Response::Token { username, token: t.token, expires_at: t.expires_at }

@@ -88,6 +88,7 @@ pub fn requests() -> Vec<Request> {
         Request::GroupTransfer { group_id: 7, username: s("bob") },
         Request::GroupDisband { group_id: 7 },
         Request::Relay { username: s("bob"), fingerprint: [5; 32] },
+        Request::RevokeToken { token: s("tok") },
     ]
 }
 

@@ -146,6 +146,32 @@ impl Home {
         })
     }
 
+    /// What this home holds of its account, in words: "N messages, M group messages, K transfers".
+    pub(crate) async fn held(&self) -> Result<String> {
+        let mut counts = Vec::new();
+        for (table, what) in
+            [("messages", "messages"), ("group_messages", "group messages"), ("transfers", "transfers")]
+        {
+            let n: i64 = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&mut *self.db.lock().await)
+                .await?
+                .try_get(0)?;
+            counts.push(format!("{n} {what}"));
+        }
+        Ok(counts.join(", "))
+    }
+
+    /// Deletes the account this home holds: its login, history and transfers (the device identity stays).
+    pub(crate) async fn forget_account(&self) -> Result<()> {
+        let mut conn = self.db.lock().await;
+        let mut tx = conn.begin().await?;
+        for table in ["messages", "group_messages", "transfers", "settings"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Stores a fresh login.
     pub(crate) async fn save_account(&self, a: &Account) -> Result<()> {
         self.set("username", &a.username).await?;

@@ -61,6 +61,16 @@ pub(crate) fn error_text(text: &str) -> String {
     text.split('\n').map(|l| Safe(l).to_string()).collect::<Vec<_>>().join("\n")
 }
 
+/// `alice (Alice)`, or just `alice` when the display name adds nothing.
+pub(crate) fn who(u: &UserInfo) -> String {
+    if u.display_name == u.username { u.username.clone() } else { format!("{} ({})", u.username, u.display_name) }
+}
+
+/// `1 member`, `2 members`.
+pub(crate) fn count(n: i64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Local wall-clock time of a timestamp, to the second.
 pub(crate) fn time(ms: Millis) -> String {
     let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
@@ -229,12 +239,13 @@ pub(crate) fn event_line(e: &AgentEvent) -> String {
                 Event::FriendRequest { from, message, .. } => {
                     let msg = if message.is_empty() { String::new() } else { format!(": \"{message}\"") };
                     format!(
-                        "{t} friend request from {} ({}){msg} (accept: `peer friends accept {}`)",
-                        from.username, from.display_name, from.username
+                        "{t} friend request from {}{msg} (accept: `peer friends accept {}`)",
+                        who(from),
+                        from.username
                     )
                 }
                 Event::FriendAccepted { friend } => {
-                    format!("{t} you and {} ({}) are friends now", friend.username, friend.display_name)
+                    format!("{t} you and {} are friends now", who(friend))
                 }
                 Event::FriendRemoved { username } => {
                     format!("{t} {username} is no longer your friend")

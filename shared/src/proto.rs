@@ -95,6 +95,9 @@ pub enum Request {
     /// which this stream carries framed packets both ways, or with an error (not friends, device offline,
     /// relay switched off or over its limits).
     Relay { username: String, fingerprint: [u8; 32] },
+    /// Revokes a token without opening a session with it (`peer logout` with no agent running): friends see
+    /// no presence blip. Answered `Ok` whether or not the token was known.
+    RevokeToken { token: String },
 }
 
 impl Request {
@@ -132,6 +135,7 @@ impl Request {
             Self::GroupTransfer { .. } => "group_transfer",
             Self::GroupDisband { .. } => "group_disband",
             Self::Relay { .. } => "relay",
+            Self::RevokeToken { .. } => "revoke_token",
         }
     }
 }

@@ -22,7 +22,7 @@ impl SessionState {
     pub fn admits(&self, req: &Request) -> Result<(), ErrorCode> {
         use Request::*;
         match (self, req) {
-            (_, Ping) => Ok(()),
+            (_, Ping | RevokeToken { .. }) => Ok(()),
             (Self::Anonymous, Register { .. } | Login { .. } | Hello { .. }) => Ok(()),
             (Self::Anonymous, _) => Err(ErrorCode::NotLoggedIn),
             (Self::Online { .. }, Register { .. } | Login { .. } | Hello { .. }) => Err(ErrorCode::AlreadyInSession),
@@ -52,6 +52,7 @@ mod tests {
         assert!(s.admits(&Request::Hello { token: "t".into(), local_addrs: vec![] }).is_ok());
         assert_eq!(s.admits(&Request::Friends), Err(ErrorCode::NotLoggedIn));
         assert_eq!(s.admits(&Request::Logout), Err(ErrorCode::NotLoggedIn));
+        assert!(s.admits(&Request::RevokeToken { token: "t".into() }).is_ok());
     }
 
     #[test]

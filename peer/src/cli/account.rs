@@ -45,6 +45,61 @@ pub(super) async fn authenticate(home: &Home, args: &BrokerArgs, req: Request) -
     Ok(())
 }
 
+/// Before `register`/`login` as `username`: a home that holds another account is not silently taken over
+/// (its history would show under the new one). With `force`, that account's data here is deleted first.
+pub(super) async fn make_room(home: &Home, username: &str, force: bool) -> Result<()> {
+    let Some(current) = home.get("username").await? else { return Ok(()) };
+    if current == username {
+        return Ok(());
+    }
+    let held = home.held().await?;
+    if !force {
+        bail!(
+            "this home holds {current}'s account ({held}); as {username} it would show {current}'s history. \
+             Use another --home for {username}, or add --force to delete {current}'s data here first"
+        );
+    }
+    if control::connect(&home.dir).await.is_ok() {
+        bail!("{current}'s agent is running on this home: stop it first (`peer logout` or `peer down`)");
+    }
+    home.forget_account().await?;
+    note!("deleted {current}'s data from this home ({held})");
+    Ok(())
+}
+
+/// `peer logout`: through the agent (which then stops), or, with no agent running, straight to the broker.
+pub(super) async fn logout(home: &Home) -> Result<()> {
+    if control::connect(&home.dir).await.is_ok() {
+        expect_ok(control_call(home, ControlRequest::Logout).await?)?;
+        say!("logged out; the agent has stopped");
+        return Ok(());
+    }
+    let account = home.account().await?;
+    let revoked = async {
+        let addr = net::resolve(&account.broker).await?;
+        let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+        let endpoint = quinn::Endpoint::client(bind)?;
+        let pin = ServerPin::Exact(account.broker_fingerprint);
+        let conn = net::connect_broker(&endpoint, &home.identity()?, addr, pin).await?;
+        let resp = net::request(&conn, &Request::RevokeToken { token: account.token.clone() }).await;
+        conn.close(quinn::VarInt::from_u32(0), b"done");
+        endpoint.wait_idle().await;
+        match resp? {
+            Response::Ok => Ok(()),
+            other => bail!("unexpected answer from the broker: {other:?}"),
+        }
+    }
+    .await;
+    home.delete("token").await?;
+    match revoked {
+        Ok(()) => say!("logged out: the token is revoked at the broker and forgotten here"),
+        Err(e) => {
+            say!("logged out here; the broker could not be reached to revoke the token ({e:#}): it expires by itself")
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn status(home: &Home, json: bool) -> Result<()> {
     let ControlResponse::Status(s) = control_call(home, ControlRequest::Status).await? else {
         bail!("unexpected answer from the agent")
@@ -76,7 +131,7 @@ pub(super) async fn status(home: &Home, json: bool) -> Result<()> {
 }
 
 pub(super) async fn watch(home: &Home, json: bool) -> Result<()> {
-    let mut stream = control::connect(&home.dir).await?;
+    let mut stream = connect_agent(home).await?;
     write_frame(&mut stream, &ControlRequest::Watch).await?;
     let mut out = std::io::stdout();
     while let Some(resp) = read_frame::<ControlResponse, _>(&mut stream).await? {

@@ -31,8 +31,17 @@ pub(super) async fn send(home: &Home, to: &str, text: &str) -> Result<()> {
 /// Line-mode chat, like the seed's command-line client.
 pub(super) async fn chat(home: &Home, friend: &str) -> Result<()> {
     use tokio::io::AsyncBufReadExt;
+    // Only a friend can be chatted with: say so up front rather than open a chat nothing will reach. (With
+    // the broker unreachable, the chat opens anyway: messages queue until both are online.)
+    if let Ok(Response::Friends(list)) = broker_call(home, Request::Friends).await
+        && !list.iter().any(|f| f.user.username == friend)
+    {
+        bail!(
+            "{friend} is not your friend: find them with `peer users search {friend}`, then `peer friends add {friend}`"
+        );
+    }
     let me = home.get("username").await?.unwrap_or_default();
-    let mut events = control::connect(&home.dir).await?;
+    let mut events = connect_agent(home).await?;
     write_frame(&mut events, &ControlRequest::Watch).await?;
     say!("chat with {friend}: type a message and press Enter; /history shows more, /quit leaves");
     for m in history::conversation(&home.db, friend, 10, None).await? {

@@ -79,7 +79,7 @@ pub(super) async fn send_file(home: &Home, to: &str, path: &Path, name: Option<S
         None => path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
     };
     // Subscribed before the offer, so that no event of this transfer is missed.
-    let mut events = control::connect(&home.dir).await?;
+    let mut events = connect_agent(home).await?;
     write_frame(&mut events, &ControlRequest::Watch).await?;
     read_frame::<ControlResponse, _>(&mut events).await?.ok_or_else(|| anyhow!("the agent closed the connection"))?;
 
@@ -131,13 +131,27 @@ pub(super) async fn send_file(home: &Home, to: &str, path: &Path, name: Option<S
         say!("{id}");
         return Ok(());
     }
-    meter = Meter::new(&format!("{name} → {to}"), size);
+    // The bar (with its rate and ETA) appears only once bytes move: before that there is nothing to
+    // estimate, and an interruption takes it away again until they move once more.
+    let label = format!("{name} → {to}");
+    let mut moving = t.state == TransferState::Transferring;
+    meter = Meter::new(&label, size);
     let mut last_note = t.error.clone();
     while let Some(resp) = read_frame::<ControlResponse, _>(&mut events).await? {
         let ControlResponse::Event(event) = resp else { continue };
         match event {
-            AgentEvent::FileProgress { id: i, bytes, .. } if i == id => meter.set(bytes),
+            AgentEvent::FileProgress { id: i, bytes, .. } if i == id => {
+                if !moving {
+                    moving = true;
+                    meter = Meter::new(&label, size);
+                }
+                meter.set(bytes);
+            }
             AgentEvent::FileUpdated { transfer, .. } if transfer.id == id => {
+                if transfer.state != TransferState::Transferring && moving {
+                    moving = false;
+                    meter.done();
+                }
                 meter.set(transfer.bytes);
                 match transfer.state {
                     TransferState::Done => {
@@ -202,12 +216,13 @@ fn print_transfers(list: &[Transfer], json: bool) {
     print_list(list, json, "no transfers", output::transfer_json, output::transfer_line);
 }
 
-/// The platform's download directory, else the current one.
+/// The platform's Downloads folder (`~/Downloads` where the desktop names none), created if missing.
 fn default_download_dir() -> Result<PathBuf> {
-    if let Some(d) = directories::UserDirs::new().and_then(|u| u.download_dir().map(Path::to_path_buf))
-        && d.is_dir()
-    {
-        return Ok(d);
-    }
-    Ok(std::env::current_dir()?)
+    let dirs = directories::UserDirs::new().context("no home directory: pass --to DIR")?;
+    let d = match dirs.download_dir() {
+        Some(d) => d.to_path_buf(),
+        None => dirs.home_dir().join("Downloads"),
+    };
+    std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}: pass --to DIR", d.display()))?;
+    Ok(d)
 }

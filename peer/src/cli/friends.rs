@@ -83,8 +83,8 @@ pub(super) fn print_friends(list: &[FriendInfo], links: &[shared::control::PeerL
     }
     for f in list {
         let name = match &f.remark {
-            Some(r) => format!("{} ({}, \"{}\")", f.user.username, f.user.display_name, r),
-            None => format!("{} ({})", f.user.username, f.user.display_name),
+            Some(r) => format!("{} \"{}\"", output::who(&f.user), r),
+            None => output::who(&f.user),
         };
         let presence = match (f.online, f.since) {
             (true, Some(t)) => format!("online since {}", output::time(t)),

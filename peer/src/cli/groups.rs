@@ -22,7 +22,10 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
                     "group_id": g.group_id, "name": g.name, "owner": g.owner, "members": g.members, "last_seq": g.last_seq,
                 })
             },
-            |g| format!("{:>6}  {:<32} owner {:<20} {} members", g.group_id, g.name, g.owner, g.members),
+            |g| {
+                let members = output::count(g.members, "member", "members");
+                format!("{:>6}  {:<32} owner {:<20} {members}", g.group_id, g.name, g.owner)
+            },
         );
         return Ok(());
     };
@@ -114,7 +117,7 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
 /// Line-mode group chat: the group's messages as they come (they are stored by the agent), your lines posted.
 pub(super) async fn group_chat(home: &Home, group_id: i64) -> Result<()> {
     use tokio::io::AsyncBufReadExt;
-    let mut events = control::connect(&home.dir).await?;
+    let mut events = connect_agent(home).await?;
     write_frame(&mut events, &ControlRequest::Watch).await?;
     say!("group {group_id}: type a message and press Enter; /history shows more, /quit leaves");
     for m in history::group_conversation(&home.db, group_id, 10, None).await? {

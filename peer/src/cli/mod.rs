@@ -8,7 +8,7 @@ mod files;
 mod friends;
 mod groups;
 
-use account::{authenticate, status, watch};
+use account::{authenticate, logout, make_room, status, watch};
 use chat::{chat, history_line, send};
 use files::{files, send_file};
 use friends::friends;
@@ -53,6 +53,9 @@ pub(crate) enum Cmd {
         username: String,
         #[command(flatten)]
         broker: BrokerArgs,
+        /// Replace another account this home holds (its history here is deleted).
+        #[arg(long)]
+        force: bool,
         /// The name friends see (any Unicode, e.g. 张三). Default: the username.
         #[arg(long)]
         display_name: Option<String>,
@@ -62,6 +65,9 @@ pub(crate) enum Cmd {
         username: String,
         #[command(flatten)]
         broker: BrokerArgs,
+        /// Replace another account this home holds (its history here is deleted).
+        #[arg(long)]
+        force: bool,
     },
     /// Run the agent in the foreground: stays online, reconnects by itself, serves the other commands.
     Up {
@@ -110,8 +116,9 @@ pub(crate) enum Cmd {
         /// The group to post to, instead of a friend.
         #[arg(long)]
         group: Option<i64>,
-        /// USER TEXT, or just TEXT with --group. Any Unicode, up to 16 KiB.
-        #[arg(required = true, num_args = 1..=2, value_names = ["USER", "TEXT"])]
+        /// USER TEXT..., or just TEXT... with --group: the words are joined with spaces (quote them to keep
+        /// your own spacing). Any Unicode, up to 16 KiB.
+        #[arg(required = true, num_args = 1.., value_names = ["USER", "TEXT"])]
         args: Vec<String>,
     },
     /// Interactive chat with a friend, or with --group a group: type to send; /history, /quit.
@@ -311,7 +318,8 @@ pub(crate) enum ProfileCmd {
 pub(crate) async fn run(cli: Cli) -> Result<()> {
     let home = Home::open(&Home::resolve(cli.home)?).await?;
     match cli.cmd {
-        Cmd::Register { username, broker, display_name } => {
+        Cmd::Register { username, broker, display_name, force } => {
+            make_room(&home, &username, force).await?;
             let display_name = display_name.unwrap_or_else(|| username.clone());
             validate::username(&username)?;
             validate::display_name(&display_name)?;
@@ -320,7 +328,8 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             validate::password(&password)?;
             authenticate(&home, &broker, Request::Register { username, display_name, password }).await
         }
-        Cmd::Login { username, broker } => {
+        Cmd::Login { username, broker, force } => {
+            make_room(&home, &username, force).await?;
             validate::username(&username).map_err(|_| anyhow!("unknown user or wrong password"))?;
             let password = password::Source::new(broker.password_stdin)?.read("password", "PEER_PASSWORD", false)?;
             authenticate(&home, &broker, Request::Login { username, password }).await
@@ -337,13 +346,12 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             agent::run(home, bind, policy, relay_only).await
         }
         Cmd::Status { json } => status(&home, json).await,
-        Cmd::Logout => {
-            expect_ok(control_call(&home, ControlRequest::Logout).await?)?;
-            say!("logged out; the agent has stopped");
-            Ok(())
-        }
+        Cmd::Logout => logout(&home).await,
         Cmd::Watch { json } => watch(&home, json).await,
         Cmd::Users { cmd: UsersCmd::Search { text, page, json } } => {
+            if text.trim().is_empty() {
+                bail!("give some text to search for: part of a username or display name");
+            }
             let offset = page.max(1).saturating_sub(1) * MAX_SEARCH_RESULTS;
             let Response::Users(users) =
                 broker_call(&home, Request::SearchUsers { query: text, offset, limit: MAX_SEARCH_RESULTS }).await?
@@ -363,14 +371,16 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Send { group: Some(group), args } => {
-            let [text] = args.as_slice() else { bail!("with --group, give only the text") };
-            let seq = group_post(&home, group, text).await?;
+            let seq = group_post(&home, group, &args.join(" ")).await?;
             say!("posted to group {group} as #{seq}");
             Ok(())
         }
         Cmd::Send { group: None, args } => {
-            let [user, text] = args.as_slice() else { bail!("give a friend and the text: peer send USER TEXT") };
-            send(&home, user, text).await
+            let [user, words @ ..] = args.as_slice() else { bail!("give a friend and the text: peer send USER TEXT") };
+            if words.is_empty() {
+                bail!("give the text after the friend: peer send {user} TEXT");
+            }
+            send(&home, user, &words.join(" ")).await
         }
         Cmd::Chat { group: Some(group), .. } => group_chat(&home, group).await,
         Cmd::Chat { user, .. } => chat(&home, &user.unwrap_or_default()).await,
@@ -406,13 +416,29 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
 
 /// One request to the agent; the agent's refusal (`ControlResponse::Error`) becomes this command's error.
 async fn control_call(home: &Home, req: ControlRequest) -> Result<ControlResponse> {
-    let mut stream = control::connect(&home.dir).await?;
+    let mut stream = connect_agent(home).await?;
     write_frame(&mut stream, &req).await?;
     match read_frame::<ControlResponse, _>(&mut stream).await? {
         Some(ControlResponse::Error(e)) => bail!("{e}"),
         Some(resp) => Ok(resp),
         None => bail!("the agent closed the connection without answering"),
     }
+}
+
+/// The agent's control channel; on a home with no login, what to do first (starting an agent would not
+/// help: it needs a login too).
+async fn connect_agent(home: &Home) -> Result<Box<dyn control::Duplex>> {
+    if home.get("token").await?.is_none() {
+        let who = home.get("username").await?;
+        match who {
+            Some(u) => bail!("{u} is logged out on this device: run `peer login {u} --broker HOST:PORT`"),
+            None => bail!(
+                "no account on this device yet: `peer register USER --broker HOST:PORT` makes one, \
+                 `peer login USER --broker HOST:PORT` uses an existing one"
+            ),
+        }
+    }
+    control::connect(&home.dir).await
 }
 
 /// Sends a request to the broker through the agent; a broker error becomes this command's error.

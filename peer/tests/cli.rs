@@ -1,0 +1,103 @@
+//! The command line as a newcomer meets it: what it refuses, what it says, and where things end up.
+
+use testkit::{Backend, Broker, Client, Friends, PASSWORD, Peer, texts, wait_until};
+
+#[test]
+fn a_home_is_not_taken_over_by_another_account() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let Friends { alice, bob, agents } = Friends::start(&broker, &[], &[]);
+    assert!(alice.ok(&["send", "bob", "hello", "world"]).contains("delivered"), "the words are joined");
+    assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["hello world"]);
+    drop(agents);
+
+    // Registering carol into alice's home: refused, saying what is there and what to do.
+    let mut carol = Peer::registered(&broker, "carol");
+    let register = |p: &Peer, extra: &[&str]| {
+        let mut args = vec!["register", "dave", "--broker", &p.broker, "--password-stdin"];
+        args.extend_from_slice(extra);
+        p.run_with_stdin(&args, &format!("{PASSWORD}\n"))
+    };
+    let out = register(&alice, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("holds alice's account") && err.contains("1 messages") && err.contains("--force"), "{err}");
+    assert_eq!(alice.json(&["history", "bob", "--json"]).as_array().unwrap().len(), 1, "nothing was touched");
+    // With --force, alice's data here goes and dave's account takes the home.
+    let out = register(&alice, &["--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deleted alice's data"));
+    assert_eq!(alice.json(&["history", "bob", "--json"]).as_array().unwrap().len(), 0);
+    // Logging in again as the same user needs no --force.
+    carol.username = "carol".into();
+    assert!(carol.login("carol", PASSWORD).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_logout_without_an_agent_say_what_to_do() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let fresh = Peer::new(&broker);
+    let err = fresh.fails(&["status"]);
+    assert!(err.contains("no account on this device yet") && err.contains("peer register"), "{err}");
+
+    let alice = Peer::registered(&broker, "alice");
+    let token = setting(&alice, "token").await;
+    // No agent running: logout goes straight to the broker, which revokes the token.
+    let out = alice.ok(&["logout"]);
+    assert!(out.contains("revoked at the broker"), "{out}");
+    let c = Client::connect(&broker).await;
+    let r = c.hello(&token).await;
+    assert!(
+        matches!(&r, shared::proto::Response::Error(e) if e.code == shared::proto::ErrorCode::InvalidToken),
+        "{r:?}"
+    );
+    let err = alice.fails(&["status"]);
+    assert!(err.contains("alice is logged out on this device") && err.contains("peer login alice"), "{err}");
+    let err = alice.fails(&["watch"]);
+    assert!(err.contains("logged out"), "{err}");
+}
+
+#[test]
+fn small_things_read_right() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let Friends { alice, agents: _agents, .. } = Friends::start(&broker, &[], &[]);
+    assert!(alice.fails(&["users", "search", ""]).contains("give some text to search for"));
+    let err = alice.fails(&["chat", "ghost"]);
+    assert!(err.contains("ghost is not your friend"), "{err}");
+    let friends = alice.ok(&["friends"]);
+    assert!(friends.contains("bob ") && !friends.contains("bob (bob)"), "{friends}");
+    alice.ok(&["groups", "create", "solo"]);
+    let groups = alice.ok(&["groups"]);
+    assert!(groups.contains("1 member") && !groups.contains("1 members"), "{groups}");
+}
+
+#[test]
+fn accepted_files_go_to_downloads_by_default() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let Friends { alice, bob, agents: _agents } = Friends::start(&broker, &[], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report.txt");
+    std::fs::write(&file, b"quarterly numbers").unwrap();
+    let id = alice.ok(&["send-file", "bob", file.to_str().unwrap(), "--no-wait"]).trim().to_string();
+    wait_until("bob has the offer", || bob.ok(&["files"]).contains("report.txt"));
+    // A user's home with no Downloads folder yet, and no desktop naming one.
+    let user_home = tempfile::tempdir().unwrap();
+    let out = bob
+        .command(&["files", "accept", &id[..8]])
+        .env("HOME", user_home.path())
+        .env_remove("XDG_DOWNLOAD_DIR")
+        .env("XDG_CONFIG_HOME", user_home.path().join(".config"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let saved = user_home.path().join("Downloads/report.txt");
+    wait_until("the file is in ~/Downloads", || saved.exists());
+    assert_eq!(std::fs::read(saved).unwrap(), b"quarterly numbers");
+}
+
+/// A setting from a device's home database, read behind the CLI's back.
+async fn setting(p: &Peer, key: &str) -> String {
+    use sqlx::{Connection, Row};
+    let url = format!("sqlite:{}", p.home.path().join("peer.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("SELECT value FROM settings WHERE key = ?").bind(key).fetch_one(&mut c).await.unwrap().get(0)
+}
