@@ -303,6 +303,7 @@ pub fn control_requests() -> Vec<ControlRequest> {
         ControlRequest::FileAccept { id: s("00ff"), dir: s("/tmp") },
         ControlRequest::FileDecline { id: s("00ff") },
         ControlRequest::FileCancel { id: s("00ff") },
+        ControlRequest::Stop,
     ]
 }
 
@@ -318,6 +319,7 @@ fn variant_of_control_request(r: &ControlRequest) -> &'static str {
         ControlRequest::FileAccept { .. } => "FileAccept",
         ControlRequest::FileDecline { .. } => "FileDecline",
         ControlRequest::FileCancel { .. } => "FileCancel",
+        ControlRequest::Stop => "Stop",
     }
 }
 

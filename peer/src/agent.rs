@@ -418,7 +418,7 @@ impl Agent {
     /// one; a script may keep the connection and send many), or a watch that streams until either side leaves.
     async fn control(self: &Arc<Self>, mut stream: Box<dyn Duplex>) -> Result<()> {
         while let Some(req) = read_frame::<ControlRequest, _>(&mut stream).await? {
-            let stop_after = matches!(req, ControlRequest::Logout);
+            let stop_after = matches!(req, ControlRequest::Logout | ControlRequest::Stop);
             let resp = match req {
                 ControlRequest::Status => {
                     let mut status = lock(&self.status).clone();
@@ -436,6 +436,10 @@ impl Agent {
                 ControlRequest::FileAccept { id, dir } => self.accept_file(&id, &dir).await,
                 ControlRequest::FileDecline { id } => self.decline_file(&id).await,
                 ControlRequest::FileCancel { id } => self.cancel_file(&id, "cancelled by the user").await,
+                ControlRequest::Stop => {
+                    tracing::info!("asked to stop");
+                    ControlResponse::Ok
+                }
             };
             let written = write_frame(&mut stream, &resp).await;
             if stop_after {

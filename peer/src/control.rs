@@ -14,7 +14,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
 
 fn no_agent(home: &Path) -> anyhow::Error {
     anyhow!(
-        "no agent is running for {}: start it with `peer --home {} up` (it stays in the foreground)",
+        "no agent is running for {}: start it with `peer --home {} up --detach` (or without --detach, to keep \
+         it in the foreground)",
         home.display(),
         home.display()
     )

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// An opened home directory.
+#[derive(Clone)]
 pub(crate) struct Home {
     pub(crate) dir: PathBuf,
     pub(crate) db: Db,

@@ -17,6 +17,7 @@ mod net;
 mod output;
 mod password;
 mod relay;
+mod spawn;
 mod transfers;
 
 use clap::Parser;

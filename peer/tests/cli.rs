@@ -101,3 +101,57 @@ async fn setting(p: &Peer, key: &str) -> String {
     let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
     sqlx::query("SELECT value FROM settings WHERE key = ?").bind(key).fetch_one(&mut c).await.unwrap().get(0)
 }
+
+/// Kills a detached agent when the test ends, pass or fail (it is no child of the test's).
+struct Detached<'a>(&'a Peer);
+
+impl Drop for Detached<'_> {
+    fn drop(&mut self) {
+        if let Ok(out) = self.0.command(&["status", "--json"]).output()
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            && let Some(pid) = v["agent_pid"].as_u64()
+        {
+            let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+#[test]
+fn a_detached_agent_comes_and_goes_and_watchers_follow_it() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let (alice, bob) = testkit::alice_and_bob(&broker);
+    let _b = bob.up();
+    let out = alice.ok(&["up", "--detach", "--bind", "127.0.0.1:0"]);
+    let _guard = Detached(&alice);
+    assert!(out.contains("runs in the background"), "{out}");
+    alice.wait_status(|s| s["online"] == true, "the detached agent is online");
+    assert!(alice.fails(&["up", "--detach"]).contains("already running"));
+    alice.befriend(&bob);
+
+    // A watcher and a line-mode chat stay with the agent through a restart.
+    let watch = alice.watch();
+    let chat_out = alice.home.path().join("chat.out");
+    let mut chat = alice
+        .command(&["chat", "bob"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&chat_out).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until("the chat is open", || std::fs::read_to_string(&chat_out).unwrap_or_default().contains("chat with bob"));
+    assert!(alice.ok(&["down"]).contains("stopped"));
+    assert!(alice.fails(&["status"]).contains("no agent is running"));
+    watch.expect("the watcher saw the agent go", |v| v["type"] == "agent_stopped");
+    wait_until("the chat says so", || std::fs::read_to_string(&chat_out).unwrap_or_default().contains("agent stopped"));
+    alice.ok(&["up", "--detach", "--bind", "127.0.0.1:0"]);
+    alice.wait_status(|s| s["online"] == true, "online again");
+    watch.expect("the watcher is back", |v| v["type"] == "watching");
+    wait_until("the chat is back", || std::fs::read_to_string(&chat_out).unwrap_or_default().contains("agent is back"));
+    assert!(bob.ok(&["send", "alice", "after the restart"]).contains("delivered"));
+    assert_eq!(watch.expect_event("message_received", "bob")["text"], "after the restart");
+    wait_until("the chat shows it", || {
+        std::fs::read_to_string(&chat_out).unwrap_or_default().contains("bob: after the restart")
+    });
+    let _ = chat.kill();
+    let _ = chat.wait();
+    alice.ok(&["down"]);
+}

@@ -34,6 +34,8 @@ pub enum ControlRequest {
     FileDecline { id: String },
     /// Stop a transfer, from either side; partial data is discarded.
     FileCancel { id: String },
+    /// Stop the agent (staying logged in): `peer down`.
+    Stop,
 }
 
 /// The agent's answer.

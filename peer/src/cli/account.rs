@@ -131,24 +131,84 @@ pub(super) async fn status(home: &Home, json: bool) -> Result<()> {
 }
 
 pub(super) async fn watch(home: &Home, json: bool) -> Result<()> {
-    let mut stream = connect_agent(home).await?;
-    write_frame(&mut stream, &ControlRequest::Watch).await?;
+    let mut follow = Follow::start(home).await?;
     let mut out = std::io::stdout();
-    while let Some(resp) = read_frame::<ControlResponse, _>(&mut stream).await? {
-        match resp {
-            ControlResponse::Event(e) if json => output::json_line_to(&mut out, &output::event_json(&e).to_string()),
+    loop {
+        match follow.next().await? {
+            Followed::Event(e) if json => output::json_line_to(&mut out, &output::event_json(&e).to_string()),
             // Several a second per transfer: for scripts (--json) and progress bars, not for reading.
-            ControlResponse::Event(AgentEvent::FileProgress { .. }) => {}
-            ControlResponse::Event(e) => say!("{}", output::event_line(&e)),
-            ControlResponse::Status(s) if json => output::json_line_to(
+            Followed::Event(AgentEvent::FileProgress { .. }) => {}
+            Followed::Event(e) => say!("{}", output::event_line(&e)),
+            Followed::Subscribed(s) if json => output::json_line_to(
                 &mut out,
                 &serde_json::json!({ "type": "watching", "username": s.username, "online": s.online }).to_string(),
             ),
-            ControlResponse::Status(s) => say!("watching events for {}; Ctrl-C to stop", s.username),
-            ControlResponse::Error(e) => note!("peer: {e}"),
-            _ => {}
+            Followed::Subscribed(s) if follow.lost_before => say!("back: watching events for {} again", s.username),
+            Followed::Subscribed(s) => say!("watching events for {}; Ctrl-C to stop", s.username),
+            Followed::Lost if json => output::json_line_to(&mut out, r#"{"type":"agent_stopped"}"#),
+            Followed::Lost => say!("the agent stopped; waiting for it to come back (Ctrl-C to stop)"),
         }
     }
-    note!("peer: the agent stopped");
-    Ok(())
+}
+
+/// What following the agent's events yields.
+pub(super) enum Followed {
+    /// (Re)subscribed: nothing from here on is missed.
+    Subscribed(shared::control::AgentStatus),
+    Event(AgentEvent),
+    /// The agent went away; [`Follow::next`] waits for it to come back.
+    Lost,
+}
+
+/// A subscription to the agent's events that survives the agent restarting: what `peer watch` and the chat
+/// windows use, so that they never go deaf. It ends (with an error saying why) only when the device is
+/// logged out.
+pub(super) struct Follow {
+    home: Home,
+    stream: Option<Box<dyn control::Duplex>>,
+    /// The agent went away at least once (for "back" messages).
+    pub(super) lost_before: bool,
+}
+
+impl Follow {
+    /// Subscribes now; fails if no agent runs (starting to watch an agent that is not there is a mistake).
+    pub(super) async fn start(home: &Home) -> Result<Self> {
+        let stream = Self::subscribe(home).await?;
+        Ok(Self { home: home.clone(), stream: Some(stream), lost_before: false })
+    }
+
+    async fn subscribe(home: &Home) -> Result<Box<dyn control::Duplex>> {
+        let mut stream = connect_agent(home).await?;
+        write_frame(&mut stream, &ControlRequest::Watch).await?;
+        Ok(stream)
+    }
+
+    pub(super) async fn next(&mut self) -> Result<Followed> {
+        loop {
+            let Some(stream) = &mut self.stream else {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                match Self::subscribe(&self.home).await {
+                    Ok(s) => self.stream = Some(s),
+                    // Logged out meanwhile: nothing will come back.
+                    Err(e) if home_logged_out(&self.home).await => return Err(e),
+                    Err(_) => {}
+                }
+                continue;
+            };
+            match read_frame::<ControlResponse, _>(stream).await {
+                Ok(Some(ControlResponse::Status(s))) => return Ok(Followed::Subscribed(s)),
+                Ok(Some(ControlResponse::Event(e))) => return Ok(Followed::Event(e)),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    self.stream = None;
+                    self.lost_before = true;
+                    return Ok(Followed::Lost);
+                }
+            }
+        }
+    }
+}
+
+async fn home_logged_out(home: &Home) -> bool {
+    matches!(home.get("token").await, Ok(None))
 }

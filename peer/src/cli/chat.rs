@@ -28,6 +28,17 @@ pub(super) async fn send(home: &Home, to: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether a watch event belongs in the chat with `friend`: their messages, our failures to them, their
+/// presence.
+fn concerns(e: &AgentEvent, friend: &str) -> bool {
+    match e {
+        AgentEvent::MessageReceived { from, .. } => from == friend,
+        AgentEvent::MessageFailed { to, .. } => to == friend,
+        AgentEvent::Broker { event: Event::Presence { username, .. }, .. } => username == friend,
+        _ => false,
+    }
+}
+
 /// Line-mode chat, like the seed's command-line client.
 pub(super) async fn chat(home: &Home, friend: &str) -> Result<()> {
     use tokio::io::AsyncBufReadExt;
@@ -41,30 +52,26 @@ pub(super) async fn chat(home: &Home, friend: &str) -> Result<()> {
         );
     }
     let me = home.get("username").await?.unwrap_or_default();
-    let mut events = connect_agent(home).await?;
-    write_frame(&mut events, &ControlRequest::Watch).await?;
+    let mut follow = Follow::start(home).await?;
     say!("chat with {friend}: type a message and press Enter; /history shows more, /quit leaves");
     for m in history::conversation(&home.db, friend, 10, None).await? {
         say!("{}", history_line(&m, &me));
     }
     let who = friend.to_string();
     let printer = tokio::spawn(async move {
-        while let Ok(Some(resp)) = read_frame::<ControlResponse, _>(&mut events).await {
-            let line = match &resp {
-                ControlResponse::Event(e @ AgentEvent::MessageReceived { from, .. }) if *from == who => {
-                    output::event_line(e)
+        loop {
+            let line = match follow.next().await {
+                Ok(Followed::Event(e)) if concerns(&e, &who) => output::event_line(&e),
+                Ok(Followed::Lost) => "(the agent stopped: nothing arrives or leaves until it is back)".into(),
+                Ok(Followed::Subscribed(_)) if follow.lost_before => "(the agent is back)".into(),
+                Ok(_) => continue,
+                Err(e) => {
+                    say!("(chat ended: {e})");
+                    return;
                 }
-                ControlResponse::Event(e @ AgentEvent::MessageFailed { to, .. }) if *to == who => output::event_line(e),
-                ControlResponse::Event(e @ AgentEvent::Broker { event: Event::Presence { username, .. }, .. })
-                    if *username == who =>
-                {
-                    output::event_line(e)
-                }
-                _ => continue,
             };
             say!("{line}");
         }
-        say!("(the agent stopped)");
     });
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {

@@ -117,26 +117,31 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
 /// Line-mode group chat: the group's messages as they come (they are stored by the agent), your lines posted.
 pub(super) async fn group_chat(home: &Home, group_id: i64) -> Result<()> {
     use tokio::io::AsyncBufReadExt;
-    let mut events = connect_agent(home).await?;
-    write_frame(&mut events, &ControlRequest::Watch).await?;
+    let mut follow = Follow::start(home).await?;
     say!("group {group_id}: type a message and press Enter; /history shows more, /quit leaves");
     for m in history::group_conversation(&home.db, group_id, 10, None).await? {
         say!("{}", output::group_message_line(&m));
     }
     let printer = tokio::spawn(async move {
-        while let Ok(Some(resp)) = read_frame::<ControlResponse, _>(&mut events).await {
-            match &resp {
-                ControlResponse::Event(AgentEvent::Broker { event: Event::GroupMessage(m), .. })
+        loop {
+            match follow.next().await {
+                Ok(Followed::Event(AgentEvent::Broker { event: Event::GroupMessage(m), .. }))
                     if m.group_id == group_id =>
                 {
-                    say!("{}", output::group_message_line(m));
+                    say!("{}", output::group_message_line(&m));
                 }
-                ControlResponse::Event(
-                    e @ AgentEvent::Broker { event: Event::GroupPresence { group_id: g, .. }, .. },
-                ) if *g == group_id => {
-                    say!("{}", output::event_line(e));
+                Ok(Followed::Event(e @ AgentEvent::Broker { event: Event::GroupPresence { group_id: g, .. }, .. }))
+                    if g == group_id =>
+                {
+                    say!("{}", output::event_line(&e));
                 }
-                _ => {}
+                Ok(Followed::Lost) => say!("(the agent stopped: nothing arrives or leaves until it is back)"),
+                Ok(Followed::Subscribed(_)) if follow.lost_before => say!("(the agent is back)"),
+                Ok(_) => {}
+                Err(e) => {
+                    say!("(chat ended: {e})");
+                    return;
+                }
             }
         }
     });

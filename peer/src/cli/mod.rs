@@ -8,7 +8,7 @@ mod files;
 mod friends;
 mod groups;
 
-use account::{authenticate, logout, make_room, status, watch};
+use account::{Follow, Followed, authenticate, logout, make_room, status, watch};
 use chat::{chat, history_line, send};
 use files::{files, send_file};
 use friends::friends;
@@ -84,7 +84,13 @@ pub(crate) enum Cmd {
         /// between peers). Chats and files stay end-to-end encrypted; the broker must allow relaying.
         #[arg(long, env = "PEER_RELAY_ONLY")]
         relay_only: bool,
+        /// Start the agent in the background (logging to HOME/agent.log) and return once it runs; it keeps
+        /// running after this terminal closes. `peer down` stops it.
+        #[arg(long)]
+        detach: bool,
     },
+    /// Stop the agent (you stay logged in; `peer up` starts it again). Friends see you go offline.
+    Down,
     /// Show who you are, the broker, and whether the agent is online.
     Status {
         #[arg(long)]
@@ -334,7 +340,18 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             let password = password::Source::new(broker.password_stdin)?.read("password", "PEER_PASSWORD", false)?;
             authenticate(&home, &broker, Request::Login { username, password }).await
         }
-        Cmd::Up { bind, auto_accept_files, max_file_size, relay_only } => {
+        Cmd::Up { detach: true, .. } => {
+            let pid = crate::spawn::detach(&home).await?;
+            say!("the agent runs in the background (pid {pid}); it logs to {}", home.dir.join("agent.log").display());
+            Ok(())
+        }
+        Cmd::Down => {
+            expect_ok(control_call(&home, ControlRequest::Stop).await?)?;
+            crate::spawn::wait_gone(&home).await?;
+            say!("the agent has stopped; you stay logged in (`peer up --detach` starts it again)");
+            Ok(())
+        }
+        Cmd::Up { bind, auto_accept_files, max_file_size, relay_only, detach: false } => {
             let auto_accept = match auto_accept_files {
                 Some(d) => Some(
                     std::fs::canonicalize(&d)
