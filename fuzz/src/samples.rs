@@ -304,6 +304,7 @@ pub fn control_requests() -> Vec<ControlRequest> {
         ControlRequest::FileDecline { id: s("00ff") },
         ControlRequest::FileCancel { id: s("00ff") },
         ControlRequest::Stop,
+        ControlRequest::MarkRead { conversation: s("u:bob"), up_to: 12 },
     ]
 }
 
@@ -320,6 +321,7 @@ fn variant_of_control_request(r: &ControlRequest) -> &'static str {
         ControlRequest::FileDecline { .. } => "FileDecline",
         ControlRequest::FileCancel { .. } => "FileCancel",
         ControlRequest::Stop => "Stop",
+        ControlRequest::MarkRead { .. } => "MarkRead",
     }
 }
 
@@ -381,6 +383,7 @@ pub fn agent_events() -> Vec<AgentEvent> {
         AgentEvent::FileOffered { transfer: transfer(), at: 1 },
         AgentEvent::FileProgress { id: s("00"), peer: s("bob"), outgoing: true, bytes: 1, size: 2, at: 3 },
         AgentEvent::FileUpdated { transfer: transfer(), at: 1 },
+        AgentEvent::Read { conversation: s("g:7"), up_to: 3, at: 4 },
     ]
 }
 
@@ -395,6 +398,7 @@ fn variant_of_agent_event(e: &AgentEvent) -> &'static str {
         AgentEvent::FileOffered { .. } => "FileOffered",
         AgentEvent::FileProgress { .. } => "FileProgress",
         AgentEvent::FileUpdated { .. } => "FileUpdated",
+        AgentEvent::Read { .. } => "Read",
     }
 }
 

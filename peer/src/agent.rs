@@ -440,6 +440,7 @@ impl Agent {
                     tracing::info!("asked to stop");
                     ControlResponse::Ok
                 }
+                ControlRequest::MarkRead { conversation, up_to } => self.mark_read(&conversation, up_to).await,
             };
             let written = write_frame(&mut stream, &resp).await;
             if stop_after {
@@ -483,6 +484,18 @@ impl Agent {
             )),
             Err(e) => ControlResponse::Error(e.to_string()),
         }
+    }
+
+    async fn mark_read(&self, conversation: &str, up_to: i64) -> ControlResponse {
+        let conv = match conversation.parse::<crate::reads::Conversation>() {
+            Ok(c) => c,
+            Err(e) => return ControlResponse::Error(e.to_string()),
+        };
+        if let Err(e) = crate::reads::mark(&self.home.db, &conv, up_to).await {
+            return ControlResponse::Error(format!("could not record the read mark: {e}"));
+        }
+        self.emit(AgentEvent::Read { conversation: conv.to_string(), up_to, at: now_ms() });
+        ControlResponse::Ok
     }
 
     async fn logout(&self) -> ControlResponse {

@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_messages.sql"),
     include_str!("../migrations/0003_group_messages.sql"),
     include_str!("../migrations/0004_transfers.sql"),
+    include_str!("../migrations/0005_read_marks.sql"),
 ];
 
 /// An opened home directory.
@@ -166,7 +167,7 @@ impl Home {
     pub(crate) async fn forget_account(&self) -> Result<()> {
         let mut conn = self.db.lock().await;
         let mut tx = conn.begin().await?;
-        for table in ["messages", "group_messages", "transfers", "settings"] {
+        for table in ["messages", "group_messages", "transfers", "settings", "read_marks"] {
             sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *tx).await?;
         }
         tx.commit().await?;

@@ -16,6 +16,7 @@ mod home;
 mod net;
 mod output;
 mod password;
+mod reads;
 mod relay;
 mod spawn;
 mod transfers;

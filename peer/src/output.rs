@@ -162,6 +162,9 @@ pub(crate) fn event_json(e: &AgentEvent) -> Value {
             v["at"] = json!(at);
             v
         }
+        AgentEvent::Read { conversation, up_to, at } => {
+            json!({ "type": "read", "conversation": conversation, "up_to": up_to, "at": at })
+        }
         AgentEvent::FileProgress { id, peer, outgoing, bytes, size, at } => json!({
             "type": "file_progress", "id": id, "peer": peer, "direction": if *outgoing { "out" } else { "in" },
             "bytes": bytes, "size": size, "at": at,
@@ -230,6 +233,7 @@ pub(crate) fn event_line(e: &AgentEvent) -> String {
             short_id(&t.id)
         ),
         AgentEvent::FileUpdated { transfer: t, at } => format!("{} {}", time(*at), transfer_line(t)),
+        AgentEvent::Read { conversation, up_to, at } => format!("{} read {conversation} up to {up_to}", time(*at)),
         AgentEvent::FileProgress { id, bytes, size, at, .. } => {
             format!("{} {} {}", time(*at), short_id(id), percent(*bytes, *size))
         }

@@ -155,3 +155,42 @@ fn a_detached_agent_comes_and_goes_and_watchers_follow_it() {
     let _ = chat.wait();
     alice.ok(&["down"]);
 }
+
+#[test]
+fn unread_counts_agree_everywhere_and_survive_restarts() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let Friends { alice, bob, agents: (mut a, _b) } = Friends::start(&broker, &[], &[]);
+    let g = alice.ok(&["groups", "create", "g"]).trim().to_string();
+    alice.ok(&["groups", "invite", &g, "bob"]);
+    bob.ok(&["groups", "join", &g]);
+    bob.ok(&["send", "alice", "one"]);
+    bob.ok(&["send", "alice", "two"]);
+    bob.ok(&["send", "--group", &g, "to the group"]);
+    alice.ok(&["send", "--group", &g, "my own post is never unread"]);
+    // (Not through `peer history`: reading a conversation marks it read.)
+    wait_until("alice has bob's group post", || alice.ok(&["unread", "--json"]).contains("group"));
+
+    let unread = alice.json(&["unread", "--json"]);
+    let by = |kind: &str| {
+        unread.as_array().unwrap().iter().find(|u| u["kind"] == kind).cloned().unwrap_or_else(|| panic!("{unread}"))
+    };
+    assert_eq!(by("friend")["username"], "bob");
+    assert_eq!(by("friend")["unread"], 2);
+    assert_eq!(by("group")["unread"], 1);
+    assert_eq!(alice.json(&["friends", "--json"])[0]["unread"], 2);
+    assert_eq!(alice.json(&["groups", "--json"])[0]["unread"], 1);
+    assert!(alice.ok(&["friends"]).contains("2 unread"));
+
+    // Reading the conversation marks it read; the mark survives the agent's restart.
+    alice.ok(&["history", "bob"]);
+    assert_eq!(alice.json(&["friends", "--json"])[0]["unread"], 0);
+    a.kill9();
+    let _a = alice.up();
+    assert_eq!(alice.json(&["friends", "--json"])[0]["unread"], 0);
+    assert_eq!(alice.json(&["groups", "--json"])[0]["unread"], 1);
+    alice.ok(&["history", "--group", &g]);
+    assert!(alice.ok(&["unread"]).contains("nothing unread"));
+    bob.ok(&["send", "alice", "three"]);
+    wait_until("the new message is unread", || alice.json(&["unread", "--json"])[0]["unread"] == 1);
+    assert_eq!(alice.json(&["unread", "--json"]).as_array().unwrap().len(), 1, "only what came after the mark");
+}

@@ -36,6 +36,9 @@ pub enum ControlRequest {
     FileCancel { id: String },
     /// Stop the agent (staying logged in): `peer down`.
     Stop,
+    /// `conversation` (`u:USER` or `g:GROUP`) is read up to `up_to` (a local message id, or a group
+    /// sequence number); watchers hear [`AgentEvent::Read`].
+    MarkRead { conversation: String, up_to: i64 },
 }
 
 /// The agent's answer.
@@ -206,4 +209,6 @@ pub enum AgentEvent {
     FileProgress { id: String, peer: String, outgoing: bool, bytes: u64, size: u64, at: Millis },
     /// A transfer changed state (accepted, completed, declined, cancelled, failed, waiting).
     FileUpdated { transfer: Transfer, at: Millis },
+    /// A conversation was read up to a point (on this device, in any window).
+    Read { conversation: String, up_to: i64, at: Millis },
 }

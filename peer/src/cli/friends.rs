@@ -9,7 +9,8 @@ pub(super) async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
             ControlResponse::Status(s) => s.peers,
             _ => Vec::new(),
         };
-        print_friends(&list, &links, args.json);
+        let unread = unread_counts(home).await?;
+        print_friends(&list, &links, &unread, args.json);
         return Ok(());
     };
     match cmd {
@@ -72,9 +73,26 @@ pub(super) async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn print_friends(list: &[FriendInfo], links: &[shared::control::PeerLink], json: bool) {
+pub(super) fn print_friends(
+    list: &[FriendInfo],
+    links: &[shared::control::PeerLink],
+    unread: &[reads::Unread],
+    json: bool,
+) {
+    let unread_of = |name: &str| {
+        unread.iter().find(|u| u.conversation == Conversation::Friend(name.to_string())).map_or(0, |u| u.unread)
+    };
     if json {
-        print_json(&list.iter().map(|f| output::friend_json(f, links)).collect::<Vec<_>>());
+        print_json(
+            &list
+                .iter()
+                .map(|f| {
+                    let mut v = output::friend_json(f, links);
+                    v["unread"] = unread_of(&f.user.username).into();
+                    v
+                })
+                .collect::<Vec<_>>(),
+        );
         return;
     }
     if list.is_empty() {
@@ -92,6 +110,10 @@ pub(super) fn print_friends(list: &[FriendInfo], links: &[shared::control::PeerL
             (false, Some(t)) => format!("offline, last seen {}", output::time(t)),
             (false, None) => "offline".to_string(),
         };
-        say!("{name:<48} {presence}");
+        let unread = match unread_of(&f.user.username) {
+            0 => String::new(),
+            n => format!("  {}", output::count(n, "unread", "unread")),
+        };
+        say!("{name:<48} {presence}{unread}");
     }
 }

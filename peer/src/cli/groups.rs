@@ -13,6 +13,9 @@ pub(super) async fn group_post(home: &Home, group_id: i64, text: &str) -> Result
 pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
     let Some(cmd) = args.cmd else {
         let Response::Groups(list) = broker_call(home, Request::Groups).await? else { bail!("unexpected answer") };
+        let unread = unread_counts(home).await?;
+        let unread_of =
+            |g: i64| unread.iter().find(|u| u.conversation == Conversation::Group(g)).map_or(0, |u| u.unread);
         print_list(
             &list,
             args.json,
@@ -20,11 +23,16 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
             |g| {
                 serde_json::json!({
                     "group_id": g.group_id, "name": g.name, "owner": g.owner, "members": g.members, "last_seq": g.last_seq,
+                    "unread": unread_of(g.group_id),
                 })
             },
             |g| {
                 let members = output::count(g.members, "member", "members");
-                format!("{:>6}  {:<32} owner {:<20} {members}", g.group_id, g.name, g.owner)
+                let unread = match unread_of(g.group_id) {
+                    0 => String::new(),
+                    n => format!("  {n} unread"),
+                };
+                format!("{:>6}  {:<32} owner {:<20} {members}{unread}", g.group_id, g.name, g.owner)
             },
         );
         return Ok(());

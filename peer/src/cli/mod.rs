@@ -17,6 +17,7 @@ use groups::{group_chat, group_post, groups};
 use crate::control;
 use crate::home::{Account, Home};
 use crate::output::{note, say};
+use crate::reads::{self, Conversation};
 use crate::{agent, history, net, output, password};
 use anyhow::{Context, Result, anyhow, bail};
 use certs::Fingerprint;
@@ -98,6 +99,12 @@ pub(crate) enum Cmd {
     },
     /// Revoke this device's session token at the broker, forget it, and stop the agent.
     Logout,
+    /// Conversations with unread messages, most recent first (reading one with `peer history` or in the app
+    /// marks it read).
+    Unread {
+        #[arg(long)]
+        json: bool,
+    },
     /// Stream the agent's events (friend requests, presence, ...), one per line.
     Watch {
         /// JSON Lines: one object per event, with a "type" field.
@@ -405,6 +412,9 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Cmd::History { group: Some(group), limit, before, json, .. } => {
             let msgs = history::group_conversation(&home.db, group, limit, before).await?;
             print_list(&msgs, json, "no messages", output::group_message_json, output::group_message_line);
+            if before.is_none() {
+                seen(&home, Conversation::Group(group)).await;
+            }
             Ok(())
         }
         Cmd::History { user, search, limit, before, json, .. } => {
@@ -415,8 +425,12 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
                 (None, None) => bail!("name a friend, or pass --search TEXT"),
             };
             print_list(&msgs, json, "no messages", |m| m.json(&me), |m| history_line(m, &me));
+            if let (Some(user), None, None) = (user, &search, before) {
+                seen(&home, Conversation::Friend(user)).await;
+            }
             Ok(())
         }
+        Cmd::Unread { json } => unread(&home, json).await,
         Cmd::SendFile { user, path, name, no_wait } => send_file(&home, &user, &path, name, !no_wait).await,
         Cmd::Files(args) => files(&home, args).await,
         Cmd::Passwd { password_stdin } => {
@@ -472,6 +486,48 @@ fn expect_ok(resp: ControlResponse) -> Result<()> {
         ControlResponse::Ok => Ok(()),
         other => bail!("unexpected answer from the agent: {other:?}"),
     }
+}
+
+/// Marks a conversation read up to its newest message, when an agent runs to record it (the history itself
+/// needs no agent, so this is best effort and silent).
+async fn seen(home: &Home, conversation: Conversation) {
+    let Ok(up_to) = reads::newest(&home.db, &conversation).await else { return };
+    if up_to > 0 && control::connect(&home.dir).await.is_ok() {
+        let _ = control_call(home, ControlRequest::MarkRead { conversation: conversation.to_string(), up_to }).await;
+    }
+}
+
+/// Unread counts by friend and by group, from this device's history.
+async fn unread_counts(home: &Home) -> Result<Vec<reads::Unread>> {
+    let me = home.get("username").await?.unwrap_or_default();
+    reads::all(&home.db, &me).await
+}
+
+/// `peer unread`.
+async fn unread(home: &Home, json: bool) -> Result<()> {
+    let mut list: Vec<reads::Unread> = unread_counts(home).await?.into_iter().filter(|u| u.unread > 0).collect();
+    list.sort_by_key(|u| std::cmp::Reverse(u.last_at));
+    print_list(
+        &list,
+        json,
+        "nothing unread",
+        |u| match &u.conversation {
+            Conversation::Friend(name) => {
+                serde_json::json!({ "kind": "friend", "username": name, "unread": u.unread, "last_at": u.last_at })
+            }
+            Conversation::Group(g) => {
+                serde_json::json!({ "kind": "group", "group_id": g, "unread": u.unread, "last_at": u.last_at })
+            }
+        },
+        |u| {
+            let n = output::count(u.unread, "unread message", "unread messages");
+            match &u.conversation {
+                Conversation::Friend(name) => format!("{name:<24} {n}  (`peer history {name}`)"),
+                Conversation::Group(g) => format!("group {g:<18} {n}  (`peer history --group {g}`)"),
+            }
+        },
+    );
+    Ok(())
 }
 
 /// A broker request whose only good answer is `Ok`.
