@@ -6,6 +6,7 @@
 //! - `bench nat` (root, Linux): in the NAT lab, first message and file throughput, direct and relayed.
 //! - `bench soak`: a long mixed load (churn, lookups, group posts over 10,000 sessions): RSS over time and
 //!   p99 latencies at the start and the end.
+//! - `bench tui`: the full-screen app in-process on a test backend: first frame, frame times, memory.
 //! - `bench presence`: users with 50 friends each come online; presence events/s and the delay from a
 //!   user's hello to each friend's event, beside a raw quinn request/response round trip.
 //!
@@ -22,6 +23,8 @@ mod nat;
 mod raw;
 mod soak;
 mod stats;
+#[cfg(unix)]
+mod tui;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -111,6 +114,16 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         posts: u32,
     },
+    /// The app's state and drawing in-process: first frame, scrolling and arrival frame times, memory.
+    Tui {
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 500)]
+        conversations: usize,
+        /// Messages arriving while the app runs.
+        #[arg(long, default_value_t = 1_000)]
+        arrivals: usize,
+    },
     /// A bare quinn server (the baseline); prints its address and certificate fingerprint.
     #[command(hide = true)]
     RawServer,
@@ -137,6 +150,12 @@ fn main() -> Result<()> {
         #[cfg(not(unix))]
         Cmd::Files { .. } => anyhow::bail!("the files bench drives the agent's Unix control socket"),
         Cmd::Broker { sessions, concurrency } => rt.block_on(client::broker_bench(sessions, concurrency)),
+        #[cfg(unix)]
+        Cmd::Tui { messages, conversations, arrivals } => {
+            rt.block_on(tui::tui_bench(messages, conversations, arrivals))
+        }
+        #[cfg(not(unix))]
+        Cmd::Tui { .. } => anyhow::bail!("the app's bench runs on Unix"),
         Cmd::Soak { sessions, seconds, churn, lookups, posts } => rt.block_on(soak::soak_bench(soak::SoakConfig {
             sessions,
             duration: std::time::Duration::from_secs(seconds),

@@ -1,6 +1,6 @@
 //! The command line as a newcomer meets it: what it refuses, what it says, and where things end up.
 
-use testkit::{Backend, Broker, Client, Friends, PASSWORD, Peer, texts, wait_until};
+use testkit::{Backend, Broker, Client, DetachedAgent, Friends, PASSWORD, Peer, texts, wait_until};
 
 #[test]
 fn a_home_is_not_taken_over_by_another_account() {
@@ -102,27 +102,13 @@ async fn setting(p: &Peer, key: &str) -> String {
     sqlx::query("SELECT value FROM settings WHERE key = ?").bind(key).fetch_one(&mut c).await.unwrap().get(0)
 }
 
-/// Kills a detached agent when the test ends, pass or fail (it is no child of the test's).
-struct Detached<'a>(&'a Peer);
-
-impl Drop for Detached<'_> {
-    fn drop(&mut self) {
-        if let Ok(out) = self.0.command(&["status", "--json"]).output()
-            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            && let Some(pid) = v["agent_pid"].as_u64()
-        {
-            let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
-    }
-}
-
 #[test]
 fn a_detached_agent_comes_and_goes_and_watchers_follow_it() {
     let broker = Broker::start(&Backend::Sqlite);
     let (alice, bob) = testkit::alice_and_bob(&broker);
     let _b = bob.up();
     let out = alice.ok(&["up", "--detach", "--bind", "127.0.0.1:0"]);
-    let _guard = Detached(&alice);
+    let _guard = DetachedAgent(&alice);
     assert!(out.contains("runs in the background"), "{out}");
     alice.wait_status(|s| s["online"] == true, "the detached agent is online");
     assert!(alice.fails(&["up", "--detach"]).contains("already running"));

@@ -12,7 +12,9 @@ mod proc;
 pub use client::Client;
 pub use db::{Backend, TestDb, backends};
 pub use natlab::{Lab, SmallDisk};
-pub use proc::{Agent, Broker, Friends, Peer, RelayedPair, WAIT, Watch, alice_and_bob, bin, texts, wait_until};
+pub use proc::{
+    Agent, Broker, DetachedAgent, Friends, Peer, RelayedPair, WAIT, Watch, alice_and_bob, bin, texts, wait_until,
+};
 
 /// Password used for test accounts.
 pub const PASSWORD: &str = "correct horse battery";

@@ -419,6 +419,21 @@ impl Peer {
     }
 }
 
+/// An agent started in the background (`peer up --detach`, or by the app): it is no child of the test's,
+/// so this kills it when the test ends, pass or fail.
+pub struct DetachedAgent<'a>(pub &'a Peer);
+
+impl Drop for DetachedAgent<'_> {
+    fn drop(&mut self) {
+        if let Ok(out) = self.0.command(&["status", "--json"]).output()
+            && let Ok(v) = serde_json::from_slice::<Value>(&out.stdout)
+            && let Some(pid) = v["agent_pid"].as_u64()
+        {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
 /// Two devices registered as `alice` and `bob` (agents not started).
 pub fn alice_and_bob(broker: &Broker) -> (Peer, Peer) {
     (Peer::registered(broker, "alice"), Peer::registered(broker, "bob"))

@@ -217,7 +217,7 @@ fn print_transfers(list: &[Transfer], json: bool) {
 }
 
 /// The platform's Downloads folder (`~/Downloads` where the desktop names none), created if missing.
-fn default_download_dir() -> Result<PathBuf> {
+pub(crate) fn default_download_dir() -> Result<PathBuf> {
     let dirs = directories::UserDirs::new().context("no home directory: pass --to DIR")?;
     let d = match dirs.download_dir() {
         Some(d) => d.to_path_buf(),

@@ -10,6 +10,7 @@ mod groups;
 
 use account::{Follow, Followed, authenticate, logout, make_room, status, watch};
 use chat::{chat, history_line, send};
+pub(crate) use files::default_download_dir;
 use files::{files, send_file};
 use friends::friends;
 use groups::{group_chat, group_post, groups};
@@ -42,8 +43,22 @@ pub(crate) struct Cli {
     /// Home directory of this device (identity, login, database). Default: the platform's data directory.
     #[arg(long, env = "PEER_HOME", global = true)]
     pub(crate) home: Option<PathBuf>,
+    /// Without a command on a terminal: the full-screen app.
     #[command(subcommand)]
-    pub(crate) cmd: Cmd,
+    pub(crate) cmd: Option<Cmd>,
+}
+
+impl Cli {
+    /// Whether this run draws the full-screen app (and so must not log to the terminal).
+    pub(crate) fn is_app(&self) -> bool {
+        matches!(self.cmd, None | Some(Cmd::Chat { .. })) && interactive()
+    }
+}
+
+/// Both ends of the conversation with the user are a terminal.
+fn interactive() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,7 +149,8 @@ pub(crate) enum Cmd {
         #[arg(required = true, num_args = 1.., value_names = ["USER", "TEXT"])]
         args: Vec<String>,
     },
-    /// Interactive chat with a friend, or with --group a group: type to send; /history, /quit.
+    /// Chat with a friend, or with --group a group: the app opened on that conversation when this is a
+    /// terminal; otherwise line mode for scripts (each stdin line is sent, each message printed as a line).
     Chat {
         #[arg(required_unless_present = "group", conflicts_with = "group")]
         user: Option<String>,
@@ -330,7 +346,14 @@ pub(crate) enum ProfileCmd {
 /// Runs one command.
 pub(crate) async fn run(cli: Cli) -> Result<()> {
     let home = Home::open(&Home::resolve(cli.home)?).await?;
-    match cli.cmd {
+    let Some(cmd) = cli.cmd else {
+        if !interactive() {
+            bail!("`peer` alone opens the app on a terminal; here, give a command (`peer --help` lists them)");
+        }
+        connect_agent_or_start(&home).await?;
+        return crate::app::shell::run(&home, None).await;
+    };
+    match cmd {
         Cmd::Register { username, broker, display_name, force } => {
             make_room(&home, &username, force).await?;
             let display_name = display_name.unwrap_or_else(|| username.clone());
@@ -406,6 +429,13 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             }
             send(&home, user, &words.join(" ")).await
         }
+        Cmd::Chat { group, user } if interactive() => {
+            let key = match (group, user) {
+                (Some(g), _) => crate::app::ConvKey::Group(g),
+                (None, u) => crate::app::ConvKey::Friend(u.unwrap_or_default()),
+            };
+            crate::app::shell::run(&home, Some(key)).await
+        }
         Cmd::Chat { group: Some(group), .. } => group_chat(&home, group).await,
         Cmd::Chat { user, .. } => chat(&home, &user.unwrap_or_default()).await,
         Cmd::Groups(args) => groups(&home, args).await,
@@ -454,6 +484,15 @@ async fn control_call(home: &Home, req: ControlRequest) -> Result<ControlRespons
         Some(resp) => Ok(resp),
         None => bail!("the agent closed the connection without answering"),
     }
+}
+
+/// Before the app: a home with no login gets the same advice as any command (the app starts the agent
+/// itself).
+async fn connect_agent_or_start(home: &Home) -> Result<()> {
+    if home.get("token").await?.is_none() {
+        connect_agent(home).await?;
+    }
+    Ok(())
 }
 
 /// The agent's control channel; on a home with no login, what to do first (starting an agent would not

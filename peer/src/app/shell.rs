@@ -1,0 +1,371 @@
+//! The app's async shell: the terminal, keys, the agent's events (followed through restarts), and the
+//! actions the state machine asks for. Every input goes through one channel into [`App::handle`]; every
+//! action runs on a task of its own and answers through the same channel, so the screen never waits on
+//! the network.
+
+use super::store::Store;
+use super::{Action, App, Command, ConvKey, Input, Loaded, Reply};
+use crate::control;
+use crate::home::Home;
+use anyhow::{Context, Result, anyhow, bail};
+use crossterm::event::{self, Event as TermEvent};
+use crossterm::terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode};
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+use shared::control::{ControlRequest, ControlResponse, TransferState};
+use shared::io::{read_frame, write_frame};
+use shared::proto::{Request, Response};
+use std::io::Write;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// Runs the app on this terminal until the user quits. Starts the agent in the background first if none
+/// runs for this home (and leaves it running on quit, so friends can still reach the user).
+pub(crate) async fn run(home: &Home, open: Option<ConvKey>) -> Result<()> {
+    home.account().await?;
+    let store = Store { home: home.clone(), me: home.get("username").await?.unwrap_or_default() };
+    let started = if control::connect(&home.dir).await.is_err() {
+        let pid = crate::spawn::detach(home).await?;
+        Some(format!("started the agent in the background (pid {pid}); it keeps running after you quit"))
+    } else {
+        None
+    };
+    let mut terminal = enter()?;
+    let result = event_loop(&mut terminal, store, open, started).await;
+    leave(&mut terminal);
+    result
+}
+
+type Term = Terminal<CrosstermBackend<std::io::Stdout>>;
+
+fn enter() -> Result<Term> {
+    enable_raw_mode().context("this terminal cannot be put in raw mode")?;
+    let mut out = std::io::stdout();
+    crossterm::execute!(out, EnterAlternateScreen, event::EnableBracketedPaste)?;
+    // A panic must not leave the terminal raw.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = disable_raw_mode();
+        let _ = crossterm::execute!(std::io::stdout(), event::DisableBracketedPaste, LeaveAlternateScreen);
+        hook(info);
+    }));
+    Ok(Terminal::new(CrosstermBackend::new(out))?)
+}
+
+fn leave(terminal: &mut Term) {
+    let _ = disable_raw_mode();
+    let _ = crossterm::execute!(terminal.backend_mut(), event::DisableBracketedPaste, LeaveAlternateScreen);
+    let _ = terminal.show_cursor();
+}
+
+async fn event_loop(terminal: &mut Term, store: Store, open: Option<ConvKey>, started: Option<String>) -> Result<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
+    let mut tasks = JoinSet::new();
+    // Keys are read on a thread of their own: crossterm's reader blocks.
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            loop {
+                let input = match event::read() {
+                    Ok(TermEvent::Key(k)) if k.kind != event::KeyEventKind::Release => Input::Key(k),
+                    Ok(TermEvent::Paste(p)) => Input::Paste(p),
+                    Ok(TermEvent::Resize(..)) => Input::Now(now_ms()),
+                    Ok(_) => continue,
+                    Err(_) => return,
+                };
+                if tx.send(input).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    tasks.spawn(follow(store.home.clone(), tx.clone()));
+    tasks.spawn({
+        let tx = tx.clone();
+        async move {
+            loop {
+                if tx.send(Input::Now(now_ms())).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
+    let mut app = App::new(&store.me);
+    app.now = now_ms();
+    app.notice = started;
+    let mut pending = app.start(open);
+    loop {
+        for action in pending.drain(..) {
+            if action == Action::Quit {
+                tasks.abort_all();
+                return Ok(());
+            }
+            perform(&mut tasks, &store, action, tx.clone());
+        }
+        terminal.draw(|f| super::view::draw(&mut app, f))?;
+        let Some(first) = rx.recv().await else { return Ok(()) };
+        pending.extend(app.handle(first));
+        // Whatever else is waiting goes in before the next frame: a burst costs one draw.
+        while let Ok(more) = rx.try_recv() {
+            pending.extend(app.handle(more));
+        }
+        while let Some(done) = tasks.try_join_next() {
+            if let Err(e) = done
+                && e.is_panic()
+            {
+                bail!("a task of the app failed: {e}");
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Follows the agent's events, through restarts: `Agent` on every (re)subscription, `AgentLost` when it goes.
+async fn follow(home: Home, tx: mpsc::UnboundedSender<Input>) {
+    let mut lost_sent = false;
+    loop {
+        if let Ok(mut s) = control::connect(&home.dir).await
+            && write_frame(&mut s, &ControlRequest::Watch).await.is_ok()
+        {
+            lost_sent = false;
+            while let Ok(Some(resp)) = read_frame::<ControlResponse, _>(&mut s).await {
+                let input = match resp {
+                    ControlResponse::Status(st) => Input::Agent(st),
+                    ControlResponse::Event(e) => Input::Event(e),
+                    _ => continue,
+                };
+                if tx.send(input).is_err() {
+                    return;
+                }
+            }
+        }
+        if !lost_sent {
+            lost_sent = true;
+            if tx.send(Input::AgentLost).is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One request to the agent.
+pub(crate) async fn agent_call(home: &Home, req: ControlRequest) -> Result<ControlResponse> {
+    let mut s = control::connect(&home.dir).await?;
+    write_frame(&mut s, &req).await?;
+    match read_frame::<ControlResponse, _>(&mut s).await? {
+        Some(ControlResponse::Error(e)) => Err(anyhow!("{e}")),
+        Some(r) => Ok(r),
+        None => bail!("the agent closed the connection without answering"),
+    }
+}
+
+/// One request to the broker, through the agent.
+async fn broker(home: &Home, req: Request) -> Result<Response> {
+    match agent_call(home, ControlRequest::Broker(req)).await? {
+        ControlResponse::Broker(Response::Error(e)) => bail!("{}", e.message),
+        ControlResponse::Broker(r) => Ok(r),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+}
+
+fn perform(tasks: &mut JoinSet<()>, store: &Store, action: Action, tx: mpsc::UnboundedSender<Input>) {
+    let store = store.clone();
+    match action {
+        Action::Bell => {
+            let _ = std::io::stdout().write_all(b"\x07").and_then(|()| std::io::stdout().flush());
+        }
+        Action::Notify { title, body } => {
+            // OSC 9 (and 777 for terminals that prefer it): the text is escaped, so it cannot end the
+            // sequence early or smuggle one of its own.
+            let (t, b) = (shared::display::escape(&title), shared::display::escape(&body));
+            let seq = format!("\x1b]9;{t}: {b}\x07\x1b]777;notify;{t};{b}\x07");
+            let _ = std::io::stdout().write_all(seq.as_bytes()).and_then(|()| std::io::stdout().flush());
+        }
+        Action::Quit => {}
+        other => {
+            tasks.spawn(async move {
+                if let Some(input) = run_action(&store, other).await {
+                    let _ = tx.send(input);
+                }
+            });
+        }
+    }
+}
+
+/// Performs one action; its result, as an input for the app.
+pub async fn run_action(store: &Store, action: Action) -> Option<Input> {
+    let home = &store.home;
+    Some(match action {
+        Action::LoadSidebar => match sidebar(store).await {
+            Ok(l) => Input::Loaded(l),
+            Err(e) => Input::Reply(Reply::Error(format!("{e:#}"))),
+        },
+        Action::LoadHistory { key, before } => match store.history(&key, before).await {
+            Ok(lines) => Input::Loaded(Loaded::History { key, lines, older: before.is_some() }),
+            Err(e) => Input::Reply(Reply::Error(format!("{e:#}"))),
+        },
+        Action::Send { token, to, text } => match agent_call(home, ControlRequest::Send { to, text }).await {
+            Ok(ControlResponse::Sent { id, status, detail }) => Input::Reply(Reply::Sent { token, id, status, detail }),
+            Ok(other) => Input::Reply(Reply::Failed { token, why: format!("unexpected answer: {other:?}") }),
+            Err(e) => Input::Reply(Reply::Failed { token, why: format!("{e:#}") }),
+        },
+        Action::Post { token, group, text } => match broker(home, Request::GroupPost { group_id: group, text }).await {
+            Ok(Response::GroupPosted { seq }) => Input::Reply(Reply::Posted { token, seq }),
+            Ok(other) => Input::Reply(Reply::Failed { token, why: format!("unexpected answer: {other:?}") }),
+            Err(e) => Input::Reply(Reply::Failed { token, why: format!("{e:#}") }),
+        },
+        Action::MarkRead(key) => {
+            let up_to = store.newest(&key).await.ok()?;
+            if up_to > 0 {
+                let _ = agent_call(home, ControlRequest::MarkRead { conversation: key.mark_name(), up_to }).await;
+            }
+            return None;
+        }
+        Action::Command(c) => Input::Reply(match command(store, c).await {
+            Ok(r) => r,
+            Err(e) => Reply::Error(format!("{e:#}")),
+        }),
+        Action::Bell | Action::Notify { .. } | Action::Quit => return None,
+    })
+}
+
+async fn sidebar(store: &Store) -> Result<Loaded> {
+    let home = &store.home;
+    let Response::Friends(friends) = broker(home, Request::Friends).await? else { bail!("unexpected answer") };
+    let Response::Groups(groups) = broker(home, Request::Groups).await? else { bail!("unexpected answer") };
+    let requests = match broker(home, Request::FriendRequests).await? {
+        Response::FriendRequests { incoming, .. } => incoming,
+        _ => Vec::new(),
+    };
+    let invitations = match broker(home, Request::GroupInvitations).await? {
+        Response::GroupInvitations(i) => i,
+        _ => Vec::new(),
+    };
+    let files = match agent_call(home, ControlRequest::Files).await? {
+        ControlResponse::Transfers(t) => t,
+        _ => Vec::new(),
+    };
+    Ok(Loaded::Sidebar { friends, groups, unread: store.unread().await?, requests, invitations, files })
+}
+
+async fn ok(home: &Home, req: Request, done: String) -> Result<Reply> {
+    match broker(home, req).await? {
+        Response::Ok => Ok(Reply::Info(done)),
+        other => bail!("unexpected answer from the broker: {other:?}"),
+    }
+}
+
+async fn command(store: &Store, c: Command) -> Result<Reply> {
+    let home = &store.home;
+    Ok(match c {
+        Command::Add { user, message } => {
+            match broker(home, Request::FriendAdd { username: user.clone(), message }).await? {
+                Response::FriendAdded { now_friends: true } => {
+                    Reply::Info(format!("{user} had asked you too: you are friends now"))
+                }
+                _ => Reply::Info(format!("friend request sent to {user}")),
+            }
+        }
+        Command::Accept(u) => {
+            ok(home, Request::FriendAccept { username: u.clone() }, format!("you and {u} are friends now")).await?
+        }
+        Command::Decline(u) => {
+            ok(home, Request::FriendDecline { username: u.clone() }, format!("declined {u}'s request")).await?
+        }
+        Command::Remove(u) => {
+            ok(home, Request::FriendRemove { username: u.clone() }, format!("{u} is no longer your friend")).await?
+        }
+        Command::Remark { user, alias } => {
+            ok(home, Request::FriendRemark { username: user.clone(), remark: alias }, format!("alias for {user} saved"))
+                .await?
+        }
+        Command::Search(text) => {
+            let found = crate::history::search(&home.db, &text, 50).await?;
+            let lines = found
+                .iter()
+                .map(|m| {
+                    let who = if m.outgoing { store.me.as_str() } else { m.peer.as_str() };
+                    format!("{} {who} ({}): {}", crate::output::time(m.sent_at), m.peer, m.text)
+                })
+                .collect::<Vec<_>>();
+            Reply::Listing { title: format!("messages containing {text:?} ({})", lines.len()), lines }
+        }
+        Command::Users(text) => {
+            let req = Request::SearchUsers { query: text.clone(), offset: 0, limit: shared::proto::MAX_SEARCH_RESULTS };
+            let Response::Users(users) = broker(home, req).await? else { bail!("unexpected answer") };
+            let lines = users.iter().map(|u| format!("{}  (/add {})", crate::output::who(u), u.username)).collect();
+            Reply::Listing { title: format!("users matching {text:?}"), lines }
+        }
+        Command::GroupCreate(name) => match broker(home, Request::GroupCreate { name: name.clone() }).await? {
+            Response::GroupCreated { group_id } => {
+                Reply::Info(format!("created group {name} (#{group_id}); /invite USER in it"))
+            }
+            other => bail!("unexpected answer: {other:?}"),
+        },
+        Command::Invite { group, user } => {
+            ok(home, Request::GroupInvite { group_id: group, username: user.clone() }, format!("invited {user}"))
+                .await?
+        }
+        Command::Join(g) => ok(home, Request::GroupJoin { group_id: g }, format!("joined group #{g}")).await?,
+        Command::Leave(g) => ok(home, Request::GroupLeave { group_id: g }, format!("left group #{g}")).await?,
+        Command::File { to, path } => offer_file(home, &to, &path).await?,
+        Command::Files => {
+            let ControlResponse::Transfers(list) = agent_call(home, ControlRequest::Files).await? else {
+                bail!("unexpected answer")
+            };
+            let lines = list.iter().map(crate::output::transfer_line).collect();
+            Reply::Listing { title: "transfers".into(), lines }
+        }
+        Command::AcceptFile { id, dir } => {
+            let dir = match dir {
+                Some(d) => std::fs::canonicalize(&d).with_context(|| format!("no directory {d}"))?,
+                None => crate::cli::default_download_dir()?,
+            };
+            let req = ControlRequest::FileAccept { id, dir: dir.to_string_lossy().to_string() };
+            match agent_call(home, req).await? {
+                ControlResponse::Transfer(t) if t.state == TransferState::Transferring => {
+                    Reply::Info(format!("receiving {} into {}", t.name, dir.display()))
+                }
+                ControlResponse::Transfer(t) => Reply::Info(crate::output::transfer_line(&t)),
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        }
+        Command::Cancel(id) => match agent_call(home, ControlRequest::FileCancel { id }).await? {
+            ControlResponse::Transfer(t) => Reply::Info(crate::output::transfer_line(&t)),
+            other => bail!("unexpected answer: {other:?}"),
+        },
+    })
+}
+
+/// `/file PATH`: hashes the file (on a blocking thread) and offers it; the transfer then shows in the
+/// status line as it moves.
+async fn offer_file(home: &Home, to: &str, path: &str) -> Result<Reply> {
+    let path = std::fs::canonicalize(path).with_context(|| format!("cannot open {path}"))?;
+    let meta = std::fs::metadata(&path)?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let hash = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || crate::files::hash_file(&path, |_| {})
+    })
+    .await??;
+    let req = ControlRequest::SendFile {
+        to: to.to_string(),
+        path: path.to_string_lossy().to_string(),
+        name: name.clone(),
+        size: meta.len(),
+        hash: *hash.as_bytes(),
+    };
+    match agent_call(home, req).await? {
+        ControlResponse::Transfer(t) => Ok(Reply::Info(format!("offered {name} to {to}: {}", t.state.as_str()))),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
