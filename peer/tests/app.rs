@@ -79,7 +79,7 @@ fn alice_chats_from_the_app_through_an_agent_restart() {
     // No agent runs for alice: the app starts one (and leaves it running when it quits).
     let _agent = DetachedAgent(&alice);
     let app = Tmux::start(&alice, 100, 30);
-    app.expect("started the agent in the background");
+    app.expect("started the agent");
     app.expect("● bob");
 
     // A message while bob's conversation is not open: an unread count in the sidebar.

@@ -470,11 +470,14 @@ impl App {
         self.scroll = (self.scroll as isize + rows).max(0) as usize;
         let mut out = Vec::new();
         // Near the top of what is loaded: fetch the page before it.
-        if rows > 0 && self.more_above && !self.loading && self.scroll + self.page_rows * 2 >= self.lines.len() {
-            if let (Some(key), Some(first)) = (self.open.clone(), self.lines.iter().find(|l| l.pos > 0)) {
-                self.loading = true;
-                out.push(Action::LoadHistory { key, before: Some(first.pos) });
-            }
+        if rows > 0
+            && self.more_above
+            && !self.loading
+            && self.scroll + self.page_rows * 2 >= self.lines.len()
+            && let (Some(key), Some(first)) = (self.open.clone(), self.lines.iter().find(|l| l.pos > 0))
+        {
+            self.loading = true;
+            out.push(Action::LoadHistory { key, before: Some(first.pos) });
         }
         if self.scroll == 0
             && let Some(key) = self.open.clone()
@@ -545,37 +548,22 @@ impl App {
         let token = self.next_token;
         self.next_token += 1;
         self.scroll = 0;
+        // Shown at once as "sending"; the answer (or the stored copy, for a group) settles it.
+        self.lines.push(Line {
+            id: None,
+            pos: 0,
+            at: self.now,
+            sender: self.me.clone(),
+            text: text.clone(),
+            own: true,
+            state: Some("sending".into()),
+            notice: false,
+            token,
+        });
+        self.touch(&key);
         match key {
-            ConvKey::Friend(to) => {
-                self.lines.push(Line {
-                    id: None,
-                    pos: 0,
-                    at: self.now,
-                    sender: self.me.clone(),
-                    text: text.clone(),
-                    own: true,
-                    state: Some("sending".into()),
-                    notice: false,
-                    token,
-                });
-                self.touch(&ConvKey::Friend(to.clone()));
-                vec![Action::Send { token, to, text }]
-            }
-            ConvKey::Group(group) => {
-                self.lines.push(Line {
-                    id: None,
-                    pos: 0,
-                    at: self.now,
-                    sender: self.me.clone(),
-                    text: text.clone(),
-                    own: true,
-                    state: Some("sending".into()),
-                    notice: false,
-                    token,
-                });
-                self.touch(&ConvKey::Group(group));
-                vec![Action::Post { token, group, text }]
-            }
+            ConvKey::Friend(to) => vec![Action::Send { token, to, text }],
+            ConvKey::Group(group) => vec![Action::Post { token, group, text }],
         }
     }
 
@@ -711,10 +699,12 @@ impl App {
                 Vec::new()
             }
             AgentEvent::Connected { .. } | AgentEvent::Disconnected { .. } => {
+                let online = matches!(e, AgentEvent::Connected { .. });
                 if let Some(s) = &mut self.status {
-                    s.online = matches!(e, AgentEvent::Connected { .. });
+                    s.online = online;
                 }
-                Vec::new()
+                // A new broker session: friends, groups and requests may have changed meanwhile.
+                if online { vec![Action::LoadSidebar] } else { Vec::new() }
             }
             AgentEvent::FileOffered { transfer, .. } => {
                 self.notice = Some(format!(

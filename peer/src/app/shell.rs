@@ -27,7 +27,7 @@ pub(crate) async fn run(home: &Home, open: Option<ConvKey>) -> Result<()> {
     let store = Store { home: home.clone(), me: home.get("username").await?.unwrap_or_default() };
     let started = if control::connect(&home.dir).await.is_err() {
         let pid = crate::spawn::detach(home).await?;
-        Some(format!("started the agent in the background (pid {pid}); it keeps running after you quit"))
+        Some(format!("started the agent (pid {pid}); it stays on after you quit"))
     } else {
         None
     };
@@ -202,10 +202,9 @@ fn perform(tasks: &mut JoinSet<()>, store: &Store, action: Action, tx: mpsc::Unb
 pub async fn run_action(store: &Store, action: Action) -> Option<Input> {
     let home = &store.home;
     Some(match action {
-        Action::LoadSidebar => match sidebar(store).await {
-            Ok(l) => Input::Loaded(l),
-            Err(e) => Input::Reply(Reply::Error(format!("{e:#}"))),
-        },
+        // Fails while the agent has no broker session (starting, reconnecting): it is asked again when the
+        // session opens (`AgentEvent::Connected`), so there is nothing to tell the user.
+        Action::LoadSidebar => Input::Loaded(sidebar(store).await.ok()?),
         Action::LoadHistory { key, before } => match store.history(&key, before).await {
             Ok(lines) => Input::Loaded(Loaded::History { key, lines, older: before.is_some() }),
             Err(e) => Input::Reply(Reply::Error(format!("{e:#}"))),
