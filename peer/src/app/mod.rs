@@ -19,6 +19,7 @@ pub mod view;
 use ratatui_textarea::TextArea;
 use shared::control::{AgentEvent, AgentStatus, MessageStatus, Transfer, TransferState};
 use shared::proto::{Event, FriendInfo, FriendRequestInfo, GroupInfo, GroupInvitation, GroupMessage, Millis};
+use std::collections::VecDeque;
 
 pub use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
@@ -210,13 +211,18 @@ pub struct App {
     pub convs: Vec<Conv>,
     /// The open conversation (an index into `convs` follows from the key).
     pub open: Option<ConvKey>,
-    pub lines: Vec<Line>,
+    /// The loaded part of the open conversation, oldest first (older pages are put in front).
+    pub lines: VecDeque<Line>,
     /// More history exists before the first loaded line.
     pub more_above: bool,
     /// A page of older history has been asked for and not yet arrived.
     pub loading: bool,
-    /// Rows scrolled up from the bottom of the conversation (0: following new messages).
-    pub scroll: usize,
+    /// Where the view is: `None` follows the newest message; `Some((i, hidden))` has message `i` at the
+    /// bottom with its last `hidden` rows below the edge. An anchor, not a row count from the end, so a
+    /// frame lays out only what is on screen however far back it is.
+    pub anchor: Option<(usize, usize)>,
+    /// Columns the conversation pane had at the last draw (message heights depend on it).
+    pub page_width: usize,
     pub input: TextArea<'static>,
     pub sent_history: Vec<String>,
     history_pos: Option<usize>,
@@ -242,10 +248,11 @@ impl App {
             me: me.to_string(),
             convs: Vec::new(),
             open: None,
-            lines: Vec::new(),
+            lines: VecDeque::new(),
             more_above: false,
             loading: false,
-            scroll: 0,
+            anchor: None,
+            page_width: 80,
             input,
             sent_history: Vec::new(),
             history_pos: None,
@@ -321,7 +328,7 @@ impl App {
     fn open_conv(&mut self, key: ConvKey) -> Vec<Action> {
         self.open = Some(key.clone());
         self.lines.clear();
-        self.scroll = 0;
+        self.anchor = None;
         self.more_above = false;
         self.loading = true;
         self.mode = Mode::Normal;
@@ -466,20 +473,44 @@ impl App {
         hits.into_iter().map(|(_, c)| c).collect()
     }
 
+    /// Rows message `i` takes on screen (its day separator included).
+    fn height(&self, i: usize) -> usize {
+        view::height(&self.lines, i, self.page_width)
+    }
+
+    /// Whether the view follows the newest message.
+    pub fn at_bottom(&self) -> bool {
+        self.anchor.is_none()
+    }
+
+    /// Scrolls by `rows` (> 0: back in time), walking message heights only over the rows passed.
     fn scroll_by(&mut self, rows: isize) -> Vec<Action> {
-        self.scroll = (self.scroll as isize + rows).max(0) as usize;
+        let Some(last) = self.lines.len().checked_sub(1) else { return Vec::new() };
+        let (mut i, hidden) = self.anchor.unwrap_or((last, 0));
+        let mut hidden = hidden as isize + rows;
+        while hidden < 0 && i < last {
+            i += 1;
+            hidden += self.height(i) as isize;
+        }
+        while i > 0 && hidden >= self.height(i) as isize {
+            hidden -= self.height(i) as isize;
+            i -= 1;
+        }
+        let hidden = hidden.clamp(0, self.height(i).saturating_sub(1) as isize) as usize;
+        // Back at the newest row going down: follow new messages again.
+        self.anchor = if i == last && hidden == 0 && rows < 0 { None } else { Some((i, hidden)) };
         let mut out = Vec::new();
         // Near the top of what is loaded: fetch the page before it.
         if rows > 0
             && self.more_above
             && !self.loading
-            && self.scroll + self.page_rows * 2 >= self.lines.len()
+            && i < self.page_rows.max(1) * 2
             && let (Some(key), Some(first)) = (self.open.clone(), self.lines.iter().find(|l| l.pos > 0))
         {
             self.loading = true;
             out.push(Action::LoadHistory { key, before: Some(first.pos) });
         }
-        if self.scroll == 0
+        if self.anchor.is_none()
             && let Some(key) = self.open.clone()
         {
             out.push(Action::MarkRead(key));
@@ -547,9 +578,9 @@ impl App {
         };
         let token = self.next_token;
         self.next_token += 1;
-        self.scroll = 0;
+        self.anchor = None;
         // Shown at once as "sending"; the answer (or the stored copy, for a group) settles it.
-        self.lines.push(Line {
+        self.lines.push_back(Line {
             id: None,
             pos: 0,
             at: self.now,
@@ -756,7 +787,7 @@ impl App {
             Event::GroupPresence { group_id, username, online, at } => {
                 if self.open == Some(ConvKey::Group(group_id)) {
                     let what = if online { "上线 (online)" } else { "下线 (offline)" };
-                    self.lines.push(notice_line(at, &format!("{username} {what}")));
+                    self.lines.push_back(notice_line(at, &format!("{username} {what}")));
                 }
                 Vec::new()
             }
@@ -806,7 +837,7 @@ impl App {
         };
         if m.system || own {
             if self.open.as_ref() == Some(&key) {
-                self.lines.push(line);
+                self.lines.push_back(line);
             }
             self.touch_at(&key, at);
             return Vec::new();
@@ -831,8 +862,8 @@ impl App {
         }
         self.touch_at(&key, at);
         if self.open.as_ref() == Some(&key) {
-            self.lines.push(line);
-            if self.scroll == 0 {
+            self.lines.push_back(line);
+            if self.at_bottom() {
                 return vec![Action::MarkRead(key)];
             }
             return Vec::new();
@@ -896,14 +927,19 @@ impl App {
                 self.loading = false;
                 self.more_above = lines.len() as i64 >= PAGE;
                 if older {
-                    let mut all = lines;
-                    all.append(&mut self.lines);
-                    self.lines = all;
+                    // The anchor names a message by index: it moves down by what was put above it.
+                    let added = lines.len();
+                    if let Some((i, h)) = self.anchor {
+                        self.anchor = Some((i + added, h));
+                    }
+                    for l in lines.into_iter().rev() {
+                        self.lines.push_front(l);
+                    }
                 } else {
                     // Keep lines still being sent (not in the database yet).
                     let sending: Vec<Line> =
                         self.lines.drain(..).filter(|l| l.own && l.pos == 0 && !l.notice).collect();
-                    self.lines = lines;
+                    self.lines = lines.into();
                     self.lines.extend(sending);
                 }
                 Vec::new()

@@ -89,7 +89,7 @@ fn opening_loads_history_marks_read_and_shows_live_messages() {
     // While open and at the bottom, a new message is shown and marked read, without a bell.
     let actions = a.handle(received("bob", "hi"));
     assert_eq!(actions, vec![Action::MarkRead(bob)]);
-    assert_eq!(a.lines.last().unwrap().text, "hi");
+    assert_eq!(a.lines.back().unwrap().text, "hi");
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn enter_sends_to_the_open_conversation_and_the_answer_sets_its_state() {
     let actions = a.handle(key(KeyCode::Enter));
     let [Action::Send { token, to, text }] = actions.as_slice() else { panic!("{actions:?}") };
     assert_eq!((to.as_str(), text.as_str()), ("bob", "hello world"), "cursor keys edit, not escape codes");
-    assert_eq!(a.lines.last().unwrap().state.as_deref(), Some("sending"));
+    assert_eq!(a.lines.back().unwrap().state.as_deref(), Some("sending"));
     assert!(a.input.is_empty());
     a.handle(Input::Reply(Reply::Sent {
         token: *token,
@@ -115,9 +115,9 @@ fn enter_sends_to_the_open_conversation_and_the_answer_sets_its_state() {
         status: MessageStatus::Queued,
         detail: Some("bob is offline".into()),
     }));
-    assert_eq!(a.lines.last().unwrap().state.as_deref(), Some("queued: bob is offline"));
+    assert_eq!(a.lines.back().unwrap().state.as_deref(), Some("queued: bob is offline"));
     a.handle(Input::Event(AgentEvent::MessageDelivered { to: "bob".into(), id: "beef".into(), at: 1 }));
-    assert_eq!(a.lines.last().unwrap().state.as_deref(), Some("delivered"));
+    assert_eq!(a.lines.back().unwrap().state.as_deref(), Some("delivered"));
     // Up recalls what was sent.
     a.handle(key(KeyCode::Up));
     assert_eq!(a.input_text(), "hello world");

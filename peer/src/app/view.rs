@@ -12,6 +12,7 @@ use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph};
 use shared::display::escape as safe;
+use std::collections::VecDeque;
 use unicode_width::UnicodeWidthChar;
 
 /// Draws the whole app.
@@ -157,25 +158,22 @@ fn draw_status(app: &App, f: &mut Frame<'_>, area: Rect) {
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
-/// The conversation, bottom up: only as many messages are laid out as fill the pane (plus the scroll).
-fn draw_messages(app: &App, f: &mut Frame<'_>, area: Rect) {
+/// The conversation, bottom up from the anchor: only the messages that reach the screen are laid out.
+fn draw_messages(app: &mut App, f: &mut Frame<'_>, area: Rect) {
     let width = area.width.max(1) as usize;
-    let want = area.height as usize + app.scroll;
+    app.page_width = width;
+    let want = area.height as usize;
     let mut rows: Vec<Line<'static>> = Vec::new();
-    for (i, m) in app.lines.iter().enumerate().rev() {
-        let mut block = message_rows(m, width);
-        // A day separator above the first message of each day.
-        let prev = if i > 0 { app.lines.get(i - 1) } else { None };
-        if prev.is_none_or(|p| day(p.at) != day(m.at)) && m.at > 0 {
-            block.insert(
-                0,
-                Line::styled(center(&format!(" {} ", day(m.at)), width, '─'), Style::default().fg(Color::DarkGray)),
-            );
-        }
-        block.reverse();
-        rows.extend(block);
-        if rows.len() >= want {
-            break;
+    if let Some(last) = app.lines.len().checked_sub(1) {
+        let (start, mut hidden) = app.anchor.map_or((last, 0), |(i, h)| (i.min(last), h));
+        for i in (0..=start).rev() {
+            let mut block = rows_of(&app.lines, i, width);
+            block.reverse();
+            rows.extend(block.into_iter().skip(hidden));
+            hidden = 0;
+            if rows.len() >= want {
+                break;
+            }
         }
     }
     if app.lines.is_empty() && app.open.is_some() {
@@ -185,13 +183,31 @@ fn draw_messages(app: &App, f: &mut Frame<'_>, area: Rect) {
     if app.more_above && rows.len() < want {
         rows.push(Line::raw(if app.loading { "loading older messages…" } else { "↑ PageUp for older messages" }).dim());
     }
-    let skip = app.scroll.min(rows.len().saturating_sub(area.height as usize));
-    let mut visible: Vec<Line<'static>> = rows.into_iter().skip(skip).take(area.height as usize).collect();
+    let mut visible: Vec<Line<'static>> = rows.into_iter().take(want).collect();
     visible.reverse();
-    let pad = (area.height as usize).saturating_sub(visible.len());
+    let pad = want.saturating_sub(visible.len());
     let mut all: Vec<Line<'static>> = vec![Line::raw(""); pad];
     all.extend(visible);
     f.render_widget(Paragraph::new(Text::from(all)), area);
+}
+
+/// Message `i` of `lines` as screen rows, with a day separator above the first message of each day.
+fn rows_of(lines: &VecDeque<Msg>, i: usize, width: usize) -> Vec<Line<'static>> {
+    let m = &lines[i];
+    let mut block = message_rows(m, width);
+    let prev = i.checked_sub(1).and_then(|p| lines.get(p));
+    if m.at > 0 && prev.is_none_or(|p| day(p.at) != day(m.at)) {
+        block.insert(
+            0,
+            Line::styled(center(&format!(" {} ", day(m.at)), width, '─'), Style::default().fg(Color::DarkGray)),
+        );
+    }
+    block
+}
+
+/// How many rows message `i` takes at `width` (what scrolling walks over).
+pub fn height(lines: &VecDeque<Msg>, i: usize, width: usize) -> usize {
+    rows_of(lines, i, width).len()
 }
 
 /// One message as screen rows: `HH:MM sender: text (state)`, wrapped by display width, continuation rows
@@ -277,8 +293,11 @@ fn center(s: &str, width: usize, fill: char) -> String {
 }
 
 fn local(ms: i64) -> Option<time::OffsetDateTime> {
+    // Looked up once: it is asked for every message drawn.
+    static OFFSET: std::sync::OnceLock<time::UtcOffset> = std::sync::OnceLock::new();
+    let offset = *OFFSET.get_or_init(|| time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC));
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
-    Some(time::UtcOffset::current_local_offset().map(|o| t.to_offset(o)).unwrap_or(t))
+    Some(t.to_offset(offset))
 }
 
 fn clock(ms: i64) -> String {
