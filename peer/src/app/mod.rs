@@ -106,6 +106,8 @@ pub enum Input {
     /// (Re)connected to the agent.
     Agent(AgentStatus),
     AgentLost,
+    /// The agent's state now (polled: live connections and their paths change without events).
+    Status(AgentStatus),
     Event(AgentEvent),
     Loaded(Loaded),
     Reply(Reply),
@@ -305,6 +307,10 @@ impl App {
                     out.push(Action::LoadHistory { key, before: None });
                 }
                 out
+            }
+            Input::Status(status) => {
+                self.status = Some(status);
+                Vec::new()
             }
             Input::AgentLost => {
                 self.agent_connected = false;

@@ -82,10 +82,17 @@ async fn event_loop(terminal: &mut Term, store: Store, open: Option<ConvKey>, st
     }
     tasks.spawn(follow(store.home.clone(), tx.clone()));
     tasks.spawn({
-        let tx = tx.clone();
+        let (tx, home) = (tx.clone(), store.home.clone());
         async move {
-            loop {
+            for tick in 0u64.. {
                 if tx.send(Input::Now(now_ms())).is_err() {
+                    return;
+                }
+                // Every few seconds, the agent's state: which friends are connected, direct or relayed.
+                if tick % 3 == 0
+                    && let Ok(ControlResponse::Status(s)) = agent_call(&home, ControlRequest::Status).await
+                    && tx.send(Input::Status(s)).is_err()
+                {
                     return;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
