@@ -208,6 +208,15 @@ impl Conn {
                 Response::Ok
             }
             Request::Friends => Response::Friends(ctx.friends.list(&me).await?),
+            Request::Block { username } => {
+                ctx.friends.block(&me, &username).await?;
+                Response::Ok
+            }
+            Request::Unblock { username } => {
+                ctx.friends.unblock(&me, &username).await?;
+                Response::Ok
+            }
+            Request::Blocked => Response::Users(ctx.friends.blocked(&me).await?),
             Request::GroupCreate { name } => Response::GroupCreated { group_id: ctx.groups.create(&me, &name).await? },
             Request::GroupInvite { group_id, username } => {
                 let are_friends = ctx.friends.are_friends(&me, &username).await?;

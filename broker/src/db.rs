@@ -39,12 +39,21 @@ impl DbError {
     }
 }
 
-const SQLITE: &[&str] =
-    &[include_str!("../migrations/sqlite/0001_accounts.sql"), include_str!("../migrations/sqlite/0002_groups.sql")];
-const POSTGRES: &[&str] =
-    &[include_str!("../migrations/postgres/0001_accounts.sql"), include_str!("../migrations/postgres/0002_groups.sql")];
-const MYSQL: &[&str] =
-    &[include_str!("../migrations/mysql/0001_accounts.sql"), include_str!("../migrations/mysql/0002_groups.sql")];
+const SQLITE: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_accounts.sql"),
+    include_str!("../migrations/sqlite/0002_groups.sql"),
+    include_str!("../migrations/sqlite/0003_blocks.sql"),
+];
+const POSTGRES: &[&str] = &[
+    include_str!("../migrations/postgres/0001_accounts.sql"),
+    include_str!("../migrations/postgres/0002_groups.sql"),
+    include_str!("../migrations/postgres/0003_blocks.sql"),
+];
+const MYSQL: &[&str] = &[
+    include_str!("../migrations/mysql/0001_accounts.sql"),
+    include_str!("../migrations/mysql/0002_groups.sql"),
+    include_str!("../migrations/mysql/0003_blocks.sql"),
+];
 
 /// A cheap-to-clone handle on the pool.
 #[derive(Clone, Debug)]

@@ -90,6 +90,14 @@ impl Friends {
             return Err(ErrorCode::UnknownUser.into());
         };
         let _pair = self.pairs.lock(me, to).await;
+        if self.blocks(me, to).await? {
+            return Err(ErrorCode::YouBlocked(to.to_string()).into());
+        }
+        if self.blocks(to, me).await? {
+            // Dropped without a word, as a blocked user expects nothing else: no request is stored and
+            // nobody is told (the answer is the same as for a request that reached them).
+            return Ok(false);
+        }
         if self.are_friends(me, to).await? {
             return Err(ErrorCode::AlreadyFriends.into());
         }
@@ -180,6 +188,91 @@ impl Friends {
         self.table.push(other, &Event::FriendRemoved { username: me.to_string() });
         self.table.push(me, &Event::FriendRemoved { username: other.to_string() });
         Ok(())
+    }
+
+    /// Blocks `other`: their friendship and requests with `me` end (both are told of an ended friendship, as
+    /// with a removal), and their requests to `me` are dropped from now on.
+    pub async fn block(&self, me: &str, other: &str) -> Result<()> {
+        validate::username(other).map_err(|_| ErrorCode::UnknownUser)?;
+        if me == other {
+            return Err(ErrorCode::SelfRequest.into());
+        }
+        if self.user(other).await?.is_none() {
+            return Err(ErrorCode::UnknownUser.into());
+        }
+        let _pair = self.pairs.lock(me, other).await;
+        let mut tx = self.db.pool.begin().await?;
+        let ended = sqlx::query(
+            self.db.sql("DELETE FROM friends WHERE (owner = ? AND friend = ?) OR (owner = ? AND friend = ?)"),
+        )
+        .bind(me)
+        .bind(other)
+        .bind(other)
+        .bind(me)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        sqlx::query(self.db.sql(
+            "DELETE FROM friend_requests WHERE (from_user = ? AND to_user = ?) OR (from_user = ? AND to_user = ?)",
+        ))
+        .bind(me)
+        .bind(other)
+        .bind(other)
+        .bind(me)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(self.db.sql("DELETE FROM blocks WHERE owner = ? AND blocked = ?"))
+            .bind(me)
+            .bind(other)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(self.db.sql("INSERT INTO blocks (owner, blocked, created_at) VALUES (?, ?, ?)"))
+            .bind(me)
+            .bind(other)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if ended {
+            self.table.push(other, &Event::FriendRemoved { username: me.to_string() });
+            self.table.push(me, &Event::FriendRemoved { username: other.to_string() });
+        }
+        Ok(())
+    }
+
+    /// Lifts `me`'s block of `other`.
+    pub async fn unblock(&self, me: &str, other: &str) -> Result<()> {
+        let res = sqlx::query(self.db.sql("DELETE FROM blocks WHERE owner = ? AND blocked = ?"))
+            .bind(me)
+            .bind(other)
+            .execute(&self.db.pool)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(ErrorCode::NotBlocked.into());
+        }
+        Ok(())
+    }
+
+    /// The users `me` blocked.
+    pub async fn blocked(&self, me: &str) -> Result<Vec<UserInfo>> {
+        let rows = sqlx::query(self.db.sql(
+            "SELECT u.username, u.display_name FROM blocks b JOIN users u ON u.username = b.blocked \
+             WHERE b.owner = ? ORDER BY u.username",
+        ))
+        .bind(me)
+        .fetch_all(&self.db.pool)
+        .await?;
+        Ok(rows.iter().map(user_info).collect::<std::result::Result<_, _>>()?)
+    }
+
+    async fn blocks(&self, owner: &str, blocked: &str) -> Result<bool> {
+        let row = sqlx::query(self.db.sql("SELECT 1 FROM blocks WHERE owner = ? AND blocked = ?"))
+            .bind(owner)
+            .bind(blocked)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        Ok(row.is_some())
     }
 
     /// Sets `me`'s private alias for `friend` (empty clears it).

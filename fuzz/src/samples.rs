@@ -89,6 +89,9 @@ pub fn requests() -> Vec<Request> {
         Request::GroupDisband { group_id: 7 },
         Request::Relay { username: s("bob"), fingerprint: [5; 32] },
         Request::RevokeToken { token: s("tok") },
+        Request::Block { username: s("mallory") },
+        Request::Unblock { username: s("mallory") },
+        Request::Blocked,
     ]
 }
 
@@ -119,6 +122,8 @@ pub fn error_codes() -> Vec<ErrorCode> {
         ErrorCode::AlreadyMember,
         ErrorCode::NotOwner,
         ErrorCode::RelayUnavailable("off".into()),
+        ErrorCode::YouBlocked("mallory".into()),
+        ErrorCode::NotBlocked,
     ]
 }
 
@@ -149,6 +154,8 @@ fn variant_of_error(e: &ErrorCode) -> &'static str {
         ErrorCode::AlreadyMember => "AlreadyMember",
         ErrorCode::NotOwner => "NotOwner",
         ErrorCode::RelayUnavailable(_) => "RelayUnavailable",
+        ErrorCode::YouBlocked(_) => "YouBlocked",
+        ErrorCode::NotBlocked => "NotBlocked",
     }
 }
 

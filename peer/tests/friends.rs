@@ -235,3 +235,23 @@ fn an_agent_that_missed_the_removal_drops_the_key_when_it_reconnects() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("delivered"), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["while friends"]);
 }
+
+#[test]
+fn a_blocked_user_cannot_bother_and_is_not_told() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let Friends { alice, bob, agents: _agents } = Friends::start(&broker, &[], &[]);
+    let alice_watch = alice.watch();
+    assert!(bob.ok(&["friends", "block", "alice"]).contains("blocked alice"));
+    alice_watch.expect_event("friend_removed", "bob");
+    assert_eq!(alice.json(&["friends", "--json"]).as_array().unwrap().len(), 0);
+    // Alice asks again: it looks sent to her, and bob never hears of it.
+    assert!(alice.ok(&["friends", "add", "bob", "--message", "please"]).contains("friend request sent"));
+    assert_eq!(bob.json(&["friends", "requests", "--json"]).as_array().unwrap().len(), 0);
+    assert_eq!(usernames(&bob.json(&["friends", "blocked", "--json"])), ["alice"]);
+    assert!(bob.fails(&["friends", "add", "alice"]).contains("you blocked alice"));
+    assert!(alice.fails(&["friends", "unblock", "bob"]).contains("not blocked"));
+    // Lifted: requests reach bob again.
+    bob.ok(&["friends", "unblock", "alice"]);
+    alice.ok(&["friends", "add", "bob"]);
+    assert_eq!(bob.json(&["friends", "requests", "--json"])[0]["username"], "alice");
+}

@@ -98,6 +98,13 @@ pub enum Request {
     /// Revokes a token without opening a session with it (`peer logout` with no agent running): friends see
     /// no presence blip. Answered `Ok` whether or not the token was known.
     RevokeToken { token: String },
+    /// Blocks a user: any friendship and requests between you end, and their friend requests and group
+    /// invitations to you are dropped from then on without telling them.
+    Block { username: String },
+    /// Lifts a block.
+    Unblock { username: String },
+    /// The users you blocked ([`Response::Users`]).
+    Blocked,
 }
 
 impl Request {
@@ -136,6 +143,9 @@ impl Request {
             Self::GroupDisband { .. } => "group_disband",
             Self::Relay { .. } => "relay",
             Self::RevokeToken { .. } => "revoke_token",
+            Self::Block { .. } => "block",
+            Self::Unblock { .. } => "unblock",
+            Self::Blocked => "blocked",
         }
     }
 }
@@ -369,6 +379,11 @@ pub enum ErrorCode {
     NotOwner,
     #[error("the relay is not available: {0}")]
     RelayUnavailable(String),
+    /// You blocked the user you are asking.
+    #[error("you blocked {0}: `peer friends unblock {0}` first")]
+    YouBlocked(String),
+    #[error("you have not blocked that user")]
+    NotBlocked,
 }
 
 #[cfg(test)]

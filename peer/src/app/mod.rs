@@ -194,6 +194,7 @@ pub enum Command {
     Accept(String),
     Decline(String),
     Remove(String),
+    Block(String),
     Remark { user: String, alias: String },
     Search(String),
     Users(String),
@@ -653,6 +654,13 @@ impl App {
                 self.mode = Mode::Confirm {
                     prompt: format!("remove {user} from your friends? (y/n)"),
                     action: Box::new(Action::Command(Command::Remove(user))),
+                };
+                return Vec::new();
+            }
+            ("block", Some(user)) => {
+                self.mode = Mode::Confirm {
+                    prompt: format!("block {user}? Their requests to you are dropped from now on (y/n)"),
+                    action: Box::new(Action::Command(Command::Block(user))),
                 };
                 return Vec::new();
             }

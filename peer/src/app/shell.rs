@@ -287,6 +287,7 @@ async fn command(store: &Store, c: Command) -> Result<Reply> {
         Command::Remove(u) => {
             ok(home, Request::FriendRemove { username: u.clone() }, format!("{u} is no longer your friend")).await?
         }
+        Command::Block(u) => ok(home, Request::Block { username: u.clone() }, format!("blocked {u}")).await?,
         Command::Remark { user, alias } => {
             ok(home, Request::FriendRemark { username: user.clone(), remark: alias }, format!("alias for {user} saved"))
                 .await?

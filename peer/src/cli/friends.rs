@@ -64,6 +64,18 @@ pub(super) async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
             broker_ok(home, Request::FriendRemove { username: user.clone() }).await?;
             say!("{user} is no longer your friend");
         }
+        FriendsCmd::Block { user } => {
+            broker_ok(home, Request::Block { username: user.clone() }).await?;
+            say!("blocked {user}: their requests to you are dropped (`peer friends unblock {user}` lifts it)");
+        }
+        FriendsCmd::Unblock { user } => {
+            broker_ok(home, Request::Unblock { username: user.clone() }).await?;
+            say!("unblocked {user}");
+        }
+        FriendsCmd::Blocked { json } => {
+            let Response::Users(list) = broker_call(home, Request::Blocked).await? else { bail!("unexpected answer") };
+            print_list(&list, json, "nobody blocked", output::user_json, output::who);
+        }
         FriendsCmd::Remark { user, alias } => {
             validate::text("alias", &alias, validate::MAX_NAME_CHARS)?;
             broker_ok(home, Request::FriendRemark { username: user.clone(), remark: alias }).await?;

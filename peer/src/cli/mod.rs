@@ -260,6 +260,16 @@ pub(crate) enum FriendsCmd {
     Remove { user: String },
     /// Set your private alias for a friend ("" clears it).
     Remark { user: String, alias: String },
+    /// Block USER: any friendship and requests between you end, and their requests to you are dropped
+    /// from now on (they are not told).
+    Block { user: String },
+    /// Lift a block.
+    Unblock { user: String },
+    /// The users you blocked.
+    Blocked {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
