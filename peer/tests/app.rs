@@ -13,8 +13,13 @@ struct Tmux {
 
 impl Tmux {
     fn start(peer: &Peer, width: u16, height: u16) -> Self {
+        Self::start_with_env(peer, width, height, &[])
+    }
+
+    fn start_with_env(peer: &Peer, width: u16, height: u16, env: &[(&str, &str)]) -> Self {
         let socket = format!("p2pim-test-{}-{}", std::process::id(), peer.username);
-        let cmd = format!("{} --home {}", testkit::bin("peer").display(), peer.home.path().display());
+        let vars: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        let cmd = format!("env {vars}{} --home {}", testkit::bin("peer").display(), peer.home.path().display());
         let ok = Command::new("tmux")
             .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d", "-s", "app"])
             .args(["-x", &width.to_string(), "-y", &height.to_string(), &cmd])
@@ -113,4 +118,28 @@ fn alice_chats_from_the_app_through_an_agent_restart() {
     app.keys("", &["C-c"]);
     wait_until("the app quit", || !app.alive());
     assert_eq!(alice.json(&["status", "--json"])["online"], true);
+}
+
+#[test]
+fn a_new_user_signs_up_and_makes_friends_without_a_subcommand() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let alice = Peer::registered(&broker, "alice");
+    let _a = alice.up();
+    let mut carol = Peer::new(&broker);
+    carol.username = "carol".into();
+    let _agent = DetachedAgent(&carol);
+    let app = Tmux::start_with_env(&carol, 100, 30, &[("PEER_BROKER", &broker.address())]);
+    app.expect("register a new account");
+    app.keys("carol", &["Enter", "Enter"]);
+    app.keys("Carol C.", &["Enter"]);
+    app.keys(testkit::PASSWORD, &["Enter"]);
+    app.expect("welcome, carol");
+    app.expect("no friends yet");
+    app.keys("/add alice hello from the app", &["Enter"]);
+    app.expect("friend request sent to alice");
+    let requests = alice.json(&["friends", "requests", "--json"]);
+    assert_eq!(requests[0]["username"], "carol");
+    assert_eq!(requests[0]["message"], "hello from the app");
+    alice.ok(&["friends", "accept", "carol"]);
+    app.expect("● alice");
 }

@@ -11,10 +11,12 @@
 //! - [`shell`]: the thin async shell: terminal set-up, reading keys, following the agent's events through
 //!   restarts, performing actions, feeding the results back in.
 //! - [`store`]: the reads the app makes of the device's database (history pages, unread counts).
+//! - [`welcome`]: the first screen on a device with no account (register or log in).
 
 pub mod shell;
 pub mod store;
 pub mod view;
+pub mod welcome;
 
 use ratatui_textarea::TextArea;
 use shared::control::{AgentEvent, AgentStatus, MessageStatus, Transfer, TransferState};
@@ -232,6 +234,8 @@ pub struct App {
     pub mode: Mode,
     pub status: Option<AgentStatus>,
     pub agent_connected: bool,
+    /// The agent went away at least once (so its return is news).
+    agent_lost: bool,
     pub requests: Vec<FriendRequestInfo>,
     pub invitations: Vec<GroupInvitation>,
     pub offers: Vec<Transfer>,
@@ -262,6 +266,7 @@ impl App {
             mode: Mode::Normal,
             status: None,
             agent_connected: false,
+            agent_lost: false,
             requests: Vec::new(),
             invitations: Vec::new(),
             offers: Vec::new(),
@@ -296,7 +301,7 @@ impl App {
                 Vec::new()
             }
             Input::Agent(status) => {
-                let back = !self.agent_connected && self.status.is_some();
+                let back = !self.agent_connected && self.agent_lost;
                 self.agent_connected = true;
                 self.status = Some(status);
                 if back {
@@ -315,6 +320,7 @@ impl App {
             }
             Input::AgentLost => {
                 self.agent_connected = false;
+                self.agent_lost = true;
                 self.notice = Some("the agent stopped: restarting it".into());
                 Vec::new()
             }

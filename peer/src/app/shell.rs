@@ -23,18 +23,74 @@ use tokio::task::JoinSet;
 /// Runs the app on this terminal until the user quits. Starts the agent in the background first if none
 /// runs for this home (and leaves it running on quit, so friends can still reach the user).
 pub(crate) async fn run(home: &Home, open: Option<ConvKey>) -> Result<()> {
-    home.account().await?;
-    let store = Store { home: home.clone(), me: home.get("username").await?.unwrap_or_default() };
-    let started = if control::connect(&home.dir).await.is_err() {
-        let pid = crate::spawn::detach(home).await?;
-        Some(format!("started the agent (pid {pid}); it stays on after you quit"))
-    } else {
-        None
-    };
     let mut terminal = enter()?;
-    let result = event_loop(&mut terminal, store, open, started).await;
+    let result = async {
+        // No account on this device yet: sign up (or in) first, on the same screen.
+        let mut notice = None;
+        if home.get("token").await?.is_none() {
+            match welcome(&mut terminal, home).await? {
+                Some(n) => notice = Some(n),
+                None => return Ok(()),
+            }
+        }
+        let store = Store { home: home.clone(), me: home.get("username").await?.unwrap_or_default() };
+        if control::connect(&home.dir).await.is_err() {
+            let pid = crate::spawn::detach(home).await?;
+            let started = format!("started the agent (pid {pid}); it stays on after you quit");
+            notice = Some(match notice {
+                Some(n) => format!("{n}; {started}"),
+                None => started,
+            });
+        }
+        event_loop(&mut terminal, store, open, notice).await
+    }
+    .await;
     leave(&mut terminal);
     result
+}
+
+/// The sign-up / log-in form until it succeeds (`Some(what to tell the user)`) or the user leaves (`None`).
+async fn welcome(terminal: &mut Term, home: &Home) -> Result<Option<String>> {
+    use super::welcome::{Submit, Welcome};
+    let mut form = Welcome::new(std::env::var("PEER_BROKER").ok().as_deref());
+    loop {
+        terminal.draw(|f| super::welcome::draw(&mut form, f))?;
+        let k = tokio::task::spawn_blocking(event::read).await??;
+        let TermEvent::Key(k) = k else { continue };
+        if k.kind == event::KeyEventKind::Release {
+            continue;
+        }
+        let Some(submit) = form.key(k) else { continue };
+        let (broker, req) = match submit {
+            Submit::Quit => return Ok(None),
+            Submit::Register { username, broker, display_name, password } => {
+                (broker, Request::Register { username, display_name, password })
+            }
+            Submit::Login { username, broker, password } => (broker, Request::Login { username, password }),
+        };
+        // A home that holds someone else's history is not taken over from here (`peer register --force`).
+        let wanted = match &req {
+            Request::Register { username, .. } | Request::Login { username, .. } => username.clone(),
+            _ => String::new(),
+        };
+        if let Some(current) = home.get("username").await?
+            && current != wanted
+        {
+            form.message =
+                Some(format!("this home holds {current}'s history: log in as {current}, or use another --home"));
+            continue;
+        }
+        terminal.draw(|f| super::welcome::draw(&mut form, f))?;
+        match crate::cli::sign_in(home, &broker, None, req).await {
+            Ok(done) => {
+                return Ok(Some(match done.first_use {
+                    Some(fp) => format!("welcome, {}; pinned the broker's identity {fp}", done.username),
+                    None => format!("welcome back, {}", done.username),
+                }));
+            }
+            Err(e) => form.message = Some(format!("{e:#}")),
+        }
+    }
 }
 
 type Term = Terminal<CrosstermBackend<std::io::Stdout>>;

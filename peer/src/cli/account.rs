@@ -4,11 +4,39 @@ use super::*;
 
 /// Register or log in straight to the broker (no agent needed), pinning its identity.
 pub(super) async fn authenticate(home: &Home, args: &BrokerArgs, req: Request) -> Result<()> {
+    let pinned = args.broker_fingerprint.as_deref().map(str::parse::<Fingerprint>).transpose()?;
+    let register = matches!(req, Request::Register { .. });
+    let done = sign_in(home, &args.broker, pinned, req).await?;
+    if let Some(fp) = done.first_use {
+        note!(
+            "pinned the broker's identity {fp} (trust on first use); it should match the fingerprint the broker printed at start-up"
+        );
+    }
+    let what = if register { "registered and logged in" } else { "logged in" };
+    say!(
+        "{what} as {}; start the agent with `peer --home {} up --detach`, or open the app: `peer --home {}`",
+        done.username,
+        home.dir.display(),
+        home.dir.display()
+    );
+    Ok(())
+}
+
+/// What a sign-in did.
+pub(crate) struct SignedIn {
+    pub(crate) username: String,
+    /// The broker's fingerprint, when it was pinned now on first use (to show the user).
+    pub(crate) first_use: Option<Fingerprint>,
+}
+
+/// Registers or logs in (`req`) at `broker`, pinned to `pinned` or, without it, to the fingerprint already
+/// pinned for that broker or (first use) to the one it presents; stores the login in the home.
+pub(crate) async fn sign_in(home: &Home, broker: &str, pinned: Option<Fingerprint>, req: Request) -> Result<SignedIn> {
     let identity = home.identity()?;
-    let addr = net::resolve(&args.broker).await?;
-    let pinned = match &args.broker_fingerprint {
-        Some(fp) => Some(fp.parse::<Fingerprint>()?),
-        None => home.pinned(&args.broker).await?,
+    let addr = net::resolve(broker).await?;
+    let pinned = match pinned {
+        Some(fp) => Some(fp),
+        None => home.pinned(broker).await?,
     };
     let seen = Arc::new(Mutex::new(None));
     let pin = pinned.map(ServerPin::Exact).unwrap_or_else(|| ServerPin::FirstUse(seen.clone()));
@@ -23,26 +51,21 @@ pub(super) async fn authenticate(home: &Home, args: &BrokerArgs, req: Request) -
         Response::Error(e) => bail!("{}", e.message),
         other => bail!("unexpected answer from the broker: {other:?}"),
     };
-    let fingerprint = match pinned {
-        Some(fp) => fp,
+    let (fingerprint, first_use) = match pinned {
+        Some(fp) => (fp, None),
         None => {
             let fp = seen.lock().ok().and_then(|s| *s).context("the broker presented no certificate")?;
-            note!(
-                "pinned the broker's identity {fp} (trust on first use); it should match the fingerprint the broker printed at start-up"
-            );
-            fp
+            (fp, Some(fp))
         }
     };
     home.save_account(&Account {
         username: username.clone(),
-        broker: args.broker.clone(),
+        broker: broker.to_string(),
         broker_fingerprint: fingerprint,
         token,
     })
     .await?;
-    let what = if matches!(req, Request::Register { .. }) { "registered and logged in" } else { "logged in" };
-    say!("{what} as {username}; start the agent with `peer --home {} up`", home.dir.display());
-    Ok(())
+    Ok(SignedIn { username, first_use })
 }
 
 /// Before `register`/`login` as `username`: a home that holds another account is not silently taken over

@@ -8,6 +8,7 @@ mod files;
 mod friends;
 mod groups;
 
+pub(crate) use account::sign_in;
 use account::{Follow, Followed, authenticate, logout, make_room, status, watch};
 use chat::{chat, history_line, send};
 pub(crate) use files::default_download_dir;
@@ -360,7 +361,6 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         if !interactive() {
             bail!("`peer` alone opens the app on a terminal; here, give a command (`peer --help` lists them)");
         }
-        connect_agent_or_start(&home).await?;
         return crate::app::shell::run(&home, None).await;
     };
     match cmd {
@@ -494,15 +494,6 @@ async fn control_call(home: &Home, req: ControlRequest) -> Result<ControlRespons
         Some(resp) => Ok(resp),
         None => bail!("the agent closed the connection without answering"),
     }
-}
-
-/// Before the app: a home with no login gets the same advice as any command (the app starts the agent
-/// itself).
-async fn connect_agent_or_start(home: &Home) -> Result<()> {
-    if home.get("token").await?.is_none() {
-        connect_agent(home).await?;
-    }
-    Ok(())
 }
 
 /// The agent's control channel; on a home with no login, what to do first (starting an agent would not
