@@ -365,9 +365,14 @@ impl App {
         self.open_conv(keys[next].clone())
     }
 
-    fn next_unread(&mut self) -> Vec<Action> {
-        let key =
-            self.sorted().iter().find(|c| c.unread > 0 && Some(&c.key) != self.open.as_ref()).map(|c| c.key.clone());
+    /// The next conversation with unread messages (`forward`: down the sidebar from the top; else from the
+    /// bottom up).
+    fn next_unread(&mut self, forward: bool) -> Vec<Action> {
+        let mut list = self.sorted();
+        if !forward {
+            list.reverse();
+        }
+        let key = list.iter().find(|c| c.unread > 0 && Some(&c.key) != self.open.as_ref()).map(|c| c.key.clone());
         match key {
             Some(k) => self.open_conv(k),
             None => {
@@ -410,8 +415,8 @@ impl App {
                 self.complete_path();
                 Vec::new()
             }
-            KeyCode::Tab => self.next_unread(),
-            KeyCode::BackTab => self.cycle(-1),
+            KeyCode::Tab => self.next_unread(true),
+            KeyCode::BackTab => self.next_unread(false),
             KeyCode::Down if alt => self.cycle(1),
             KeyCode::Up if alt => self.cycle(-1),
             KeyCode::PageUp => self.scroll_by(self.page_rows.max(1) as isize),

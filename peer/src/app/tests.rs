@@ -334,7 +334,7 @@ fn hostile_text_is_shown_escaped_on_every_screen() {
         invitations: Vec::new(),
         files: Vec::new(),
     }));
-    a.handle(key(KeyCode::BackTab));
+    a.handle(Input::Key(KeyEvent::new(KeyCode::Down, KeyModifiers::ALT)));
     let key_open = a.open.clone().unwrap();
     let line = Line {
         id: None,

@@ -320,7 +320,7 @@ fn popup(f: &mut Frame<'_>, area: Rect, title: &str, lines: Vec<Line<'_>>) {
 fn help_lines() -> Vec<Line<'static>> {
     [
         "Enter send · Alt-Enter new line · ↑/↓ earlier input · PageUp/PageDown scroll",
-        "Ctrl-K switch conversation · Tab next unread · Alt-↑/↓ previous/next · Ctrl-C quit",
+        "Ctrl-K switch conversation · Tab/Shift-Tab next/previous unread · Alt-↑/↓ previous/next · Ctrl-C quit",
         "",
         "/open USER|GROUP     /add USER [message]   /accept USER   /decline USER",
         "/remove USER         /block USER           /remark USER ALIAS",
