@@ -32,6 +32,37 @@ pub enum ServerPin {
     /// Whatever is presented the first time (trust on first use); the fingerprint is recorded here so that
     /// the caller can pin it from then on.
     FirstUse(Arc<Mutex<Option<Fingerprint>>>),
+    /// Exactly `expected`; a different certificate is refused and recorded in `refused`, so that the caller
+    /// can tell a changed identity ([`IdentityChanged`]) from any other failed handshake by type, not by
+    /// reading an error message (the TLS stack below passes only text up).
+    Watched { expected: Fingerprint, refused: Arc<Mutex<Option<Fingerprint>>> },
+}
+
+/// The server presented another certificate than the one pinned: someone may be intercepting the
+/// connection, or the server's identity was replaced. Never worth retrying by itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the server's certificate {got} does not match the pinned {expected}")]
+pub struct IdentityChanged {
+    pub expected: Fingerprint,
+    pub got: Fingerprint,
+}
+
+impl ServerPin {
+    /// A pin on `expected` that records a refused certificate; read it with [`ServerPin::changed`].
+    pub fn watched(expected: Fingerprint) -> Self {
+        Self::Watched { expected, refused: Arc::default() }
+    }
+
+    /// After a failed handshake with a [`ServerPin::Watched`] pin: whether it failed because the identity
+    /// changed.
+    pub fn changed(&self) -> Option<IdentityChanged> {
+        match self {
+            Self::Watched { expected, refused } => {
+                refused.lock().ok()?.map(|got| IdentityChanged { expected: *expected, got })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Verifies the server (the broker, or a friend's agent answering our connection) against a [`ServerPin`].
@@ -60,6 +91,13 @@ impl ServerCertVerifier for PinnedServer {
         match &self.pin {
             ServerPin::Exact(expected) if *expected == got => Ok(ServerCertVerified::assertion()),
             ServerPin::Exact(expected) => Err(pin_mismatch(expected, &got)),
+            ServerPin::Watched { expected, .. } if *expected == got => Ok(ServerCertVerified::assertion()),
+            ServerPin::Watched { expected, refused } => {
+                if let Ok(mut r) = refused.lock() {
+                    *r = Some(got);
+                }
+                Err(pin_mismatch(expected, &got))
+            }
             ServerPin::FirstUse(seen) => {
                 if let Ok(mut s) = seen.lock() {
                     *s = Some(got);
@@ -160,5 +198,27 @@ impl ClientCertVerifier for PinnedClients {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+
+    fn verify(pin: ServerPin, presented: &Identity) -> Result<ServerCertVerified, Error> {
+        let name = ServerName::try_from("p2pim-broker").expect("a valid name");
+        PinnedServer::new(pin).verify_server_cert(&presented.cert, &[], &name, &[], UnixTime::now())
+    }
+
+    #[test]
+    fn a_watched_pin_records_what_it_refused() {
+        let (ours, theirs) = (Identity::generate("broker").unwrap(), Identity::generate("impostor").unwrap());
+        let pin = ServerPin::watched(ours.fingerprint());
+        assert!(verify(pin.clone(), &ours).is_ok());
+        assert_eq!(pin.changed(), None, "nothing refused yet");
+        assert!(verify(pin.clone(), &theirs).is_err());
+        assert_eq!(pin.changed(), Some(IdentityChanged { expected: ours.fingerprint(), got: theirs.fingerprint() }));
+        assert_eq!(ServerPin::Exact(ours.fingerprint()).changed(), None);
     }
 }

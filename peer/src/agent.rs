@@ -221,7 +221,7 @@ impl Agent {
         let pin = ServerPin::Exact(self.account.broker_fingerprint);
         let conn = match net::connect_broker(&self.endpoint, &self.identity, self.broker_addr, pin).await {
             Ok(c) => c,
-            Err(e) if e.to_string().contains("BROKER IDENTITY CHANGED") => {
+            Err(e) if e.downcast_ref::<net::BrokerIdentityChanged>().is_some() => {
                 return SessionEnd::Fatal(e);
             }
             Err(e) => return SessionEnd::Failed(e.to_string()),

@@ -83,20 +83,36 @@ pub(crate) async fn connect_broker(
     addr: SocketAddr,
     pin: ServerPin,
 ) -> Result<quinn::Connection> {
-    let tls = certs::config::client(identity, pin, &[BROKER_ALPN])?;
+    // An exact pin is watched, so that a changed identity is known by type (see `BrokerIdentityChanged`).
+    let pin = match pin {
+        ServerPin::Exact(fp) => ServerPin::watched(fp),
+        other => other,
+    };
+    let tls = certs::config::client(identity, pin.clone(), &[BROKER_ALPN])?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
     cfg.transport_config(Arc::new(transport()));
     let connecting = endpoint.connect_with(cfg, addr, "p2pim-broker")?;
     match tokio::time::timeout(Duration::from_secs(10), connecting).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) if e.to_string().contains("does not match the pinned") => Err(anyhow!(
-            "BROKER IDENTITY CHANGED: {e}.\nSomeone may be intercepting your connection, or the broker's identity was \
-             replaced. If the operator confirms the new fingerprint, run `peer login USER --broker {addr} \
-             --broker-fingerprint NEW`."
-        )),
-        Ok(Err(e)) => Err(anyhow!("cannot connect to the broker at {addr}: {e}")),
+        Ok(Err(e)) => match pin.changed() {
+            Some(changed) => Err(BrokerIdentityChanged { changed, addr }.into()),
+            None => Err(anyhow!("cannot connect to the broker at {addr}: {e}")),
+        },
         Err(_) => Err(anyhow!("no answer from the broker at {addr} within 10 s: is it running, and is UDP open?")),
     }
+}
+
+/// The broker presented another identity than the one pinned. The agent stops on it (no retry can help);
+/// the message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "BROKER IDENTITY CHANGED: {changed}.\nSomeone may be intercepting your connection, or the broker's identity \
+     was replaced. If the operator confirms the new fingerprint, run `peer login USER --broker {addr} \
+     --broker-fingerprint NEW`."
+)]
+pub(crate) struct BrokerIdentityChanged {
+    pub(crate) changed: certs::verify::IdentityChanged,
+    pub(crate) addr: SocketAddr,
 }
 
 /// Sends one request on its own stream and waits for the one response.
