@@ -321,7 +321,7 @@ impl App {
             Input::AgentLost => {
                 self.agent_connected = false;
                 self.agent_lost = true;
-                self.notice = Some("the agent stopped: restarting it".into());
+                self.notice = Some("the agent stopped; waiting for it (`peer up --detach` starts it)".into());
                 Vec::new()
             }
             Input::Event(e) => self.event(e),

@@ -361,8 +361,13 @@ fn hostile_text_is_shown_escaped_on_every_screen() {
 }
 
 #[test]
-fn wrapping_counts_display_width() {
+fn wrapping_counts_display_width_and_keeps_words_whole() {
     assert_eq!(view::wrap("张三李四", 5), ["张三", "李四"]);
     assert_eq!(view::wrap("abcdef", 3), ["abc", "def"]);
     assert_eq!(view::wrap("", 3), [""]);
+    assert_eq!(view::wrap("some more words to wrap", 12), ["some more", "words to", "wrap"]);
+    assert_eq!(view::wrap("a verylongwordthatdoesnotfit", 10), ["a verylong", "wordthatdo", "esnotfit"]);
+    for row in view::wrap("the quick brown fox jumps over the lazy dog 你好世界 again and again", 17) {
+        assert!(unicode_width::UnicodeWidthStr::width(row.as_str()) <= 17, "{row:?}");
+    }
 }

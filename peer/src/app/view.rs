@@ -150,10 +150,15 @@ fn draw_status(app: &App, f: &mut Frame<'_>, area: Rect) {
         }
         (None, true) => (Span::raw("◌"), "starting".to_string()),
     };
-    let mut spans = vec![dot, Span::raw(format!(" {} · {state}", safe(&app.me)))];
-    if let Some(n) = &app.notice {
-        spans.push(Span::raw(" · "));
-        spans.push(Span::styled(safe(n), Style::default().fg(Color::Yellow)));
+    // A notice (what just happened, what to type next) matters more than the broker's address: it takes
+    // the line's room when there is one.
+    let mut spans = vec![dot, Span::raw(format!(" {}", safe(&app.me)))];
+    match &app.notice {
+        Some(n) => {
+            spans.push(Span::raw(" · "));
+            spans.push(Span::styled(safe(n), Style::default().fg(Color::Yellow)));
+        }
+        None => spans.push(Span::raw(format!(" · {state}"))),
     }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }
@@ -246,21 +251,40 @@ fn display_width(s: &str) -> usize {
     s.chars().map(|c| c.width().unwrap_or(0)).sum()
 }
 
-/// Splits `s` into rows of at most `width` columns (by display width; a wide character never straddles).
+/// Splits `s` into rows of at most `width` columns by display width: at the last space that fits when
+/// there is one in the row's second half (words stay whole), else at any character (CJK text has no spaces,
+/// and a very long word must still fit); a wide character never straddles two rows.
 pub fn wrap(s: &str, width: usize) -> Vec<String> {
-    let mut rows = vec![String::new()];
+    let width = width.max(2);
+    let mut rows = Vec::new();
+    let mut row = String::new();
     let mut used = 0;
     for c in s.chars() {
         let w = c.width().unwrap_or(0);
         if used + w > width && used > 0 {
-            rows.push(String::new());
-            used = 0;
+            // Break at the last space past the row's middle, carrying the word begun after it.
+            let cut = row.char_indices().filter(|(_, ch)| *ch == ' ').map(|(i, _)| i).next_back();
+            match cut {
+                Some(i) if display_width(&row[..i]) >= width / 2 && c != ' ' => {
+                    let carried = row[i + 1..].to_string();
+                    row.truncate(i);
+                    rows.push(std::mem::take(&mut row));
+                    used = display_width(&carried);
+                    row = carried;
+                }
+                _ => {
+                    rows.push(std::mem::take(&mut row));
+                    used = 0;
+                }
+            }
+            if c == ' ' && used == 0 {
+                continue;
+            }
         }
-        if let Some(r) = rows.last_mut() {
-            r.push(c);
-        }
+        row.push(c);
         used += w;
     }
+    rows.push(row);
     rows
 }
 
@@ -314,20 +338,24 @@ fn popup(f: &mut Frame<'_>, area: Rect, title: &str, lines: Vec<Line<'_>>) {
     let r =
         Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height.saturating_sub(h)) / 2, width: w, height: h };
     f.render_widget(Clear, r);
-    f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title.to_string())), r);
+    let text = Paragraph::new(lines).wrap(ratatui::widgets::Wrap { trim: false });
+    f.render_widget(text.block(Block::default().borders(Borders::ALL).title(title.to_string())), r);
 }
 
 fn help_lines() -> Vec<Line<'static>> {
     [
-        "Enter send · Alt-Enter new line · ↑/↓ earlier input · PageUp/PageDown scroll",
-        "Ctrl-K switch conversation · Tab/Shift-Tab next/previous unread · Alt-↑/↓ previous/next · Ctrl-C quit",
+        "Enter send · Alt-Enter new line · ↑/↓ earlier input",
+        "PageUp/PageDown scroll · Ctrl-K switch conversation",
+        "Tab/Shift-Tab next/previous unread · Alt-↑/↓ previous/next",
+        "Ctrl-C quit (the agent keeps running)",
         "",
-        "/open USER|GROUP     /add USER [message]   /accept USER   /decline USER",
-        "/remove USER         /block USER           /remark USER ALIAS",
-        "/search TEXT         /users TEXT",
-        "/group create NAME   /invite USER          /join GROUP    /leave",
-        "/file PATH (Tab completes)   /files   /accept-file ID [DIR]   /cancel ID",
-        "/help   /quit        Esc closes this",
+        "/open USER|GROUP   /add USER [message]   /accept USER",
+        "/decline USER      /remove USER          /block USER",
+        "/remark USER ALIAS /search TEXT          /users TEXT",
+        "/group create NAME /invite USER          /join GROUP",
+        "/leave             /file PATH (Tab completes)",
+        "/files             /accept-file ID [DIR] /cancel ID",
+        "/help              /quit                 Esc closes this",
     ]
     .into_iter()
     .map(Line::raw)
