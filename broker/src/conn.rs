@@ -25,6 +25,8 @@ struct Conn {
     /// Held across `Hello` so that two racing `Hello`s cannot both open a session.
     state: Mutex<SessionState>,
     token_hash: std::sync::Mutex<Option<String>>,
+    /// The connection's tasks (its request streams and its event writer): they end with it.
+    tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// Serves a connection until it closes, then takes its row out of the table.
@@ -39,12 +41,13 @@ pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
         fingerprint,
         state: Mutex::new(SessionState::Anonymous),
         token_hash: std::sync::Mutex::default(),
+        tasks: std::sync::Mutex::default(),
     });
     loop {
         match quic.accept_bi().await {
             Ok((send, recv)) => {
-                let conn = conn.clone();
-                tokio::spawn(async move { conn.stream(send, recv).await });
+                let c = conn.clone();
+                conn.spawn(async move { c.stream(send, recv).await });
             }
             Err(e) => {
                 tracing::debug!(remote = %quic.remote_address(), reason = %e, "connection ended");
@@ -56,6 +59,10 @@ pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
     if let SessionState::Online { user, session_id } = state {
         conn.go_offline(&user, session_id).await;
     }
+    // The connection is gone, so its streams end by themselves; they are waited for (not aborted) so that a
+    // request half-way through its writes (a group post's fan-out) finishes them.
+    let mut tasks = std::mem::take(&mut *conn.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+    while tasks.join_next().await.is_some() {}
 }
 
 fn device_fingerprint(quic: &quinn::Connection) -> Option<Fingerprint> {
@@ -65,6 +72,13 @@ fn device_fingerprint(quic: &quinn::Connection) -> Option<Fingerprint> {
 }
 
 impl Conn {
+    /// Runs `task` as one of this connection's tasks; finished ones are reaped on the way.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
     async fn stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
         let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame::<Request, _>(&mut recv)).await;
         let response = match read {
@@ -295,7 +309,7 @@ impl Conn {
         local_addrs.truncate(MAX_LOCAL_ADDRS);
         let events = self.quic.open_uni().await.map_err(|_| ErrorCode::Internal)?;
         let (tx, rx) = mpsc::channel(crate::table::EVENT_QUEUE);
-        tokio::spawn(write_events(events, rx, self.quic.clone()));
+        self.spawn(write_events(events, rx, self.quic.clone()));
         let observed = self.quic.remote_address();
         let now = now_ms();
         let (session_id, first) = self.ctx.table.insert(

@@ -144,10 +144,13 @@ impl Broker {
         self.endpoint.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then closes every connection and the database.
+    /// Serves until `shutdown` resolves, then closes every connection, waits for their handlers, and closes
+    /// the database last. Every task has an owner: the periodic jobs and the connection handlers are in
+    /// `JoinSet`s held here (each connection owns its stream tasks in turn, see `conn::serve`).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let checkpointer = tokio::spawn({
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn({
             let db = self.db.clone();
             async move {
                 let mut every = tokio::time::interval(Duration::from_secs(2));
@@ -159,7 +162,7 @@ impl Broker {
                 }
             }
         });
-        let pruner = tokio::spawn({
+        background.spawn({
             let ctx = self.ctx.clone();
             async move {
                 let mut every = tokio::time::interval(Duration::from_secs(600));
@@ -173,6 +176,7 @@ impl Broker {
                 }
             }
         });
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
@@ -184,20 +188,30 @@ impl Broker {
                     }
                     let Some(handshake) = self.handshakes.admit(incoming) else { continue };
                     let ctx = self.ctx.clone();
-                    tokio::spawn(async move {
+                    connections.spawn(async move {
                         match handshake.complete().await {
                             Ok(conn) => crate::conn::serve(ctx, conn).await,
                             Err(e) => tracing::debug!(error = %e, "handshake failed"),
                         }
                     });
                 }
+                // Finished handlers are reaped as they end, so the set holds only live connections.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 () = &mut shutdown => break,
             }
         }
-        pruner.abort();
-        checkpointer.abort();
+        background.abort_all();
         tracing::info!(online = self.ctx.table.len(), "shutting down");
         self.endpoint.close(quinn::VarInt::from_u32(0), b"broker shutting down");
+        // Handlers finish what they were writing before the database goes (their connections are closed, so
+        // this is quick); one that does not within the limit is stopped.
+        let drained =
+            tokio::time::timeout(Duration::from_secs(5), async { while connections.join_next().await.is_some() {} })
+                .await;
+        if drained.is_err() {
+            tracing::warn!(left = connections.len(), "connection handlers still running at shutdown; stopping them");
+            connections.abort_all();
+        }
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
         self.db.pool.close().await;
     }
