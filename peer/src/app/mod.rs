@@ -762,27 +762,37 @@ impl App {
                 // A new broker session: friends, groups and requests may have changed meanwhile.
                 if online { vec![Action::LoadSidebar] } else { Vec::new() }
             }
-            AgentEvent::FileOffered { transfer, .. } => {
-                self.notice = Some(format!(
-                    "{} offers {} (/accept-file {})",
+            AgentEvent::FileOffered { transfer, at } => {
+                let text = format!(
+                    "{} offers {} ({}): /accept-file {}",
                     transfer.peer,
                     transfer.name,
+                    shared::files::format_size(transfer.size),
                     transfer.id.get(..8).unwrap_or(&transfer.id)
-                ));
+                );
+                self.note_in(&ConvKey::Friend(transfer.peer.clone()), at, &text);
+                self.notice = Some(text);
                 self.offers.retain(|t| t.id != transfer.id);
                 self.offers.push(transfer);
                 vec![Action::Bell]
             }
-            AgentEvent::FileUpdated { transfer, .. } => {
+            AgentEvent::FileUpdated { transfer, at } => {
                 if transfer.state.is_final() {
-                    self.notice = Some(match transfer.state {
-                        TransferState::Done => format!("{}: done", transfer.name),
-                        s => format!(
+                    let text = match (transfer.state, &transfer.path) {
+                        (TransferState::Done, Some(p)) if !transfer.outgoing => {
+                            format!("{}: received, saved as {p}", transfer.name)
+                        }
+                        (TransferState::Done, _) => {
+                            format!("{}: delivered, verified by {}", transfer.name, transfer.peer)
+                        }
+                        (s, _) => format!(
                             "{}: {}",
                             transfer.name,
                             transfer.error.clone().unwrap_or_else(|| s.as_str().into())
                         ),
-                    });
+                    };
+                    self.note_in(&ConvKey::Friend(transfer.peer.clone()), at, &text);
+                    self.notice = Some(text);
                 }
                 self.offers.retain(|t| t.id != transfer.id);
                 if transfer.state == TransferState::Offered {
@@ -810,10 +820,8 @@ impl App {
             }
             Event::GroupMessage(m) => self.group_message(m, at),
             Event::GroupPresence { group_id, username, online, at } => {
-                if self.open == Some(ConvKey::Group(group_id)) {
-                    let what = if online { "上线 (online)" } else { "下线 (offline)" };
-                    self.lines.push_back(notice_line(at, &format!("{username} {what}")));
-                }
+                let what = if online { "上线 (online)" } else { "下线 (offline)" };
+                self.note_in(&ConvKey::Group(group_id), at, &format!("{username} {what}"));
                 Vec::new()
             }
             Event::FriendRequest { from, .. } => {
@@ -870,6 +878,13 @@ impl App {
         let title =
             self.convs.iter().find(|c| c.key == key).map_or_else(|| format!("#{}", m.group_id), |c| c.title.clone());
         self.arrived(key, line, at, &format!("{} in {title}", m.sender), &m.text)
+    }
+
+    /// A notice line in a conversation, if it is the open one (transfers, presence in groups).
+    fn note_in(&mut self, key: &ConvKey, at: Millis, text: &str) {
+        if self.open.as_ref() == Some(key) {
+            self.lines.push_back(notice_line(at, text));
+        }
     }
 
     fn touch_at(&mut self, key: &ConvKey, at: Millis) {

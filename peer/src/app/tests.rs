@@ -371,3 +371,31 @@ fn wrapping_counts_display_width_and_keeps_words_whole() {
         assert!(unicode_width::UnicodeWidthStr::width(row.as_str()) <= 17, "{row:?}");
     }
 }
+
+#[test]
+fn file_offers_and_results_show_in_their_conversation() {
+    let mut a = app();
+    a.handle(key(KeyCode::Tab));
+    let t = Transfer {
+        id: "5f0b7323aaaa".into(),
+        peer: "bob".into(),
+        outgoing: false,
+        name: "pic.txt".into(),
+        size: 15,
+        hash: String::new(),
+        state: TransferState::Offered,
+        bytes: 0,
+        path: None,
+        error: None,
+        resumed_from: 0,
+        created_at: 1,
+        updated_at: 1,
+    };
+    assert_eq!(a.handle(Input::Event(AgentEvent::FileOffered { transfer: t.clone(), at: 5 })), vec![Action::Bell]);
+    assert!(a.lines.back().unwrap().text.contains("/accept-file 5f0b7323"));
+    assert_eq!(a.offers.len(), 1);
+    let done = Transfer { state: TransferState::Done, path: Some("/tmp/pic.txt".into()), ..t };
+    a.handle(Input::Event(AgentEvent::FileUpdated { transfer: done, at: 6 }));
+    assert_eq!(a.lines.back().unwrap().text, "pic.txt: received, saved as /tmp/pic.txt");
+    assert!(a.offers.is_empty());
+}
