@@ -66,6 +66,13 @@ pub(crate) fn who(u: &UserInfo) -> String {
     if u.display_name == u.username { u.username.clone() } else { format!("{} ({})", u.username, u.display_name) }
 }
 
+/// `s` padded with spaces to `width` terminal columns (wide characters such as 张三 count two), so that
+/// columns line up whatever script a name is in; never cut.
+pub(crate) fn pad(s: &str, width: usize) -> String {
+    let w = unicode_width::UnicodeWidthStr::width(s);
+    format!("{s}{}", " ".repeat(width.saturating_sub(w)))
+}
+
 /// `1 member`, `2 members`.
 pub(crate) fn count(n: i64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })

@@ -65,6 +65,17 @@ fn small_things_read_right() {
     assert!(err.contains("ghost is not your friend"), "{err}");
     let friends = alice.ok(&["friends"]);
     assert!(friends.contains("bob ") && !friends.contains("bob (bob)"), "{friends}");
+    // Columns line up with a CJK name in them (张三 takes four columns, not two).
+    let mut zhang = Peer::new(&broker);
+    zhang.register("zhang", "张三");
+    let _z = zhang.up();
+    alice.befriend(&zhang);
+    let listing = alice.ok(&["friends"]);
+    let columns: Vec<usize> = listing
+        .lines()
+        .map(|l| unicode_width::UnicodeWidthStr::width(&l[..l.find("online").expect("presence column")]))
+        .collect();
+    assert!(columns.len() == 2 && columns[0] == columns[1], "{listing}");
     alice.ok(&["groups", "create", "solo"]);
     let groups = alice.ok(&["groups"]);
     assert!(groups.contains("1 member") && !groups.contains("1 members"), "{groups}");

@@ -126,6 +126,6 @@ pub(super) fn print_friends(
             0 => String::new(),
             n => format!("  {}", output::count(n, "unread", "unread")),
         };
-        say!("{name:<48} {presence}{unread}");
+        say!("{} {presence}{unread}", output::pad(&name, 48));
     }
 }

@@ -32,7 +32,7 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
                     0 => String::new(),
                     n => format!("  {n} unread"),
                 };
-                format!("{:>6}  {:<32} owner {:<20} {members}{unread}", g.group_id, g.name, g.owner)
+                format!("{:>6}  {} owner {:<20} {members}{unread}", g.group_id, output::pad(&g.name, 32), g.owner)
             },
         );
         return Ok(());
@@ -63,8 +63,11 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
                 },
                 |i| {
                     format!(
-                        "{:>6}  {:<32} from {}  (`peer groups join {}`)",
-                        i.group_id, i.name, i.inviter.username, i.group_id
+                        "{:>6}  {} from {}  (`peer groups join {}`)",
+                        i.group_id,
+                        output::pad(&i.name, 32),
+                        i.inviter.username,
+                        i.group_id
                     )
                 },
             );
@@ -114,7 +117,7 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
                 |m| {
                     let role = if m.owner { " (owner)" } else { "" };
                     let presence = if m.online { "online" } else { "offline" };
-                    format!("{:<32} {:<24} {presence}{role}", m.user.username, m.user.display_name)
+                    format!("{:<32} {} {presence}{role}", m.user.username, output::pad(&m.user.display_name, 24))
                 },
             );
         }

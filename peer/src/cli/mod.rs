@@ -416,7 +416,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
                 bail!("unexpected answer from the broker")
             };
             print_list(&users, json, "no users found", output::user_json, |u| {
-                format!("{:<32} {}", u.username, u.display_name)
+                format!("{} {}", output::pad(&u.username, 32), u.display_name)
             });
             Ok(())
         }
