@@ -133,6 +133,9 @@ fn a_new_user_signs_up_and_makes_friends_without_a_subcommand() {
     app.keys("carol", &["Enter", "Enter"]);
     app.keys("Carol C.", &["Enter"]);
     app.keys(testkit::PASSWORD, &["Enter"]);
+    // The broker's identity, pinned on first use, shown whole for the user to compare.
+    app.expect(&broker.fingerprint[..32]);
+    app.keys("", &["Enter"]);
     app.expect("welcome, carol");
     app.expect("no friends yet");
     app.keys("/add alice hello from the app", &["Enter"]);

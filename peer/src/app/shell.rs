@@ -83,10 +83,21 @@ async fn welcome(terminal: &mut Term, home: &Home) -> Result<Option<String>> {
         terminal.draw(|f| super::welcome::draw(&mut form, f))?;
         match crate::cli::sign_in(home, &broker, None, req).await {
             Ok(done) => {
-                return Ok(Some(match done.first_use {
-                    Some(fp) => format!("welcome, {}; pinned the broker's identity {fp}", done.username),
-                    None => format!("welcome back, {}", done.username),
-                }));
+                // Trust on first use is the user's call to check: show the whole fingerprint, once, until
+                // they have seen it (a status line would cut it).
+                if let Some(fp) = done.first_use {
+                    terminal.draw(|f| super::welcome::draw_pinned(f, &fp.to_string()))?;
+                    loop {
+                        if let TermEvent::Key(k) = tokio::task::spawn_blocking(event::read).await??
+                            && k.kind != event::KeyEventKind::Release
+                            && matches!(k.code, event::KeyCode::Enter | event::KeyCode::Esc)
+                        {
+                            break;
+                        }
+                    }
+                    return Ok(Some(format!("welcome, {}", done.username)));
+                }
+                return Ok(Some(format!("welcome back, {}", done.username)));
             }
             Err(e) => form.message = Some(format!("{e:#}")),
         }

@@ -160,6 +160,29 @@ pub fn draw(w: &mut Welcome, f: &mut Frame<'_>) {
     }
 }
 
+/// After a first sign-in: the broker's fingerprint, pinned now, for the user to compare with the one the
+/// broker printed (a different one would mean someone in between).
+pub fn draw_pinned(f: &mut Frame<'_>, fingerprint: &str) {
+    let area = f.area();
+    let width = area.width.saturating_sub(4).min(72);
+    let r = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + area.height.saturating_sub(9) / 2,
+        width,
+        height: 9.min(area.height),
+    };
+    let lines = vec![
+        Line::raw("This device now trusts the broker with the identity"),
+        Line::raw(""),
+        Line::raw(safe(fingerprint)).bold(),
+        Line::raw(""),
+        Line::raw("It should match the fingerprint the broker printed when it started;"),
+        Line::raw("if it does not, someone may be in between. Enter to continue.").dim(),
+    ];
+    let p = Paragraph::new(lines).wrap(ratatui::widgets::Wrap { trim: false });
+    f.render_widget(p.block(Block::default().borders(Borders::ALL).title(" broker identity pinned ")), r);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
