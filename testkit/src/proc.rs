@@ -108,8 +108,19 @@ impl Broker {
         let (a, b) = std::thread::scope(|s| {
             let a = s.spawn(|| spawn_broker(&d1, &url, any, &[]));
             let b = s.spawn(|| spawn_broker(&d2, &url, any, &[]));
-            (a.join().unwrap(), b.join().unwrap())
+            (a.join(), b.join())
         });
+        // If one did not start, the other is stopped before the test fails (no handle owns it yet).
+        let (a, b) = match (a, b) {
+            (Ok(a), Ok(b)) => (a, b),
+            (a, b) => {
+                for mut started in [a.ok(), b.ok()].into_iter().flatten().map(|(c, _, _)| c) {
+                    let _ = started.kill();
+                    let _ = started.wait();
+                }
+                panic!("one of the two brokers did not start; see the panic above");
+            }
+        };
         let second_db = db.shared();
         (
             Self { child: Some(a.0), addr: a.1, fingerprint: a.2, data, db, backend: backend.name() },
@@ -230,6 +241,9 @@ fn spawn_broker_in(
         .unwrap();
     let rx = lines_of(child.stdout.take().unwrap(), Some);
     let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+        // No handle will own it: stop it here, or a failing test leaves it running.
+        let _ = child.kill();
+        let _ = child.wait();
         let log = std::fs::read_to_string(data.join("broker.log")).unwrap_or_default();
         panic!("broker did not become ready; log:\n{log}")
     });
