@@ -5,15 +5,15 @@
 
 use super::store::Store;
 use super::{Action, App, Command, ConvKey, Input, Loaded, Reply};
+use crate::cli::{broker_call as broker, control_call as agent_call};
 use crate::control;
 use crate::home::Home;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use crossterm::event::{self, Event as TermEvent};
 use crossterm::terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use shared::control::{ControlRequest, ControlResponse, TransferState};
-use shared::io::{read_frame, write_frame};
 use shared::proto::{Request, Response};
 use std::io::Write;
 use std::time::Duration;
@@ -199,52 +199,24 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Follows the agent's events, through restarts: `Agent` on every (re)subscription, `AgentLost` when it goes.
+/// Follows the agent's events, through restarts (the same [`crate::cli::Follow`] as `peer watch`): `Agent`
+/// on every (re)subscription, `AgentLost` when it goes. Ends when the device is logged out or the app quits.
 async fn follow(home: Home, tx: mpsc::UnboundedSender<Input>) {
-    let mut lost_sent = false;
-    loop {
-        if let Ok(mut s) = control::connect(&home.dir).await
-            && write_frame(&mut s, &ControlRequest::Watch).await.is_ok()
-        {
-            lost_sent = false;
-            while let Ok(Some(resp)) = read_frame::<ControlResponse, _>(&mut s).await {
-                let input = match resp {
-                    ControlResponse::Status(st) => Input::Agent(st),
-                    ControlResponse::Event(e) => Input::Event(e),
-                    _ => continue,
-                };
-                if tx.send(input).is_err() {
-                    return;
-                }
-            }
+    let mut follow = loop {
+        match crate::cli::Follow::start(&home).await {
+            Ok(f) => break f,
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
-        if !lost_sent {
-            lost_sent = true;
-            if tx.send(Input::AgentLost).is_err() {
-                return;
-            }
+    };
+    while let Ok(next) = follow.next().await {
+        let input = match next {
+            crate::cli::Followed::Subscribed(st) => Input::Agent(st),
+            crate::cli::Followed::Event(e) => Input::Event(e),
+            crate::cli::Followed::Lost => Input::AgentLost,
+        };
+        if tx.send(input).is_err() {
+            return;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// One request to the agent.
-pub(crate) async fn agent_call(home: &Home, req: ControlRequest) -> Result<ControlResponse> {
-    let mut s = control::connect(&home.dir).await?;
-    write_frame(&mut s, &req).await?;
-    match read_frame::<ControlResponse, _>(&mut s).await? {
-        Some(ControlResponse::Error(e)) => Err(anyhow!("{e}")),
-        Some(r) => Ok(r),
-        None => bail!("the agent closed the connection without answering"),
-    }
-}
-
-/// One request to the broker, through the agent.
-async fn broker(home: &Home, req: Request) -> Result<Response> {
-    match agent_call(home, ControlRequest::Broker(req)).await? {
-        ControlResponse::Broker(Response::Error(e)) => bail!("{}", e.message),
-        ControlResponse::Broker(r) => Ok(r),
-        other => bail!("unexpected answer from the agent: {other:?}"),
     }
 }
 

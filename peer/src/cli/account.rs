@@ -175,7 +175,7 @@ pub(super) async fn watch(home: &Home, json: bool) -> Result<()> {
 }
 
 /// What following the agent's events yields.
-pub(super) enum Followed {
+pub(crate) enum Followed {
     /// (Re)subscribed: nothing from here on is missed.
     Subscribed(shared::control::AgentStatus),
     Event(AgentEvent),
@@ -186,16 +186,16 @@ pub(super) enum Followed {
 /// A subscription to the agent's events that survives the agent restarting: what `peer watch` and the chat
 /// windows use, so that they never go deaf. It ends (with an error saying why) only when the device is
 /// logged out.
-pub(super) struct Follow {
+pub(crate) struct Follow {
     home: Home,
     stream: Option<Box<dyn control::Duplex>>,
     /// The agent went away at least once (for "back" messages).
-    pub(super) lost_before: bool,
+    pub(crate) lost_before: bool,
 }
 
 impl Follow {
     /// Subscribes now; fails if no agent runs (starting to watch an agent that is not there is a mistake).
-    pub(super) async fn start(home: &Home) -> Result<Self> {
+    pub(crate) async fn start(home: &Home) -> Result<Self> {
         let stream = Self::subscribe(home).await?;
         Ok(Self { home: home.clone(), stream: Some(stream), lost_before: false })
     }
@@ -206,7 +206,7 @@ impl Follow {
         Ok(stream)
     }
 
-    pub(super) async fn next(&mut self) -> Result<Followed> {
+    pub(crate) async fn next(&mut self) -> Result<Followed> {
         loop {
             let Some(stream) = &mut self.stream else {
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;

@@ -9,7 +9,8 @@ mod friends;
 mod groups;
 
 pub(crate) use account::sign_in;
-use account::{Follow, Followed, authenticate, logout, make_room, status, watch};
+pub(crate) use account::{Follow, Followed};
+use account::{authenticate, logout, make_room, status, watch};
 use chat::{chat, history_line, send};
 pub(crate) use files::default_download_dir;
 use files::{files, send_file};
@@ -486,7 +487,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
 }
 
 /// One request to the agent; the agent's refusal (`ControlResponse::Error`) becomes this command's error.
-async fn control_call(home: &Home, req: ControlRequest) -> Result<ControlResponse> {
+pub(crate) async fn control_call(home: &Home, req: ControlRequest) -> Result<ControlResponse> {
     let mut stream = connect_agent(home).await?;
     write_frame(&mut stream, &req).await?;
     match read_frame::<ControlResponse, _>(&mut stream).await? {
@@ -513,7 +514,7 @@ async fn connect_agent(home: &Home) -> Result<Box<dyn control::Duplex>> {
 }
 
 /// Sends a request to the broker through the agent; a broker error becomes this command's error.
-async fn broker_call(home: &Home, req: Request) -> Result<Response> {
+pub(crate) async fn broker_call(home: &Home, req: Request) -> Result<Response> {
     match control_call(home, ControlRequest::Broker(req)).await? {
         ControlResponse::Broker(Response::Error(e)) => bail!("{}", e.message),
         ControlResponse::Broker(r) => Ok(r),
