@@ -115,6 +115,23 @@ pub(crate) struct BrokerIdentityChanged {
     pub(crate) addr: SocketAddr,
 }
 
+/// One request to the broker without an agent (register, login, a logout with no agent running): a client
+/// endpoint and connection of its own, closed cleanly once the answer is in.
+pub(crate) async fn request_once(
+    identity: &Identity,
+    addr: SocketAddr,
+    pin: ServerPin,
+    req: &Request,
+) -> Result<Response> {
+    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let endpoint = quinn::Endpoint::client(bind)?;
+    let conn = connect_broker(&endpoint, identity, addr, pin).await?;
+    let resp = request(&conn, req).await;
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    endpoint.wait_idle().await;
+    resp
+}
+
 /// Sends one request on its own stream and waits for the one response.
 pub(crate) async fn request(conn: &quinn::Connection, req: &Request) -> Result<Response> {
     let exchange = async {

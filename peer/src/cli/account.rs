@@ -40,13 +40,7 @@ pub(crate) async fn sign_in(home: &Home, broker: &str, pinned: Option<Fingerprin
     };
     let seen = Arc::new(Mutex::new(None));
     let pin = pinned.map(ServerPin::Exact).unwrap_or_else(|| ServerPin::FirstUse(seen.clone()));
-    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let endpoint = quinn::Endpoint::client(bind)?;
-    let conn = net::connect_broker(&endpoint, &identity, addr, pin).await?;
-    let resp = net::request(&conn, &req).await;
-    conn.close(quinn::VarInt::from_u32(0), b"done");
-    endpoint.wait_idle().await;
-    let (username, token) = match resp? {
+    let (username, token) = match net::request_once(&identity, addr, pin, &req).await? {
         Response::Token { username, token, .. } => (username, token),
         Response::Error(e) => bail!("{}", e.message),
         other => bail!("unexpected answer from the broker: {other:?}"),
@@ -100,14 +94,9 @@ pub(super) async fn logout(home: &Home) -> Result<()> {
     let account = home.account().await?;
     let revoked = async {
         let addr = net::resolve(&account.broker).await?;
-        let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-        let endpoint = quinn::Endpoint::client(bind)?;
         let pin = ServerPin::Exact(account.broker_fingerprint);
-        let conn = net::connect_broker(&endpoint, &home.identity()?, addr, pin).await?;
-        let resp = net::request(&conn, &Request::RevokeToken { token: account.token.clone() }).await;
-        conn.close(quinn::VarInt::from_u32(0), b"done");
-        endpoint.wait_idle().await;
-        match resp? {
+        let req = Request::RevokeToken { token: account.token.clone() };
+        match net::request_once(&home.identity()?, addr, pin, &req).await? {
             Response::Ok => Ok(()),
             other => bail!("unexpected answer from the broker: {other:?}"),
         }
