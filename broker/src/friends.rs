@@ -173,21 +173,46 @@ impl Friends {
     /// Ends the friendship on both sides at once.
     pub async fn remove(&self, me: &str, other: &str) -> Result<()> {
         let _pair = self.pairs.lock(me, other).await;
+        let mut conn = self.db.pool.acquire().await?;
+        if !self.unfriend_rows(&mut conn, me, other).await? {
+            return Err(ErrorCode::NotFriends.into());
+        }
+        self.tell_ended(me, other);
+        Ok(())
+    }
+
+    /// Deletes the friendship rows of `a` and `b` (both directions); whether there were any.
+    async fn unfriend_rows(&self, conn: &mut sqlx::AnyConnection, a: &str, b: &str) -> Result<bool> {
         let res = sqlx::query(
             self.db.sql("DELETE FROM friends WHERE (owner = ? AND friend = ?) OR (owner = ? AND friend = ?)"),
         )
-        .bind(me)
-        .bind(other)
-        .bind(other)
-        .bind(me)
-        .execute(&self.db.pool)
+        .bind(a)
+        .bind(b)
+        .bind(b)
+        .bind(a)
+        .execute(&mut *conn)
         .await?;
-        if res.rows_affected() == 0 {
-            return Err(ErrorCode::NotFriends.into());
-        }
-        self.table.push(other, &Event::FriendRemoved { username: me.to_string() });
-        self.table.push(me, &Event::FriendRemoved { username: other.to_string() });
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Deletes the friend requests between `a` and `b`, both directions.
+    async fn drop_requests(&self, conn: &mut sqlx::AnyConnection, a: &str, b: &str) -> Result<()> {
+        sqlx::query(self.db.sql(
+            "DELETE FROM friend_requests WHERE (from_user = ? AND to_user = ?) OR (from_user = ? AND to_user = ?)",
+        ))
+        .bind(a)
+        .bind(b)
+        .bind(b)
+        .bind(a)
+        .execute(&mut *conn)
+        .await?;
         Ok(())
+    }
+
+    /// Tells both sides their friendship ended.
+    fn tell_ended(&self, a: &str, b: &str) {
+        self.table.push(b, &Event::FriendRemoved { username: a.to_string() });
+        self.table.push(a, &Event::FriendRemoved { username: b.to_string() });
     }
 
     /// Blocks `other`: their friendship and requests with `me` end (both are told of an ended friendship, as
@@ -202,26 +227,8 @@ impl Friends {
         }
         let _pair = self.pairs.lock(me, other).await;
         let mut tx = self.db.pool.begin().await?;
-        let ended = sqlx::query(
-            self.db.sql("DELETE FROM friends WHERE (owner = ? AND friend = ?) OR (owner = ? AND friend = ?)"),
-        )
-        .bind(me)
-        .bind(other)
-        .bind(other)
-        .bind(me)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        sqlx::query(self.db.sql(
-            "DELETE FROM friend_requests WHERE (from_user = ? AND to_user = ?) OR (from_user = ? AND to_user = ?)",
-        ))
-        .bind(me)
-        .bind(other)
-        .bind(other)
-        .bind(me)
-        .execute(&mut *tx)
-        .await?;
+        let ended = self.unfriend_rows(&mut tx, me, other).await?;
+        self.drop_requests(&mut tx, me, other).await?;
         sqlx::query(self.db.sql("DELETE FROM blocks WHERE owner = ? AND blocked = ?"))
             .bind(me)
             .bind(other)
@@ -235,8 +242,7 @@ impl Friends {
             .await?;
         tx.commit().await?;
         if ended {
-            self.table.push(other, &Event::FriendRemoved { username: me.to_string() });
-            self.table.push(me, &Event::FriendRemoved { username: other.to_string() });
+            self.tell_ended(me, other);
         }
         Ok(())
     }
@@ -340,25 +346,24 @@ impl Friends {
     /// to expect `me`'s device (its key and addresses), so both sides can open the path at once. The check
     /// and the push happen under the pair's lock: a removal cannot slip between them.
     pub async fn lookup(&self, me: &str, session_id: u64, friend: &str) -> Result<Vec<DeviceEndpoint>> {
-        let _pair = self.pairs.lock(me, friend).await;
-        if !self.are_friends(me, friend).await? {
-            return Err(ErrorCode::NotFriends.into());
-        }
         let endpoint = |r: &crate::table::Row| DeviceEndpoint {
             fingerprint: r.fingerprint.0,
             observed: r.observed,
             local: r.local.clone(),
         };
-        let devices: Vec<DeviceEndpoint> = self.table.sessions(friend).iter().map(endpoint).collect();
-        if let Some(mine) = self.table.session(me, session_id) {
-            let event = Event::PeerIncoming { username: me.to_string(), device: endpoint(&mine) };
-            self.table.push(friend, &event);
-        }
-        Ok(devices)
+        let answer = async {
+            let devices: Vec<DeviceEndpoint> = self.table.sessions(friend).iter().map(endpoint).collect();
+            if let Some(mine) = self.table.session(me, session_id) {
+                let event = Event::PeerIncoming { username: me.to_string(), device: endpoint(&mine) };
+                self.table.push(friend, &event);
+            }
+            Ok(devices)
+        };
+        self.while_friends(me, friend, answer).await
     }
 
-    /// Runs `f` (which opens a relay to `friend`) only if `me` and `friend` are friends, under the pair's
-    /// lock, so that the friend's agent is told who is relaying before any removal is pushed to it.
+    /// Runs `f` only if `me` and `friend` are friends, under the pair's lock, so that what `f` pushes to the
+    /// friend (a `PeerIncoming`, a relay's hello) reaches them before any removal can be pushed.
     pub async fn while_friends<T>(
         &self,
         me: &str,
@@ -405,15 +410,7 @@ impl Friends {
     async fn befriend(&self, a: &str, b: &str) -> Result<()> {
         let now = now_ms();
         let mut tx = self.db.pool.begin().await?;
-        sqlx::query(self.db.sql(
-            "DELETE FROM friend_requests WHERE (from_user = ? AND to_user = ?) OR (from_user = ? AND to_user = ?)",
-        ))
-        .bind(a)
-        .bind(b)
-        .bind(b)
-        .bind(a)
-        .execute(&mut *tx)
-        .await?;
+        self.drop_requests(&mut tx, a, b).await?;
         for (owner, friend) in [(a, b), (b, a)] {
             sqlx::query(self.db.sql("INSERT INTO friends (owner, friend, remark, created_at) VALUES (?, ?, NULL, ?)"))
                 .bind(owner)
