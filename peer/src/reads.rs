@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 /// A conversation: with a friend, or in a group.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum Conversation {
+pub enum Conversation {
     Friend(String),
     Group(i64),
 }

@@ -28,22 +28,8 @@ pub use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 /// Messages loaded per page of history.
 pub const PAGE: i64 = 200;
 
-/// A conversation: with a friend, or in a group.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ConvKey {
-    Friend(String),
-    Group(i64),
-}
-
-impl ConvKey {
-    /// `u:bob` / `g:7`, as the agent's read marks name them.
-    pub fn mark_name(&self) -> String {
-        match self {
-            Self::Friend(u) => format!("u:{u}"),
-            Self::Group(g) => format!("g:{g}"),
-        }
-    }
-}
+/// A conversation: with a friend, or in a group (the agent's read marks name them the same way).
+pub use crate::reads::Conversation as ConvKey;
 
 /// One entry of the sidebar.
 #[derive(Debug, Clone, PartialEq)]

@@ -268,7 +268,7 @@ pub async fn run_action(store: &Store, action: Action) -> Option<Input> {
         Action::MarkRead(key) => {
             let up_to = store.newest(&key).await.ok()?;
             if up_to > 0 {
-                let _ = agent_call(home, ControlRequest::MarkRead { conversation: key.mark_name(), up_to }).await;
+                let _ = agent_call(home, ControlRequest::MarkRead { conversation: key.to_string(), up_to }).await;
             }
             return None;
         }

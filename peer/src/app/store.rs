@@ -4,7 +4,7 @@
 
 use super::{ConvKey, Line, PAGE};
 use crate::home::Home;
-use crate::reads::{self, Conversation};
+use crate::reads;
 use anyhow::Result;
 use shared::proto::Millis;
 use std::path::Path;
@@ -65,23 +65,13 @@ impl Store {
         Ok(reads::all(&self.home.db, &self.me)
             .await?
             .into_iter()
-            .map(|u| {
-                let key = match u.conversation {
-                    Conversation::Friend(f) => ConvKey::Friend(f),
-                    Conversation::Group(g) => ConvKey::Group(g),
-                };
-                (key, u.unread, u.last_at)
-            })
+            .map(|u| (u.conversation, u.unread, u.last_at))
             .collect())
     }
 
     /// The newest position in a conversation (what "read up to here" means now).
     pub async fn newest(&self, key: &ConvKey) -> Result<i64> {
-        let conv = match key {
-            ConvKey::Friend(f) => Conversation::Friend(f.clone()),
-            ConvKey::Group(g) => Conversation::Group(*g),
-        };
-        reads::newest(&self.home.db, &conv).await
+        reads::newest(&self.home.db, key).await
     }
 
     /// For `bench tui`: `n` messages with `friend` (every tenth one ours), in one transaction.
