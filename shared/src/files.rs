@@ -66,7 +66,8 @@ pub fn sanitize_name(name: &str) -> Result<String, NameError> {
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
     let cleaned: String = last
         .chars()
-        .filter(|&c| !crate::display::is_bidi(c) && !matches!(c, '\u{2028}' | '\u{2029}'))
+        // Invisible reorderings and separators go; other controls become `_` below.
+        .filter(|&c| c.is_control() || !crate::display::is_unsafe(c))
         .map(|c| if c.is_control() || matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*') { '_' } else { c })
         .collect();
     let trimmed = cleaned.trim_start_matches(['.', ' ']).trim_end_matches(['.', ' ']);

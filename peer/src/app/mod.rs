@@ -791,7 +791,16 @@ impl App {
                 self.notice = Some(format!("transfer {} {pct}%", id.get(..8).unwrap_or(&id)));
                 Vec::new()
             }
-            AgentEvent::Read { .. } => vec![Action::LoadSidebar],
+            // Read here or in another window: that conversation's count goes (no reload of everything: the
+            // app itself marks every message it shows, so this comes once per message in the open one).
+            AgentEvent::Read { conversation, .. } => {
+                if let Ok(key) = conversation.parse::<ConvKey>()
+                    && let Some(c) = self.conv_mut(&key)
+                {
+                    c.unread = 0;
+                }
+                Vec::new()
+            }
             AgentEvent::Broker { event, at } => self.broker_event(event, at),
         }
     }

@@ -399,3 +399,11 @@ fn file_offers_and_results_show_in_their_conversation() {
     assert_eq!(a.lines.back().unwrap().text, "pic.txt: received, saved as /tmp/pic.txt");
     assert!(a.offers.is_empty());
 }
+
+#[test]
+fn a_read_mark_from_anywhere_clears_that_count_without_reloading() {
+    let mut a = app();
+    let actions = a.handle(Input::Event(AgentEvent::Read { conversation: "u:bob".into(), up_to: 9, at: 1 }));
+    assert!(actions.is_empty());
+    assert_eq!(a.convs.iter().find(|c| c.key == ConvKey::Friend("bob".into())).unwrap().unread, 0);
+}
