@@ -47,6 +47,11 @@ pub(crate) struct Unread {
     pub(crate) last_at: i64,
 }
 
+/// The unread count of one conversation in a list from [`all`] (0 if it has none).
+pub(crate) fn count(list: &[Unread], conversation: &Conversation) -> i64 {
+    list.iter().find(|u| &u.conversation == conversation).map_or(0, |u| u.unread)
+}
+
 /// Records that `conversation` is read up to `up_to`; a mark never moves back.
 pub(crate) async fn mark(db: &Db, conversation: &Conversation, up_to: i64) -> Result<()> {
     sqlx::query(

@@ -37,7 +37,9 @@ pub(crate) async fn detach(home: &Home) -> Result<u32> {
     let deadline = Instant::now() + START_PATIENCE;
     loop {
         if control::connect(&home.dir).await.is_ok() {
-            // Reaped by nobody while it runs: it outlives us, and init adopts it when we exit.
+            // It outlives this process; should it end first (`peer down` while the app runs), this thread
+            // reaps it so that it does not linger as a zombie until the app quits.
+            std::thread::spawn(move || child.wait());
             return Ok(pid);
         }
         if let Some(status) = child.try_wait()? {

@@ -91,9 +91,7 @@ pub(super) fn print_friends(
     unread: &[reads::Unread],
     json: bool,
 ) {
-    let unread_of = |name: &str| {
-        unread.iter().find(|u| u.conversation == Conversation::Friend(name.to_string())).map_or(0, |u| u.unread)
-    };
+    let unread_of = |name: &str| reads::count(unread, &Conversation::Friend(name.to_string()));
     if json {
         print_json(
             &list

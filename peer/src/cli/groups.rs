@@ -14,8 +14,7 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
     let Some(cmd) = args.cmd else {
         let Response::Groups(list) = broker_call(home, Request::Groups).await? else { bail!("unexpected answer") };
         let unread = unread_counts(home).await?;
-        let unread_of =
-            |g: i64| unread.iter().find(|u| u.conversation == Conversation::Group(g)).map_or(0, |u| u.unread);
+        let unread_of = |g: i64| reads::count(&unread, &Conversation::Group(g));
         print_list(
             &list,
             args.json,
