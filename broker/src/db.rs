@@ -143,7 +143,17 @@ impl Db {
             Backend::Postgres => ("SELECT pg_advisory_lock(7878001)", "SELECT pg_advisory_unlock(7878001)"),
             Backend::MySql => ("SELECT GET_LOCK('p2pim_migrations', 300)", "SELECT RELEASE_LOCK('p2pim_migrations')"),
         };
-        sqlx::query(lock).execute(&mut *conn).await?;
+        if self.backend == Backend::MySql {
+            // GET_LOCK answers 0 on a timeout instead of failing: migrating then would race the holder.
+            let got: Option<i64> = sqlx::query(lock).fetch_one(&mut *conn).await?.try_get(0)?;
+            if got != Some(1) {
+                return Err(DbError::Io(std::io::Error::other(
+                    "another broker has held the migration lock for 300 s; is one stuck migrating?",
+                )));
+            }
+        } else {
+            sqlx::query(lock).execute(&mut *conn).await?;
+        }
         let result = self.migrate_locked(&mut conn).await;
         let unlocked = if result.is_err() && self.backend == Backend::Sqlite {
             sqlx::query("ROLLBACK").execute(&mut *conn).await
