@@ -430,6 +430,11 @@ impl Agent {
                     break;
                 }
             };
+            // Checked per frame, not once per connection: a friendship can end while its connection is open.
+            if matches!(frame, PeerFrame::Chat(_) | PeerFrame::ChatBatch(_)) && !self.direct.is_friend(&friend) {
+                let _ = write_frame(&mut send, &PeerAck::Refused(format!("{friend} is not a friend"))).await;
+                break;
+            }
             let ack = match frame {
                 PeerFrame::Chat(c) => self.receive(&friend, vec![c], true).await,
                 PeerFrame::ChatBatch(v) => self.receive(&friend, v, false).await,

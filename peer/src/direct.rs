@@ -147,6 +147,12 @@ impl Direct {
         true
     }
 
+    /// Whether `username` is a friend as far as this agent knows (before the first friend list arrives, the
+    /// broker's word is all there is).
+    pub(crate) fn is_friend(&self, username: &str) -> bool {
+        lock(&self.friends).known.as_ref().is_none_or(|k| k.contains(username))
+    }
+
     /// A friendship began (`FriendAccepted`).
     pub(crate) fn befriended(&self, username: &str) {
         let mut f = lock(&self.friends);
@@ -175,8 +181,8 @@ impl Direct {
             (gone, held)
         };
         for user in gone {
-            tracing::info!(user, "no longer a friend: key dropped");
             self.forget_keys(&user);
+            tracing::info!(user, "no longer a friend: key dropped");
         }
         for (user, fp) in held {
             self.allow(&user, fp);
