@@ -362,6 +362,7 @@ pub fn control_responses() -> Vec<ControlResponse> {
         ControlResponse::Sent { id: s("00"), status: MessageStatus::Queued, detail: Some(s("offline")) },
         ControlResponse::Transfers(vec![transfer()]),
         ControlResponse::Transfer(transfer()),
+        ControlResponse::failed(shared::control::ControlErrorCode::Offline, "not connected"),
     ]
 }
 
@@ -375,6 +376,7 @@ fn variant_of_control_response(r: &ControlResponse) -> &'static str {
         ControlResponse::Sent { .. } => "Sent",
         ControlResponse::Transfers(_) => "Transfers",
         ControlResponse::Transfer(_) => "Transfer",
+        ControlResponse::Failed(_) => "Failed",
     }
 }
 

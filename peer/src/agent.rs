@@ -2,14 +2,15 @@
 //! broker events to watchers, and serves the CLI over the control channel.
 
 use crate::control::{self, Duplex};
+use crate::core::session::{self, Effect, End, Reconnect};
 use crate::direct::Direct;
 use crate::home::{Account, Home};
 use crate::net;
+use crate::tasks::Tasks;
 use anyhow::{Result, anyhow};
 use certs::Identity;
 use certs::verify::ServerPin;
-use shared::backoff::Backoff;
-use shared::control::{AgentEvent, AgentStatus, ControlRequest, ControlResponse};
+use shared::control::{AgentEvent, AgentStatus, ControlErrorCode as Code, ControlRequest, ControlResponse};
 use shared::io::{read_frame, write_frame};
 use shared::proto::{DeviceEndpoint, ErrorCode, Event, Request, Response};
 use std::collections::HashMap;
@@ -19,16 +20,6 @@ use tokio::sync::{Notify, broadcast};
 
 /// Events buffered for a slow `peer watch` before it starts missing some.
 const WATCH_BUFFER: usize = 1024;
-
-/// How a broker session ended.
-enum SessionEnd {
-    /// It was up and then dropped: reconnect promptly.
-    Lost(String),
-    /// It never came up: reconnect with growing delays.
-    Failed(String),
-    /// Reconnecting cannot help (token refused or revoked).
-    Fatal(anyhow::Error),
-}
 
 /// The running agent.
 pub(crate) struct Agent {
@@ -42,15 +33,16 @@ pub(crate) struct Agent {
     /// Friends' devices from the last lookup, reused while their connections work; forgotten on any
     /// presence change, removal or failure, so a lookup (and the broker's vouching) happens again.
     pub(crate) devices: Mutex<HashMap<String, Vec<shared::proto::DeviceEndpoint>>>,
-    pub(crate) outboxes: Mutex<HashMap<String, crate::chat::FriendOutbox>>,
+    pub(crate) outboxes: Mutex<crate::core::outbox::Queues<crate::chat::Outgoing>>,
     broker_addr: SocketAddr,
     status: Mutex<AgentStatus>,
     conn: crate::direct::BrokerLink,
     events: broadcast::Sender<AgentEvent>,
-    /// Last known presence of each friend in this session: the broker may say "online" twice when two
-    /// friends log in at the same moment (snapshot and announcement cross), watchers hear it once.
-    presence: Mutex<HashMap<String, bool>>,
     stop: Notify,
+    /// Work that lives as long as the agent (answers to the CLI, transfers).
+    pub(crate) tasks: Tasks,
+    /// Work of the current broker session, aborted when it ends.
+    session_tasks: Tasks,
     /// Transfers whose bytes are moving now.
     pub(crate) files: crate::files::Live,
     pub(crate) policy: crate::files::FilePolicy,
@@ -147,15 +139,16 @@ pub(crate) async fn run(
         relays,
         relay_server,
         events,
-        presence: Mutex::default(),
         stop: Notify::new(),
+        tasks: Tasks::default(),
+        session_tasks: Tasks::default(),
         files: crate::files::Live::default(),
         policy,
     });
     tracing::info!(user = agent.account.username, broker = agent.account.broker, udp = ?agent.endpoint.local_addr().ok(), "agent starting");
-    let server = tokio::spawn(agent.clone().serve_control(listener));
-    let peers = tokio::spawn(agent.clone().accept_peers(opened_rx));
-    let reaper = tokio::spawn({
+    agent.tasks.spawn(agent.clone().serve_control(listener));
+    agent.tasks.spawn(agent.clone().accept_peers(opened_rx));
+    agent.tasks.spawn({
         let agent = agent.clone();
         async move {
             loop {
@@ -164,7 +157,7 @@ pub(crate) async fn run(
             }
         }
     });
-    let retry = tokio::spawn({
+    agent.tasks.spawn({
         let agent = agent.clone();
         async move {
             loop {
@@ -179,17 +172,18 @@ pub(crate) async fn run(
         () = shared::io::shutdown_signal() => Ok(()),
         () = agent.stop.notified() => Ok(()),
     };
-    server.abort();
-    peers.abort();
-    retry.abort();
+    // The control socket goes first: `peer down` takes its absence as "stopped", and an agent started
+    // right after binds a socket of its own, which a later removal here would delete.
+    control::Listener::cleanup(&agent.home.dir);
+    agent.session_tasks.shutdown(std::time::Duration::from_secs(1)).await;
+    agent.tasks.shutdown(std::time::Duration::from_secs(1)).await;
+    agent.direct.shutdown().await;
     checkpointer.abort();
-    reaper.abort();
     if let Some(conn) = lock(&agent.conn).take() {
         conn.close(quinn::VarInt::from_u32(0), b"agent stopping");
     }
     agent.endpoint.close(quinn::VarInt::from_u32(0), b"agent stopping");
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), agent.endpoint.wait_idle()).await;
-    control::Listener::cleanup(&agent.home.dir);
     tracing::info!("agent stopped");
     result
 }
@@ -200,66 +194,58 @@ impl Agent {
     }
 
     async fn broker_loop(self: &Arc<Self>) -> Result<()> {
-        let mut backoff = Backoff::default();
+        let mut reconnect = Reconnect::default();
         loop {
-            match self.session().await {
-                SessionEnd::Lost(reason) => {
-                    tracing::warn!(reason, "broker session lost; reconnecting");
-                    backoff.reset();
-                }
-                SessionEnd::Failed(reason) => {
-                    tracing::warn!(reason, "cannot reach the broker; will retry")
-                }
-                SessionEnd::Fatal(e) => return Err(e),
+            let end = self.session().await;
+            match &end {
+                End::Lost(reason) => tracing::warn!(reason, "broker session lost; reconnecting"),
+                End::Failed(reason) => tracing::warn!(reason, "cannot reach the broker; will retry"),
+                End::Fatal(_) => {}
             }
-            tokio::time::sleep(backoff.next_delay(jitter())).await;
+            match reconnect.after(&end, jitter()) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(anyhow!("{}", end.reason())),
+            }
         }
     }
 
     /// One broker session, from connect to loss.
-    async fn session(self: &Arc<Self>) -> SessionEnd {
+    async fn session(self: &Arc<Self>) -> End {
         let pin = ServerPin::Exact(self.account.broker_fingerprint);
         let conn = match net::connect_broker(&self.endpoint, &self.identity, self.broker_addr, pin).await {
             Ok(c) => c,
             Err(e) if e.downcast_ref::<net::BrokerIdentityChanged>().is_some() => {
-                return SessionEnd::Fatal(e);
+                return End::Fatal(format!("{e:#}"));
             }
-            Err(e) => return SessionEnd::Failed(e.to_string()),
+            Err(e) => return End::Failed(e.to_string()),
         };
         let local_addrs = lock(&self.status).local_addrs.clone();
         let hello = Request::Hello { token: self.account.token.clone(), local_addrs };
-        let welcome = match net::request(&conn, &hello).await {
-            Ok(Response::Welcome { session_id, user, observed_addr }) => (session_id, user, observed_addr),
-            Ok(Response::Error(e)) if e.code == ErrorCode::InvalidToken => {
-                return SessionEnd::Fatal(anyhow!("{}", e.message));
-            }
-            Ok(other) => {
-                return SessionEnd::Failed(format!("unexpected answer to hello: {other:?}"));
-            }
-            Err(e) => return SessionEnd::Failed(e.to_string()),
+        let welcome = match session::on_hello(net::request(&conn, &hello).await.map_err(|e| e.to_string())) {
+            Ok(w) => w,
+            Err(end) => return end,
         };
-        let (session_id, user, observed_addr) = welcome;
         let at = now_ms();
         {
             let mut s = lock(&self.status);
             s.online = true;
-            s.session_id = Some(session_id);
-            s.observed_addr = Some(observed_addr);
-            s.display_name = Some(user.display_name);
+            s.session_id = Some(welcome.session_id);
+            s.observed_addr = Some(welcome.observed_addr);
+            s.display_name = Some(welcome.user.display_name);
             s.since = Some(at);
         }
         *lock(&self.conn) = Some(conn.clone());
-        tracing::info!(session = session_id, %observed_addr, "online");
-        self.emit(AgentEvent::Connected { observed_addr, at });
-        tokio::spawn(self.clone().deliver_all());
-        tokio::spawn(self.clone().catch_up_all());
-        tokio::spawn(self.clone().refresh_friends());
-        tokio::spawn(self.clone().resume_files(None));
-        tokio::spawn(self.clone().accept_relays(conn.clone()));
+        tracing::info!(session = welcome.session_id, observed_addr = %welcome.observed_addr, "online");
+        self.emit(AgentEvent::Connected { observed_addr: welcome.observed_addr, at });
+        self.session_tasks.spawn(self.clone().deliver_all());
+        self.session_tasks.spawn(self.clone().catch_up_all());
+        self.session_tasks.spawn(self.clone().refresh_friends());
+        self.session_tasks.spawn(self.clone().resume_files(None));
+        self.session_tasks.spawn(self.clone().accept_relays(conn.clone()));
         let end = self.read_events(&conn).await;
+        self.session_tasks.abort_all();
         *lock(&self.conn) = None;
         self.direct.drop_relayed();
-        lock(&self.presence).clear();
         let at = now_ms();
         {
             let mut s = lock(&self.status);
@@ -267,11 +253,7 @@ impl Agent {
             s.session_id = None;
             s.since = Some(at);
         }
-        let reason = match &end {
-            SessionEnd::Lost(r) | SessionEnd::Failed(r) => r.clone(),
-            SessionEnd::Fatal(e) => e.to_string(),
-        };
-        self.emit(AgentEvent::Disconnected { reason, at });
+        self.emit(AgentEvent::Disconnected { reason: end.reason().to_string(), at });
         end
     }
 
@@ -296,9 +278,12 @@ impl Agent {
     /// Serves relay streams the broker opens to us: a friend whose packets cannot reach us directly. Each
     /// is read on its own task, so one slow to name its friend holds up no other.
     async fn accept_relays(self: Arc<Self>, conn: quinn::Connection) {
+        // Owned here: they go when the session's tasks are aborted, with this loop.
+        let mut naming = tokio::task::JoinSet::new();
         while let Ok((send, mut recv)) = conn.accept_bi().await {
+            while naming.try_join_next().is_some() {}
             let agent = self.clone();
-            tokio::spawn(async move {
+            naming.spawn(async move {
                 let hello = tokio::time::timeout(
                     std::time::Duration::from_secs(5),
                     read_frame::<shared::relay::RelayHello, _>(&mut recv),
@@ -316,91 +301,96 @@ impl Agent {
         }
     }
 
-    /// Relays broker events until the connection ends.
-    async fn read_events(self: &Arc<Self>, conn: &quinn::Connection) -> SessionEnd {
+    /// Reads broker events until the connection ends, doing what each asks ([`session::Session`]).
+    async fn read_events(self: &Arc<Self>, conn: &quinn::Connection) -> End {
         let mut stream = match conn.accept_uni().await {
             Ok(s) => s,
-            Err(e) => return SessionEnd::Lost(e.to_string()),
+            Err(e) => return End::Lost(e.to_string()),
         };
+        let mut session = session::Session::default();
         loop {
-            match read_frame::<Event, _>(&mut stream).await {
-                Ok(Some(Event::SessionRevoked)) => {
-                    return SessionEnd::Fatal(anyhow!(
-                        "this session was revoked (password changed on another device): run `peer login {}`",
-                        self.account.username
-                    ));
-                }
-                Ok(Some(event)) => {
-                    if let Event::Presence { username, online, .. } = &event {
-                        // Any device change: look the friend up afresh, and retry what is queued for them.
-                        lock(&self.devices).remove(username);
-                        if *online {
-                            let (agent, friend) = (self.clone(), username.clone());
-                            tokio::spawn(async move { agent.deliver_to(&friend).await });
-                            self.files.kick(username);
-                            tokio::spawn(self.clone().resume_files(Some(username.clone())));
-                        }
-                        if lock(&self.presence).insert(username.clone(), *online) == Some(*online) {
-                            continue;
-                        }
-                        tracing::info!(friend = username, online, "presence");
-                    }
-                    match &event {
-                        Event::FriendRemoved { username } => {
-                            lock(&self.presence).remove(username);
-                            lock(&self.devices).remove(username);
-                            self.direct.forget(username);
-                        }
-                        Event::FriendAccepted { friend } => self.direct.befriended(&friend.username),
-                        Event::FriendDevices { username, fingerprints } => {
-                            let keep: Vec<_> = fingerprints.iter().map(|f| certs::Fingerprint(*f)).collect();
-                            tracing::info!(
-                                friend = username,
-                                devices = keep.len(),
-                                "a friend's other devices were cut off"
-                            );
-                            lock(&self.devices).remove(username);
-                            self.direct.keep_only(username, &keep);
-                        }
-                        Event::PeerIncoming { username, device } => {
-                            if !self.direct.expect(username, certs::Fingerprint(device.fingerprint)) {
-                                continue;
-                            }
-                            // Simultaneous open: our packets towards them open our NAT for theirs.
-                            let (agent, username, device) = (self.clone(), username.clone(), device.clone());
-                            tokio::spawn(async move { agent.direct.punch(&username, &device).await });
-                            continue;
-                        }
-                        Event::GroupMessage(m) => {
-                            // Stored first, shown once, in order (gaps are fetched): handled here, inline.
-                            if let Err(e) = self.on_group_message(m.clone()).await {
-                                tracing::warn!(group = m.group_id, error = %e, "could not store a group message");
-                            }
-                            continue;
-                        }
-                        _ => {}
-                    }
-                    self.emit(AgentEvent::Broker { event, at: now_ms() });
-                }
+            let event = match read_frame::<Event, _>(&mut stream).await {
+                Ok(Some(event)) => event,
                 Ok(None) => {
-                    return SessionEnd::Lost(
+                    return End::Lost(
                         conn.close_reason().map(|r| r.to_string()).unwrap_or("event stream ended".into()),
                     );
                 }
                 Err(e) => {
-                    let reason = conn.close_reason().map(|r| r.to_string()).unwrap_or_else(|| e.to_string());
-                    return SessionEnd::Lost(reason);
+                    return End::Lost(conn.close_reason().map(|r| r.to_string()).unwrap_or_else(|| e.to_string()));
+                }
+            };
+            for effect in session.on_event(event) {
+                if let Some(end) = self.perform(effect).await {
+                    return end;
                 }
             }
         }
     }
 
+    /// Does what a broker event asks; `Some` ends the session.
+    async fn perform(self: &Arc<Self>, effect: Effect) -> Option<End> {
+        match effect {
+            Effect::Revoked => {
+                return Some(End::Fatal(format!(
+                    "this session was revoked (password changed on another device): run `peer login {}`",
+                    self.account.username
+                )));
+            }
+            Effect::ForgetDevices(friend) => {
+                lock(&self.devices).remove(&friend);
+            }
+            Effect::Retry(friend) => {
+                self.files.kick(&friend);
+                let agent = self.clone();
+                self.session_tasks.spawn_coalesced(format!("retry {friend}"), move || {
+                    let (agent, friend) = (agent.clone(), friend.clone());
+                    async move {
+                        agent.deliver_to(&friend).await;
+                        agent.resume_files(Some(friend)).await;
+                    }
+                });
+            }
+            Effect::Unfriend(friend) => self.direct.forget(&friend),
+            Effect::Befriend(friend) => self.direct.befriended(&friend),
+            Effect::KeepDevices(friend, keep) => {
+                tracing::info!(friend, devices = keep.len(), "a friend's other devices were cut off");
+                self.direct.keep_only(&friend, &keep);
+            }
+            Effect::Expect(friend, device) => {
+                if self.direct.expect(&friend, certs::Fingerprint(device.fingerprint)) {
+                    // Simultaneous open: our packets towards them open our NAT for theirs.
+                    let agent = self.clone();
+                    let key = format!("punch {friend} {}", certs::Fingerprint(device.fingerprint));
+                    self.session_tasks.spawn_once(key, async move { agent.direct.punch(&friend, &device).await });
+                }
+            }
+            Effect::Group(m) => {
+                // Stored first, shown once, in order (gaps are fetched): handled here, inline.
+                let group = m.group_id;
+                if let Err(e) = self.on_group_message(m).await {
+                    tracing::warn!(group, error = %e, "could not store a group message");
+                }
+            }
+            Effect::Emit(event) => {
+                if let Event::Presence { username, online, .. } = &event {
+                    tracing::info!(friend = username, online, "presence");
+                }
+                self.emit(AgentEvent::Broker { event, at: now_ms() });
+            }
+        }
+        None
+    }
+
     async fn serve_control(self: Arc<Self>, listener: control::Listener) {
+        // Each connection on its own task, owned by this loop: they end with it.
+        let mut conns = tokio::task::JoinSet::new();
         loop {
             match listener.accept().await {
                 Ok(stream) => {
+                    while conns.try_join_next().is_some() {}
                     let agent = self.clone();
-                    tokio::spawn(async move {
+                    conns.spawn(async move {
                         if let Err(e) = agent.control(stream).await {
                             tracing::debug!(error = %e, "control connection ended");
                         }
@@ -465,7 +455,7 @@ impl Agent {
                 Err(Reach::NotFriends(e.message))
             }
             ControlResponse::Broker(Response::Error(e)) => Err(Reach::Unreachable(e.message)),
-            ControlResponse::Error(e) => Err(Reach::Unreachable(e)),
+            ControlResponse::Failed(e) => Err(Reach::Unreachable(e.message)),
             other => Err(Reach::Unreachable(format!("unexpected answer: {other:?}"))),
         }
     }
@@ -473,26 +463,28 @@ impl Agent {
     pub(crate) async fn forward(&self, req: &Request) -> ControlResponse {
         let conn = lock(&self.conn).clone();
         let Some(conn) = conn else {
-            return ControlResponse::Error(
-                "the agent is not connected to the broker right now; it keeps retrying (see `peer status`)".into(),
+            return ControlResponse::failed(
+                Code::Offline,
+                "the agent is not connected to the broker right now; it keeps retrying (see `peer status`)",
             );
         };
         match net::request(&conn, req).await {
             Ok(resp) => ControlResponse::Broker(resp),
-            Err(e) if conn.close_reason().is_some() => ControlResponse::Error(format!(
-                "lost the broker connection ({e}); the agent is reconnecting, try again in a moment"
-            )),
-            Err(e) => ControlResponse::Error(e.to_string()),
+            Err(e) if conn.close_reason().is_some() => ControlResponse::failed(
+                Code::Offline,
+                format!("lost the broker connection ({e}); the agent is reconnecting, try again in a moment"),
+            ),
+            Err(e) => ControlResponse::failed(Code::Other, e.to_string()),
         }
     }
 
     async fn mark_read(&self, conversation: &str, up_to: i64) -> ControlResponse {
         let conv = match conversation.parse::<crate::reads::Conversation>() {
             Ok(c) => c,
-            Err(e) => return ControlResponse::Error(e.to_string()),
+            Err(e) => return ControlResponse::failed(Code::InvalidRequest, e.to_string()),
         };
         if let Err(e) = crate::reads::mark(&self.home.db, &conv, up_to).await {
-            return ControlResponse::Error(format!("could not record the read mark: {e}"));
+            return ControlResponse::failed(Code::Storage, format!("could not record the read mark: {e}"));
         }
         self.emit(AgentEvent::Read { conversation: conv.to_string(), up_to, at: now_ms() });
         ControlResponse::Ok
@@ -502,17 +494,18 @@ impl Agent {
         let revoked = match self.forward(&Request::Logout).await {
             ControlResponse::Broker(Response::Ok) => Ok(()),
             ControlResponse::Broker(Response::Error(e)) => Err(e.message),
-            ControlResponse::Error(e) => Err(e),
+            ControlResponse::Failed(e) => Err(e.message),
             other => Err(format!("unexpected answer: {other:?}")),
         };
         if let Err(e) = self.home.delete("token").await {
-            return ControlResponse::Error(format!("could not forget the token: {e}"));
+            return ControlResponse::failed(Code::Storage, format!("could not forget the token: {e}"));
         }
         match revoked {
             Ok(()) => ControlResponse::Ok,
-            Err(e) => ControlResponse::Error(format!(
-                "the token was forgotten here but the broker could not revoke it ({e}); it expires by itself"
-            )),
+            Err(e) => ControlResponse::failed(
+                Code::Offline,
+                format!("the token was forgotten here but the broker could not revoke it ({e}); it expires by itself"),
+            ),
         }
     }
 
@@ -525,8 +518,9 @@ impl Agent {
             let event = match rx.recv().await {
                 Ok(e) => e,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    write_frame(&mut stream, &ControlResponse::Error(format!("watch fell behind; {n} events skipped")))
-                        .await?;
+                    let lagged =
+                        ControlResponse::failed(Code::Lagged, format!("watch fell behind; {n} events skipped"));
+                    write_frame(&mut stream, &lagged).await?;
                     continue;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),

@@ -7,10 +7,11 @@
 //! of storing, per friend, and delivery stops at the first message that cannot be delivered.
 
 use crate::agent::{Agent, Reach, lock, now_ms, random_id};
+use crate::core::outbox::{self, Batch};
 use crate::direct::{Direct, peer_fingerprint};
 use crate::history;
 use anyhow::Result;
-use shared::control::{AgentEvent, ControlResponse, MessageStatus};
+use shared::control::{AgentEvent, ControlErrorCode as Code, ControlResponse, MessageStatus};
 use shared::io::{read_frame, write_frame};
 use shared::peer::{Chat, PeerAck, PeerFrame, batches, check_text, from_hex, id_hex};
 use shared::proto::DeviceEndpoint;
@@ -34,17 +35,6 @@ pub(crate) struct Outgoing {
     reply: oneshot::Sender<ControlResponse>,
 }
 
-/// Sends to one friend waiting for a delivery run.
-#[derive(Default)]
-pub(crate) struct FriendOutbox {
-    waiting: Vec<Outgoing>,
-    /// A worker is delivering to this friend.
-    running: bool,
-    /// Known to have nothing older waiting in the database (set after a run delivered everything), so the
-    /// next sends can go straight from memory; until then every run reads the backlog first.
-    clean: bool,
-}
-
 /// One try of an exchange with a friend's device.
 pub(crate) enum Attempt<T> {
     Done(T),
@@ -65,23 +55,18 @@ impl Agent {
     /// `peer send`: hands the message to the friend's outbox and waits for its outcome.
     pub(crate) async fn send_message(self: &Arc<Self>, to: &str, text: &str) -> ControlResponse {
         if let Err(e) = check_text(text) {
-            return ControlResponse::Error(e);
+            return ControlResponse::failed(Code::InvalidText, e);
         }
         if to == self.account.username {
-            return ControlResponse::Error("you cannot send messages to yourself".into());
+            return ControlResponse::failed(Code::InvalidRequest, "you cannot send messages to yourself");
         }
         let (reply, outcome) = oneshot::channel();
         let out = Outgoing { id: id_hex(&random_id()), text: text.to_string(), sent_at: now_ms(), reply };
-        let spawn = {
-            let mut outboxes = lock(&self.outboxes);
-            let ob = outboxes.entry(to.to_string()).or_default();
-            ob.waiting.push(out);
-            !std::mem::replace(&mut ob.running, true)
-        };
+        let spawn = lock(&self.outboxes).push(to, out);
         if spawn {
-            tokio::spawn(self.clone().friend_worker(to.to_string()));
+            self.tasks.spawn(self.clone().friend_worker(to.to_string()));
         }
-        outcome.await.unwrap_or_else(|_| ControlResponse::Error("the agent is stopping".into()))
+        outcome.await.unwrap_or_else(|_| ControlResponse::failed(Code::Stopping, "the agent is stopping"))
     }
 
     /// Delivers a friend's sends until none are waiting, answering each `peer send` with its outcome. At
@@ -89,15 +74,7 @@ impl Agent {
     /// one multi-row INSERT, one exchange and one UPDATE each.
     async fn friend_worker(self: Arc<Self>, friend: String) {
         loop {
-            let (batch, clean) = {
-                let mut outboxes = lock(&self.outboxes);
-                let ob = outboxes.entry(friend.clone()).or_default();
-                if ob.waiting.is_empty() {
-                    ob.running = false;
-                    return;
-                }
-                (std::mem::take(&mut ob.waiting), ob.clean)
-            };
+            let Some(Batch { items: batch, clean }) = lock(&self.outboxes).next_batch(&friend) else { return };
             let run = self.deliver_batch(&friend, &batch, clean).await;
             let all_done = matches!(&run, Ok(r) if r.delivered.len() == batch.len());
             for out in batch {
@@ -106,7 +83,7 @@ impl Agent {
             if let Ok(report) = &run {
                 self.record(&friend, report).await;
             }
-            lock(&self.outboxes).entry(friend.clone()).or_default().clean = all_done;
+            lock(&self.outboxes).finished(&friend, all_done);
         }
     }
 
@@ -171,11 +148,16 @@ impl Agent {
             Err(e) => match history::status(&self.home.db, id).await {
                 Ok(Some(s)) if s == "failed" => (MessageStatus::Failed, Some(e.to_string())),
                 Ok(Some(_)) => (MessageStatus::Queued, Some(e.to_string())),
-                Ok(None) => return ControlResponse::Error(format!("{e:#}; nothing was queued, send it again")),
+                Ok(None) => {
+                    return ControlResponse::failed(Code::Storage, format!("{e:#}; nothing was queued, send it again"));
+                }
                 Err(read) => {
-                    return ControlResponse::Error(format!(
-                        "{e:#}; and its state cannot be read ({read}): check `peer history` before sending again"
-                    ));
+                    return ControlResponse::failed(
+                        Code::Storage,
+                        format!(
+                            "{e:#}; and its state cannot be read ({read}): check `peer history` before sending again"
+                        ),
+                    );
                 }
             },
         };
@@ -232,22 +214,12 @@ impl Agent {
             .map(|m| Chat { id: from_hex(&m.id).unwrap_or_default(), sent_at: m.sent_at, text: m.text.clone() })
             .collect();
         let frames = batches(chats);
-        // Per message: stored by some device, or refused (with why) by one.
-        let mut stored = vec![false; pending.len()];
-        let mut refused: Vec<Option<String>> = vec![None; pending.len()];
+        let mut answers = Vec::new();
         let mut errors = Vec::new();
-        let mut reached = false;
         for device in &devices {
             match self.send_to_device(friend, device, &frames).await {
                 Ok((acks, err)) => {
-                    reached = true;
-                    for (i, ack) in acks.into_iter().enumerate() {
-                        match ack {
-                            PeerAck::Stored => stored[i] = true,
-                            PeerAck::Refused(why) => refused[i] = Some(why),
-                            PeerAck::Batch(_) | PeerAck::Offer(_) => {}
-                        }
-                    }
+                    answers.push(acks);
                     if let Some(e) = err {
                         errors.push(e.to_string());
                         lock(&self.devices).remove(friend);
@@ -256,29 +228,22 @@ impl Agent {
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        if !reached {
+        if answers.is_empty() {
             lock(&self.devices).remove(friend);
             return self.queue(pending, &errors.join("; ")).await;
         }
         if errors.is_empty() {
             lock(&self.devices).insert(friend.to_string(), devices);
         }
-        // Settle in order: delivered, failed for good, or (at the first gap) queued with all after it.
+        let settled = outbox::settle(pending.len(), &answers);
         let mut report = Report::default();
-        let mut gap = None;
-        for (i, m) in pending.iter().enumerate() {
-            if stored[i] {
-                report.delivered.insert(m.id.clone());
-            } else if let Some(why) = &refused[i] {
-                self.fail(friend, &m.id, why).await?;
-                report.failed.insert(m.id.clone(), why.clone());
-            } else {
-                gap = Some(i);
-                break;
-            }
+        for (i, why) in &settled.failed {
+            self.fail(friend, &pending[*i].id, why).await?;
+            report.failed.insert(pending[*i].id.clone(), why.clone());
         }
-        report.to_record = pending.iter().filter(|m| report.delivered.contains(&m.id)).map(|m| m.id.clone()).collect();
-        match gap {
+        report.to_record = settled.delivered.iter().map(|i| pending[*i].id.clone()).collect();
+        report.delivered = report.to_record.iter().cloned().collect();
+        match settled.queued_from {
             Some(i) => {
                 self.record(friend, &report).await;
                 self.queue(&pending[i..], &errors.join("; ")).await
@@ -371,12 +336,15 @@ impl Agent {
         self: Arc<Self>,
         mut opened: mpsc::UnboundedReceiver<(quinn::Connection, String)>,
     ) {
+        // Handshakes and the connections' stream servers, owned by this loop: they end with it.
+        let mut conns = tokio::task::JoinSet::new();
         loop {
+            while conns.try_join_next().is_some() {}
             tokio::select! {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { return };
                     let agent = self.clone();
-                    tokio::spawn(async move {
+                    conns.spawn(async move {
                         let connecting = if crate::relay::is_relay_addr(&incoming.remote_address()) {
                             incoming.accept_with(agent.relay_server.clone())
                         } else {
@@ -389,7 +357,7 @@ impl Agent {
                     });
                 }
                 Some((conn, friend)) = opened.recv() => {
-                    tokio::spawn(self.clone().serve_streams(conn, friend));
+                    conns.spawn(self.clone().serve_streams(conn, friend));
                 }
             }
         }
@@ -414,9 +382,13 @@ impl Agent {
     /// frames in order; each is committed and then acknowledged on the same stream, in the same order. A
     /// stream that opens with a file fetch carries that file's bytes back instead.
     async fn serve_streams(self: Arc<Self>, conn: quinn::Connection, friend: String) {
+        let mut streams = tokio::task::JoinSet::new();
         while let Ok((send, recv)) = conn.accept_bi().await {
-            tokio::spawn(self.clone().serve_stream(friend.clone(), send, recv));
+            while streams.try_join_next().is_some() {}
+            streams.spawn(self.clone().serve_stream(friend.clone(), send, recv));
         }
+        // Let the streams already read finish their commits (their connection is gone, not their data).
+        while streams.join_next().await.is_some() {}
     }
 
     async fn serve_stream(self: Arc<Self>, friend: String, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {

@@ -7,8 +7,10 @@
 //! transfer then resumes on a fresh connection) and NAT mappings stay open; a link that carried no stream
 //! data for [`UNUSED`] is closed by [`Direct::reap`].
 
+use crate::core::links::{self, Path};
 use crate::net::Allowed;
 use crate::relay::{Relays, is_relay_addr};
+use crate::tasks::Tasks;
 use anyhow::{Result, anyhow};
 use certs::verify::ServerPin;
 use certs::{Fingerprint, Identity};
@@ -84,6 +86,8 @@ pub(crate) struct Direct {
     /// Who our friends are, as the agent last heard: pushes from the broker that vouch for someone's key
     /// are checked against it, so a push that raced an unfriending cannot let a former friend back in.
     friends: Mutex<FriendSet>,
+    /// Duplicate connections waiting to be closed.
+    tasks: Tasks,
 }
 
 /// The agent's view of its friend list: filled from the broker at every session start, kept current by
@@ -125,7 +129,14 @@ impl Direct {
             broker: p.broker,
             relay_only: p.relay_only,
             friends: Mutex::default(),
+            tasks: Tasks::default(),
         }
+    }
+
+    /// Stops the delayed closes (the endpoint is closing anyway).
+    pub(crate) async fn shutdown(&self) {
+        self.tasks.shutdown(Duration::from_secs(1)).await;
+        self.relays.shutdown().await;
     }
 
     pub(crate) fn relay_only(&self) -> bool {
@@ -317,15 +328,10 @@ impl Direct {
             let mut conns = lock(&self.conns);
             let kept = match conns.get(&fp) {
                 Some(old) if old.close_reason().is_none() && old.stable_id() != conn.stable_id() => {
-                    let (old_relayed, new_relayed) =
-                        (is_relay_addr(&old.remote_address()), is_relay_addr(&conn.remote_address()));
-                    let new_wins = if old_relayed != new_relayed {
-                        old_relayed
-                    } else {
-                        (self.identity.fingerprint() < fp) == opened_by_us
-                    };
+                    let new_wins =
+                        links::keep_new(&self.identity.fingerprint(), &fp, path(old), path(&conn), opened_by_us);
                     let (winner, loser) = if new_wins { (conn.clone(), old.clone()) } else { (old.clone(), conn) };
-                    tokio::spawn(async move {
+                    self.tasks.spawn(async move {
                         tokio::time::sleep(Duration::from_secs(10)).await;
                         loser.close(quinn::VarInt::from_u32(0), b"duplicate connection");
                     });
@@ -402,10 +408,13 @@ impl Direct {
         let mut candidates: Vec<SocketAddr> = vec![device.observed];
         candidates.extend(device.local.iter().copied().filter(|a| *a != device.observed));
         let (tx, mut rx) = tokio::sync::mpsc::channel(candidates.len().max(1));
+        // Owned by this call: attempts still under way when it returns are dropped (and their handshakes
+        // abandoned), as nothing would take their connections.
+        let mut attempts = tokio::task::JoinSet::new();
         for addr in candidates {
             let connecting = self.endpoint.connect_with(cfg.clone(), addr, "p2pim-peer");
             let tx = tx.clone();
-            tokio::spawn(async move {
+            attempts.spawn(async move {
                 let res = match connecting {
                     Ok(c) => match tokio::time::timeout(CONNECT_TIMEOUT, c).await {
                         Ok(r) => r.map_err(|e| anyhow!("{addr}: {e}")),
@@ -526,6 +535,10 @@ impl Direct {
         };
         (acks, err)
     }
+}
+
+fn path(c: &quinn::Connection) -> Path {
+    if is_relay_addr(&c.remote_address()) { Path::Relayed } else { Path::Direct }
 }
 
 /// The fingerprint a connection's peer presented.

@@ -2,6 +2,7 @@
 //! fills any gap (after being offline, or a dropped event) from the last sequence number it has.
 
 use crate::agent::{Agent, now_ms};
+use crate::core::grouplog::{self, Step};
 use crate::history;
 use anyhow::{Result, anyhow};
 use shared::control::{AgentEvent, ControlResponse};
@@ -12,13 +13,11 @@ impl Agent {
     /// A live group message: stored and shown if it is the next one; otherwise the gap is fetched first.
     pub(crate) async fn on_group_message(&self, m: GroupMessage) -> Result<()> {
         let last = history::last_group_seq(&self.home.db, m.group_id).await?;
-        if m.seq <= last {
-            return Ok(());
+        match grouplog::on_live(last, m.seq) {
+            Step::Ignore => Ok(()),
+            Step::Store => self.store_group(&[m]).await,
+            Step::CatchUp { .. } => self.catch_up(m.group_id).await,
         }
-        if m.seq > last + 1 {
-            return self.catch_up(m.group_id).await;
-        }
-        self.store_group(&[m]).await
     }
 
     /// Fetches and stores everything after the last message this agent has, for every group it is in.
@@ -40,7 +39,7 @@ impl Agent {
             let batch = match self.forward(&Request::GroupSync { group_id, after_seq, limit: 500 }).await {
                 ControlResponse::Broker(Response::GroupMessages(b)) => b,
                 ControlResponse::Broker(Response::Error(e)) => return Err(anyhow!("{}", e.message)),
-                ControlResponse::Error(e) => return Err(anyhow!("{e}")),
+                ControlResponse::Failed(e) => return Err(anyhow!("{e}")),
                 other => return Err(anyhow!("unexpected answer: {other:?}")),
             };
             if batch.is_empty() {

@@ -12,6 +12,7 @@ pub mod app;
 mod chat;
 mod cli;
 mod control;
+mod core;
 mod db;
 mod direct;
 mod files;
@@ -24,6 +25,7 @@ mod password;
 mod reads;
 mod relay;
 mod spawn;
+mod tasks;
 mod transfers;
 
 use clap::Parser;
@@ -52,6 +54,9 @@ pub fn main() {
         }
     };
     if let Err(e) = rt.block_on(cli::run(args)) {
+        if cli::Cli::wants_json() {
+            output::json_line_to(&mut std::io::stdout(), &cli::error_json(&e).to_string());
+        }
         output::raw_line_to(&mut std::io::stderr(), &format!("peer: {}", output::error_text(&format!("{e:#}"))));
         std::process::exit(1);
     }

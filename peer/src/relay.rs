@@ -44,6 +44,8 @@ pub(crate) struct Relays {
     inbound: Mutex<(VecDeque<(SocketAddr, Bytes)>, usize)>,
     waker: Mutex<Option<Waker>>,
     next: AtomicU32,
+    /// One task per link, moving its packets.
+    tasks: crate::tasks::Tasks,
 }
 
 impl fmt::Debug for Relays {
@@ -53,6 +55,11 @@ impl fmt::Debug for Relays {
 }
 
 impl Relays {
+    /// Ends every link (the agent is stopping).
+    pub(crate) async fn shutdown(&self) {
+        self.tasks.shutdown(std::time::Duration::from_secs(1)).await;
+    }
+
     /// Runs one relay stream: packets the endpoint sends to the returned stand-in address go out on `send`,
     /// packets arriving on `recv` come from it. The link goes when the stream ends.
     pub(crate) fn attach(
@@ -67,7 +74,7 @@ impl Relays {
         let (tx, mut rx) = mpsc::channel::<Bytes>(OUTBOUND_QUEUE);
         lock(&self.out).insert(addr, (device, tx));
         let relays = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let writer = async {
                 let mut buf = Vec::new();
                 while let Some(p) = rx.recv().await {

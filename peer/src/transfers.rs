@@ -2,9 +2,10 @@
 //! outlives either agent and resumes where it stopped. The receiver's byte count here is only what `peer
 //! files` shows between runs; on resume the partial file on disk is what counts.
 
+use crate::core::transfer;
 use crate::db::Db;
-use anyhow::{Result, bail};
-use shared::control::{Transfer, TransferState};
+use anyhow::Result;
+use shared::control::{ControlError, ControlErrorCode, Transfer, TransferState};
 use shared::proto::Millis;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
@@ -74,19 +75,26 @@ pub(crate) async fn get(db: &Db, id: &str) -> Result<Option<Record>> {
     Ok(row.map(|r| from_row(&r)).transpose()?)
 }
 
+/// The rows a move may touch: [`transfer::OPEN_STATES`], as SQL (a test checks they agree).
+const STILL_OPEN: &str = "state IN ('waiting', 'offered', 'transferring')";
+
+fn invalid(message: String) -> anyhow::Error {
+    ControlError { code: ControlErrorCode::InvalidRequest, message }.into()
+}
+
 /// The transfer an id or unique id prefix names.
 pub(crate) async fn resolve(db: &Db, prefix: &str) -> Result<Record> {
     let prefix = prefix.trim().to_ascii_lowercase();
     if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!("not a transfer id: {prefix:?} (ids are hex; see `peer files`)");
+        return Err(invalid(format!("not a transfer id: {prefix:?} (ids are hex; see `peer files`)")));
     }
     let sql = format!("SELECT {COLUMNS} FROM transfers WHERE id LIKE ? LIMIT 2");
     let rows =
         sqlx::query(sqlx::AssertSqlSafe(sql)).bind(format!("{prefix}%")).fetch_all(&mut *db.lock().await).await?;
     match rows.as_slice() {
         [one] => Ok(from_row(one)?),
-        [] => bail!("no transfer {prefix} (see `peer files`)"),
-        _ => bail!("{prefix} matches several transfers; give more of the id"),
+        [] => Err(invalid(format!("no transfer {prefix} (see `peer files`)"))),
+        _ => Err(invalid(format!("{prefix} matches several transfers; give more of the id"))),
     }
 }
 
@@ -124,16 +132,27 @@ pub(crate) async fn find_outgoing(db: &Db, peer: &str, source: &str, hash: &str,
     Ok(row.map(|r| from_row(&r)).transpose()?)
 }
 
-/// Moves a transfer to `state`, with why (or clearing the reason when `None`).
-pub(crate) async fn set_state(db: &Db, id: &str, state: TransferState, error: Option<&str>, now: Millis) -> Result<()> {
-    sqlx::query("UPDATE transfers SET state = ?, error = ?, updated_at = ? WHERE id = ?")
-        .bind(state.as_str())
-        .bind(error)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *db.lock().await)
-        .await?;
-    Ok(())
+/// Moves a transfer to `state`, with why (or clearing the reason when `None`), unless it has ended
+/// ([`transfer::OPEN_STATES`], checked in the same statement). `false` if it had.
+pub(crate) async fn set_state(
+    db: &Db,
+    id: &str,
+    state: TransferState,
+    error: Option<&str>,
+    now: Millis,
+) -> Result<bool> {
+    let done =
+        sqlx::query("UPDATE transfers SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state IN (?, ?, ?)")
+            .bind(state.as_str())
+            .bind(error)
+            .bind(now)
+            .bind(id)
+            .bind(transfer::OPEN_STATES[0].as_str())
+            .bind(transfer::OPEN_STATES[1].as_str())
+            .bind(transfer::OPEN_STATES[2].as_str())
+            .execute(&mut *db.lock().await)
+            .await?;
+    Ok(done.rows_affected() > 0)
 }
 
 pub(crate) async fn set_bytes(db: &Db, id: &str, bytes: u64, now: Millis) -> Result<()> {
@@ -173,16 +192,28 @@ pub(crate) async fn started(db: &Db, id: &str, offset: u64, now: Millis) -> Resu
 }
 
 /// Finished and verified; the receiver records where the file went.
-pub(crate) async fn done(db: &Db, id: &str, size: u64, saved_as: Option<&str>, now: Millis) -> Result<()> {
-    sqlx::query(
+pub(crate) async fn done(db: &Db, id: &str, size: u64, saved_as: Option<&str>, now: Millis) -> Result<bool> {
+    let sql = format!(
         "UPDATE transfers SET state = 'done', bytes = ?, saved_as = COALESCE(?, saved_as), error = NULL, \
-         updated_at = ? WHERE id = ?",
-    )
-    .bind(size as i64)
-    .bind(saved_as)
-    .bind(now)
-    .bind(id)
-    .execute(&mut *db.lock().await)
-    .await?;
-    Ok(())
+         updated_at = ? WHERE id = ? AND {STILL_OPEN}"
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(size as i64)
+        .bind(saved_as)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *db.lock().await)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn still_open_names_the_open_states() {
+        let names: Vec<String> = transfer::OPEN_STATES.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        assert_eq!(STILL_OPEN, format!("state IN ({})", names.join(", ")));
+    }
 }

@@ -191,3 +191,29 @@ fn unread_counts_agree_everywhere_and_survive_restarts() {
     wait_until("the new message is unread", || alice.json(&["unread", "--json"])[0]["unread"] == 1);
     assert_eq!(alice.json(&["unread", "--json"]).as_array().unwrap().len(), 1, "only what came after the mark");
 }
+
+/// With `--json`, a failed command prints one JSON object on stdout with a code a script can branch on:
+/// the agent's own (`offline` here) or the broker's refusal with the broker's code.
+#[test]
+fn json_errors_carry_a_code() {
+    let mut broker = Broker::start(&Backend::Sqlite);
+    let (alice, _bob) = testkit::alice_and_bob(&broker);
+    let _a = alice.up();
+    let error = |args: &[&str]| -> serde_json::Value {
+        let out = alice.run(args);
+        assert!(!out.status.success(), "`peer {}` should have failed", args.join(" "));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))["error"].clone()
+    };
+
+    let refused = error(&["groups", "members", "999", "--json"]);
+    assert_eq!(refused["code"], "broker", "{refused}");
+    assert_eq!(refused["broker_code"], "NotMember", "{refused}");
+
+    broker.kill();
+    alice.wait_status(|s| s["online"] == false, "the agent noticed the broker is gone");
+    let offline = error(&["friends", "--json"]);
+    assert_eq!(offline["code"], "offline", "{offline}");
+    // People still read a sentence on stderr.
+    assert!(alice.fails(&["friends"]).contains("not connected to the broker"));
+}

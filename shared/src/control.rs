@@ -50,7 +50,8 @@ pub enum ControlResponse {
     Broker(proto::Response),
     /// One event of a watch.
     Event(AgentEvent),
-    /// The agent could not do it (for example: not connected to the broker right now).
+    /// The agent could not do it, in words only: what agents before typed errors answered. Read as
+    /// [`ControlErrorCode::Other`]; today's agents answer [`ControlResponse::Failed`].
     Error(String),
     /// The outcome of [`ControlRequest::Send`].
     Sent {
@@ -62,6 +63,63 @@ pub enum ControlResponse {
     Transfers(Vec<Transfer>),
     /// One transfer after the request changed it.
     Transfer(Transfer),
+    /// The agent could not do it: a code to branch on and a message for people.
+    Failed(ControlError),
+}
+
+impl ControlResponse {
+    pub fn failed(code: ControlErrorCode, message: impl Into<String>) -> Self {
+        Self::Failed(ControlError { code, message: message.into() })
+    }
+}
+
+/// Why the agent could not do what it was asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode, thiserror::Error)]
+#[error("{message}")]
+pub struct ControlError {
+    pub code: ControlErrorCode,
+    pub message: String,
+}
+
+/// What kind of failure a [`ControlError`] is: stable names for scripts (`--json` prints them in
+/// snake case). New codes are appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlErrorCode {
+    /// The agent has no broker session right now; it keeps reconnecting, try again shortly.
+    Offline,
+    /// The request names nothing that exists or is malformed (an unknown or ambiguous transfer id, a bad
+    /// conversation name, sending to yourself).
+    InvalidRequest,
+    /// The text is not acceptable (empty, too long).
+    InvalidText,
+    /// The local database could not record it (a full disk, say): nothing was done.
+    Storage,
+    /// Not possible in the current state (a transfer already finished or not yet offered, a directory
+    /// that is not there, too little space).
+    NotNow,
+    /// A watch fell behind and events were skipped: read the state afresh.
+    Lagged,
+    /// The agent is stopping.
+    Stopping,
+    /// Anything else; the message says what.
+    Other,
+}
+
+impl ControlErrorCode {
+    /// The name scripts see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offline => "offline",
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidText => "invalid_text",
+            Self::Storage => "storage",
+            Self::NotNow => "not_now",
+            Self::Lagged => "lagged",
+            Self::Stopping => "stopping",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// Where a file transfer is.

@@ -208,9 +208,18 @@ async fn follow(home: Home, tx: mpsc::UnboundedSender<Input>) {
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     };
+    // Events skipped (the app fell behind): read everything again, as when the agent comes back.
+    let mut last_status = None;
     while let Ok(next) = follow.next().await {
         let input = match next {
-            crate::cli::Followed::Subscribed(st) => Input::Agent(st),
+            crate::cli::Followed::Subscribed(st) => {
+                last_status = Some(st.clone());
+                Input::Agent(st)
+            }
+            crate::cli::Followed::Skipped(_) => match &last_status {
+                Some(st) => Input::Agent(st.clone()),
+                None => continue,
+            },
             crate::cli::Followed::Event(e) => Input::Event(e),
             crate::cli::Followed::Lost => Input::AgentLost,
         };

@@ -158,6 +158,11 @@ pub(super) async fn watch(home: &Home, json: bool) -> Result<()> {
             Followed::Subscribed(s) if follow.lost_before => say!("back: watching events for {} again", s.username),
             Followed::Subscribed(s) => say!("watching events for {}; Ctrl-C to stop", s.username),
             Followed::Lost if json => output::json_line_to(&mut out, r#"{"type":"agent_stopped"}"#),
+            Followed::Skipped(e) if json => output::json_line_to(
+                &mut out,
+                &serde_json::json!({ "type": "error", "code": e.code.as_str(), "message": e.message }).to_string(),
+            ),
+            Followed::Skipped(e) => say!("({e}; `peer status` and `peer history` show where things stand)"),
             Followed::Lost => say!("the agent stopped; waiting for it to come back (Ctrl-C to stop)"),
         }
     }
@@ -168,6 +173,8 @@ pub(crate) enum Followed {
     /// (Re)subscribed: nothing from here on is missed.
     Subscribed(shared::control::AgentStatus),
     Event(AgentEvent),
+    /// Events were skipped (this watcher fell behind): what was shown may be stale, read it afresh.
+    Skipped(shared::control::ControlError),
     /// The agent went away; [`Follow::next`] waits for it to come back.
     Lost,
 }
@@ -210,6 +217,7 @@ impl Follow {
             match read_frame::<ControlResponse, _>(stream).await {
                 Ok(Some(ControlResponse::Status(s))) => return Ok(Followed::Subscribed(s)),
                 Ok(Some(ControlResponse::Event(e))) => return Ok(Followed::Event(e)),
+                Ok(Some(ControlResponse::Failed(e))) => return Ok(Followed::Skipped(e)),
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
                     self.stream = None;

@@ -27,7 +27,7 @@ use certs::Fingerprint;
 use certs::verify::ServerPin;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
-use shared::control::{AgentEvent, ControlRequest, ControlResponse, MessageStatus};
+use shared::control::{AgentEvent, ControlError, ControlErrorCode, ControlRequest, ControlResponse, MessageStatus};
 use shared::io::{read_frame, write_frame};
 use shared::proto::{Event, FriendInfo, MAX_SEARCH_RESULTS, Request, Response};
 use shared::validate;
@@ -52,6 +52,11 @@ pub(crate) struct Cli {
 
 impl Cli {
     /// Whether this run draws the full-screen app (and so must not log to the terminal).
+    /// Whether the output was asked for as JSON (errors then go to stdout as JSON too).
+    pub(crate) fn wants_json() -> bool {
+        std::env::args_os().skip(1).any(|a| a == "--json")
+    }
+
     pub(crate) fn is_app(&self) -> bool {
         matches!(self.cmd, None | Some(Cmd::Chat { .. })) && interactive()
     }
@@ -486,12 +491,15 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// One request to the agent; the agent's refusal (`ControlResponse::Error`) becomes this command's error.
+/// One request to the agent; the agent's refusal becomes this command's error, a [`ControlError`] (whose
+/// code `--json` prints).
 pub(crate) async fn control_call(home: &Home, req: ControlRequest) -> Result<ControlResponse> {
     let mut stream = connect_agent(home).await?;
     write_frame(&mut stream, &req).await?;
     match read_frame::<ControlResponse, _>(&mut stream).await? {
-        Some(ControlResponse::Error(e)) => bail!("{e}"),
+        Some(ControlResponse::Failed(e)) => Err(e.into()),
+        // An agent from before typed errors.
+        Some(ControlResponse::Error(message)) => Err(ControlError { code: ControlErrorCode::Other, message }.into()),
         Some(resp) => Ok(resp),
         None => bail!("the agent closed the connection without answering"),
     }
@@ -513,10 +521,29 @@ async fn connect_agent(home: &Home) -> Result<Box<dyn control::Duplex>> {
     control::connect(&home.dir).await
 }
 
+/// The broker refused a request: its code is kept for `--json`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.message)]
+pub(crate) struct BrokerRefused(pub(crate) shared::proto::ErrorBody);
+
+/// A failed command as `--json` prints it (on stdout, so that a script reads one JSON document whatever
+/// happened): `{"error": {"code": ..., "message": ...}}`, with the broker's own code when the broker
+/// refused.
+pub(crate) fn error_json(e: &anyhow::Error) -> Value {
+    let message = format!("{e:#}");
+    if let Some(c) = e.chain().find_map(|c| c.downcast_ref::<ControlError>()) {
+        return serde_json::json!({ "error": { "code": c.code.as_str(), "message": message } });
+    }
+    if let Some(BrokerRefused(b)) = e.chain().find_map(|c| c.downcast_ref::<BrokerRefused>()) {
+        return serde_json::json!({ "error": { "code": "broker", "broker_code": b.code, "message": message } });
+    }
+    serde_json::json!({ "error": { "code": "other", "message": message } })
+}
+
 /// Sends a request to the broker through the agent; a broker error becomes this command's error.
 pub(crate) async fn broker_call(home: &Home, req: Request) -> Result<Response> {
     match control_call(home, ControlRequest::Broker(req)).await? {
-        ControlResponse::Broker(Response::Error(e)) => bail!("{}", e.message),
+        ControlResponse::Broker(Response::Error(e)) => Err(BrokerRefused(e).into()),
         ControlResponse::Broker(r) => Ok(r),
         other => bail!("unexpected answer from the agent: {other:?}"),
     }

@@ -11,10 +11,11 @@
 
 use crate::agent::{Agent, lock, now_ms, random_id};
 use crate::chat::Attempt;
+use crate::core::transfer as rules;
 use crate::transfers::{self, Record};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use shared::control::{AgentEvent, ControlResponse, Transfer, TransferState};
+use shared::control::{AgentEvent, ControlError, ControlErrorCode as Code, ControlResponse, Transfer, TransferState};
 use shared::files::{FileOffer, OfferAnswer, TransferId, check_space, format_size, numbered_name, sanitize_name};
 use shared::io::{read_frame, write_frame};
 use shared::peer::{PeerAck, PeerFrame, from_hex, id_hex, to_hex};
@@ -86,15 +87,22 @@ impl Agent {
         });
     }
 
-    /// Sets a transfer's state and tells watchers.
+    /// Sets a transfer's state and tells watchers. A transfer that ended meanwhile (a cancel racing its
+    /// last bytes, say) keeps its end: the error says where it stands.
     async fn settle(&self, id: &str, state: TransferState, error: Option<&str>) -> Result<Transfer> {
-        transfers::set_state(&self.home.db, id, state, error, now_ms()).await?;
+        if !transfers::set_state(&self.home.db, id, state, error, now_ms()).await? {
+            let t = self.announce(id).await?;
+            return Err(not_now(format!("{} is already {}", t.name, t.state.as_str())));
+        }
         self.announce(id).await
     }
 
     /// Records a verified transfer (the receiver: where it was saved) and tells watchers.
     async fn record_done(&self, id: &str, size: u64, saved_as: Option<&str>) -> Result<Transfer> {
-        transfers::done(&self.home.db, id, size, saved_as, now_ms()).await?;
+        if !transfers::done(&self.home.db, id, size, saved_as, now_ms()).await? {
+            let t = self.announce(id).await?;
+            return Err(not_now(format!("{} is already {}", t.name, t.state.as_str())));
+        }
         self.announce(id).await
     }
 
@@ -122,7 +130,7 @@ impl Agent {
                     })
                     .collect(),
             ),
-            Err(e) => ControlResponse::Error(format!("could not read transfers: {e}")),
+            Err(e) => ControlResponse::failed(Code::Storage, format!("could not read transfers: {e}")),
         }
     }
 
@@ -193,14 +201,8 @@ impl Agent {
             hash: from_hex(&t.hash).unwrap_or_default(),
         };
         let (state, error) = match self.exchange(&t.peer, &PeerFrame::FileOffer(offer)).await {
-            Ok((_, _, PeerAck::Offer(answer))) => match answer {
-                // The receiver drives from here: it fetches once accepted.
-                OfferAnswer::Offered => (TransferState::Offered, None),
-                OfferAnswer::Receiving { .. } => (TransferState::Transferring, None),
-                OfferAnswer::Done => return self.record_done(&t.id, t.size, None).await,
-                OfferAnswer::Declined => (TransferState::Declined, Some(format!("{} declined the file", t.peer))),
-                OfferAnswer::Cancelled => (TransferState::Cancelled, Some(format!("{} cancelled it", t.peer))),
-            },
+            Ok((_, _, PeerAck::Offer(OfferAnswer::Done))) => return self.record_done(&t.id, t.size, None).await,
+            Ok((_, _, PeerAck::Offer(answer))) => rules::after_answer(&answer, &t.peer),
             Ok((_, _, PeerAck::Refused(why))) => (TransferState::Failed, Some(format!("{} refused it: {why}", t.peer))),
             Ok((_, _, other)) => (TransferState::Waiting, Some(format!("unexpected answer: {other:?}"))),
             Err(Stop::Final(state, why)) => (state, Some(why)),
@@ -262,16 +264,11 @@ impl Agent {
         let id = id_hex(&offer.id);
         match transfers::get(&self.home.db, &id).await {
             Ok(Some(rec)) if rec.t.peer == friend && !rec.t.outgoing => {
-                return PeerAck::Offer(match rec.t.state {
-                    TransferState::Done => OfferAnswer::Done,
-                    TransferState::Declined => OfferAnswer::Declined,
-                    TransferState::Cancelled | TransferState::Failed => OfferAnswer::Cancelled,
-                    TransferState::Waiting | TransferState::Offered => OfferAnswer::Offered,
-                    TransferState::Transferring => {
-                        tokio::spawn(self.clone().fetch(id.clone()));
-                        OfferAnswer::Receiving { have: rec.t.bytes }
-                    }
-                });
+                let answer = rules::answer_repeated_offer(rec.t.state, rec.t.bytes);
+                if let OfferAnswer::Receiving { .. } = answer {
+                    self.tasks.spawn(self.clone().fetch(id.clone()));
+                }
+                return PeerAck::Offer(answer);
             }
             Ok(Some(_)) => return PeerAck::Refused("that transfer id is taken".into()),
             Ok(None) => {}
@@ -315,8 +312,9 @@ impl Agent {
         self.emit(AgentEvent::FileOffered { transfer: rec.t.clone(), at: now });
         if let Some(dir) = self.policy.auto_accept.clone() {
             let agent = self.clone();
-            tokio::spawn(async move {
-                if let ControlResponse::Error(e) = agent.accept_file(&id, &dir.to_string_lossy()).await {
+            self.tasks.spawn(async move {
+                if let ControlResponse::Failed(e) = agent.accept_file(&id, &dir.to_string_lossy()).await {
+                    let e = e.message;
                     tracing::warn!(id, error = e, "could not auto-accept a file");
                     let _ = agent.cancel_file(&id, &format!("the receiver could not accept it: {e}")).await;
                 }
@@ -329,27 +327,26 @@ impl Agent {
     pub(crate) async fn accept_file(self: &Arc<Self>, id: &str, dir: &str) -> ControlResponse {
         let result = async {
             let rec = transfers::resolve(&self.home.db, id).await?;
-            if rec.t.outgoing {
-                bail!("{} is a file you are sending; only {} can accept it", rec.t.name, rec.t.peer);
-            }
-            match rec.t.state {
-                TransferState::Offered => {}
-                TransferState::Transferring => bail!("{} is already accepted", rec.t.name),
-                s => bail!("{} is {}; it cannot be accepted any more", rec.t.name, s.as_str()),
-            }
+            rules::check_accept(&rec.t).map_err(not_now)?;
             let dir = Path::new(dir);
             if !dir.is_dir() {
-                bail!("{} is not a directory; create it or pass another with --to", dir.display());
+                return Err(not_now(format!(
+                    "{} is not a directory; create it or pass another with --to",
+                    dir.display()
+                )));
             }
             let have = std::fs::metadata(partial_path(dir, &rec.t.id)).map(|m| m.len()).unwrap_or(0);
             let free =
                 fs4::available_space(dir).with_context(|| format!("cannot check free space in {}", dir.display()))?;
             check_space(rec.t.size, have, free).map_err(|e| {
-                anyhow!("not enough space in {}: {e}; free some space or accept with --to DIR elsewhere", dir.display())
+                not_now(format!(
+                    "not enough space in {}: {e}; free some space or accept with --to DIR elsewhere",
+                    dir.display()
+                ))
             })?;
             transfers::accept(&self.home.db, &rec.t.id, &dir.to_string_lossy(), now_ms()).await?;
             let t = self.announce(&rec.t.id).await?;
-            tokio::spawn(self.clone().fetch(rec.t.id.clone()));
+            self.tasks.spawn(self.clone().fetch(rec.t.id.clone()));
             Ok(t)
         };
         answer(result.await)
@@ -359,11 +356,7 @@ impl Agent {
     pub(crate) async fn decline_file(self: &Arc<Self>, id: &str) -> ControlResponse {
         let result = async {
             let rec = transfers::resolve(&self.home.db, id).await?;
-            if rec.t.outgoing || rec.t.state != TransferState::Offered {
-                bail!(
-                    "only a file offered to you and not yet accepted can be declined; `peer files cancel` stops others"
-                );
-            }
+            rules::check_decline(&rec.t).map_err(not_now)?;
             let t = self.settle(&rec.t.id, TransferState::Declined, Some("you declined it")).await?;
             self.notify_cancel(&t, true, "declined");
             Ok(t)
@@ -375,9 +368,7 @@ impl Agent {
     pub(crate) async fn cancel_file(self: &Arc<Self>, id: &str, reason: &str) -> ControlResponse {
         let result = async {
             let rec = transfers::resolve(&self.home.db, id).await?;
-            if rec.t.state.is_final() {
-                bail!("{} is already {}", rec.t.name, rec.t.state.as_str());
-            }
+            rules::check_cancel(&rec.t).map_err(not_now)?;
             self.files.cancel(&rec.t.id);
             discard_partial(&rec);
             let t = self.settle(&rec.t.id, TransferState::Cancelled, Some(reason)).await?;
@@ -391,7 +382,7 @@ impl Agent {
     fn notify_cancel(self: &Arc<Self>, t: &Transfer, declined: bool, reason: &str) {
         let frame = PeerFrame::FileCancel { id: parse_id(&t.id), declined, reason: reason.to_string() };
         let (agent, peer) = (self.clone(), t.peer.clone());
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(Stop::Later(e) | Stop::Final(_, e)) = agent.exchange(&peer, &frame).await.map(|_| ()) {
                 tracing::info!(peer, error = e, "could not tell the friend about a cancelled transfer");
             }
@@ -424,7 +415,7 @@ impl Agent {
         let mine = |r: &Record| friend.as_deref().is_none_or(|f| f == r.t.peer) && !self.files.is_active(&r.t.id);
         if let Ok(rows) = transfers::unfinished(&self.home.db, false).await {
             for rec in rows.into_iter().filter(|r| mine(r) && r.t.state == TransferState::Transferring) {
-                tokio::spawn(self.clone().fetch(rec.t.id));
+                self.tasks.spawn(self.clone().fetch(rec.t.id));
             }
         }
         if let Ok(rows) = transfers::unfinished(&self.home.db, true).await {
@@ -437,12 +428,20 @@ impl Agent {
     }
 }
 
-/// A command's outcome as the CLI gets it.
+/// A command's outcome as the CLI gets it: a [`ControlError`] raised on the way keeps its code.
 fn answer(result: Result<Transfer>) -> ControlResponse {
     match result {
         Ok(t) => ControlResponse::Transfer(t),
-        Err(e) => ControlResponse::Error(format!("{e:#}")),
+        Err(e) => match e.downcast::<ControlError>() {
+            Ok(e) => ControlResponse::Failed(e),
+            Err(e) => ControlResponse::failed(Code::Other, format!("{e:#}")),
+        },
     }
+}
+
+/// A refusal because of where the transfer (or the disk) stands.
+fn not_now(message: impl Into<String>) -> anyhow::Error {
+    ControlError { code: Code::NotNow, message: message.into() }.into()
 }
 
 /// A transfer id back from its hex form (ids in the database are always well-formed).

@@ -1,0 +1,189 @@
+//! Owned background work. Every task the agent starts belongs to a [`Tasks`]: the agent's own (lives as
+//! long as the agent), one per broker session (aborted when the session ends, so nothing of a dead session
+//! keeps running against the next), and local sets inside a server loop (dropped with it). Nothing is
+//! spawned bare: shutdown aborts what is left and waits for it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A set of running tasks with one owner.
+#[derive(Default)]
+pub(crate) struct Tasks {
+    set: Mutex<JoinSet<()>>,
+    /// Keys of the [`Tasks::spawn_once`] and [`Tasks::spawn_coalesced`] tasks running now; `true` when
+    /// the work was asked for again while it ran.
+    running: Arc<Mutex<HashMap<String, bool>>>,
+}
+
+/// Frees a [`Tasks::spawn_once`] key when its task ends, however it ends (finished or aborted).
+struct KeyGuard {
+    running: Arc<Mutex<HashMap<String, bool>>>,
+    key: String,
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        lock(&self.running).remove(&self.key);
+    }
+}
+
+impl Tasks {
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut set = lock(&self.set);
+        // Finished tasks leave their results in the set until joined: clear them as we go.
+        while set.try_join_next().is_some() {}
+        set.spawn(task);
+    }
+
+    /// Starts `task` unless one with the same key is still running (then it is not started: the running
+    /// one does the same work).
+    pub(crate) fn spawn_once(&self, key: String, task: impl Future<Output = ()> + Send + 'static) -> bool {
+        if lock(&self.running).contains_key(&key) {
+            return false;
+        }
+        lock(&self.running).insert(key.clone(), false);
+        let guard = KeyGuard { running: self.running.clone(), key };
+        self.spawn(async move {
+            let _guard = guard;
+            task.await;
+        });
+        true
+    }
+
+    /// Runs `work()` now, or, if it is running under this key already, once more after it ends (however
+    /// often it was asked for meanwhile). So a friend whose presence flaps costs one retry at a time and
+    /// one more at most, not a pile, and no request made during a run is lost.
+    pub(crate) fn spawn_coalesced<F, Fut>(&self, key: String, work: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        {
+            let mut running = lock(&self.running);
+            if let Some(again) = running.get_mut(&key) {
+                *again = true;
+                return;
+            }
+            running.insert(key.clone(), false);
+        }
+        let guard = KeyGuard { running: self.running.clone(), key };
+        self.spawn(async move {
+            loop {
+                work().await;
+                let mut running = lock(&guard.running);
+                match running.get_mut(&guard.key) {
+                    Some(again) if *again => *again = false,
+                    _ => break,
+                }
+            }
+            drop(guard);
+        });
+    }
+
+    /// Aborts every task (they stop at their next await).
+    pub(crate) fn abort_all(&self) {
+        lock(&self.set).abort_all();
+    }
+
+    /// Aborts every task and waits up to `within` for them to be gone.
+    pub(crate) async fn shutdown(&self, within: Duration) {
+        let mut set = std::mem::take(&mut *lock(&self.set));
+        set.abort_all();
+        let _ = tokio::time::timeout(within, async { while set.join_next().await.is_some() {} }).await;
+    }
+
+    /// How many tasks have not been joined yet (finished ones included until the next spawn clears them).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.set).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn spawn_once_runs_one_per_key_and_frees_the_key_when_done_or_aborted() {
+        let tasks = Tasks::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        assert!(tasks.spawn_once("bob".into(), async move {
+            let _ = rx.await;
+        }));
+        assert!(!tasks.spawn_once("bob".into(), async {}), "one per key while it runs");
+        assert!(tasks.spawn_once("carol".into(), async {}), "keys are independent");
+        tx.send(()).unwrap();
+        // The key is free once the task has ended.
+        for _ in 0..100 {
+            if !lock(&tasks.running).contains_key("bob") {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(tasks.spawn_once("bob".into(), std::future::pending()));
+        tasks.abort_all();
+        for _ in 0..100 {
+            if !lock(&tasks.running).contains_key("bob") {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(!lock(&tasks.running).contains_key("bob"), "an aborted task frees its key");
+    }
+
+    #[tokio::test]
+    async fn coalesced_work_runs_again_once_if_asked_during_a_run() {
+        let tasks = Tasks::default();
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let work = {
+            let (runs, gate) = (runs.clone(), gate.clone());
+            move || {
+                let (runs, gate) = (runs.clone(), gate.clone());
+                async move {
+                    runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = gate.acquire().await.map(|p| p.forget());
+                }
+            }
+        };
+        tasks.spawn_coalesced("bob".into(), work.clone());
+        // Asked three more times while the first run waits: one more run, not three.
+        for _ in 0..3 {
+            tasks.spawn_coalesced("bob".into(), work.clone());
+        }
+        gate.add_permits(10);
+        for _ in 0..1000 {
+            if !lock(&tasks.running).contains_key("bob") {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(!lock(&tasks.running).contains_key("bob"));
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_everything() {
+        let tasks = Tasks::default();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        for _ in 0..3 {
+            let tx = tx.clone();
+            tasks.spawn(async move {
+                std::future::pending::<()>().await;
+                drop(tx);
+            });
+        }
+        drop(tx);
+        assert_eq!(tasks.len(), 3);
+        tasks.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(tasks.len(), 0);
+        assert!(rx.recv().await.is_none(), "every task was dropped, and with it its sender");
+    }
+}
