@@ -4,14 +4,15 @@
 //! cannot starve the event loop or exhaust memory. Tokens are 32 random bytes; only their SHA-256 is stored,
 //! so a leaked database holds no usable token.
 
-use crate::db::{Db, DbError, now_ms};
+use crate::error::RequestError;
 use crate::lockout::LoginGuard;
 use crate::ratelimit::Quota;
+use crate::store::accounts::NewUser;
+use crate::store::{Db, now_ms};
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
 use shared::proto::{ErrorCode, Millis, UserInfo};
 use shared::validate;
-use sqlx::Row;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,23 +28,6 @@ pub struct HashCost {
 impl Default for HashCost {
     fn default() -> Self {
         Self { memory_kib: 19 * 1024, iterations: 2 }
-    }
-}
-
-/// Why an account operation failed: either the user's fault (typed, sent back) or the broker's (logged).
-#[derive(Debug, thiserror::Error)]
-pub enum AccountError {
-    #[error("{0}")]
-    User(#[from] ErrorCode),
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error("password hashing: {0}")]
-    Hash(String),
-}
-
-impl From<sqlx::Error> for AccountError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Db(e.into())
     }
 }
 
@@ -81,12 +65,12 @@ impl Accounts {
         token_ttl: Duration,
         registrations_per_hour: u32,
         strangers_per_minute: u32,
-    ) -> Result<Arc<Self>, AccountError> {
+    ) -> Result<Arc<Self>, RequestError> {
         let params =
-            Params::new(cost.memory_kib, cost.iterations, 1, None).map_err(|e| AccountError::Hash(e.to_string()))?;
+            Params::new(cost.memory_kib, cost.iterations, 1, None).map_err(|e| RequestError::Hash(e.to_string()))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let decoy_hash =
-            argon.hash_password(&random_bytes::<16>()).map_err(|e| AccountError::Hash(e.to_string()))?.to_string();
+            argon.hash_password(&random_bytes::<16>()).map_err(|e| RequestError::Hash(e.to_string()))?.to_string();
         let permits = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) * 2;
         Ok(Arc::new(Self {
             db,
@@ -106,7 +90,7 @@ impl Accounts {
         display_name: &str,
         password: &str,
         from: IpAddr,
-    ) -> Result<Issued, AccountError> {
+    ) -> Result<Issued, RequestError> {
         validate::username(username)?;
         validate::display_name(display_name)?;
         validate::password(password)?;
@@ -114,21 +98,16 @@ impl Accounts {
             .take(&from, Instant::now())
             .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
         let hash = self.hash(password).await?;
-        let res = sqlx::query(self.db.sql(
-            "INSERT INTO users (username, display_name, search_key, password_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-        ))
-        .bind(username)
-        .bind(display_name)
-        .bind(search_key(username, display_name))
-        .bind(hash)
-        .bind(now_ms())
-        .execute(&self.db.pool)
-        .await
-        .map_err(DbError::from);
-        match res {
-            Err(e) if e.is_duplicate() => return Err(ErrorCode::UsernameTaken.into()),
-            other => other?,
+        let user = NewUser {
+            username,
+            display_name,
+            search_key: &search_key(username, display_name),
+            password_hash: &hash,
+            created_at: now_ms(),
         };
+        if !self.db.insert_user(&user).await? {
+            return Err(ErrorCode::UsernameTaken.into());
+        }
         tracing::info!(user = username, "registered");
         self.issue(username).await
     }
@@ -142,7 +121,7 @@ impl Accounts {
         password: &str,
         from: IpAddr,
         device: [u8; 32],
-    ) -> Result<Issued, AccountError> {
+    ) -> Result<Issued, RequestError> {
         // Checked before anything is keyed on it: no such account can exist, and a stranger's 60 KB
         // "username" must not become a limiter key.
         if validate::username(username).is_err() || password.len() > validate::MAX_PASSWORD_BYTES {
@@ -151,7 +130,7 @@ impl Accounts {
         let attempt = lock(&self.guard)
             .begin(username, device, from, Instant::now())
             .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
-        let stored = self.password_hash(username).await?;
+        let stored = self.db.password_hash(username).await?;
         let ok = match &stored {
             Some(hash) => self.verify(password, hash).await?,
             None => {
@@ -168,38 +147,26 @@ impl Accounts {
     }
 
     /// Who a token belongs to, if it is known and unexpired.
-    pub async fn check_token(&self, token: &str) -> Result<TokenOwner, AccountError> {
+    pub async fn check_token(&self, token: &str) -> Result<TokenOwner, RequestError> {
         let token_hash = sha256_hex(token.as_bytes());
-        let row = sqlx::query(self.db.sql(
-            "SELECT u.username, u.display_name, t.expires_at FROM tokens t JOIN users u ON u.username = t.username \
-             WHERE t.token_hash = ?",
-        ))
-        .bind(&token_hash)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        let Some(row) = row else {
+        let Some(row) = self.db.token(&token_hash).await? else {
             return Err(ErrorCode::InvalidToken.into());
         };
-        let expires_at: i64 = row.try_get(2)?;
-        if expires_at <= now_ms() {
+        if row.expires_at <= now_ms() {
             self.revoke(&token_hash).await?;
             return Err(ErrorCode::InvalidToken.into());
         }
-        Ok(TokenOwner { user: UserInfo { username: row.try_get(0)?, display_name: row.try_get(1)? }, token_hash })
+        Ok(TokenOwner { user: row.user(), token_hash })
     }
 
     /// Revokes a token given in full (a logout without a session).
-    pub async fn revoke_token(&self, token: &str) -> Result<(), AccountError> {
+    pub async fn revoke_token(&self, token: &str) -> Result<(), RequestError> {
         self.revoke(&sha256_hex(token.as_bytes())).await
     }
 
     /// Revokes one token (logout).
-    pub async fn revoke(&self, token_hash: &str) -> Result<(), AccountError> {
-        sqlx::query(self.db.sql("DELETE FROM tokens WHERE token_hash = ?"))
-            .bind(token_hash)
-            .execute(&self.db.pool)
-            .await?;
-        Ok(())
+    pub async fn revoke(&self, token_hash: &str) -> Result<(), RequestError> {
+        Ok(self.db.delete_token(token_hash).await?)
     }
 
     /// Changes a password after checking the old one, and revokes every token of the user but `keep`.
@@ -211,12 +178,12 @@ impl Accounts {
         keep: &str,
         from: IpAddr,
         device: [u8; 32],
-    ) -> Result<(), AccountError> {
+    ) -> Result<(), RequestError> {
         validate::password(new)?;
         let attempt = lock(&self.guard)
             .begin(username, device, from, Instant::now())
             .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
-        let Some(hash) = self.password_hash(username).await? else {
+        let Some(hash) = self.db.password_hash(username).await? else {
             return Err(ErrorCode::UnknownUser.into());
         };
         if !self.verify(old, &hash).await? {
@@ -224,75 +191,42 @@ impl Accounts {
         }
         lock(&self.guard).succeeded(&attempt, Instant::now());
         let new_hash = self.hash(new).await?;
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query(self.db.sql("UPDATE users SET password_hash = ? WHERE username = ?"))
-            .bind(new_hash)
-            .bind(username)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(self.db.sql("DELETE FROM tokens WHERE username = ? AND token_hash <> ?"))
-            .bind(username)
-            .bind(keep)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        self.db.set_password(username, &new_hash, keep).await?;
         tracing::info!(user = username, "password changed; other sessions revoked");
         Ok(())
     }
 
     /// Changes a display name.
-    pub async fn set_display_name(&self, username: &str, display_name: &str) -> Result<(), AccountError> {
+    pub async fn set_display_name(&self, username: &str, display_name: &str) -> Result<(), RequestError> {
         validate::display_name(display_name)?;
-        sqlx::query(self.db.sql("UPDATE users SET display_name = ?, search_key = ? WHERE username = ?"))
-            .bind(display_name)
-            .bind(search_key(username, display_name))
-            .bind(username)
-            .execute(&self.db.pool)
-            .await?;
-        Ok(())
+        Ok(self.db.set_display_name(username, display_name, &search_key(username, display_name)).await?)
     }
 
-    async fn password_hash(&self, username: &str) -> Result<Option<String>, AccountError> {
-        let row = sqlx::query(self.db.sql("SELECT password_hash FROM users WHERE username = ?"))
-            .bind(username)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
-    }
-
-    async fn issue(&self, username: &str) -> Result<Issued, AccountError> {
+    async fn issue(&self, username: &str) -> Result<Issued, RequestError> {
         let token = hex(&random_bytes::<32>());
         let now = now_ms();
         let expires_at = now + self.token_ttl.as_millis() as i64;
-        sqlx::query(
-            self.db.sql("INSERT INTO tokens (token_hash, username, created_at, expires_at) VALUES (?, ?, ?, ?)"),
-        )
-        .bind(sha256_hex(token.as_bytes()))
-        .bind(username)
-        .bind(now)
-        .bind(expires_at)
-        .execute(&self.db.pool)
-        .await?;
+        self.db.insert_token(&sha256_hex(token.as_bytes()), username, now, expires_at).await?;
         Ok(Issued { token, expires_at })
     }
 
-    async fn hash(&self, password: &str) -> Result<String, AccountError> {
+    async fn hash(&self, password: &str) -> Result<String, RequestError> {
         let _permit = self.hashing.acquire().await.map_err(|_| ErrorCode::Busy)?;
         let argon = self.argon.clone();
         let pw = password.to_string();
         tokio::task::spawn_blocking(move || argon.hash_password(pw.as_bytes()).map(|h| h.to_string()))
             .await
-            .map_err(|e| AccountError::Hash(e.to_string()))?
-            .map_err(|e| AccountError::Hash(e.to_string()))
+            .map_err(|e| RequestError::Hash(e.to_string()))?
+            .map_err(|e| RequestError::Hash(e.to_string()))
     }
 
-    async fn verify(&self, password: &str, hash: &str) -> Result<bool, AccountError> {
+    async fn verify(&self, password: &str, hash: &str) -> Result<bool, RequestError> {
         let _permit = self.hashing.acquire().await.map_err(|_| ErrorCode::Busy)?;
         let argon = self.argon.clone();
         let (pw, hash) = (password.to_string(), hash.to_string());
         tokio::task::spawn_blocking(move || argon.verify_password(pw.as_bytes(), hash.as_str()).is_ok())
             .await
-            .map_err(|e| AccountError::Hash(e.to_string()))
+            .map_err(|e| RequestError::Hash(e.to_string()))
     }
 }
 

@@ -1,9 +1,9 @@
 //! One peer connection: its session state, its request streams, its event stream, and its row in the
 //! connection table from `Hello` until the connection ends.
 
-use crate::accounts::AccountError;
-use crate::db::now_ms;
+use crate::error::RequestError;
 use crate::server::Ctx;
+use crate::store::now_ms;
 use certs::Fingerprint;
 use shared::io::{IoError, read_frame, write_frame};
 use shared::proto::{ErrorCode, Event, Request, Response};
@@ -124,13 +124,13 @@ impl Conn {
                 Ok(self.ctx.relay.open(&me, self.fingerprint, &conn).await?)
             };
             let theirs = self.ctx.friends.while_friends(&me, &friend, open).await?;
-            Ok::<_, AccountError>((me, theirs))
+            Ok::<_, RequestError>((me, theirs))
         };
         let (me, theirs) = match checked.await {
             Ok(ok) => ok,
             Err(e) => {
                 let resp = match e {
-                    AccountError::User(code) => Response::from(code),
+                    RequestError::User(code) => Response::from(code),
                     other => {
                         tracing::error!(error = %other, "relay check failed");
                         ErrorCode::Internal.into()
@@ -151,7 +151,7 @@ impl Conn {
     async fn handle(&self, req: Request) -> Response {
         match self.dispatch(req).await {
             Ok(r) => r,
-            Err(AccountError::User(code)) => code.into(),
+            Err(RequestError::User(code)) => code.into(),
             Err(e) => {
                 tracing::error!(error = %e, "request failed");
                 ErrorCode::Internal.into()
@@ -159,7 +159,7 @@ impl Conn {
         }
     }
 
-    async fn dispatch(&self, req: Request) -> Result<Response, AccountError> {
+    async fn dispatch(&self, req: Request) -> Result<Response, RequestError> {
         let (me, session_id) = {
             let state = self.state.lock().await;
             state.admits(&req)?;
@@ -300,7 +300,7 @@ impl Conn {
     }
 
     /// Opens the session: checks the token, opens the event stream, adds the table row, tells friends.
-    async fn hello(&self, token: &str, mut local_addrs: Vec<std::net::SocketAddr>) -> Result<Response, AccountError> {
+    async fn hello(&self, token: &str, mut local_addrs: Vec<std::net::SocketAddr>) -> Result<Response, RequestError> {
         let mut state = self.state.lock().await;
         if *state != SessionState::Anonymous {
             return Err(ErrorCode::AlreadyInSession.into());

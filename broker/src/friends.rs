@@ -2,16 +2,15 @@
 //! friendship unlocks. Every operation acts for the session's own user; nothing about another user's graph is
 //! taken from the client.
 
-use crate::accounts::AccountError;
-use crate::db::{Db, now_ms};
+use crate::error::RequestError;
+use crate::store::friends::Direction;
+use crate::store::{Db, now_ms};
 use crate::table::Table;
 use shared::proto::{DeviceEndpoint, ErrorCode, Event, FriendInfo, FriendRequestInfo, MAX_SEARCH_RESULTS, UserInfo};
 use shared::validate;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 use std::sync::Arc;
 
-type Result<T> = std::result::Result<T, AccountError>;
+type Result<T> = std::result::Result<T, RequestError>;
 
 /// Friend operations over the database, announcing changes through the connection table.
 pub struct Friends {
@@ -39,19 +38,6 @@ impl PairLocks {
     }
 }
 
-fn user_info(row: &AnyRow) -> std::result::Result<UserInfo, sqlx::Error> {
-    Ok(UserInfo { username: row.try_get(0)?, display_name: row.try_get(1)? })
-}
-
-/// A user's public face (username and display name), if the user exists.
-pub async fn find_user(db: &Db, username: &str) -> std::result::Result<Option<UserInfo>, sqlx::Error> {
-    let row = sqlx::query(db.sql("SELECT username, display_name FROM users WHERE username = ?"))
-        .bind(username)
-        .fetch_optional(&db.pool)
-        .await?;
-    row.as_ref().map(user_info).transpose()
-}
-
 impl Friends {
     pub fn new(db: Db, table: Arc<Table>) -> Self {
         Self { db, table, pairs: PairLocks::new() }
@@ -66,17 +52,7 @@ impl Friends {
         validate::text("search text", q, validate::MAX_NAME_CHARS)?;
         let pattern = validate::like_contains(&q.to_lowercase());
         let limit = limit.clamp(1, MAX_SEARCH_RESULTS);
-        let rows = sqlx::query(self.db.sql(
-            "SELECT username, display_name FROM users WHERE search_key LIKE ? ESCAPE '!' AND username <> ? \
-             ORDER BY username LIMIT ? OFFSET ?",
-        ))
-        .bind(pattern)
-        .bind(me)
-        .bind(i64::from(limit))
-        .bind(i64::from(offset))
-        .fetch_all(&self.db.pool)
-        .await?;
-        Ok(rows.iter().map(user_info).collect::<std::result::Result<_, _>>()?)
+        Ok(self.db.search_users(&pattern, me, i64::from(limit), i64::from(offset)).await?)
     }
 
     /// Asks `to` to become `me`'s friend; if `to` already asked `me`, they become friends at once.
@@ -90,10 +66,10 @@ impl Friends {
             return Err(ErrorCode::UnknownUser.into());
         };
         let _pair = self.pairs.lock(me, to).await;
-        if self.blocks(me, to).await? {
+        if self.db.blocks(me, to).await? {
             return Err(ErrorCode::YouBlocked(to.to_string()).into());
         }
-        if self.blocks(to, me).await? {
+        if self.db.blocks(to, me).await? {
             // Dropped without a word, as a blocked user expects nothing else: no request is stored and
             // nobody is told (the answer is the same as for a request that reached them).
             return Ok(false);
@@ -101,28 +77,17 @@ impl Friends {
         if self.are_friends(me, to).await? {
             return Err(ErrorCode::AlreadyFriends.into());
         }
-        if self.pending(to, me).await? {
+        if self.db.request_pending(to, me).await? {
             self.befriend(me, to).await?;
             return Ok(true);
         }
-        if self.pending(me, to).await? {
+        if self.db.request_pending(me, to).await? {
             return Err(ErrorCode::RequestPending.into());
         }
         let created_at = now_ms();
-        let res = sqlx::query(
-            self.db.sql("INSERT INTO friend_requests (from_user, to_user, message, created_at) VALUES (?, ?, ?, ?)"),
-        )
-        .bind(me)
-        .bind(&target.username)
-        .bind(message)
-        .bind(created_at)
-        .execute(&self.db.pool)
-        .await
-        .map_err(crate::db::DbError::from);
-        match res {
-            Err(e) if e.is_duplicate() => return Err(ErrorCode::RequestPending.into()),
-            other => other?,
-        };
+        if !self.db.insert_request(me, &target.username, message, created_at).await? {
+            return Err(ErrorCode::RequestPending.into());
+        }
         let from = self.user(me).await?.ok_or(ErrorCode::UnknownUser)?;
         self.table.push(to, &Event::FriendRequest { from, message: message.to_string(), created_at });
         Ok(false)
@@ -130,27 +95,15 @@ impl Friends {
 
     /// Pending requests to and from `me`.
     pub async fn requests(&self, me: &str) -> Result<(Vec<FriendRequestInfo>, Vec<FriendRequestInfo>)> {
-        let incoming = self
-            .request_rows(
-                "SELECT u.username, u.display_name, r.message, r.created_at FROM friend_requests r \
-                 JOIN users u ON u.username = r.from_user WHERE r.to_user = ? ORDER BY r.created_at",
-                me,
-            )
-            .await?;
-        let outgoing = self
-            .request_rows(
-                "SELECT u.username, u.display_name, r.message, r.created_at FROM friend_requests r \
-                 JOIN users u ON u.username = r.to_user WHERE r.from_user = ? ORDER BY r.created_at",
-                me,
-            )
-            .await?;
+        let incoming = self.db.requests(me, Direction::Incoming).await?;
+        let outgoing = self.db.requests(me, Direction::Outgoing).await?;
         Ok((incoming, outgoing))
     }
 
     /// Accepts the pending request from `from`.
     pub async fn accept(&self, me: &str, from: &str) -> Result<()> {
         let _pair = self.pairs.lock(me, from).await;
-        if !self.pending(from, me).await? {
+        if !self.db.request_pending(from, me).await? {
             return Err(ErrorCode::NoSuchRequest.into());
         }
         self.befriend(me, from).await
@@ -159,12 +112,7 @@ impl Friends {
     /// Declines the pending request from `from`. The requester is not told (as in most messengers): their
     /// request simply stops being pending.
     pub async fn decline(&self, me: &str, from: &str) -> Result<()> {
-        let res = sqlx::query(self.db.sql("DELETE FROM friend_requests WHERE from_user = ? AND to_user = ?"))
-            .bind(from)
-            .bind(me)
-            .execute(&self.db.pool)
-            .await?;
-        if res.rows_affected() == 0 {
+        if !self.db.delete_request(from, me).await? {
             return Err(ErrorCode::NoSuchRequest.into());
         }
         Ok(())
@@ -173,39 +121,10 @@ impl Friends {
     /// Ends the friendship on both sides at once.
     pub async fn remove(&self, me: &str, other: &str) -> Result<()> {
         let _pair = self.pairs.lock(me, other).await;
-        let mut conn = self.db.pool.acquire().await?;
-        if !self.unfriend_rows(&mut conn, me, other).await? {
+        if !self.db.unfriend(me, other).await? {
             return Err(ErrorCode::NotFriends.into());
         }
         self.tell_ended(me, other);
-        Ok(())
-    }
-
-    /// Deletes the friendship rows of `a` and `b` (both directions); whether there were any.
-    async fn unfriend_rows(&self, conn: &mut sqlx::AnyConnection, a: &str, b: &str) -> Result<bool> {
-        let res = sqlx::query(
-            self.db.sql("DELETE FROM friends WHERE (owner = ? AND friend = ?) OR (owner = ? AND friend = ?)"),
-        )
-        .bind(a)
-        .bind(b)
-        .bind(b)
-        .bind(a)
-        .execute(&mut *conn)
-        .await?;
-        Ok(res.rows_affected() > 0)
-    }
-
-    /// Deletes the friend requests between `a` and `b`, both directions.
-    async fn drop_requests(&self, conn: &mut sqlx::AnyConnection, a: &str, b: &str) -> Result<()> {
-        sqlx::query(self.db.sql(
-            "DELETE FROM friend_requests WHERE (from_user = ? AND to_user = ?) OR (from_user = ? AND to_user = ?)",
-        ))
-        .bind(a)
-        .bind(b)
-        .bind(b)
-        .bind(a)
-        .execute(&mut *conn)
-        .await?;
         Ok(())
     }
 
@@ -226,22 +145,7 @@ impl Friends {
             return Err(ErrorCode::UnknownUser.into());
         }
         let _pair = self.pairs.lock(me, other).await;
-        let mut tx = self.db.pool.begin().await?;
-        let ended = self.unfriend_rows(&mut tx, me, other).await?;
-        self.drop_requests(&mut tx, me, other).await?;
-        sqlx::query(self.db.sql("DELETE FROM blocks WHERE owner = ? AND blocked = ?"))
-            .bind(me)
-            .bind(other)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(self.db.sql("INSERT INTO blocks (owner, blocked, created_at) VALUES (?, ?, ?)"))
-            .bind(me)
-            .bind(other)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        if ended {
+        if self.db.block(me, other, now_ms()).await? {
             self.tell_ended(me, other);
         }
         Ok(())
@@ -249,12 +153,7 @@ impl Friends {
 
     /// Lifts `me`'s block of `other`.
     pub async fn unblock(&self, me: &str, other: &str) -> Result<()> {
-        let res = sqlx::query(self.db.sql("DELETE FROM blocks WHERE owner = ? AND blocked = ?"))
-            .bind(me)
-            .bind(other)
-            .execute(&self.db.pool)
-            .await?;
-        if res.rows_affected() == 0 {
+        if !self.db.unblock(me, other).await? {
             return Err(ErrorCode::NotBlocked.into());
         }
         Ok(())
@@ -262,23 +161,7 @@ impl Friends {
 
     /// The users `me` blocked.
     pub async fn blocked(&self, me: &str) -> Result<Vec<UserInfo>> {
-        let rows = sqlx::query(self.db.sql(
-            "SELECT u.username, u.display_name FROM blocks b JOIN users u ON u.username = b.blocked \
-             WHERE b.owner = ? ORDER BY u.username",
-        ))
-        .bind(me)
-        .fetch_all(&self.db.pool)
-        .await?;
-        Ok(rows.iter().map(user_info).collect::<std::result::Result<_, _>>()?)
-    }
-
-    async fn blocks(&self, owner: &str, blocked: &str) -> Result<bool> {
-        let row = sqlx::query(self.db.sql("SELECT 1 FROM blocks WHERE owner = ? AND blocked = ?"))
-            .bind(owner)
-            .bind(blocked)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        Ok(row.is_some())
+        Ok(self.db.blocked(me).await?)
     }
 
     /// Sets `me`'s private alias for `friend` (empty clears it).
@@ -287,41 +170,26 @@ impl Friends {
         if !self.are_friends(me, friend).await? {
             return Err(ErrorCode::NotFriends.into());
         }
-        let remark = (!remark.trim().is_empty()).then(|| remark.trim().to_string());
-        sqlx::query(self.db.sql("UPDATE friends SET remark = ? WHERE owner = ? AND friend = ?"))
-            .bind(remark)
-            .bind(me)
-            .bind(friend)
-            .execute(&self.db.pool)
-            .await?;
-        Ok(())
+        let remark = (!remark.trim().is_empty()).then(|| remark.trim());
+        Ok(self.db.set_remark(me, friend, remark).await?)
     }
 
     /// `me`'s friends, with presence from the connection table.
     pub async fn list(&self, me: &str) -> Result<Vec<FriendInfo>> {
-        let rows = sqlx::query(self.db.sql(
-            "SELECT u.username, u.display_name, f.remark FROM friends f JOIN users u ON u.username = f.friend \
-             WHERE f.owner = ? ORDER BY u.username",
-        ))
-        .bind(me)
-        .fetch_all(&self.db.pool)
-        .await?;
-        rows.iter()
+        let rows = self.db.friends(me).await?;
+        Ok(rows
+            .into_iter()
             .map(|r| {
-                let user = user_info(r)?;
+                let user = r.user();
                 let p = self.table.presence(&user.username);
-                Ok(FriendInfo { remark: r.try_get(2)?, online: p.online, since: p.since, user })
+                FriendInfo { remark: r.remark, online: p.online, since: p.since, user }
             })
-            .collect()
+            .collect())
     }
 
     /// Usernames of `me`'s friends: who hears about `me`'s presence.
     pub async fn usernames(&self, me: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query(self.db.sql("SELECT friend FROM friends WHERE owner = ?"))
-            .bind(me)
-            .fetch_all(&self.db.pool)
-            .await?;
-        Ok(rows.iter().map(|r| r.try_get(0)).collect::<std::result::Result<_, _>>()?)
+        Ok(self.db.friend_names(me).await?)
     }
 
     /// Gives a new session the presence of every online friend, so that a (re)connecting agent starts from
@@ -385,41 +253,17 @@ impl Friends {
     }
 
     pub async fn are_friends(&self, a: &str, b: &str) -> Result<bool> {
-        let row = sqlx::query(self.db.sql("SELECT 1 FROM friends WHERE owner = ? AND friend = ?"))
-            .bind(a)
-            .bind(b)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        Ok(row.is_some())
-    }
-
-    async fn pending(&self, from: &str, to: &str) -> Result<bool> {
-        let row = sqlx::query(self.db.sql("SELECT 1 FROM friend_requests WHERE from_user = ? AND to_user = ?"))
-            .bind(from)
-            .bind(to)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        Ok(row.is_some())
+        Ok(self.db.are_friends(a, b).await?)
     }
 
     async fn user(&self, username: &str) -> Result<Option<UserInfo>> {
-        Ok(find_user(&self.db, username).await?)
+        Ok(self.db.user(username).await?)
     }
 
     /// Makes `a` and `b` friends (both rows, requests between them gone) and tells both, with presence.
     async fn befriend(&self, a: &str, b: &str) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.db.pool.begin().await?;
-        self.drop_requests(&mut tx, a, b).await?;
-        for (owner, friend) in [(a, b), (b, a)] {
-            sqlx::query(self.db.sql("INSERT INTO friends (owner, friend, remark, created_at) VALUES (?, ?, NULL, ?)"))
-                .bind(owner)
-                .bind(friend)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        self.db.befriend(a, b, now).await?;
         let (ua, ub) = (self.user(a).await?, self.user(b).await?);
         for (to, friend) in [(a, ub), (b, ua)] {
             let Some(friend) = friend else { continue };
@@ -432,12 +276,5 @@ impl Friends {
             }
         }
         Ok(())
-    }
-
-    async fn request_rows(&self, q: &'static str, me: &str) -> Result<Vec<FriendRequestInfo>> {
-        let rows = sqlx::query(self.db.sql(q)).bind(me).fetch_all(&self.db.pool).await?;
-        rows.iter()
-            .map(|r| Ok(FriendRequestInfo { user: user_info(r)?, message: r.try_get(2)?, created_at: r.try_get(3)? }))
-            .collect()
     }
 }

@@ -5,19 +5,19 @@
 //! the same transaction, under a per-group lock that is held through the fan-out, so every member sees the
 //! same order with no gaps. A member who missed messages asks for everything after its last number.
 
-use crate::accounts::AccountError;
-use crate::db::{Backend, Db, now_ms};
+use crate::error::RequestError;
 use crate::ratelimit::Quota;
+use crate::store::groups::NewMessage;
+use crate::store::{Db, now_ms};
 use crate::table::Table;
 use shared::peer::check_text;
 use shared::proto::{ErrorCode, Event, GroupInfo, GroupInvitation, GroupMember, GroupMessage, UserInfo};
 use shared::validate;
-use sqlx::Row;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-type Result<T> = std::result::Result<T, AccountError>;
+type Result<T> = std::result::Result<T, RequestError>;
 
 /// Most messages one sync returns.
 pub const MAX_SYNC: u32 = 500;
@@ -65,38 +65,7 @@ impl Groups {
     /// Creates a group with `me` as owner and only member.
     pub async fn create(&self, me: &str, name: &str) -> Result<i64> {
         validate::display_name(name).map_err(|_| ErrorCode::InvalidText("group names are 1-64 characters".into()))?;
-        let now = now_ms();
-        let mut tx = self.db.pool.begin().await?;
-        // SQLite and PostgreSQL return the new id; MySQL reports it (sqlx's Any driver gives SQLite none).
-        let id: i64 =
-            if self.db.backend != Backend::MySql {
-                sqlx::query(self.db.sql(
-                    "INSERT INTO chat_groups (name, owner, last_seq, created_at) VALUES (?, ?, 0, ?) RETURNING id",
-                ))
-                .bind(name)
-                .bind(me)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?
-            } else {
-                let res = sqlx::query(
-                    self.db.sql("INSERT INTO chat_groups (name, owner, last_seq, created_at) VALUES (?, ?, 0, ?)"),
-                )
-                .bind(name)
-                .bind(me)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                res.last_insert_id().ok_or(ErrorCode::Internal)?
-            };
-        sqlx::query(self.db.sql("INSERT INTO group_members (group_id, username, joined_at) VALUES (?, ?, ?)"))
-            .bind(id)
-            .bind(me)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        let id = self.db.create_group(name, me, now_ms()).await?.ok_or(ErrorCode::Internal)?;
         tracing::info!(group = id, owner = me, "group created");
         Ok(id)
     }
@@ -111,20 +80,9 @@ impl Groups {
             return Err(ErrorCode::AlreadyMember.into());
         }
         let created_at = now_ms();
-        let res = sqlx::query(
-            self.db.sql("INSERT INTO group_invites (group_id, username, inviter, created_at) VALUES (?, ?, ?, ?)"),
-        )
-        .bind(group_id)
-        .bind(friend)
-        .bind(me)
-        .bind(created_at)
-        .execute(&self.db.pool)
-        .await
-        .map_err(crate::db::DbError::from);
-        match res {
-            Err(e) if e.is_duplicate() => return Err(ErrorCode::RequestPending.into()),
-            other => other?,
-        };
+        if !self.db.insert_invite(group_id, friend, me, created_at).await? {
+            return Err(ErrorCode::RequestPending.into());
+        }
         let inviter = self.user(me).await?;
         self.table.push(friend, &Event::GroupInvited(GroupInvitation { group_id, name, inviter, created_at }));
         Ok(())
@@ -132,24 +90,7 @@ impl Groups {
 
     /// `me`'s pending invitations.
     pub async fn invitations(&self, me: &str) -> Result<Vec<GroupInvitation>> {
-        let rows = sqlx::query(self.db.sql(
-            "SELECT g.id, g.name, u.username, u.display_name, i.created_at FROM group_invites i \
-             JOIN chat_groups g ON g.id = i.group_id JOIN users u ON u.username = i.inviter \
-             WHERE i.username = ? ORDER BY i.created_at",
-        ))
-        .bind(me)
-        .fetch_all(&self.db.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(GroupInvitation {
-                    group_id: r.try_get(0)?,
-                    name: r.try_get(1)?,
-                    inviter: UserInfo { username: r.try_get(2)?, display_name: r.try_get(3)? },
-                    created_at: r.try_get(4)?,
-                })
-            })
-            .collect()
+        Ok(self.db.invitations(me).await?)
     }
 
     /// Joins on an invitation; the group sees a notice.
@@ -160,33 +101,15 @@ impl Groups {
     }
 
     async fn add_invited(&self, me: &str, group_id: i64) -> Result<()> {
-        let mut tx = self.db.pool.begin().await?;
-        let res = sqlx::query(self.db.sql("DELETE FROM group_invites WHERE group_id = ? AND username = ?"))
-            .bind(group_id)
-            .bind(me)
-            .execute(&mut *tx)
-            .await?;
-        if res.rows_affected() == 0 {
+        if !self.db.accept_invite(group_id, me, now_ms()).await? {
             return Err(ErrorCode::NotInvited.into());
         }
-        sqlx::query(self.db.sql("INSERT INTO group_members (group_id, username, joined_at) VALUES (?, ?, ?)"))
-            .bind(group_id)
-            .bind(me)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
         Ok(())
     }
 
     /// Declines an invitation.
     pub async fn decline(&self, me: &str, group_id: i64) -> Result<()> {
-        let res = sqlx::query(self.db.sql("DELETE FROM group_invites WHERE group_id = ? AND username = ?"))
-            .bind(group_id)
-            .bind(me)
-            .execute(&self.db.pool)
-            .await?;
-        if res.rows_affected() == 0 {
+        if !self.db.delete_invite(group_id, me).await? {
             return Err(ErrorCode::NotInvited.into());
         }
         Ok(())
@@ -206,86 +129,26 @@ impl Groups {
     /// Takes `me` out; the owner's role passes on, and the last one out deletes the group. Returns the
     /// longest-standing remaining member, if any.
     async fn remove_member(&self, me: &str, group_id: i64) -> Result<Option<String>> {
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query(self.db.sql("DELETE FROM group_members WHERE group_id = ? AND username = ?"))
-            .bind(group_id)
-            .bind(me)
-            .execute(&mut *tx)
-            .await?;
-        let next: Option<String> = sqlx::query(
-            self.db.sql("SELECT username FROM group_members WHERE group_id = ? ORDER BY joined_at, username LIMIT 1"),
-        )
-        .bind(group_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| r.try_get(0))
-        .transpose()?;
-        match &next {
-            Some(heir) => {
-                sqlx::query(self.db.sql("UPDATE chat_groups SET owner = ? WHERE id = ? AND owner = ?"))
-                    .bind(heir)
-                    .bind(group_id)
-                    .bind(me)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            None => {
-                for q in [
-                    "DELETE FROM group_messages WHERE group_id = ?",
-                    "DELETE FROM group_invites WHERE group_id = ?",
-                    "DELETE FROM chat_groups WHERE id = ?",
-                ] {
-                    sqlx::query(self.db.sql(q)).bind(group_id).execute(&mut *tx).await?;
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(next)
+        Ok(self.db.leave_group(group_id, me).await?)
     }
 
     /// Members with presence; only for members.
     pub async fn members(&self, me: &str, group_id: i64) -> Result<Vec<GroupMember>> {
         self.require_member(me, group_id).await?;
-        let rows = sqlx::query(self.db.sql(
-            "SELECT u.username, u.display_name, g.owner FROM group_members m JOIN users u ON u.username = m.username \
-             JOIN chat_groups g ON g.id = m.group_id WHERE m.group_id = ? ORDER BY m.joined_at, u.username",
-        ))
-        .bind(group_id)
-        .fetch_all(&self.db.pool)
-        .await?;
-        rows.iter()
+        let rows = self.db.members(group_id).await?;
+        Ok(rows
+            .into_iter()
             .map(|r| {
-                let user = UserInfo { username: r.try_get(0)?, display_name: r.try_get(1)? };
-                let owner: String = r.try_get(2)?;
-                Ok(GroupMember {
-                    owner: owner == user.username,
-                    online: self.table.presence(&user.username).online,
-                    user,
-                })
+                let owner = r.is_owner();
+                let user = r.user();
+                GroupMember { owner, online: self.table.presence(&user.username).online, user }
             })
-            .collect()
+            .collect())
     }
 
     /// The groups `me` is in.
     pub async fn list(&self, me: &str) -> Result<Vec<GroupInfo>> {
-        let rows = sqlx::query(self.db.sql(
-            "SELECT g.id, g.name, g.owner, g.last_seq, (SELECT COUNT(*) FROM group_members c WHERE c.group_id = g.id) \
-             FROM group_members m JOIN chat_groups g ON g.id = m.group_id WHERE m.username = ? ORDER BY g.id",
-        ))
-        .bind(me)
-        .fetch_all(&self.db.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(GroupInfo {
-                    group_id: r.try_get(0)?,
-                    name: r.try_get(1)?,
-                    owner: r.try_get(2)?,
-                    last_seq: r.try_get(3)?,
-                    members: r.try_get(4)?,
-                })
-            })
-            .collect()
+        Ok(self.db.groups_of(me).await?)
     }
 
     /// A member's post: numbered, stored, then delivered to every online member's devices.
@@ -305,11 +168,7 @@ impl Groups {
         let gate = self.gate(group_id);
         let _turn = gate.lock().await;
         self.post_in_turn(me, group_id, &format!("{user} was removed by {me}"), true).await?;
-        let deleted = sqlx::query(self.db.sql("DELETE FROM group_members WHERE group_id = ? AND username = ?"))
-            .bind(group_id)
-            .bind(user)
-            .execute(&self.db.pool)
-            .await;
+        let deleted = self.db.delete_member(group_id, user).await;
         lock(&self.members).remove(&group_id);
         deleted?;
         Ok(())
@@ -319,11 +178,7 @@ impl Groups {
     pub async fn rename(&self, me: &str, group_id: i64, name: &str) -> Result<()> {
         validate::display_name(name).map_err(|_| ErrorCode::InvalidText("group names are 1-64 characters".into()))?;
         self.require_owner(me, group_id).await?;
-        sqlx::query(self.db.sql("UPDATE chat_groups SET name = ? WHERE id = ?"))
-            .bind(name)
-            .bind(group_id)
-            .execute(&self.db.pool)
-            .await?;
+        self.db.rename_group(group_id, name).await?;
         self.post_as(me, group_id, &format!("{me} renamed the group to {name}"), true).await?;
         Ok(())
     }
@@ -334,11 +189,7 @@ impl Groups {
         if !self.is_member(user, group_id).await? {
             return Err(ErrorCode::NotMember.into());
         }
-        sqlx::query(self.db.sql("UPDATE chat_groups SET owner = ? WHERE id = ?"))
-            .bind(user)
-            .bind(group_id)
-            .execute(&self.db.pool)
-            .await?;
+        self.db.set_group_owner(group_id, user).await?;
         self.post_as(me, group_id, &format!("{me} made {user} the owner"), true).await?;
         Ok(())
     }
@@ -347,19 +198,7 @@ impl Groups {
     pub async fn disband(&self, me: &str, group_id: i64) -> Result<()> {
         self.require_owner(me, group_id).await?;
         self.post_as(me, group_id, &format!("{me} disbanded the group"), true).await?;
-        let delete = async {
-            let mut tx = self.db.pool.begin().await?;
-            for q in [
-                "DELETE FROM group_messages WHERE group_id = ?",
-                "DELETE FROM group_invites WHERE group_id = ?",
-                "DELETE FROM group_members WHERE group_id = ?",
-                "DELETE FROM chat_groups WHERE id = ?",
-            ] {
-                sqlx::query(self.db.sql(q)).bind(group_id).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        };
+        let delete = async { Ok(self.db.delete_group(group_id).await?) };
         self.change_members(group_id, delete).await?;
         tracing::info!(group = group_id, owner = me, "group disbanded");
         Ok(())
@@ -368,41 +207,14 @@ impl Groups {
     /// Drops messages older than the retention age, in every group (the count bound is kept on each post).
     pub async fn prune_old(&self) -> Result<u64> {
         let cutoff = now_ms() - self.retention.max_age.as_millis() as i64;
-        let res = sqlx::query(self.db.sql("DELETE FROM group_messages WHERE created_at < ?"))
-            .bind(cutoff)
-            .execute(&self.db.pool)
-            .await?;
-        Ok(res.rows_affected())
+        Ok(self.db.prune_messages(cutoff).await?)
     }
 
     /// Messages after `after_seq`, for members only, and only from when they joined: the group's earlier
     /// conversation is not theirs to read (their own "joined" notice is the first they get).
     pub async fn sync(&self, me: &str, group_id: i64, after_seq: i64, limit: u32) -> Result<Vec<GroupMessage>> {
         self.require_member(me, group_id).await?;
-        let rows = sqlx::query(self.db.sql(
-            "SELECT seq, sender, system, text, created_at FROM group_messages WHERE group_id = ? AND seq > ? \
-             AND created_at >= (SELECT joined_at FROM group_members WHERE group_id = ? AND username = ?) \
-             ORDER BY seq LIMIT ?",
-        ))
-        .bind(group_id)
-        .bind(after_seq)
-        .bind(group_id)
-        .bind(me)
-        .bind(i64::from(limit.clamp(1, MAX_SYNC)))
-        .fetch_all(&self.db.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(GroupMessage {
-                    group_id,
-                    seq: r.try_get(0)?,
-                    sender: r.try_get(1)?,
-                    system: r.try_get::<i64, _>(2)? != 0,
-                    text: r.try_get(3)?,
-                    at: r.try_get(4)?,
-                })
-            })
-            .collect()
+        Ok(self.db.messages_since(group_id, me, after_seq, i64::from(limit.clamp(1, MAX_SYNC))).await?)
     }
 
     /// Numbers, stores and fans out a message in the group's turn. A member's post (`!system`) is checked
@@ -426,36 +238,8 @@ impl Groups {
                 .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
         }
         let at = now_ms();
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query(self.db.sql("UPDATE chat_groups SET last_seq = last_seq + 1 WHERE id = ?"))
-            .bind(group_id)
-            .execute(&mut *tx)
-            .await?;
-        let seq: i64 = sqlx::query(self.db.sql("SELECT last_seq FROM chat_groups WHERE id = ?"))
-            .bind(group_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(ErrorCode::UnknownGroup)?
-            .try_get(0)?;
-        sqlx::query(self.db.sql(
-            "INSERT INTO group_messages (group_id, seq, sender, system, text, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-        ))
-        .bind(group_id)
-        .bind(seq)
-        .bind(sender)
-        .bind(i64::from(system))
-        .bind(text)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-        if seq > self.retention.max_messages {
-            sqlx::query(self.db.sql("DELETE FROM group_messages WHERE group_id = ? AND seq <= ?"))
-                .bind(group_id)
-                .bind(seq - self.retention.max_messages)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        let new = NewMessage { group_id, sender, system, text, at, keep: self.retention.max_messages };
+        let seq = self.db.append_message(&new).await?.ok_or(ErrorCode::UnknownGroup)?;
         let event = Event::GroupMessage(GroupMessage {
             group_id,
             seq,
@@ -470,16 +254,7 @@ impl Groups {
 
     /// Tells `user`'s fellow members, in each of their groups, that `user` came online or went offline.
     pub async fn announce_presence(&self, user: &str, online: bool, at: i64) -> Result<()> {
-        let rows = sqlx::query(self.db.sql(
-            "SELECT o.group_id, o.username FROM group_members m JOIN group_members o ON o.group_id = m.group_id \
-             WHERE m.username = ? AND o.username <> ?",
-        ))
-        .bind(user)
-        .bind(user)
-        .fetch_all(&self.db.pool)
-        .await?;
-        for r in rows {
-            let (group_id, member): (i64, String) = (r.try_get(0)?, r.try_get(1)?);
+        for (group_id, member) in self.db.fellow_members(user).await? {
             self.table.push(&member, &Event::GroupPresence { group_id, username: user.to_string(), online, at });
         }
         Ok(())
@@ -491,11 +266,7 @@ impl Groups {
         if let Some(m) = lock(&self.members).get(&group_id) {
             return Ok(m.clone());
         }
-        let rows = sqlx::query(self.db.sql("SELECT username FROM group_members WHERE group_id = ?"))
-            .bind(group_id)
-            .fetch_all(&self.db.pool)
-            .await?;
-        let names: Vec<String> = rows.iter().map(|r| r.try_get(0)).collect::<std::result::Result<_, _>>()?;
+        let names = self.db.member_names(group_id).await?;
         let names = Arc::new(names);
         lock(&self.members).insert(group_id, names.clone());
         Ok(names)
@@ -519,37 +290,18 @@ impl Groups {
     }
 
     async fn is_member(&self, user: &str, group_id: i64) -> Result<bool> {
-        let row = sqlx::query(self.db.sql("SELECT 1 FROM group_members WHERE group_id = ? AND username = ?"))
-            .bind(group_id)
-            .bind(user)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        Ok(row.is_some())
+        Ok(self.db.group_name_for(group_id, user).await?.is_some())
     }
 
     /// The group's name if `me` is a member; otherwise why not (a non-member cannot tell a group it is not
     /// in from one that does not exist).
     async fn require_member(&self, me: &str, group_id: i64) -> Result<String> {
-        let row = sqlx::query(self.db.sql(
-            "SELECT g.name FROM chat_groups g JOIN group_members m ON m.group_id = g.id WHERE g.id = ? AND m.username = ?",
-        ))
-        .bind(group_id)
-        .bind(me)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        match row {
-            Some(r) => Ok(r.try_get(0)?),
-            None => Err(ErrorCode::NotMember.into()),
-        }
+        Ok(self.db.group_name_for(group_id, me).await?.ok_or(ErrorCode::NotMember)?)
     }
 
     async fn require_owner(&self, me: &str, group_id: i64) -> Result<()> {
         self.require_member(me, group_id).await?;
-        let owner: String = sqlx::query(self.db.sql("SELECT owner FROM chat_groups WHERE id = ?"))
-            .bind(group_id)
-            .fetch_one(&self.db.pool)
-            .await?
-            .try_get(0)?;
+        let owner = self.db.group_owner(group_id).await?.ok_or(ErrorCode::NotMember)?;
         if owner != me {
             return Err(ErrorCode::NotOwner.into());
         }
@@ -557,6 +309,6 @@ impl Groups {
     }
 
     async fn user(&self, username: &str) -> Result<UserInfo> {
-        Ok(crate::friends::find_user(&self.db, username).await?.ok_or(ErrorCode::UnknownUser)?)
+        Ok(self.db.user(username).await?.ok_or(ErrorCode::UnknownUser)?)
     }
 }

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`server`]: the QUIC endpoint, accept loop and shutdown.
 //! - [`conn`]: one peer connection: request streams, event stream, session life.
+//! - [`error`]: what a request can fail with, whichever part serves it.
 //! - [`accounts`]: registration, password login (argon2id), tokens (stored hashed).
 //! - [`ratelimit`]: failure limiters and quotas with bounded memory (pure).
 //! - [`lockout`]: who may try a password now: counted before the hash, known devices not locked out (pure).
@@ -11,16 +12,18 @@
 //! - [`friends`]: the friend graph and presence announcements.
 //! - [`groups`]: groups, invitations, and the ordered, stored, fanned-out group message log.
 //! - [`relay`]: friends' QUIC packets carried between their agents when no direct path opens.
-//! - [`db`]: one storage layer over SQLite, PostgreSQL and MySQL/MariaDB, with per-backend migrations.
+//! - [`store`]: all SQL: one storage layer over SQLite, PostgreSQL and MySQL/MariaDB (rows decoded by
+//!   column name), with per-backend migrations.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod accounts;
 pub mod conn;
-pub mod db;
+pub mod error;
 pub mod friends;
 pub mod groups;
 pub mod lockout;
 pub mod ratelimit;
 pub mod relay;
 pub mod server;
+pub mod store;
 pub mod table;

@@ -1,8 +1,8 @@
 //! The broker's QUIC endpoint: accept loop, connection cap, graceful shutdown.
 
 use crate::accounts::{Accounts, HashCost};
-use crate::db::Db;
 use crate::friends::Friends;
+use crate::store::Db;
 use crate::table::Table;
 use certs::Identity;
 use certs::verify::ClientPolicy;

@@ -43,6 +43,56 @@ async fn a_half_applied_mysql_migration_is_resumed() {
     ));
 }
 
+/// A database from the release before checksums were kept, with data in it: the new broker serves the
+/// same data, records each applied script's checksum, and refuses to start on a database whose applied
+/// script was changed since (naming the version), instead of running against a schema it does not know.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_database_is_upgraded_with_its_data_and_an_edited_migration_is_refused() {
+    use shared::proto::{Request, Response};
+    for backend in backends() {
+        eprintln!("backend: {}", backend.name());
+        let mut broker = Broker::start(&backend);
+        let (alice, bob) = (Client::connect(&broker).await, Client::connect(&broker).await);
+        let token = alice.register("alice").await;
+        bob.register("bob").await;
+        alice.hello(&token).await;
+        alice.call(&Request::FriendAdd { username: "bob".into(), message: "hi".into() }).await;
+        let Response::GroupCreated { group_id } = alice.call(&Request::GroupCreate { name: "g".into() }).await else {
+            panic!("no group")
+        };
+        alice.call(&Request::GroupPost { group_id, text: "kept across the upgrade".into() }).await;
+        drop((alice, bob));
+        broker.kill();
+        // What the previous release leaves: the same schema, no checksums.
+        broker.db.execute("DROP TABLE schema_checksums");
+        broker.restart();
+        let alice = Client::connect(&broker).await;
+        assert!(matches!(alice.hello(&token).await, Response::Welcome { .. }), "the token survived");
+        let Response::GroupMessages(log) = alice.call(&Request::GroupSync { group_id, after_seq: 0, limit: 10 }).await
+        else {
+            panic!("no log")
+        };
+        assert!(log.iter().any(|m| m.text == "kept across the upgrade"), "{log:?}");
+        let Response::FriendRequests { outgoing, .. } = alice.call(&Request::FriendRequests).await else {
+            panic!("no requests")
+        };
+        assert_eq!(outgoing.len(), 1);
+        drop(alice);
+        broker.kill();
+
+        // An applied script that changed since (here: its recorded checksum no longer matches).
+        broker.db.execute("UPDATE schema_checksums SET sha256 = 'edited' WHERE version = 2");
+        let out = std::process::Command::new(testkit::bin("broker"))
+            .args(["--listen", "127.0.0.1:0", "--database", &broker.db.url, "--data"])
+            .arg(broker.data.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started on an edited schema: {stderr}");
+        assert!(stderr.contains("migration 2 was changed"), "{stderr}");
+    }
+}
+
 /// How many schema versions there are (one file per version and backend).
 fn versions() -> usize {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");

@@ -1,15 +1,32 @@
-//! One storage layer for SQLite, PostgreSQL and MySQL/MariaDB, through sqlx's `Any` driver.
+//! All of the broker's SQL: one storage layer for SQLite, PostgreSQL and MySQL/MariaDB, through sqlx's
+//! `Any` driver. The domain modules (`accounts`, `friends`, `groups`) decide; the functions here read and
+//! write, one statement or one transaction each, and decode rows by column name (`FromRow`). A change that
+//! must be atomic (a friendship and its requests, a post and its number) is one function here.
 //!
-//! Queries are written once with `?` placeholders; [`Db::sql`] rewrites them to `$n` for PostgreSQL (once per
-//! query text, cached for the process). Only types that every backend carries through `Any` are used:
+//! Queries are written once with `?` placeholders (`sql!`); [`Db::sql`] gives PostgreSQL `$n` instead, made
+//! once per query text on first use. Only types that every backend carries through `Any` are used:
 //! `i64`, `String`, `Option<String>`. DDL differs per backend, so each has its own migrations folder, embedded
 //! in the binary and applied in order at start-up.
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
-use std::collections::HashMap;
+/// A query text written once with `?` placeholders: `sql!("SELECT ... WHERE a = ?")`, for [`Db::sql`].
+macro_rules! sql {
+    ($text:expr) => {{
+        static Q: $crate::store::Sql = $crate::store::Sql::new($text);
+        &Q
+    }};
+}
+
+pub(crate) mod accounts;
+pub(crate) mod friends;
+pub(crate) mod groups;
+mod migrate;
+#[cfg(test)]
+mod parity;
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
 use std::path::Path;
-use std::sync::{LazyLock, Mutex};
+use std::sync::OnceLock;
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +45,13 @@ pub enum DbError {
     Url(String),
     #[error("migration {version}: {source}")]
     Migration { version: usize, source: sqlx::Error },
+    #[error(
+        "migration {version} was changed after this database applied it; run the broker release that \
+         applied it, or restore the script"
+    )]
+    Changed { version: usize },
+    #[error("this database is at schema version {found}, newer than this broker knows ({known}); run a newer broker")]
+    Newer { found: usize, known: usize },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -40,19 +64,19 @@ impl DbError {
 }
 
 const SQLITE: &[&str] = &[
-    include_str!("../migrations/sqlite/0001_accounts.sql"),
-    include_str!("../migrations/sqlite/0002_groups.sql"),
-    include_str!("../migrations/sqlite/0003_blocks.sql"),
+    include_str!("../../migrations/sqlite/0001_accounts.sql"),
+    include_str!("../../migrations/sqlite/0002_groups.sql"),
+    include_str!("../../migrations/sqlite/0003_blocks.sql"),
 ];
 const POSTGRES: &[&str] = &[
-    include_str!("../migrations/postgres/0001_accounts.sql"),
-    include_str!("../migrations/postgres/0002_groups.sql"),
-    include_str!("../migrations/postgres/0003_blocks.sql"),
+    include_str!("../../migrations/postgres/0001_accounts.sql"),
+    include_str!("../../migrations/postgres/0002_groups.sql"),
+    include_str!("../../migrations/postgres/0003_blocks.sql"),
 ];
 const MYSQL: &[&str] = &[
-    include_str!("../migrations/mysql/0001_accounts.sql"),
-    include_str!("../migrations/mysql/0002_groups.sql"),
-    include_str!("../migrations/mysql/0003_blocks.sql"),
+    include_str!("../../migrations/mysql/0001_accounts.sql"),
+    include_str!("../../migrations/mysql/0002_groups.sql"),
+    include_str!("../../migrations/mysql/0003_blocks.sql"),
 ];
 
 /// A cheap-to-clone handle on the pool.
@@ -116,134 +140,35 @@ impl Db {
         Ok(())
     }
 
-    /// The query text for this backend (placeholders rewritten for PostgreSQL).
-    pub fn sql(&self, q: &'static str) -> &'static str {
-        if self.backend != Backend::Postgres {
-            return q;
+    /// The query text for this backend: as written, or with numbered placeholders for PostgreSQL (made
+    /// once per query, on first use).
+    pub(crate) fn sql(&self, q: &'static Sql) -> &'static str {
+        match self.backend {
+            Backend::Postgres => q.numbered.get_or_init(|| numbered_placeholders(q.text)),
+            Backend::Sqlite | Backend::MySql => q.text,
         }
-        static CACHE: LazyLock<Mutex<HashMap<&'static str, &'static str>>> = LazyLock::new(Default::default);
-        let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-        // Leaked once per distinct query text of this program: a bounded set.
-        cache.entry(q).or_insert_with(|| Box::leak(numbered_placeholders(q).into_boxed_str()))
     }
+}
 
-    /// Brings the schema up to date, safely when several brokers start at once and when a start was cut
-    /// short half-way:
-    /// - one broker migrates at a time: a database lock held on one connection (PostgreSQL advisory lock,
-    ///   MySQL `GET_LOCK`, SQLite `BEGIN IMMEDIATE`), and the version is read only once it is held;
-    /// - PostgreSQL and SQLite apply each version in one transaction (their DDL is transactional);
-    /// - MySQL/MariaDB commit every DDL statement by itself, so each statement's completion is recorded in
-    ///   `schema_steps`, and a restart resumes after the last recorded one. A statement that ran but whose
-    ///   record was lost (a crash between the two) fails with "already exists" when run again, which counts
-    ///   as done.
-    async fn migrate(&self) -> Result<(), DbError> {
-        let mut conn = self.pool.acquire().await?;
-        let (lock, unlock) = match self.backend {
-            Backend::Sqlite => ("BEGIN IMMEDIATE", "COMMIT"),
-            Backend::Postgres => ("SELECT pg_advisory_lock(7878001)", "SELECT pg_advisory_unlock(7878001)"),
-            Backend::MySql => ("SELECT GET_LOCK('p2pim_migrations', 300)", "SELECT RELEASE_LOCK('p2pim_migrations')"),
-        };
-        if self.backend == Backend::MySql {
-            // GET_LOCK answers 0 on a timeout instead of failing: migrating then would race the holder.
-            let got: Option<i64> = sqlx::query(lock).fetch_one(&mut *conn).await?.try_get(0)?;
-            if got != Some(1) {
-                return Err(DbError::Io(std::io::Error::other(
-                    "another broker has held the migration lock for 300 s; is one stuck migrating?",
-                )));
-            }
-        } else {
-            sqlx::query(lock).execute(&mut *conn).await?;
-        }
-        let result = self.migrate_locked(&mut conn).await;
-        let unlocked = if result.is_err() && self.backend == Backend::Sqlite {
-            sqlx::query("ROLLBACK").execute(&mut *conn).await
-        } else {
-            sqlx::query(unlock).execute(&mut *conn).await
-        };
-        result?;
-        unlocked?;
-        Ok(())
+/// See [`sql!`].
+pub(crate) struct Sql {
+    text: &'static str,
+    numbered: OnceLock<String>,
+}
+
+impl Sql {
+    pub(crate) const fn new(text: &'static str) -> Self {
+        Self { text, numbered: OnceLock::new() }
     }
+}
 
-    async fn migrate_locked(&self, conn: &mut sqlx::AnyConnection) -> Result<(), DbError> {
-        let steps = match self.backend {
-            Backend::Sqlite => SQLITE,
-            Backend::Postgres => POSTGRES,
-            Backend::MySql => MYSQL,
-        };
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").execute(&mut *conn).await?;
-        let rows: Vec<AnyRow> = sqlx::query("SELECT version FROM schema_version").fetch_all(&mut *conn).await?;
-        let current = rows.iter().filter_map(|r| r.try_get::<i64, _>(0).ok()).max().unwrap_or(0) as usize;
-        for (i, script) in steps.iter().enumerate().skip(current) {
-            let version = i + 1;
-            let statements: Vec<&str> = script.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
-            match self.backend {
-                Backend::MySql => self.apply_resumable(conn, version, &statements).await?,
-                Backend::Postgres => {
-                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                    self.apply(&mut tx, version, &statements).await?;
-                    tx.commit().await?;
-                }
-                // Already inside BEGIN IMMEDIATE: every version commits together at the end.
-                Backend::Sqlite => self.apply(conn, version, &statements).await?,
-            }
-            tracing::info!(version, "applied database migration");
-        }
-        Ok(())
-    }
-
-    /// Runs a version's statements and records the version, on a connection inside a transaction.
-    async fn apply(&self, conn: &mut sqlx::AnyConnection, version: usize, statements: &[&str]) -> Result<(), DbError> {
-        for stmt in statements {
-            sqlx::query(sqlx::AssertSqlSafe(stmt.to_string()))
-                .execute(&mut *conn)
-                .await
-                .map_err(|source| DbError::Migration { version, source })?;
-        }
-        sqlx::query(self.sql("INSERT INTO schema_version (version) VALUES (?)"))
-            .bind(version as i64)
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
-    }
-
-    /// MySQL: runs a version's statements one by one, recording each, skipping those already recorded.
-    async fn apply_resumable(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        version: usize,
-        statements: &[&str],
-    ) -> Result<(), DbError> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_steps (version BIGINT NOT NULL, step BIGINT NOT NULL)")
-            .execute(&mut *conn)
-            .await?;
-        let done: Vec<i64> = sqlx::query("SELECT step FROM schema_steps WHERE version = ?")
-            .bind(version as i64)
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .filter_map(|r| r.try_get(0).ok())
-            .collect();
-        for (step, stmt) in statements.iter().enumerate() {
-            if done.contains(&(step as i64)) {
-                continue;
-            }
-            match sqlx::query(sqlx::AssertSqlSafe(stmt.to_string())).execute(&mut *conn).await {
-                Ok(_) => {}
-                Err(e) if already_applied(&e) => {
-                    tracing::warn!(version, step, "migration step had run before its record was written; skipped")
-                }
-                Err(source) => return Err(DbError::Migration { version, source }),
-            }
-            sqlx::query("INSERT INTO schema_steps (version, step) VALUES (?, ?)")
-                .bind(version as i64)
-                .bind(step as i64)
-                .execute(&mut *conn)
-                .await?;
-        }
-        sqlx::query("INSERT INTO schema_version (version) VALUES (?)").bind(version as i64).execute(&mut *conn).await?;
-        sqlx::query("DELETE FROM schema_steps WHERE version = ?").bind(version as i64).execute(&mut *conn).await?;
-        Ok(())
+/// An INSERT's outcome: `true` if the row was added, `false` if a unique key refused it (a duplicate is an
+/// answer for the caller to give, not a failure).
+fn created(res: Result<sqlx::any::AnyQueryResult, sqlx::Error>) -> Result<bool, DbError> {
+    match res.map_err(DbError::from) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_duplicate() => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

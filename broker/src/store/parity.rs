@@ -1,0 +1,193 @@
+//! Every store function, run on every backend with the same expectations: SQLite, PostgreSQL and MariaDB
+//! must agree on what is stored, found, ordered and refused (`TEST_REQUIRE_ALL_DBS=1`, as CI sets it, makes
+//! a missing database a failure rather than a skip).
+
+use super::Db;
+use super::accounts::NewUser;
+use super::friends::Direction;
+use super::groups::NewMessage;
+use shared::proto::UserInfo;
+use testkit::{TestDb, backends};
+
+fn user(name: &str, display: &str) -> UserInfo {
+    UserInfo { username: name.into(), display_name: display.into() }
+}
+
+async fn add_user(db: &Db, name: &str, display: &str) -> bool {
+    let key = crate::accounts::search_key(name, display);
+    let new = NewUser { username: name, display_name: display, search_key: &key, password_hash: "h", created_at: 1 };
+    db.insert_user(&new).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_store_function_agrees_on_every_backend() {
+    for backend in backends() {
+        eprintln!("backend: {}", backend.name());
+        let dir = tempfile::tempdir().unwrap();
+        let test_db = TestDb::create(&backend, dir.path());
+        let db = Db::open(&test_db.url).await.unwrap();
+        accounts(&db).await;
+        friends(&db).await;
+        groups(&db).await;
+        db.pool.close().await;
+    }
+}
+
+async fn accounts(db: &Db) {
+    assert!(add_user(db, "alice", "Alice").await);
+    assert!(!add_user(db, "alice", "Other").await, "a taken username is reported, not an error");
+    assert!(add_user(db, "bob", "Bob 张三").await);
+    assert!(add_user(db, "carol", "Carol").await);
+    assert!(add_user(db, "a_b", "Under Score").await);
+    assert_eq!(db.user("alice").await.unwrap(), Some(user("alice", "Alice")));
+    assert_eq!(db.user("nobody").await.unwrap(), None);
+    assert_eq!(db.password_hash("alice").await.unwrap().as_deref(), Some("h"));
+
+    db.insert_token("t1", "alice", 1, 100).await.unwrap();
+    db.insert_token("t2", "alice", 1, 200).await.unwrap();
+    let t = db.token("t2").await.unwrap().unwrap();
+    assert_eq!(t.expires_at, 200);
+    assert_eq!(t.user(), user("alice", "Alice"));
+    db.set_password("alice", "h2", "t2").await.unwrap();
+    assert_eq!(db.password_hash("alice").await.unwrap().as_deref(), Some("h2"));
+    assert!(db.token("t1").await.unwrap().is_none(), "other tokens go with a password change");
+    assert!(db.token("t2").await.unwrap().is_some(), "the kept one stays");
+    db.delete_token("t2").await.unwrap();
+    assert!(db.token("t2").await.unwrap().is_none());
+
+    db.set_display_name("carol", "Caroline", &crate::accounts::search_key("carol", "Caroline")).await.unwrap();
+    assert_eq!(db.user("carol").await.unwrap(), Some(user("carol", "Caroline")));
+    // Case-insensitive on the display name, never the searcher, `_` matched literally (escaped).
+    let found = db.search_users(&shared::validate::like_contains("caro"), "alice", 50, 0).await.unwrap();
+    assert_eq!(found, vec![user("carol", "Caroline")]);
+    let found = db.search_users(&shared::validate::like_contains("张三"), "alice", 50, 0).await.unwrap();
+    assert_eq!(found, vec![user("bob", "Bob 张三")]);
+    let found = db.search_users(&shared::validate::like_contains("_"), "alice", 50, 0).await.unwrap();
+    assert_eq!(found, vec![user("a_b", "Under Score")]);
+    let page: Vec<String> = db
+        .search_users(&shared::validate::like_contains(""), "alice", 2, 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(page, ["bob", "carol"], "ordered by username, paged");
+}
+
+async fn friends(db: &Db) {
+    assert!(db.insert_request("alice", "bob", "hi", 5).await.unwrap());
+    assert!(!db.insert_request("alice", "bob", "again", 6).await.unwrap(), "one pending request per pair");
+    assert!(db.request_pending("alice", "bob").await.unwrap());
+    assert!(!db.request_pending("bob", "alice").await.unwrap());
+    let incoming = db.requests("bob", Direction::Incoming).await.unwrap();
+    assert_eq!(incoming.len(), 1);
+    assert_eq!((incoming[0].user.username.as_str(), incoming[0].message.as_str()), ("alice", "hi"));
+    assert_eq!(incoming[0].created_at, 5);
+    let outgoing = db.requests("alice", Direction::Outgoing).await.unwrap();
+    assert_eq!(outgoing[0].user, user("bob", "Bob 张三"));
+
+    db.befriend("alice", "bob", 7).await.unwrap();
+    assert!(!db.request_pending("alice", "bob").await.unwrap(), "befriending drops the requests");
+    assert!(db.are_friends("alice", "bob").await.unwrap() && db.are_friends("bob", "alice").await.unwrap());
+    db.set_remark("alice", "bob", Some("Bobby")).await.unwrap();
+    let list = db.friends("alice").await.unwrap();
+    assert_eq!((list[0].user(), list[0].remark.as_deref()), (user("bob", "Bob 张三"), Some("Bobby")));
+    db.set_remark("alice", "bob", None).await.unwrap();
+    assert_eq!(db.friends("alice").await.unwrap()[0].remark, None);
+    assert_eq!(db.friend_names("bob").await.unwrap(), ["alice"]);
+
+    assert!(db.unfriend("bob", "alice").await.unwrap());
+    assert!(!db.unfriend("bob", "alice").await.unwrap());
+    assert!(!db.are_friends("alice", "bob").await.unwrap());
+
+    db.befriend("alice", "carol", 8).await.unwrap();
+    db.insert_request("carol", "alice", "still here", 9).await.unwrap();
+    assert!(db.block("alice", "carol", 10).await.unwrap(), "a block ends a friendship");
+    assert!(!db.are_friends("carol", "alice").await.unwrap());
+    assert!(!db.request_pending("carol", "alice").await.unwrap());
+    assert!(db.blocks("alice", "carol").await.unwrap() && !db.blocks("carol", "alice").await.unwrap());
+    assert!(!db.block("alice", "carol", 11).await.unwrap(), "blocking twice is one block");
+    assert_eq!(db.blocked("alice").await.unwrap(), vec![user("carol", "Caroline")]);
+    assert!(db.unblock("alice", "carol").await.unwrap());
+    assert!(!db.unblock("alice", "carol").await.unwrap());
+    assert!(db.delete_request("alice", "bob").await.is_ok_and(|gone| !gone));
+}
+
+async fn groups(db: &Db) {
+    let g = db.create_group("team", "alice", 100).await.unwrap().unwrap();
+    let h = db.create_group("other", "bob", 100).await.unwrap().unwrap();
+    assert_ne!(g, h);
+    assert_eq!(db.group_owner(g).await.unwrap().as_deref(), Some("alice"));
+    assert_eq!(db.group_name_for(g, "alice").await.unwrap().as_deref(), Some("team"));
+    assert_eq!(db.group_name_for(g, "bob").await.unwrap(), None, "not a member");
+
+    assert!(db.insert_invite(g, "bob", "alice", 101).await.unwrap());
+    assert!(!db.insert_invite(g, "bob", "alice", 102).await.unwrap(), "one pending invitation");
+    let inv = db.invitations("bob").await.unwrap();
+    assert_eq!((inv[0].group_id, inv[0].name.as_str(), &inv[0].inviter), (g, "team", &user("alice", "Alice")));
+    assert!(db.accept_invite(g, "bob", 103).await.unwrap());
+    assert!(!db.accept_invite(g, "bob", 104).await.unwrap(), "the invitation is used up");
+    assert!(db.insert_invite(g, "carol", "alice", 105).await.unwrap());
+    assert!(db.delete_invite(g, "carol").await.unwrap());
+    assert!(!db.delete_invite(g, "carol").await.unwrap());
+
+    let members = db.members(g).await.unwrap();
+    let names: Vec<(String, bool)> = members
+        .into_iter()
+        .map(|m| {
+            let owner = m.is_owner();
+            (m.user().username, owner)
+        })
+        .collect();
+    assert_eq!(names, [("alice".to_string(), true), ("bob".to_string(), false)], "joining order");
+    let mut member_names = db.member_names(g).await.unwrap();
+    member_names.sort();
+    assert_eq!(member_names, ["alice", "bob"]);
+    let mine = db.groups_of("bob").await.unwrap();
+    assert_eq!(mine.iter().map(|i| (i.group_id, i.members)).collect::<Vec<_>>(), [(g, 2), (h, 1)]);
+    let mut fellows = db.fellow_members("bob").await.unwrap();
+    fellows.sort();
+    assert_eq!(fellows, [(g, "alice".to_string())]);
+
+    // Numbering, the joined-at horizon, trimming to `keep`, and pruning by age.
+    let post = |at: i64, text: &'static str, keep: i64| NewMessage {
+        group_id: g,
+        sender: "alice",
+        system: false,
+        text,
+        at,
+        keep,
+    };
+    for (at, text) in [(102, "before bob"), (110, "one"), (111, "two"), (112, "three")] {
+        db.append_message(&post(at, text, 10)).await.unwrap();
+    }
+    let texts = |v: Vec<shared::proto::GroupMessage>| v.into_iter().map(|m| (m.seq, m.text)).collect::<Vec<_>>();
+    assert_eq!(
+        texts(db.messages_since(g, "bob", 0, 10).await.unwrap()),
+        [(2, "one".into()), (3, "two".into()), (4, "three".into())],
+        "nothing from before bob joined"
+    );
+    assert_eq!(db.messages_since(g, "alice", 0, 10).await.unwrap().len(), 4);
+    assert_eq!(db.messages_since(g, "bob", 3, 10).await.unwrap().len(), 1);
+    assert_eq!(db.messages_since(g, "alice", 0, 1).await.unwrap()[0].seq, 1, "limited, oldest first");
+    assert_eq!(db.append_message(&post(113, "four", 3)).await.unwrap(), Some(5));
+    assert_eq!(
+        texts(db.messages_since(g, "alice", 0, 10).await.unwrap()),
+        [(3, "two".into()), (4, "three".into()), (5, "four".into())],
+        "the log is trimmed to the newest `keep`"
+    );
+    assert_eq!(db.append_message(&NewMessage { group_id: 999_999, ..post(114, "x", 3) }).await.unwrap(), None);
+    assert_eq!(db.groups_of("alice").await.unwrap()[0].last_seq, 5);
+    assert_eq!(db.prune_messages(112).await.unwrap(), 1);
+
+    db.rename_group(g, "crew").await.unwrap();
+    db.set_group_owner(g, "bob").await.unwrap();
+    assert_eq!(db.group_owner(g).await.unwrap().as_deref(), Some("bob"));
+    assert_eq!(db.leave_group(g, "bob").await.unwrap().as_deref(), Some("alice"), "the role passes on");
+    assert_eq!(db.group_owner(g).await.unwrap().as_deref(), Some("alice"));
+    assert_eq!(db.leave_group(g, "alice").await.unwrap(), None, "the last one out");
+    assert_eq!(db.group_owner(g).await.unwrap(), None, "deletes the group");
+    db.delete_member(h, "bob").await.unwrap();
+    db.delete_group(h).await.unwrap();
+    assert!(db.groups_of("bob").await.unwrap().is_empty());
+}
