@@ -3,7 +3,7 @@
 //! write, one statement or one transaction each, and decode rows by column name (`FromRow`). A change that
 //! must be atomic (a friendship and its requests, a post and its number) is one function here.
 //!
-//! Queries are written once with `?` placeholders (`sql!`); [`Db::sql`] gives PostgreSQL `$n` instead, made
+//! Queries are written once with `?` placeholders (`sql!`); `Db::sql` gives PostgreSQL `$n` instead, made
 //! once per query text on first use. Only types that every backend carries through `Any` are used:
 //! `i64`, `String`, `Option<String>`. DDL differs per backend, so each has its own migrations folder, embedded
 //! in the binary and applied in order at start-up.
