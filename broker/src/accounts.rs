@@ -11,10 +11,11 @@ use crate::store::accounts::NewUser;
 use crate::store::{Db, now_ms};
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
+use parking_lot::Mutex;
 use shared::proto::{ErrorCode, Millis, UserInfo};
 use shared::validate;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -94,7 +95,8 @@ impl Accounts {
         validate::username(username)?;
         validate::display_name(display_name)?;
         validate::password(password)?;
-        lock(&self.registrations)
+        self.registrations
+            .lock()
             .take(&from, Instant::now())
             .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
         let hash = self.hash(password).await?;
@@ -127,7 +129,9 @@ impl Accounts {
         if validate::username(username).is_err() || password.len() > validate::MAX_PASSWORD_BYTES {
             return Err(ErrorCode::BadCredentials.into());
         }
-        let attempt = lock(&self.guard)
+        let attempt = self
+            .guard
+            .lock()
             .begin(username, device, from, Instant::now())
             .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
         let stored = self.db.password_hash(username).await?;
@@ -142,7 +146,7 @@ impl Accounts {
             tracing::info!(user = username, %from, known_source = attempt.trusted(), "failed login");
             return Err(ErrorCode::BadCredentials.into());
         }
-        lock(&self.guard).succeeded(&attempt, Instant::now());
+        self.guard.lock().succeeded(&attempt, Instant::now());
         self.issue(username).await
     }
 
@@ -180,7 +184,9 @@ impl Accounts {
         device: [u8; 32],
     ) -> Result<(), RequestError> {
         validate::password(new)?;
-        let attempt = lock(&self.guard)
+        let attempt = self
+            .guard
+            .lock()
             .begin(username, device, from, Instant::now())
             .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
         let Some(hash) = self.db.password_hash(username).await? else {
@@ -189,7 +195,7 @@ impl Accounts {
         if !self.verify(old, &hash).await? {
             return Err(ErrorCode::BadCredentials.into());
         }
-        lock(&self.guard).succeeded(&attempt, Instant::now());
+        self.guard.lock().succeeded(&attempt, Instant::now());
         let new_hash = self.hash(new).await?;
         self.db.set_password(username, &new_hash, keep).await?;
         tracing::info!(user = username, "password changed; other sessions revoked");
@@ -203,7 +209,7 @@ impl Accounts {
     }
 
     async fn issue(&self, username: &str) -> Result<Issued, RequestError> {
-        let token = hex(&random_bytes::<32>());
+        let token = hex::encode(random_bytes::<32>());
         let now = now_ms();
         let expires_at = now + self.token_ttl.as_millis() as i64;
         self.db.insert_token(&sha256_hex(token.as_bytes()), username, now, expires_at).await?;
@@ -235,10 +241,6 @@ pub fn search_key(username: &str, display_name: &str) -> String {
     format!("{username}\n{}", display_name.to_lowercase())
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn random_bytes<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom;
     let mut b = [0u8; N];
@@ -249,9 +251,5 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }

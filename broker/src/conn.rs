@@ -24,9 +24,9 @@ struct Conn {
     fingerprint: Fingerprint,
     /// Held across `Hello` so that two racing `Hello`s cannot both open a session.
     state: Mutex<SessionState>,
-    token_hash: std::sync::Mutex<Option<String>>,
+    token_hash: parking_lot::Mutex<Option<String>>,
     /// The connection's tasks (its request streams and its event writer): they end with it.
-    tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    tasks: parking_lot::Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// Serves a connection until it closes, then takes its row out of the table.
@@ -40,8 +40,8 @@ pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
         quic: quic.clone(),
         fingerprint,
         state: Mutex::new(SessionState::Anonymous),
-        token_hash: std::sync::Mutex::default(),
-        tasks: std::sync::Mutex::default(),
+        token_hash: parking_lot::Mutex::default(),
+        tasks: parking_lot::Mutex::default(),
     });
     loop {
         match quic.accept_bi().await {
@@ -61,7 +61,7 @@ pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
     }
     // The connection is gone, so its streams end by themselves; they are waited for (not aborted) so that a
     // request half-way through its writes (a group post's fan-out) finishes them.
-    let mut tasks = std::mem::take(&mut *conn.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut tasks = std::mem::take(&mut *conn.tasks.lock());
     while tasks.join_next().await.is_some() {}
 }
 
@@ -74,7 +74,7 @@ fn device_fingerprint(quic: &quinn::Connection) -> Option<Fingerprint> {
 impl Conn {
     /// Runs `task` as one of this connection's tasks; finished ones are reaped on the way.
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tasks = self.tasks.lock();
         while tasks.try_join_next().is_some() {}
         tasks.spawn(task);
     }
@@ -186,7 +186,7 @@ impl Conn {
             }
             Request::Hello { token, local_addrs } => self.hello(&token, local_addrs).await?,
             Request::Logout => {
-                let hash = self.token_hash.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let hash = self.token_hash.lock().take();
                 if let Some(hash) = hash {
                     ctx.accounts.revoke(&hash).await?;
                 }
@@ -284,7 +284,7 @@ impl Conn {
             // Served by `relay`, on the stream it arrives on.
             Request::Relay { .. } => return Err(ErrorCode::Malformed("unexpected relay request".into()).into()),
             Request::ChangePassword { old, new } => {
-                let keep = self.token_hash.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+                let keep = self.token_hash.lock().clone().unwrap_or_default();
                 ctx.accounts.change_password(&me, &old, &new, &keep, from, self.fingerprint.0).await?;
                 let remaining = ctx.table.close_others(&me, session_id, &Event::SessionRevoked);
                 // Friends' agents drop the revoked devices' keys now, not at their next restart.
@@ -322,7 +322,7 @@ impl Conn {
             self.quic.clone(),
         );
         *state = SessionState::Online { user: owner.user.username.clone(), session_id };
-        *self.token_hash.lock().unwrap_or_else(|p| p.into_inner()) = Some(owner.token_hash);
+        *self.token_hash.lock() = Some(owner.token_hash);
         drop(state);
         tracing::info!(user = owner.user.username, session = session_id, %observed, device = %self.fingerprint, "online");
         let friends = self.ctx.friends.usernames(&owner.user.username).await?;

@@ -10,11 +10,12 @@ use crate::ratelimit::Quota;
 use crate::store::groups::NewMessage;
 use crate::store::{Db, now_ms};
 use crate::table::Table;
+use parking_lot::Mutex;
 use shared::peer::check_text;
 use shared::proto::{ErrorCode, Event, GroupInfo, GroupInvitation, GroupMember, GroupMessage, UserInfo};
 use shared::validate;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type Result<T> = std::result::Result<T, RequestError>;
@@ -42,10 +43,6 @@ pub struct Groups {
 pub struct Retention {
     pub max_messages: i64,
     pub max_age: Duration,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Groups {
@@ -169,7 +166,7 @@ impl Groups {
         let _turn = gate.lock().await;
         self.post_in_turn(me, group_id, &format!("{user} was removed by {me}"), true).await?;
         let deleted = self.db.delete_member(group_id, user).await;
-        lock(&self.members).remove(&group_id);
+        self.members.lock().remove(&group_id);
         deleted?;
         Ok(())
     }
@@ -233,7 +230,8 @@ impl Groups {
             if !members.iter().any(|m| m == sender) {
                 return Err(ErrorCode::NotMember.into());
             }
-            lock(&self.posts)
+            self.posts
+                .lock()
                 .take(&sender.to_string(), Instant::now())
                 .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
         }
@@ -263,18 +261,18 @@ impl Groups {
     /// The member list, cached. Only ever called in the group's turn: membership changes drop the entry in
     /// the same turn, so a list read from the database can never be written back after a change to it.
     async fn members_of(&self, group_id: i64) -> Result<Arc<Vec<String>>> {
-        if let Some(m) = lock(&self.members).get(&group_id) {
+        if let Some(m) = self.members.lock().get(&group_id) {
             return Ok(m.clone());
         }
         let names = self.db.member_names(group_id).await?;
         let names = Arc::new(names);
-        lock(&self.members).insert(group_id, names.clone());
+        self.members.lock().insert(group_id, names.clone());
         Ok(names)
     }
 
     /// The group's turn: numbering, fan-out and membership changes happen one at a time.
     fn gate(&self, group_id: i64) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.order).entry(group_id).or_default().clone()
+        self.order.lock().entry(group_id).or_default().clone()
     }
 
     /// Runs a membership change in the group's turn and forgets the cached member list.
@@ -285,7 +283,7 @@ impl Groups {
         let gate = self.gate(group_id);
         let _turn = gate.lock().await;
         let res = change.await;
-        lock(&self.members).remove(&group_id);
+        self.members.lock().remove(&group_id);
         res
     }
 

@@ -5,11 +5,12 @@
 //! off. Bytes relayed are counted per user.
 
 use certs::Fingerprint;
+use parking_lot::Mutex;
 use shared::proto::ErrorCode;
 use shared::relay::RelayHello;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Bytes read from one side before they are written to the other: what the relay holds per direction.
@@ -43,7 +44,7 @@ impl Bucket {
         if self.rate <= 0.0 {
             return Duration::ZERO;
         }
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.state.lock();
         let now = Instant::now();
         // At most one second's worth saved up: bursts stay short.
         s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
@@ -82,7 +83,7 @@ impl Relay {
     }
 
     fn user(&self, user: &str) -> Arc<UserRelay> {
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut users = self.users.lock();
         let new = || Arc::new(UserRelay { bucket: Bucket::new(self.cfg.user_rate), relayed: AtomicU64::new(0) });
         users.entry(user.to_string()).or_insert_with(new).clone()
     }

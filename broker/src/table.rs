@@ -6,10 +6,11 @@
 //! means pushing to every one of their devices.
 
 use certs::Fingerprint;
+use parking_lot::Mutex;
 use shared::proto::{Event, Millis};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Events queued per session before the session counts as stuck and is disconnected (it resynchronises
@@ -66,13 +67,9 @@ pub struct Presence {
 }
 
 impl Table {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The connection of one of `user`'s devices, by its certificate.
     pub fn device_connection(&self, user: &str, fingerprint: &Fingerprint) -> Option<quinn::Connection> {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         inner.online.get(user)?.iter().find(|r| r.fingerprint == *fingerprint).map(|r| r.conn.clone())
     }
 
@@ -88,7 +85,7 @@ impl Table {
         events: mpsc::Sender<Frame>,
         conn: quinn::Connection,
     ) -> (u64, bool) {
-        let mut t = self.lock();
+        let mut t = self.inner.lock();
         t.next_session += 1;
         let session_id = t.next_session;
         let rows = t.online.entry(user.to_string()).or_default();
@@ -99,7 +96,7 @@ impl Table {
 
     /// Removes a device row; returns whether that was the user's last online device.
     pub fn remove(&self, user: &str, session_id: u64, at: Millis) -> bool {
-        let mut t = self.lock();
+        let mut t = self.inner.lock();
         let Some(rows) = t.online.get_mut(user) else {
             return false;
         };
@@ -116,7 +113,7 @@ impl Table {
 
     /// Online since the earliest device connected, or offline since last seen.
     pub fn presence(&self, user: &str) -> Presence {
-        let t = self.lock();
+        let t = self.inner.lock();
         match t.online.get(user) {
             Some(rows) => Presence { online: true, since: rows.iter().map(|r| r.connected_at).min() },
             None => Presence { online: false, since: t.last_seen.get(user).copied() },
@@ -125,22 +122,22 @@ impl Table {
 
     /// The user's online devices.
     pub fn sessions(&self, user: &str) -> Vec<Row> {
-        self.lock().online.get(user).cloned().unwrap_or_default()
+        self.inner.lock().online.get(user).cloned().unwrap_or_default()
     }
 
     /// One device's row.
     pub fn session(&self, user: &str, session_id: u64) -> Option<Row> {
-        self.lock().online.get(user)?.iter().find(|r| r.session_id == session_id).cloned()
+        self.inner.lock().online.get(user)?.iter().find(|r| r.session_id == session_id).cloned()
     }
 
     /// Number of online devices.
     pub fn len(&self) -> usize {
-        self.lock().online.values().map(Vec::len).sum()
+        self.inner.lock().online.values().map(Vec::len).sum()
     }
 
     /// Whether nobody is online.
     pub fn is_empty(&self) -> bool {
-        self.lock().online.is_empty()
+        self.inner.lock().online.is_empty()
     }
 
     /// Queues `event` for every device of `user`. A device whose queue is full is disconnected rather than
@@ -166,7 +163,7 @@ impl Table {
     }
 
     fn push_frames<'a>(&self, users: impl IntoIterator<Item = &'a str>, frame: &Frame, pick: impl Fn(&Row) -> bool) {
-        let t = self.lock();
+        let t = self.inner.lock();
         for user in users {
             let Some(rows) = t.online.get(user) else { continue };
             for row in rows.iter().filter(|r| pick(r)) {
@@ -183,7 +180,7 @@ impl Table {
     /// once that event is written (see `conn::write_events`). Returns the devices that remain.
     pub fn close_others(&self, user: &str, keep: u64, event: &Event) -> Vec<Fingerprint> {
         let frame = encode(event);
-        let mut t = self.lock();
+        let mut t = self.inner.lock();
         let Some(rows) = t.online.get_mut(user) else { return Vec::new() };
         let (kept, revoked): (Vec<Row>, Vec<Row>) =
             std::mem::take(rows).into_iter().partition(|r| r.session_id == keep);

@@ -20,10 +20,7 @@ impl Fingerprint {
 impl fmt::Display for Fingerprint {
     /// Lower-case hex, 64 digits: easy to copy into `--broker-fingerprint`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 
@@ -42,14 +39,8 @@ impl FromStr for Fingerprint {
         let t = s.trim();
         let t = t.strip_prefix("SHA256:").or_else(|| t.strip_prefix("sha256:")).unwrap_or(t);
         let digits: Vec<u8> = t.bytes().filter(|b| *b != b':').collect();
-        if digits.len() != 64 {
-            return Err(bad());
-        }
         let mut out = [0u8; 32];
-        for (i, pair) in digits.chunks(2).enumerate() {
-            let hex = std::str::from_utf8(pair).map_err(|_| bad())?;
-            out[i] = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
-        }
+        hex::decode_to_slice(digits, &mut out).map_err(|_| bad())?;
         Ok(Self(out))
     }
 }

@@ -51,7 +51,7 @@ fn transfer() -> Transfer {
 }
 
 fn chat() -> Chat {
-    Chat { id: [3; 16], sent_at: 1_700_000, text: "你好 👋".into() }
+    Chat { id: shared::id::MessageId([3; 16]), sent_at: 1_700_000, text: "你好 👋".into() }
 }
 
 pub fn requests() -> Vec<Request> {
@@ -241,10 +241,15 @@ pub fn peer_frames() -> Vec<PeerFrame> {
     vec![
         PeerFrame::Chat(chat()),
         PeerFrame::ChatBatch(vec![chat(), chat()]),
-        PeerFrame::FileOffer(FileOffer { id: [4; 16], name: s("a.pdf"), size: 10, hash: [6; 32] }),
-        PeerFrame::FileFetch { id: [4; 16], offset: 5 },
-        PeerFrame::FileCancel { id: [4; 16], declined: true, reason: s("no") },
-        PeerFrame::FileResult { id: [4; 16], ok: false, reason: s("hash") },
+        PeerFrame::FileOffer(FileOffer {
+            id: shared::id::TransferId([4; 16]),
+            name: s("a.pdf"),
+            size: 10,
+            hash: [6; 32],
+        }),
+        PeerFrame::FileFetch { id: shared::id::TransferId([4; 16]), offset: 5 },
+        PeerFrame::FileCancel { id: shared::id::TransferId([4; 16]), declined: true, reason: s("no") },
+        PeerFrame::FileResult { id: shared::id::TransferId([4; 16]), ok: false, reason: s("hash") },
     ]
 }
 

@@ -10,12 +10,13 @@ use crate::tasks::Tasks;
 use anyhow::{Result, anyhow};
 use certs::Identity;
 use certs::verify::ServerPin;
+use parking_lot::Mutex;
 use shared::control::{AgentEvent, AgentStatus, ControlErrorCode as Code, ControlRequest, ControlResponse};
 use shared::io::{read_frame, write_frame};
 use shared::proto::{DeviceEndpoint, ErrorCode, Event, Request, Response};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::{Notify, broadcast};
 
 /// Events buffered for a slow `peer watch` before it starts missing some.
@@ -58,10 +59,6 @@ pub(crate) enum Reach {
     NotFriends(String),
     /// Offline, or the broker is out of reach: try again later.
     Unreachable(String),
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -179,7 +176,7 @@ pub(crate) async fn run(
     agent.tasks.shutdown(std::time::Duration::from_secs(1)).await;
     agent.direct.shutdown().await;
     checkpointer.abort();
-    if let Some(conn) = lock(&agent.conn).take() {
+    if let Some(conn) = agent.conn.lock().take() {
         conn.close(quinn::VarInt::from_u32(0), b"agent stopping");
     }
     agent.endpoint.close(quinn::VarInt::from_u32(0), b"agent stopping");
@@ -219,7 +216,7 @@ impl Agent {
             }
             Err(e) => return End::Failed(e.to_string()),
         };
-        let local_addrs = lock(&self.status).local_addrs.clone();
+        let local_addrs = self.status.lock().local_addrs.clone();
         let hello = Request::Hello { token: self.account.token.clone(), local_addrs };
         let welcome = match session::on_hello(net::request(&conn, &hello).await.map_err(|e| e.to_string())) {
             Ok(w) => w,
@@ -227,14 +224,14 @@ impl Agent {
         };
         let at = now_ms();
         {
-            let mut s = lock(&self.status);
+            let mut s = self.status.lock();
             s.online = true;
             s.session_id = Some(welcome.session_id);
             s.observed_addr = Some(welcome.observed_addr);
             s.display_name = Some(welcome.user.display_name);
             s.since = Some(at);
         }
-        *lock(&self.conn) = Some(conn.clone());
+        *self.conn.lock() = Some(conn.clone());
         tracing::info!(session = welcome.session_id, observed_addr = %welcome.observed_addr, "online");
         self.emit(AgentEvent::Connected { observed_addr: welcome.observed_addr, at });
         self.session_tasks.spawn(self.clone().deliver_all());
@@ -244,11 +241,11 @@ impl Agent {
         self.session_tasks.spawn(self.clone().accept_relays(conn.clone()));
         let end = self.read_events(&conn).await;
         self.session_tasks.abort_all();
-        *lock(&self.conn) = None;
+        *self.conn.lock() = None;
         self.direct.drop_relayed();
         let at = now_ms();
         {
-            let mut s = lock(&self.status);
+            let mut s = self.status.lock();
             s.online = false;
             s.session_id = None;
             s.since = Some(at);
@@ -338,7 +335,7 @@ impl Agent {
                 )));
             }
             Effect::ForgetDevices(friend) => {
-                lock(&self.devices).remove(&friend);
+                self.devices.lock().remove(&friend);
             }
             Effect::Retry(friend) => {
                 self.files.kick(&friend);
@@ -411,7 +408,7 @@ impl Agent {
             let stop_after = matches!(req, ControlRequest::Logout | ControlRequest::Stop);
             let resp = match req {
                 ControlRequest::Status => {
-                    let mut status = lock(&self.status).clone();
+                    let mut status = self.status.lock().clone();
                     status.peers = self.direct.links();
                     ControlResponse::Status(status)
                 }
@@ -446,7 +443,7 @@ impl Agent {
     /// A friend's online devices: from the last lookup while its connections work, else asked of the broker
     /// (which also tells the friend's agent to expect us).
     pub(crate) async fn devices_of(&self, friend: &str) -> Result<Vec<DeviceEndpoint>, Reach> {
-        if let Some(d) = lock(&self.devices).get(friend).cloned() {
+        if let Some(d) = self.devices.lock().get(friend).cloned() {
             return Ok(d);
         }
         match self.forward(&Request::Lookup { username: friend.to_string() }).await {
@@ -461,7 +458,7 @@ impl Agent {
     }
 
     pub(crate) async fn forward(&self, req: &Request) -> ControlResponse {
-        let conn = lock(&self.conn).clone();
+        let conn = self.conn.lock().clone();
         let Some(conn) = conn else {
             return ControlResponse::failed(
                 Code::Offline,
@@ -512,7 +509,7 @@ impl Agent {
     async fn watch(&self, mut stream: Box<dyn Duplex>) -> Result<()> {
         let mut rx = self.events.subscribe();
         // Tells the watcher it is subscribed: nothing from here on is missed.
-        let status = lock(&self.status).clone();
+        let status = self.status.lock().clone();
         write_frame(&mut stream, &ControlResponse::Status(status)).await?;
         loop {
             let event = match rx.recv().await {

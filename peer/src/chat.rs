@@ -6,14 +6,14 @@
 //! costs a few database statements and one round trip instead of that many per message. Order is the order
 //! of storing, per friend, and delivery stops at the first message that cannot be delivered.
 
-use crate::agent::{Agent, Reach, lock, now_ms, random_id};
+use crate::agent::{Agent, Reach, now_ms, random_id};
 use crate::core::outbox::{self, Batch};
 use crate::direct::{Direct, peer_fingerprint};
 use crate::history;
 use anyhow::Result;
 use shared::control::{AgentEvent, ControlErrorCode as Code, ControlResponse, MessageStatus};
 use shared::io::{read_frame, write_frame};
-use shared::peer::{Chat, PeerAck, PeerFrame, batches, check_text, from_hex, id_hex};
+use shared::peer::{Chat, MessageId, PeerAck, PeerFrame, batches, check_text};
 use shared::proto::DeviceEndpoint;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -61,8 +61,8 @@ impl Agent {
             return ControlResponse::failed(Code::InvalidRequest, "you cannot send messages to yourself");
         }
         let (reply, outcome) = oneshot::channel();
-        let out = Outgoing { id: id_hex(&random_id()), text: text.to_string(), sent_at: now_ms(), reply };
-        let spawn = lock(&self.outboxes).push(to, out);
+        let out = Outgoing { id: MessageId(random_id()).to_string(), text: text.to_string(), sent_at: now_ms(), reply };
+        let spawn = self.outboxes.lock().push(to, out);
         if spawn {
             self.tasks.spawn(self.clone().friend_worker(to.to_string()));
         }
@@ -74,7 +74,7 @@ impl Agent {
     /// one multi-row INSERT, one exchange and one UPDATE each.
     async fn friend_worker(self: Arc<Self>, friend: String) {
         loop {
-            let Some(Batch { items: batch, clean }) = lock(&self.outboxes).next_batch(&friend) else { return };
+            let Some(Batch { items: batch, clean }) = self.outboxes.lock().next_batch(&friend) else { return };
             let run = self.deliver_batch(&friend, &batch, clean).await;
             let all_done = matches!(&run, Ok(r) if r.delivered.len() == batch.len());
             for out in batch {
@@ -83,7 +83,7 @@ impl Agent {
             if let Ok(report) = &run {
                 self.record(&friend, report).await;
             }
-            lock(&self.outboxes).finished(&friend, all_done);
+            self.outboxes.lock().finished(&friend, all_done);
         }
     }
 
@@ -128,7 +128,7 @@ impl Agent {
 
     /// The friend's turn: one delivery to a friend at a time, so that order holds.
     async fn turn(&self, friend: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let gate = lock(&self.outbox_locks).entry(friend.to_string()).or_default().clone();
+        let gate = self.outbox_locks.lock().entry(friend.to_string()).or_default().clone();
         gate.lock_owned().await
     }
 
@@ -209,10 +209,11 @@ impl Agent {
         if devices.is_empty() {
             return self.queue(pending, &format!("{friend} is offline")).await;
         }
-        let chats: Vec<Chat> = pending
+        // An id that does not parse means a damaged database: nothing is sent under a made-up id.
+        let chats = pending
             .iter()
-            .map(|m| Chat { id: from_hex(&m.id).unwrap_or_default(), sent_at: m.sent_at, text: m.text.clone() })
-            .collect();
+            .map(|m| Ok(Chat { id: m.id.parse()?, sent_at: m.sent_at, text: m.text.clone() }))
+            .collect::<Result<Vec<Chat>>>()?;
         let frames = batches(chats);
         let mut answers = Vec::new();
         let mut errors = Vec::new();
@@ -222,18 +223,18 @@ impl Agent {
                     answers.push(acks);
                     if let Some(e) = err {
                         errors.push(e.to_string());
-                        lock(&self.devices).remove(friend);
+                        self.devices.lock().remove(friend);
                     }
                 }
                 Err(e) => errors.push(e.to_string()),
             }
         }
         if answers.is_empty() {
-            lock(&self.devices).remove(friend);
+            self.devices.lock().remove(friend);
             return self.queue(pending, &errors.join("; ")).await;
         }
         if errors.is_empty() {
-            lock(&self.devices).insert(friend.to_string(), devices);
+            self.devices.lock().insert(friend.to_string(), devices);
         }
         let settled = outbox::settle(pending.len(), &answers);
         let mut report = Report::default();
@@ -444,7 +445,7 @@ impl Agent {
             match check_text(&c.text) {
                 Ok(()) => {
                     acks.push(PeerAck::Stored);
-                    rows.push((id_hex(&c.id), c.text.clone(), c.sent_at));
+                    rows.push((c.id.to_string(), c.text.clone(), c.sent_at));
                 }
                 Err(e) => acks.push(PeerAck::Refused(e)),
             }

@@ -14,12 +14,13 @@ use crate::tasks::Tasks;
 use anyhow::{Result, anyhow};
 use certs::verify::ServerPin;
 use certs::{Fingerprint, Identity};
+use parking_lot::Mutex;
 use shared::io::{read_frame, write_frame};
 use shared::peer::{PeerAck, PeerFrame};
 use shared::proto::{DeviceEndpoint, PEER_ALPN, Request, Response};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A direct connection that carried no stream data this long is closed.
@@ -36,10 +37,6 @@ const RELAY_AFTER: Duration = Duration::from_millis(1500);
 const RELAY_HANDSHAKE: Duration = Duration::from_secs(5);
 /// How long to wait for a friend's agent to store a message.
 const ACK_TIMEOUT: Duration = Duration::from_secs(4);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The transport for peer connections, both directions.
 pub(crate) fn transport() -> quinn::TransportConfig {
@@ -147,7 +144,7 @@ impl Direct {
     /// (and held until the next friend list) for someone the agent does not know as a friend.
     pub(crate) fn expect(&self, username: &str, fp: Fingerprint) -> bool {
         {
-            let mut f = lock(&self.friends);
+            let mut f = self.friends.lock();
             if f.known.as_ref().is_some_and(|k| !k.contains(username)) {
                 tracing::warn!(user = username, "the broker vouched for a key of someone who is not a friend; refused");
                 f.held.push((username.to_string(), fp));
@@ -161,12 +158,12 @@ impl Direct {
     /// Whether `username` is a friend as far as this agent knows (before the first friend list arrives, the
     /// broker's word is all there is).
     pub(crate) fn is_friend(&self, username: &str) -> bool {
-        lock(&self.friends).known.as_ref().is_none_or(|k| k.contains(username))
+        self.friends.lock().known.as_ref().is_none_or(|k| k.contains(username))
     }
 
     /// A friendship began (`FriendAccepted`).
     pub(crate) fn befriended(&self, username: &str) {
-        let mut f = lock(&self.friends);
+        let mut f = self.friends.lock();
         f.epoch += 1;
         if let Some(k) = &mut f.known {
             k.insert(username.to_string());
@@ -175,19 +172,19 @@ impl Direct {
 
     /// Where the friend list stands now, for [`Direct::set_friends`].
     pub(crate) fn friends_epoch(&self) -> u64 {
-        lock(&self.friends).epoch
+        self.friends.lock().epoch
     }
 
     /// The friend list from the broker, fetched at `epoch`: everyone else is forgotten (their keys refused,
     /// their connections closed). `false` if an event changed the list meanwhile: fetch again.
     pub(crate) fn set_friends(&self, list: HashSet<String>, epoch: u64) -> bool {
         let (gone, held) = {
-            let mut f = lock(&self.friends);
+            let mut f = self.friends.lock();
             if f.epoch != epoch {
                 return false;
             }
             let held: Vec<_> = std::mem::take(&mut f.held).into_iter().filter(|(u, _)| list.contains(u)).collect();
-            let gone: HashSet<String> = lock(&self.who).values().filter(|u| !list.contains(*u)).cloned().collect();
+            let gone: HashSet<String> = self.who.lock().values().filter(|u| !list.contains(*u)).cloned().collect();
             f.known = Some(list);
             (gone, held)
         };
@@ -203,7 +200,7 @@ impl Direct {
 
     /// Accept `username`'s device `fp` from now on (we looked them up ourselves).
     fn allow(&self, username: &str, fp: Fingerprint) {
-        lock(&self.who).insert(fp, username.to_string());
+        self.who.lock().insert(fp, username.to_string());
         if let Ok(mut a) = self.allowed.write() {
             a.insert(fp);
         }
@@ -212,7 +209,7 @@ impl Direct {
     /// Stop accepting and drop every connection of `username` (no longer a friend).
     pub(crate) fn forget(&self, username: &str) {
         {
-            let mut f = lock(&self.friends);
+            let mut f = self.friends.lock();
             f.epoch += 1;
             if let Some(k) = &mut f.known {
                 k.remove(username);
@@ -229,17 +226,19 @@ impl Direct {
     /// Stop accepting every device key of `username` but `keep`, and close their connections (devices cut
     /// off by a password change).
     pub(crate) fn keep_only(&self, username: &str, keep: &[Fingerprint]) {
-        let gone: Vec<Fingerprint> = lock(&self.who)
+        let gone: Vec<Fingerprint> = self
+            .who
+            .lock()
             .iter()
             .filter(|(f, u)| u.as_str() == username && !keep.contains(f))
             .map(|(f, _)| *f)
             .collect();
         for fp in gone {
-            lock(&self.who).remove(&fp);
+            self.who.lock().remove(&fp);
             if let Ok(mut a) = self.allowed.write() {
                 a.remove(&fp);
             }
-            if let Some(c) = lock(&self.conns).remove(&fp) {
+            if let Some(c) = self.conns.lock().remove(&fp) {
                 c.close(quinn::VarInt::from_u32(1), b"no longer friends");
             }
         }
@@ -247,8 +246,10 @@ impl Direct {
 
     /// The live connections, for `peer status`.
     pub(crate) fn links(&self) -> Vec<shared::control::PeerLink> {
-        let who = lock(&self.who).clone();
-        let mut links: Vec<_> = lock(&self.conns)
+        let who = self.who.lock().clone();
+        let mut links: Vec<_> = self
+            .conns
+            .lock()
             .iter()
             .filter(|(_, c)| c.close_reason().is_none())
             .map(|(fp, c)| {
@@ -257,7 +258,7 @@ impl Direct {
                     username: who.get(fp).cloned().unwrap_or_default(),
                     path: if relayed { "relayed" } else { "direct" }.into(),
                     // Relayed: the broker's address, the one the packets travel to.
-                    remote_addr: match (relayed, lock(&self.broker).as_ref()) {
+                    remote_addr: match (relayed, self.broker.lock().as_ref()) {
                         (true, Some(b)) => b.remote_address(),
                         _ => c.remote_address(),
                     },
@@ -272,8 +273,8 @@ impl Direct {
     /// Closes connections that carried no stream data for [`UNUSED`] and forgets closed ones.
     pub(crate) fn reap(&self) {
         let now = std::time::Instant::now();
-        let mut usage = lock(&self.usage);
-        let mut conns = lock(&self.conns);
+        let mut usage = self.usage.lock();
+        let mut conns = self.conns.lock();
         conns.retain(|_, c| {
             let stats = c.stats();
             let frames = stats.frame_tx.stream + stats.frame_rx.stream;
@@ -300,7 +301,7 @@ impl Direct {
     /// Closes every relayed connection: they ride the broker session, which just ended, so they are dead
     /// already and whatever used them should retry now rather than after the idle timeout.
     pub(crate) fn drop_relayed(&self) {
-        lock(&self.conns).retain(|_, c| {
+        self.conns.lock().retain(|_, c| {
             let relayed = is_relay_addr(&c.remote_address());
             if relayed {
                 self.close(c, b"relay lost with the broker session");
@@ -311,7 +312,7 @@ impl Direct {
 
     /// The friend behind a device key.
     pub(crate) fn username_of(&self, fp: &Fingerprint) -> Option<String> {
-        lock(&self.who).get(fp).cloned()
+        self.who.lock().get(fp).cloned()
     }
 
     /// Keeps an accepted connection for reuse in the other direction (unless a better one is live).
@@ -325,7 +326,7 @@ impl Direct {
     /// had time to finish (they are retried on the kept one if not).
     fn keep(&self, fp: Fingerprint, conn: quinn::Connection, opened_by_us: bool) -> quinn::Connection {
         let chosen = {
-            let mut conns = lock(&self.conns);
+            let mut conns = self.conns.lock();
             let kept = match conns.get(&fp) {
                 Some(old) if old.close_reason().is_none() && old.stable_id() != conn.stable_id() => {
                     let new_wins =
@@ -385,7 +386,7 @@ impl Direct {
     }
 
     fn live(&self, fp: &Fingerprint) -> Option<quinn::Connection> {
-        lock(&self.conns).get(fp).filter(|c| c.close_reason().is_none()).cloned()
+        self.conns.lock().get(fp).filter(|c| c.close_reason().is_none()).cloned()
     }
 
     fn client_config(&self, fp: Fingerprint) -> Result<quinn::ClientConfig> {
@@ -462,7 +463,7 @@ impl Direct {
         let addr = match self.relays.addr_of(&fp) {
             Some(a) => a,
             None => {
-                let broker = lock(&self.broker).clone().ok_or_else(|| anyhow!("not connected to the broker"))?;
+                let broker = self.broker.lock().clone().ok_or_else(|| anyhow!("not connected to the broker"))?;
                 let (mut send, mut recv) = broker.open_bi().await?;
                 write_frame(&mut send, &Request::Relay { username: username.to_string(), fingerprint: fp.0 }).await?;
                 // The broker answers once the friend's side stands, or after its own limit for that.

@@ -9,14 +9,15 @@
 
 use bytes::Bytes;
 use certs::Fingerprint;
+use parking_lot::Mutex;
 use shared::relay::{PacketDecoder, encode_packet};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use tokio::sync::mpsc;
 
@@ -26,10 +27,6 @@ use tokio::sync::mpsc;
 const OUTBOUND_QUEUE: usize = 256;
 /// Bytes of packets received from relays and not yet taken by the endpoint; beyond that they are dropped.
 const INBOUND_BYTES: usize = 4 << 20;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Whether an address is a relay stand-in.
 pub(crate) fn is_relay_addr(addr: &SocketAddr) -> bool {
@@ -50,7 +47,7 @@ pub(crate) struct Relays {
 
 impl fmt::Debug for Relays {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Relays").field("links", &lock(&self.out).len()).finish()
+        f.debug_struct("Relays").field("links", &self.out.lock().len()).finish()
     }
 }
 
@@ -72,7 +69,7 @@ impl Relays {
         let [_, a, b, c] = n.to_be_bytes();
         let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(0, a, b, c), 1));
         let (tx, mut rx) = mpsc::channel::<Bytes>(OUTBOUND_QUEUE);
-        lock(&self.out).insert(addr, (device, tx));
+        self.out.lock().insert(addr, (device, tx));
         let relays = self.clone();
         self.tasks.spawn(async move {
             let writer = async {
@@ -106,7 +103,7 @@ impl Relays {
                 () = writer => {}
                 () = reader => {}
             }
-            lock(&relays.out).remove(&addr);
+            relays.out.lock().remove(&addr);
             tracing::info!(%addr, "relay link closed");
         });
         addr
@@ -114,14 +111,14 @@ impl Relays {
 
     fn deliver(&self, from: SocketAddr, packet: Bytes) {
         {
-            let mut q = lock(&self.inbound);
+            let mut q = self.inbound.lock();
             if q.1 + packet.len() > INBOUND_BYTES {
                 return;
             }
             q.1 += packet.len();
             q.0.push_back((from, packet));
         }
-        if let Some(w) = lock(&self.waker).take() {
+        if let Some(w) = self.waker.lock().take() {
             w.wake();
         }
     }
@@ -129,17 +126,17 @@ impl Relays {
     /// Ends the relay link of a stand-in address (its connection closed).
     pub(crate) fn close(&self, addr: &SocketAddr) {
         if is_relay_addr(addr) {
-            lock(&self.out).remove(addr);
+            self.out.lock().remove(addr);
         }
     }
 
     /// A live stand-in address for a device, if a relay to it is open.
     pub(crate) fn addr_of(&self, device: &Fingerprint) -> Option<SocketAddr> {
-        lock(&self.out).iter().find(|(_, (fp, tx))| fp == device && !tx.is_closed()).map(|(a, _)| *a)
+        self.out.lock().iter().find(|(_, (fp, tx))| fp == device && !tx.is_closed()).map(|(a, _)| *a)
     }
 
     fn send(&self, to: &SocketAddr, contents: &[u8], segment: Option<usize>) {
-        let Some(tx) = lock(&self.out).get(to).map(|(_, tx)| tx.clone()) else { return };
+        let Some(tx) = self.out.lock().get(to).map(|(_, tx)| tx.clone()) else { return };
         let size = segment.unwrap_or(contents.len()).max(1);
         for packet in contents.chunks(size) {
             // A full queue drops the packet, as a full socket buffer would.
@@ -188,14 +185,14 @@ impl quinn::AsyncUdpSocket for RelaySocket {
         // The waker first, then the queue: a packet delivered in between still wakes us. (Every receive,
         // direct ones too, passes here: the waker is cloned only when it changed.)
         {
-            let mut waker = lock(&self.relays.waker);
+            let mut waker = self.relays.waker.lock();
             if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 *waker = Some(cx.waker().clone());
             }
         }
         let mut filled = 0;
         {
-            let mut q = lock(&self.relays.inbound);
+            let mut q = self.relays.inbound.lock();
             while filled < bufs.len().min(meta.len()) {
                 let Some((from, packet)) = q.0.pop_front() else { break };
                 q.1 -= packet.len();

@@ -3,15 +3,12 @@
 //! keeps running against the next), and local sets inside a server loop (dropped with it). Nothing is
 //! spawned bare: shutdown aborts what is left and waits for it.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A set of running tasks with one owner.
 #[derive(Default)]
@@ -30,13 +27,13 @@ struct KeyGuard {
 
 impl Drop for KeyGuard {
     fn drop(&mut self) {
-        lock(&self.running).remove(&self.key);
+        self.running.lock().remove(&self.key);
     }
 }
 
 impl Tasks {
     pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let mut set = lock(&self.set);
+        let mut set = self.set.lock();
         // Finished tasks leave their results in the set until joined: clear them as we go.
         while set.try_join_next().is_some() {}
         set.spawn(task);
@@ -45,10 +42,10 @@ impl Tasks {
     /// Starts `task` unless one with the same key is still running (then it is not started: the running
     /// one does the same work).
     pub(crate) fn spawn_once(&self, key: String, task: impl Future<Output = ()> + Send + 'static) -> bool {
-        if lock(&self.running).contains_key(&key) {
+        if self.running.lock().contains_key(&key) {
             return false;
         }
-        lock(&self.running).insert(key.clone(), false);
+        self.running.lock().insert(key.clone(), false);
         let guard = KeyGuard { running: self.running.clone(), key };
         self.spawn(async move {
             let _guard = guard;
@@ -66,7 +63,7 @@ impl Tasks {
         Fut: Future<Output = ()> + Send + 'static,
     {
         {
-            let mut running = lock(&self.running);
+            let mut running = self.running.lock();
             if let Some(again) = running.get_mut(&key) {
                 *again = true;
                 return;
@@ -77,7 +74,7 @@ impl Tasks {
         self.spawn(async move {
             loop {
                 work().await;
-                let mut running = lock(&guard.running);
+                let mut running = guard.running.lock();
                 match running.get_mut(&guard.key) {
                     Some(again) if *again => *again = false,
                     _ => break,
@@ -89,12 +86,12 @@ impl Tasks {
 
     /// Aborts every task (they stop at their next await).
     pub(crate) fn abort_all(&self) {
-        lock(&self.set).abort_all();
+        self.set.lock().abort_all();
     }
 
     /// Aborts every task and waits up to `within` for them to be gone.
     pub(crate) async fn shutdown(&self, within: Duration) {
-        let mut set = std::mem::take(&mut *lock(&self.set));
+        let mut set = std::mem::take(&mut *self.set.lock());
         set.abort_all();
         let _ = tokio::time::timeout(within, async { while set.join_next().await.is_some() {} }).await;
     }
@@ -102,7 +99,7 @@ impl Tasks {
     /// How many tasks have not been joined yet (finished ones included until the next spawn clears them).
     #[cfg(test)]
     fn len(&self) -> usize {
-        lock(&self.set).len()
+        self.set.lock().len()
     }
 }
 
@@ -122,7 +119,7 @@ mod tests {
         tx.send(()).unwrap();
         // The key is free once the task has ended.
         for _ in 0..100 {
-            if !lock(&tasks.running).contains_key("bob") {
+            if !tasks.running.lock().contains_key("bob") {
                 break;
             }
             tokio::task::yield_now().await;
@@ -130,12 +127,12 @@ mod tests {
         assert!(tasks.spawn_once("bob".into(), std::future::pending()));
         tasks.abort_all();
         for _ in 0..100 {
-            if !lock(&tasks.running).contains_key("bob") {
+            if !tasks.running.lock().contains_key("bob") {
                 break;
             }
             tokio::task::yield_now().await;
         }
-        assert!(!lock(&tasks.running).contains_key("bob"), "an aborted task frees its key");
+        assert!(!tasks.running.lock().contains_key("bob"), "an aborted task frees its key");
     }
 
     #[tokio::test]
@@ -160,12 +157,12 @@ mod tests {
         }
         gate.add_permits(10);
         for _ in 0..1000 {
-            if !lock(&tasks.running).contains_key("bob") {
+            if !tasks.running.lock().contains_key("bob") {
                 break;
             }
             tokio::task::yield_now().await;
         }
-        assert!(!lock(&tasks.running).contains_key("bob"));
+        assert!(!tasks.running.lock().contains_key("bob"));
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 

@@ -142,7 +142,7 @@ fn non_friends_and_unknown_keys_are_refused() {
                 Err(_) => true,
                 Ok((mut s, mut r)) => {
                     let frame = shared::peer::PeerFrame::Chat(shared::peer::Chat {
-                        id: [9; 16],
+                        id: shared::id::MessageId([9; 16]),
                         sent_at: 0,
                         text: "forged".into(),
                     });

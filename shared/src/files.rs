@@ -8,8 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A transfer id: 16 random bytes chosen by the sender, reused when the same file is offered again.
-pub type TransferId = [u8; 16];
+pub use crate::id::TransferId;
 
 /// Longest file name accepted, in bytes of UTF-8 (what common file systems allow).
 pub const MAX_NAME_BYTES: usize = 255;

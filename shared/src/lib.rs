@@ -19,6 +19,7 @@ pub mod control;
 pub mod display;
 pub mod files;
 pub mod frame;
+pub mod id;
 #[cfg(feature = "io")]
 pub mod io;
 pub mod peer;

@@ -6,15 +6,13 @@
 //! retry, so a message acknowledged twice is stored once. Files ride the same connection on streams of their
 //! own (see [`crate::files`]), so a transfer never holds up chat.
 
-use crate::files::{FileOffer, OfferAnswer, TransferId};
+use crate::files::{FileOffer, OfferAnswer};
+pub use crate::id::{MessageId, TransferId};
 use crate::proto::Millis;
 use serde::{Deserialize, Serialize};
 
 /// Longest chat message, in bytes of UTF-8.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
-
-/// A message id: 16 random bytes, shown as 32 hex digits.
-pub type MessageId = [u8; 16];
 
 /// Room kept in a frame for the envelope of a batch.
 const BATCH_OVERHEAD: usize = 1024;
@@ -84,25 +82,15 @@ pub fn batches(messages: Vec<Chat>) -> Vec<PeerFrame> {
     frames
 }
 
-/// Hex form of a message id.
-pub fn id_hex(id: &MessageId) -> String {
-    to_hex(id)
-}
-
-/// Lower-case hex of any bytes (ids, hashes), as stored and shown.
+/// Lower-case hex of any bytes (hashes, fixtures), as stored and shown.
 pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// Bytes back from [`to_hex`]; `None` unless `hex` is exactly `2 * N` hex digits.
 pub fn from_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
-    if hex.len() != 2 * N {
-        return None;
-    }
     let mut out = [0u8; N];
-    for (o, pair) in out.iter_mut().zip(hex.as_bytes().chunks(2)) {
-        *o = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
+    hex::decode_to_slice(hex, &mut out).ok()?;
     Some(out)
 }
 
@@ -127,8 +115,7 @@ mod tests {
         assert!(check_text("").is_err());
         assert!(check_text(&"x".repeat(MAX_MESSAGE_BYTES)).is_ok());
         assert!(check_text(&"x".repeat(MAX_MESSAGE_BYTES + 1)).is_err());
-        assert_eq!(id_hex(&[0xab; 16]).len(), 32);
-        assert_eq!(from_hex::<16>(&id_hex(&[0xab; 16])), Some([0xab; 16]));
+        assert_eq!(from_hex::<16>(&to_hex(&[0xab; 16])), Some([0xab; 16]));
         assert_eq!(from_hex::<2>("0aFf"), Some([0x0a, 0xff]));
         assert_eq!(from_hex::<2>("0a"), None);
         assert_eq!(from_hex::<1>("zz"), None);
@@ -136,7 +123,7 @@ mod tests {
 
     #[test]
     fn largest_message_fits_a_frame() {
-        let f = PeerFrame::Chat(Chat { id: [1; 16], sent_at: 1, text: "字".repeat(MAX_MESSAGE_BYTES / 3) });
+        let f = PeerFrame::Chat(Chat { id: MessageId([1; 16]), sent_at: 1, text: "字".repeat(MAX_MESSAGE_BYTES / 3) });
         assert!(crate::frame::encode(&f).is_ok());
     }
 
@@ -144,7 +131,7 @@ mod tests {
     fn batches_keep_order_and_fit_frames() {
         let msgs: Vec<Chat> = (0..100u8)
             .map(|i| Chat {
-                id: [i; 16],
+                id: MessageId([i; 16]),
                 sent_at: i64::from(i),
                 text: "x".repeat(if i % 7 == 0 { MAX_MESSAGE_BYTES } else { 100 }),
             })

@@ -170,7 +170,7 @@ impl Db {
 
 /// SHA-256 of a migration script, hex.
 fn checksum(script: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, script.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, script.as_bytes()))
 }
 
 /// A script's statements: split at `;` outside quotes and comments, empty ones dropped.

@@ -25,7 +25,7 @@ struct Active {
 /// The live side of transfers.
 #[derive(Default)]
 pub(crate) struct Live {
-    active: std::sync::Mutex<HashMap<String, Active>>,
+    active: parking_lot::Mutex<HashMap<String, Active>>,
     generations: AtomicU64,
 }
 
@@ -40,7 +40,7 @@ impl Live {
     /// Registers a run of a transfer; `None` if one is running (one stream per transfer at a time), unless
     /// `supersede`, which stops the running one and takes its place.
     pub(super) fn start(&self, id: &str, peer: &str, supersede: bool) -> Option<Run> {
-        let mut active = lock(&self.active);
+        let mut active = self.active.lock();
         if let Some(old) = active.get(id) {
             if !supersede {
                 return None;
@@ -56,32 +56,32 @@ impl Live {
 
     /// The run ended; its entry goes unless a newer run replaced it.
     pub(super) fn finish(&self, id: &str, run: &Run) {
-        let mut active = lock(&self.active);
+        let mut active = self.active.lock();
         if active.get(id).is_some_and(|a| a.generation == run.generation) {
             active.remove(id);
         }
     }
 
     pub(super) fn cancel(&self, id: &str) {
-        if let Some(a) = lock(&self.active).remove(id) {
+        if let Some(a) = self.active.lock().remove(id) {
             a.signal.send_modify(|s| s.halted = true);
         }
     }
 
     /// Wakes the waiting retries of a friend's transfers (they came online).
     pub(crate) fn kick(&self, peer: &str) {
-        for a in lock(&self.active).values().filter(|a| a.peer == peer) {
+        for a in self.active.lock().values().filter(|a| a.peer == peer) {
             a.signal.send_modify(|s| s.kicks = s.kicks.wrapping_add(1));
         }
     }
 
     pub(super) fn is_active(&self, id: &str) -> bool {
-        lock(&self.active).contains_key(id)
+        self.active.lock().contains_key(id)
     }
 
     /// Live byte counts override what the database last recorded.
     pub(super) fn overlay(&self, t: &mut Transfer) {
-        if let Some(a) = lock(&self.active).get(&t.id) {
+        if let Some(a) = self.active.lock().get(&t.id) {
             t.bytes = a.bytes.load(Ordering::Relaxed);
         }
     }

@@ -9,7 +9,7 @@
 //! Here: offers and the commands (`send-file`, `files accept|decline|cancel`). [`transfer`]: the byte
 //! streams of both sides. [`disk`]: the blocking file work. [`live`]: transfers in motion and their signals.
 
-use crate::agent::{Agent, lock, now_ms, random_id};
+use crate::agent::{Agent, now_ms, random_id};
 use crate::chat::Attempt;
 use crate::core::transfer as rules;
 use crate::transfers::{self, Record};
@@ -18,7 +18,7 @@ use bytes::Bytes;
 use shared::control::{AgentEvent, ControlError, ControlErrorCode as Code, ControlResponse, Transfer, TransferState};
 use shared::files::{FileOffer, OfferAnswer, TransferId, check_space, format_size, numbered_name, sanitize_name};
 use shared::io::{read_frame, write_frame};
-use shared::peer::{PeerAck, PeerFrame, from_hex, id_hex, to_hex};
+use shared::peer::{PeerAck, PeerFrame, from_hex, to_hex};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -165,7 +165,7 @@ impl Agent {
                 let now = now_ms();
                 let rec = Record {
                     t: Transfer {
-                        id: id_hex(&random_id()),
+                        id: TransferId(random_id()).to_string(),
                         peer: to.to_string(),
                         outgoing: true,
                         name: name.to_string(),
@@ -195,10 +195,10 @@ impl Agent {
     async fn offer(&self, rec: &Record) -> Result<Transfer> {
         let t = &rec.t;
         let offer = FileOffer {
-            id: parse_id(&t.id),
+            id: t.id.parse()?,
             name: t.name.clone(),
             size: t.size,
-            hash: from_hex(&t.hash).unwrap_or_default(),
+            hash: from_hex(&t.hash).ok_or_else(|| anyhow!("transfer {} has a malformed hash recorded", t.id))?,
         };
         let (state, error) = match self.exchange(&t.peer, &PeerFrame::FileOffer(offer)).await {
             Ok((_, _, PeerAck::Offer(OfferAnswer::Done))) => return self.record_done(&t.id, t.size, None).await,
@@ -249,19 +249,19 @@ impl Agent {
                 .await;
             match exchanged {
                 Ok(r) => {
-                    lock(&self.devices).insert(friend.to_string(), devices.clone());
+                    self.devices.lock().insert(friend.to_string(), devices.clone());
                     return Ok(r);
                 }
                 Err(e) => errors.push(format!("{e:#}")),
             }
         }
-        lock(&self.devices).remove(friend);
+        self.devices.lock().remove(friend);
         Err(Stop::Later(format!("could not reach {friend}: {}", errors.join("; "))))
     }
 
     /// A friend offers a file (or offers it again, to learn where we stand).
     pub(crate) async fn on_offer(self: &Arc<Self>, friend: &str, offer: FileOffer) -> PeerAck {
-        let id = id_hex(&offer.id);
+        let id = offer.id.to_string();
         match transfers::get(&self.home.db, &id).await {
             Ok(Some(rec)) if rec.t.peer == friend && !rec.t.outgoing => {
                 let answer = rules::answer_repeated_offer(rec.t.state, rec.t.bytes);
@@ -380,7 +380,8 @@ impl Agent {
 
     /// Tells the other side, in the background; if it cannot be reached it learns at its next offer or fetch.
     fn notify_cancel(self: &Arc<Self>, t: &Transfer, declined: bool, reason: &str) {
-        let frame = PeerFrame::FileCancel { id: parse_id(&t.id), declined, reason: reason.to_string() };
+        let Ok(id) = t.id.parse() else { return };
+        let frame = PeerFrame::FileCancel { id, declined, reason: reason.to_string() };
         let (agent, peer) = (self.clone(), t.peer.clone());
         self.tasks.spawn(async move {
             if let Err(Stop::Later(e) | Stop::Final(_, e)) = agent.exchange(&peer, &frame).await.map(|_| ()) {
@@ -391,7 +392,7 @@ impl Agent {
 
     /// The friend declined or cancelled a transfer.
     pub(crate) async fn on_cancel(&self, friend: &str, id: TransferId, declined: bool, reason: &str) -> PeerAck {
-        let id = id_hex(&id);
+        let id = id.to_string();
         let Ok(Some(rec)) = transfers::get(&self.home.db, &id).await else { return PeerAck::Stored };
         if rec.t.peer != friend || rec.t.state.is_final() {
             return PeerAck::Stored;
@@ -442,9 +443,4 @@ fn answer(result: Result<Transfer>) -> ControlResponse {
 /// A refusal because of where the transfer (or the disk) stands.
 fn not_now(message: impl Into<String>) -> anyhow::Error {
     ControlError { code: Code::NotNow, message: message.into() }.into()
-}
-
-/// A transfer id back from its hex form (ids in the database are always well-formed).
-pub(crate) fn parse_id(hex: &str) -> TransferId {
-    from_hex(hex).unwrap_or_default()
 }

@@ -55,6 +55,8 @@ impl Agent {
 
     async fn fetch_once(&self, id: &str, run: &mut Run) -> Result<(), Stop> {
         let bytes = run.bytes.clone();
+        let wire_id: TransferId =
+            id.parse().map_err(|e: shared::id::BadId| Stop::Final(TransferState::Failed, e.to_string()))?;
         let rec = transfers::get(&self.home.db, id).await?.ok_or_else(|| anyhow!("transfer {id} vanished"))?;
         if rec.t.state != TransferState::Transferring {
             return Ok(());
@@ -75,7 +77,7 @@ impl Agent {
         .with_context(|| format!("cannot open {}", partial.display()))?;
         bytes.store(have, Ordering::Relaxed);
         let (mut send, mut recv, ack) =
-            self.exchange(&rec.t.peer, &PeerFrame::FileFetch { id: parse_id(id), offset: have }).await?;
+            self.exchange(&rec.t.peer, &PeerFrame::FileFetch { id: wire_id, offset: have }).await?;
         match ack {
             PeerAck::Stored => {}
             PeerAck::Refused(why) => {
@@ -147,8 +149,8 @@ impl Agent {
         self.progress_event(&t, total);
         if to_hex(hash.as_bytes()) != t.hash {
             let why = "the received data does not match the file's hash; the partial data was discarded".to_string();
-            let _ = write_frame(&mut send, &PeerFrame::FileResult { id: parse_id(id), ok: false, reason: why.clone() })
-                .await;
+            let _ =
+                write_frame(&mut send, &PeerFrame::FileResult { id: wire_id, ok: false, reason: why.clone() }).await;
             let _ = send.finish();
             return Err(Stop::Final(TransferState::Failed, why));
         }
@@ -163,8 +165,7 @@ impl Agent {
         self.record_done(id, size, Some(&saved_str)).await?;
         tracing::info!(id, from = t.peer, saved = saved_str, "file received and verified");
         // The sender learns it arrived; if this is lost, its next offer is answered "done".
-        let _ =
-            write_frame(&mut send, &PeerFrame::FileResult { id: parse_id(id), ok: true, reason: String::new() }).await;
+        let _ = write_frame(&mut send, &PeerFrame::FileResult { id: wire_id, ok: true, reason: String::new() }).await;
         let _ = send.finish();
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
         Ok(())
@@ -179,7 +180,7 @@ impl Agent {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let id = id_hex(&id);
+        let id = id.to_string();
         let rec = match self.check_fetch(friend, &id, offset).await {
             Ok(rec) => rec,
             Err(why) => {
