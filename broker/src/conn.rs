@@ -11,6 +11,7 @@ use shared::session::SessionState;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
+use tracing::Instrument;
 
 /// How long a request stream may take to deliver its one frame.
 const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,6 +28,8 @@ struct Conn {
     token_hash: parking_lot::Mutex<Option<String>>,
     /// The connection's tasks (its request streams and its event writer): they end with it.
     tasks: parking_lot::Mutex<tokio::task::JoinSet<()>>,
+    /// The connection's span (remote address, then user): its tasks log inside it.
+    span: tracing::Span,
 }
 
 /// Serves a connection until it closes, then takes its row out of the table.
@@ -42,6 +45,7 @@ pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
         state: Mutex::new(SessionState::Anonymous),
         token_hash: parking_lot::Mutex::default(),
         tasks: parking_lot::Mutex::default(),
+        span: tracing::Span::current(),
     });
     loop {
         match quic.accept_bi().await {
@@ -76,7 +80,7 @@ impl Conn {
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut tasks = self.tasks.lock();
         while tasks.try_join_next().is_some() {}
-        tasks.spawn(task);
+        tasks.spawn(task.instrument(self.span.clone()));
     }
 
     async fn stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
@@ -87,7 +91,7 @@ impl Conn {
             }
             Ok(Ok(Some(req))) => {
                 let kind = req.kind();
-                let resp = self.handle(req).await;
+                let resp = self.handle(req).instrument(tracing::debug_span!("request", kind)).await;
                 if let Response::Error(e) = &resp {
                     tracing::debug!(request = kind, error = %e, "request refused");
                 }
@@ -324,6 +328,7 @@ impl Conn {
         *state = SessionState::Online { user: owner.user.username.clone(), session_id };
         *self.token_hash.lock() = Some(owner.token_hash);
         drop(state);
+        self.span.record("user", owner.user.username.as_str());
         tracing::info!(user = owner.user.username, session = session_id, %observed, device = %self.fingerprint, "online");
         let friends = self.ctx.friends.usernames(&owner.user.username).await?;
         // Friends hear of every device that comes online (their agents show it once, and deliver what they

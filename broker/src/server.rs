@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 /// Everything the broker needs to start.
 #[derive(Debug, Clone)]
@@ -186,14 +188,19 @@ impl Broker {
                         incoming.refuse();
                         continue;
                     }
+                    // Everything logged for this connection carries its address, and its user once known.
+                    let span = tracing::info_span!("conn", remote = %incoming.remote_address(), user = Empty);
                     let Some(handshake) = self.handshakes.admit(incoming) else { continue };
                     let ctx = self.ctx.clone();
-                    connections.spawn(async move {
-                        match handshake.complete().await {
-                            Ok(conn) => crate::conn::serve(ctx, conn).await,
-                            Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                    connections.spawn(
+                        async move {
+                            match handshake.complete().await {
+                                Ok(conn) => crate::conn::serve(ctx, conn).await,
+                                Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                            }
                         }
-                    });
+                        .instrument(span),
+                    );
                 }
                 // Finished handlers are reaped as they end, so the set holds only live connections.
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}

@@ -193,7 +193,8 @@ impl Agent {
     async fn broker_loop(self: &Arc<Self>) -> Result<()> {
         let mut reconnect = Reconnect::default();
         loop {
-            let end = self.session().await;
+            let span = tracing::info_span!("session", broker = %self.broker_addr, id = tracing::field::Empty);
+            let end = tracing::Instrument::instrument(self.session(), span).await;
             match &end {
                 End::Lost(reason) => tracing::warn!(reason, "broker session lost; reconnecting"),
                 End::Failed(reason) => tracing::warn!(reason, "cannot reach the broker; will retry"),
@@ -232,7 +233,8 @@ impl Agent {
             s.since = Some(at);
         }
         *self.conn.lock() = Some(conn.clone());
-        tracing::info!(session = welcome.session_id, observed_addr = %welcome.observed_addr, "online");
+        tracing::Span::current().record("id", welcome.session_id);
+        tracing::info!(observed_addr = %welcome.observed_addr, "online");
         self.emit(AgentEvent::Connected { observed_addr: welcome.observed_addr, at });
         self.session_tasks.spawn(self.clone().deliver_all());
         self.session_tasks.spawn(self.clone().catch_up_all());

@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 /// How long an incoming stream may take to deliver its frame.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -416,7 +417,9 @@ impl Agent {
                     Some(self.on_cancel(&friend, id, declined, &reason).await)
                 }
                 PeerFrame::FileFetch { id, offset } if first => {
-                    return self.serve_fetch(&friend, id, offset, send, recv).await;
+                    let short = id.to_string();
+                    let span = tracing::info_span!("transfer", id = crate::output::short_id(&short), side = "sending");
+                    return self.serve_fetch(&friend, id, offset, send, recv).instrument(span).await;
                 }
                 PeerFrame::FileFetch { .. } | PeerFrame::FileResult { .. } => {
                     Some(PeerAck::Refused("a file fetch must open its own stream".into()))

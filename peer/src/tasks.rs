@@ -36,7 +36,8 @@ impl Tasks {
         let mut set = self.set.lock();
         // Finished tasks leave their results in the set until joined: clear them as we go.
         while set.try_join_next().is_some() {}
-        set.spawn(task);
+        // In the span of whoever started it (a broker session, a transfer), so its logs say whose it is.
+        set.spawn(tracing::Instrument::in_current_span(task));
     }
 
     /// Starts `task` unless one with the same key is still running (then it is not started: the running

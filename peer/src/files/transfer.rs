@@ -7,7 +7,13 @@ impl Agent {
     /// Receiver: fetches the rest of an accepted file, verifies it and puts it in place. One run at a time per
     /// transfer; an interrupted fetch keeps the partial file and tries again (with growing pauses, at once
     /// when the friend comes online) until it finishes or is cancelled.
+    /// Fetches an accepted transfer until it is done or stops for good, logging inside its own span.
     pub(crate) async fn fetch(self: Arc<Self>, id: String) {
+        let span = tracing::info_span!("transfer", id = crate::output::short_id(&id), side = "receiving");
+        tracing::Instrument::instrument(self.fetch_runs(id), span).await
+    }
+
+    async fn fetch_runs(self: Arc<Self>, id: String) {
         let peer = match transfers::get(&self.home.db, &id).await {
             Ok(Some(rec)) => rec.t.peer,
             _ => return,
