@@ -75,14 +75,17 @@ pub(crate) fn start_agent_via(
     let home = tempfile::tempdir()?;
     let register = ["register", name, "--broker", broker, "--password-stdin"];
     run_peer(launch()?, home.path(), &register, Some(&format!("{PASSWORD}\n")))?;
+    // The agent's log goes to HOME/agent.log (`bench chat` reads its latency lines from there).
+    let log = std::fs::File::create(home.path().join("agent.log"))?;
     let child = launch()?
         .arg("--home")
         .arg(home.path())
         .args(["up", "--bind", bind])
         .args(extra)
-        .env("PEER_LOG", "warn")
+        .env("PEER_LOG", "warn,peer::latency=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(log)
         .spawn()?;
     let agent = Agent { home, child: Some(child) };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -95,6 +98,18 @@ pub(crate) fn start_agent_via(
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(agent)
+}
+
+/// How long each send took inside an agent, in order, from its log (`peer::latency` lines: `us=N`).
+fn agent_latencies(home: &Path) -> Result<Vec<Duration>> {
+    let log = std::fs::read_to_string(home.join("agent.log"))?;
+    Ok(log
+        .lines()
+        .filter(|l| l.contains("send answered"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("us=")))
+        .filter_map(|us| us.parse().ok())
+        .map(Duration::from_micros)
+        .collect())
 }
 
 pub(crate) fn socket(home: &Path) -> PathBuf {
@@ -125,6 +140,7 @@ pub(crate) async fn chat_bench(messages: usize, concurrency: usize) -> Result<()
     let t = Instant::now();
     send(&mut control, &text).await?;
     let first = t.elapsed();
+    let answered_before = agent_latencies(alice.home.path())?.len();
 
     // Round trips, one at a time.
     let mut rtts = Vec::with_capacity(messages);
@@ -134,6 +150,12 @@ pub(crate) async fn chat_bench(messages: usize, concurrency: usize) -> Result<()
         rtts.push(t.elapsed());
     }
     let (p50, p99) = (percentile(&mut rtts, 50.0), percentile(&mut rtts, 99.0));
+    // The same sends as alice's agent saw them: from taking the request to answering it (no CLI hop).
+    // (An agent build from before these lines logs none: the figure is then left out.)
+    let mut inside: Vec<Duration> = agent_latencies(alice.home.path())?.split_off(answered_before);
+    let inside_logged = inside.len() == messages;
+    let (i50, i99) =
+        if inside_logged { (percentile(&mut inside, 50.0), percentile(&mut inside, 99.0)) } else { Default::default() };
 
     // The local hop alone: `peer status` on the same control connection (answered from memory), which
     // the raw-quinn baseline does not have to make.
@@ -174,7 +196,13 @@ pub(crate) async fn chat_bench(messages: usize, concurrency: usize) -> Result<()
     println!("chat bench: {messages} round trips, then {total} messages with {concurrency} senders");
     println!("  first message (lookup + handshake + store + ack): {}", ms(first));
     println!("  send -> delivered (stored on both sides): p50 {}  p99 {}", ms(p50), ms(p99));
+    if inside_logged {
+        println!("  the same, inside alice's agent (no CLI):  p50 {}  p99 {}", ms(i50), ms(i99));
+    }
     println!("  raw quinn 100-byte round trip:            p50 {}  p99 {}", ms(r50), ms(r99));
+    if inside_logged {
+        println!("  ratio p50 inside the agent: {:.1}x", i50.as_secs_f64() / r50.as_secs_f64());
+    }
     println!("  ratio p50: {:.1}x", p50.as_secs_f64() / r50.as_secs_f64());
     println!(
         "  of which the local control hop (peer status round trip) p50 {}; without it {:.1}x",
@@ -188,6 +216,7 @@ pub(crate) async fn chat_bench(messages: usize, concurrency: usize) -> Result<()
             "bench": "chat", "first_ms": first.as_secs_f64() * 1e3, "p50_ms": p50.as_secs_f64() * 1e3,
             "p99_ms": p99.as_secs_f64() * 1e3, "raw_p50_ms": r50.as_secs_f64() * 1e3, "raw_p99_ms": r99.as_secs_f64() * 1e3,
             "control_hop_p50_ms": hop.as_secs_f64() * 1e3,
+            "agent_p50_ms": i50.as_secs_f64() * 1e3, "agent_p99_ms": i99.as_secs_f64() * 1e3,
             "messages_per_s": rate, "concurrency": concurrency,
         })
     );

@@ -76,6 +76,56 @@ async fn raw_blast(raw: &Proc, size: u64) -> Result<Duration> {
     Ok(took)
 }
 
+/// The physical baseline of the same work: `src` read by a thread in 1 MiB blocks, sent on one quinn stream
+/// (the same mutual TLS 1.3) to the raw server, which writes it to `dst` from a thread of its own in 1 MiB
+/// blocks and fsyncs; timed until the server has counted every byte on disk.
+async fn raw_file_copy(raw: &Proc, src: &Path, dst: &Path, size: u64) -> Result<Duration> {
+    let clients = crate::client::Clients::new()?;
+    let cfg = clients.config(&raw.fingerprint, crate::raw::FILE_ALPN)?;
+    let conn = clients.connect(0, &cfg, raw.addr).await?;
+    let start = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let path = dst.to_string_lossy().into_owned();
+    send.write_all(&u16::try_from(path.len())?.to_be_bytes()).await?;
+    send.write_all(path.as_bytes()).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    let src = src.to_path_buf();
+    let reader = std::thread::spawn(move || -> std::io::Result<()> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(src)?;
+        loop {
+            let mut block = vec![0u8; crate::raw::FILE_BLOCK];
+            let mut filled = 0;
+            while filled < block.len() {
+                match file.read(&mut block[filled..])? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            if filled == 0 {
+                return Ok(());
+            }
+            block.truncate(filled);
+            if tx.blocking_send(bytes::Bytes::from(block)).is_err() {
+                return Ok(());
+            }
+        }
+    });
+    while let Some(block) = rx.recv().await {
+        send.write_chunk(block).await?;
+    }
+    send.finish()?;
+    reader.join().map_err(|_| anyhow::anyhow!("the reader thread panicked"))??;
+    let mut count = [0u8; 8];
+    recv.read_exact(&mut count).await?;
+    let took = start.elapsed();
+    if u64::from_be_bytes(count) != size {
+        bail!("the raw server stored {} of {size} bytes", u64::from_be_bytes(count));
+    }
+    conn.close(0u32.into(), b"done");
+    Ok(took)
+}
+
 /// One MiB of non-repeating bytes, sent again and again by the raw blast.
 fn bytes_block() -> bytes::Bytes {
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -111,6 +161,10 @@ pub(crate) async fn files_bench(size: u64, dir: Option<std::path::PathBuf>) -> R
     let raw_cpu0 = cpu_time(raw.child.id()) + cpu_time(std::process::id());
     let raw_time = raw_blast(&raw, size).await?;
     let raw_cpu = cpu_time(raw.child.id()) + cpu_time(std::process::id()) - raw_cpu0;
+    // The physical baseline: the same file, disk to disk over one quinn stream, into the same directory.
+    let raw_copy_to = inbox.path().join("raw-copy.bin");
+    let raw_file_time = raw_file_copy(&raw, &file, &raw_copy_to, size).await?;
+    std::fs::remove_file(&raw_copy_to)?;
     let pids = [alice.child.as_ref().map(|c| c.id()), bob.child.as_ref().map(|c| c.id())];
     let agents_cpu = || pids.iter().flatten().map(|p| cpu_time(*p)).sum::<Duration>();
     let agents_cpu0 = agents_cpu();
@@ -156,6 +210,10 @@ pub(crate) async fn files_bench(size: u64, dir: Option<std::path::PathBuf>) -> R
     if std::fs::metadata(&received)?.len() != size {
         bail!("the received file has the wrong size");
     }
+    // The physical baseline again, now that the agents have run: the page cache and the disk are in a
+    // different state than before them, and the faster of the two runs is the baseline (the harder bar).
+    let raw_file_time = raw_file_time.min(raw_file_copy(&raw, &file, &raw_copy_to, size).await?);
+    std::fs::remove_file(&raw_copy_to)?;
     // Reference: the same bytes copied file to file on this machine (the page cache and disk's own speed).
     let copy_to = inbox.path().join("local-copy.bin");
     let t = Instant::now();
@@ -165,9 +223,15 @@ pub(crate) async fn files_bench(size: u64, dir: Option<std::path::PathBuf>) -> R
     std::fs::remove_file(&copy_to)?;
     let mb = size as f64 / 1e6;
     let (ours, base) = (mb / transfer.as_secs_f64(), mb / raw_time.as_secs_f64());
+    let file_base = mb / raw_file_time.as_secs_f64();
     println!("files bench: {} random bytes, alice -> bob on loopback", size);
     println!("  raw quinn single-stream blast (memory -> discard): {base:.0} MB/s");
-    println!("  agents, first byte -> verified on disk:            {ours:.0} MB/s  ratio {:.2}x", ours / base);
+    println!("  raw quinn file -> file (1 MiB blocks, fsync; best of a run before and after): {file_base:.0} MB/s");
+    println!(
+        "  agents, first byte -> verified on disk:            {ours:.0} MB/s  ratio {:.2}x to the file copy, {:.2}x to the blast",
+        ours / file_base,
+        ours / base
+    );
     println!("  local file copy + fsync on this machine (reference): {:.0} MB/s", mb / copy_time.as_secs_f64());
     println!(
         "  end to end incl. hashing the file before the offer: {:.0} MB/s ({:.2} s)",
@@ -183,7 +247,8 @@ pub(crate) async fn files_bench(size: u64, dir: Option<std::path::PathBuf>) -> R
     println!(
         "{}",
         json!({
-            "bench": "files", "bytes": size, "raw_mb_per_s": base, "agents_mb_per_s": ours, "ratio": ours / base,
+            "bench": "files", "bytes": size, "raw_mb_per_s": base, "raw_file_mb_per_s": file_base,
+            "agents_mb_per_s": ours, "ratio": ours / base, "ratio_to_file_copy": ours / file_base,
             "end_to_end_s": total.as_secs_f64(), "raw_cpu_s": raw_cpu.as_secs_f64(), "local_copy_mb_per_s": mb / copy_time.as_secs_f64(), "agents_cpu_s": our_cpu.as_secs_f64(), "sender_peak_rss_kib": rss_a, "receiver_peak_rss_kib": rss_b,
         })
     );

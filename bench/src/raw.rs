@@ -1,6 +1,8 @@
 //! The baseline: a bare quinn server with the same mutual TLS 1.3 as the broker and nothing else. On ALPN
 //! [`ALPN`] it answers every bidirectional stream by echoing what it read; on [`SINK_ALPN`] it reads each
-//! stream to its end, discarding the bytes, and answers with their count (the file bench's blast).
+//! stream to its end, discarding the bytes, and answers with their count (the file bench's blast); on
+//! [`FILE_ALPN`] it reads a path, then writes the stream's bytes to that file from a writer thread in 1 MiB
+//! blocks (syncing every 64 MiB, as the agent does), fsyncs it, and answers with the count (the file bench's physical baseline: disk to disk).
 
 use anyhow::Result;
 use certs::Identity;
@@ -9,24 +11,33 @@ use std::sync::Arc;
 
 pub(crate) const ALPN: &[u8] = b"bench-raw";
 pub(crate) const SINK_ALPN: &[u8] = b"bench-raw-sink";
+pub(crate) const FILE_ALPN: &[u8] = b"bench-raw-file";
+
+/// Block size of the raw file copy's reads and writes.
+pub(crate) const FILE_BLOCK: usize = 1 << 20;
 
 pub(crate) async fn serve() -> Result<()> {
     let identity = Identity::generate("raw")?;
-    let tls = certs::config::server(&identity, ClientPolicy::AnyDevice, &[ALPN, SINK_ALPN])?;
+    let tls = certs::config::server(&identity, ClientPolicy::AnyDevice, &[ALPN, SINK_ALPN, FILE_ALPN])?;
     let server = quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
     let endpoint = crate::client::endpoint(Some(server))?;
     println!("raw listening on {} fingerprint {}", endpoint.local_addr()?, identity.fingerprint());
     while let Some(incoming) = endpoint.accept().await {
         tokio::spawn(async move {
             let Ok(conn) = incoming.await else { return };
-            let sink = conn
+            let alpn = conn
                 .handshake_data()
                 .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
                 .and_then(|h| h.protocol)
-                .is_some_and(|p| p == SINK_ALPN);
+                .unwrap_or_default();
+            let (sink, file) = (alpn == SINK_ALPN, alpn == FILE_ALPN);
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 tokio::spawn(async move {
-                    if sink {
+                    if file {
+                        let total = receive_file(&mut recv).await.unwrap_or(0);
+                        let _ = send.write_all(&total.to_be_bytes()).await;
+                        let _ = send.finish();
+                    } else if sink {
                         let mut total = 0u64;
                         while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
                             total += chunk.bytes.len() as u64;
@@ -42,4 +53,57 @@ pub(crate) async fn serve() -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The file baseline's receiving end: a path (u16 length, UTF-8), then the bytes, handed as they arrive to a
+/// writer thread that writes them in [`FILE_BLOCK`] blocks and syncs at the end. The count once on disk.
+async fn receive_file(recv: &mut quinn::RecvStream) -> Result<u64> {
+    let mut len = [0u8; 2];
+    recv.read_exact(&mut len).await?;
+    let mut path = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    recv.read_exact(&mut path).await?;
+    let path = std::path::PathBuf::from(String::from_utf8(path)?);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&path)?;
+        let (mut block, mut unsynced) = (Vec::with_capacity(FILE_BLOCK), 0);
+        let mut flush = |block: &mut Vec<u8>, file: &mut std::fs::File| -> std::io::Result<()> {
+            file.write_all(block)?;
+            // As the receiving agent does: a sync every 64 MiB spreads the write-back over the transfer
+            // instead of leaving a whole file of dirty pages for the final fsync.
+            unsynced += block.len();
+            if unsynced >= 64 << 20 {
+                file.sync_data()?;
+                unsynced = 0;
+            }
+            block.clear();
+            Ok(())
+        };
+        while let Some(chunk) = rx.blocking_recv() {
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                let n = rest.len().min(FILE_BLOCK - block.len());
+                block.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                if block.len() == FILE_BLOCK {
+                    flush(&mut block, &mut file)?;
+                }
+            }
+        }
+        if !block.is_empty() {
+            flush(&mut block, &mut file)?;
+        }
+        file.sync_all()
+    });
+    let mut total = 0u64;
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+        total += chunk.bytes.len() as u64;
+        if tx.send(chunk.bytes).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    tokio::task::spawn_blocking(move || writer.join()).await?.map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    Ok(total)
 }

@@ -33,6 +33,8 @@ pub(crate) struct Outgoing {
     id: String,
     text: String,
     sent_at: i64,
+    /// When the agent took the request: `bench chat` reads how long each took inside the agent.
+    taken: std::time::Instant,
     reply: oneshot::Sender<ControlResponse>,
 }
 
@@ -62,7 +64,13 @@ impl Agent {
             return ControlResponse::failed(Code::InvalidRequest, "you cannot send messages to yourself");
         }
         let (reply, outcome) = oneshot::channel();
-        let out = Outgoing { id: MessageId(random_id()).to_string(), text: text.to_string(), sent_at: now_ms(), reply };
+        let out = Outgoing {
+            id: MessageId(random_id()).to_string(),
+            text: text.to_string(),
+            sent_at: now_ms(),
+            taken: std::time::Instant::now(),
+            reply,
+        };
         let spawn = self.outboxes.lock().push(to, out);
         if spawn {
             self.tasks.spawn(self.clone().friend_worker(to.to_string()));
@@ -79,7 +87,10 @@ impl Agent {
             let run = self.deliver_batch(&friend, &batch, clean).await;
             let all_done = matches!(&run, Ok(r) if r.delivered.len() == batch.len());
             for out in batch {
-                let _ = out.reply.send(self.outcome(&out.id, &run).await);
+                let outcome = self.outcome(&out.id, &run).await;
+                // Off unless asked for (`PEER_LOG=peer::latency=debug`): the agent's own share of a send.
+                tracing::debug!(target: "peer::latency", us = out.taken.elapsed().as_micros() as u64, "send answered");
+                let _ = out.reply.send(outcome);
             }
             if let Ok(report) = &run {
                 self.record(&friend, report).await;
