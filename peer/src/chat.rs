@@ -9,7 +9,7 @@
 use crate::agent::{Agent, Reach, now_ms, random_id};
 use crate::core::outbox::{self, Batch};
 use crate::direct::{Direct, peer_fingerprint};
-use crate::history;
+use crate::history::{self, Status};
 use anyhow::Result;
 use shared::control::{AgentEvent, ControlErrorCode as Code, ControlResponse, MessageStatus};
 use shared::io::{read_frame, write_frame};
@@ -123,7 +123,7 @@ impl Agent {
                 text: o.text.clone(),
                 sent_at: at,
                 stored_at: at,
-                status: "sending".into(),
+                status: Status::Out(MessageStatus::Sending),
             })
             .collect();
         let (stored, run) =
@@ -151,14 +151,14 @@ impl Agent {
             Ok(r) if r.failed.contains_key(id) => (MessageStatus::Failed, r.failed.get(id).cloned()),
             // Settled by an earlier run (it held the friend's turn when this one was stored).
             Ok(_) => match history::status(&self.home.db, id).await {
-                Ok(Some(s)) if s == "delivered" => (MessageStatus::Delivered, None),
-                Ok(Some(s)) if s == "failed" => (MessageStatus::Failed, None),
+                Ok(Some(Status::Out(MessageStatus::Delivered))) => (MessageStatus::Delivered, None),
+                Ok(Some(Status::Out(MessageStatus::Failed))) => (MessageStatus::Failed, None),
                 _ => (MessageStatus::Queued, None),
             },
             // Queued only if it is stored: a message that could not be stored (a full disk) is an error for
             // `peer send` to report, never "queued" (nothing would ever deliver it).
             Err(e) => match history::status(&self.home.db, id).await {
-                Ok(Some(s)) if s == "failed" => (MessageStatus::Failed, Some(e.to_string())),
+                Ok(Some(Status::Out(MessageStatus::Failed))) => (MessageStatus::Failed, Some(e.to_string())),
                 Ok(Some(_)) => (MessageStatus::Queued, Some(e.to_string())),
                 Ok(None) => {
                     return ControlResponse::failed(Code::Storage, format!("{e:#}; nothing was queued, send it again"));

@@ -20,7 +20,41 @@ pub(crate) struct Message {
     pub(crate) text: String,
     pub(crate) sent_at: Millis,
     pub(crate) stored_at: Millis,
-    pub(crate) status: String,
+    pub(crate) status: Status,
+}
+
+/// Where a stored message stands, as the `status` column holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    /// Outgoing: as `peer send` reports it.
+    Out(MessageStatus),
+    /// Incoming: stored here.
+    Received,
+}
+
+impl Status {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Out(s) => s.as_str(),
+            Self::Received => "received",
+        }
+    }
+
+    /// The column's text back; anything else is a damaged row, an error rather than a guess.
+    fn parse(s: &str) -> Option<Self> {
+        if s == "received" {
+            return Some(Self::Received);
+        }
+        [MessageStatus::Sending, MessageStatus::Queued, MessageStatus::Delivered, MessageStatus::Failed]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .map(Self::Out)
+    }
+}
+
+fn status_column(r: &SqliteRow, i: usize) -> Result<Status, sqlx::Error> {
+    let text: String = r.try_get(i)?;
+    Status::parse(&text).ok_or_else(|| sqlx::Error::Decode(format!("unknown message status {text:?}").into()))
 }
 
 const COLUMNS: &str = "local_id, id, peer, outgoing, text, sent_at, stored_at, status";
@@ -34,7 +68,7 @@ fn from_row(r: &SqliteRow) -> Result<Message, sqlx::Error> {
         text: r.try_get(4)?,
         sent_at: r.try_get(5)?,
         stored_at: r.try_get(6)?,
-        status: r.try_get(7)?,
+        status: status_column(r, 7)?,
     })
 }
 
@@ -44,7 +78,7 @@ impl Message {
         json!({
             "local_id": self.local_id, "id": self.id, "peer": self.peer, "from": from, "to": to,
             "direction": if self.outgoing { "out" } else { "in" }, "text": self.text,
-            "sent_at": self.sent_at, "stored_at": self.stored_at, "status": self.status,
+            "sent_at": self.sent_at, "stored_at": self.stored_at, "status": self.status.as_str(),
         })
     }
 }
@@ -135,10 +169,10 @@ pub(crate) async fn set_status(db: &Db, id: &str, status: MessageStatus) -> Resu
     Ok(())
 }
 
-pub(crate) async fn status(db: &Db, id: &str) -> Result<Option<String>> {
+pub(crate) async fn status(db: &Db, id: &str) -> Result<Option<Status>> {
     let row =
         sqlx::query("SELECT status FROM messages WHERE id = ?").bind(id).fetch_optional(&mut *db.lock().await).await?;
-    Ok(row.map(|r| r.try_get(0)).transpose()?)
+    Ok(row.map(|r| status_column(&r, 0)).transpose()?)
 }
 
 /// Outgoing messages to `peer` not yet delivered, oldest first.

@@ -24,6 +24,9 @@ const COLUMNS: &str = "id, peer, outgoing, name, size, hash, state, bytes, sourc
 fn from_row(r: &SqliteRow) -> Result<Record, sqlx::Error> {
     let outgoing = r.try_get::<i64, _>(2)? != 0;
     let state: String = r.try_get(6)?;
+    // A state this build does not know is a damaged row: an error, never a guess at "failed".
+    let state = TransferState::parse(&state)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown transfer state {state:?}").into()))?;
     let source: Option<String> = r.try_get(8)?;
     let saved_as: Option<String> = r.try_get(10)?;
     Ok(Record {
@@ -34,7 +37,7 @@ fn from_row(r: &SqliteRow) -> Result<Record, sqlx::Error> {
             name: r.try_get(3)?,
             size: r.try_get::<i64, _>(4)? as u64,
             hash: r.try_get(5)?,
-            state: TransferState::parse(&state).unwrap_or(TransferState::Failed),
+            state,
             bytes: r.try_get::<i64, _>(7)? as u64,
             path: if outgoing { source } else { saved_as },
             error: r.try_get(11)?,

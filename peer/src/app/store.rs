@@ -3,9 +3,11 @@
 //! written by the agent (`ControlRequest::MarkRead`).
 
 use super::{ConvKey, Line, PAGE};
+use crate::history::Status;
 use crate::home::Home;
 use crate::reads;
 use anyhow::Result;
+use shared::control::MessageStatus;
 use shared::proto::Millis;
 use std::path::Path;
 
@@ -37,7 +39,8 @@ impl Store {
                     sender: if m.outgoing { self.me.clone() } else { m.peer },
                     text: m.text,
                     own: m.outgoing,
-                    state: (m.outgoing && m.status != "delivered").then_some(m.status),
+                    state: (m.outgoing && m.status != Status::Out(MessageStatus::Delivered))
+                        .then(|| m.status.as_str().to_string()),
                     notice: false,
                     token: 0,
                 })
