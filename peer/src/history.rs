@@ -4,7 +4,7 @@
 
 use crate::db::Db;
 use anyhow::Result;
-use serde_json::{Value, json};
+use serde_json::Value;
 use shared::control::MessageStatus;
 use shared::proto::{GroupMessage, Millis};
 use sqlx::Row;
@@ -74,12 +74,7 @@ fn from_row(r: &SqliteRow) -> Result<Message, sqlx::Error> {
 
 impl Message {
     pub(crate) fn json(&self, me: &str) -> Value {
-        let (from, to) = if self.outgoing { (me, self.peer.as_str()) } else { (self.peer.as_str(), me) };
-        json!({
-            "local_id": self.local_id, "id": self.id, "peer": self.peer, "from": from, "to": to,
-            "direction": if self.outgoing { "out" } else { "in" }, "text": self.text,
-            "sent_at": self.sent_at, "stored_at": self.stored_at, "status": self.status.as_str(),
-        })
+        crate::views::value(crate::views::HistoryMessage::new(self, me))
     }
 }
 

@@ -19,6 +19,7 @@ mod files;
 mod groups;
 mod history;
 mod home;
+mod inbound;
 mod net;
 mod output;
 mod password;
@@ -27,6 +28,7 @@ mod relay;
 mod spawn;
 mod tasks;
 mod transfers;
+mod views;
 
 use clap::Parser;
 

@@ -1,9 +1,8 @@
-//! How the CLI shows things: readable lines for people, flat JSON objects for scripts (`--json`).
-//!
-//! The wire types cannot carry serde attributes (bincode would mis-encode them), so the JSON shape is
-//! built here, one flat object per item, with a `type` field on events.
+//! How the CLI shows things: readable lines for people, flat JSON objects for scripts (`--json`, shaped by
+//! the structs in `views`).
 
-use serde_json::{Value, json};
+use crate::views;
+use serde_json::Value;
 use shared::control::{AgentEvent, AgentStatus, PeerLink, Transfer};
 use shared::display::Safe;
 use shared::files::format_size;
@@ -89,131 +88,25 @@ pub(crate) fn time(ms: Millis) -> String {
 }
 
 pub(crate) fn user_json(u: &UserInfo) -> Value {
-    json!({ "username": u.username, "display_name": u.display_name })
+    views::value(views::User::from(u))
 }
 
 /// A friend, with the live connections to their devices (`path`: direct or relayed, and the address in use).
 pub(crate) fn friend_json(f: &FriendInfo, links: &[PeerLink]) -> Value {
-    let connections: Vec<Value> = links
-        .iter()
-        .filter(|l| l.username == f.user.username)
-        .map(|l| json!({ "path": l.path, "remote_addr": l.remote_addr.to_string(), "device_fingerprint": l.device_fingerprint }))
-        .collect();
-    json!({
-        "username": f.user.username,
-        "display_name": f.user.display_name,
-        "remark": f.remark,
-        "online": f.online,
-        "since": f.since,
-        "connections": connections,
-    })
+    views::value(views::Friend::new(f, links))
 }
 
 pub(crate) fn request_json(r: &FriendRequestInfo, direction: &str) -> Value {
-    json!({
-        "direction": direction,
-        "username": r.user.username,
-        "display_name": r.user.display_name,
-        "message": r.message,
-        "created_at": r.created_at,
-    })
+    views::value(views::Request::new(r, direction))
 }
 
 pub(crate) fn status_json(s: &AgentStatus) -> Value {
-    json!({
-        "username": s.username,
-        "display_name": s.display_name,
-        "broker": s.broker,
-        "broker_fingerprint": s.broker_fingerprint,
-        "device_fingerprint": s.device_fingerprint,
-        "online": s.online,
-        "session_id": s.session_id,
-        "observed_addr": s.observed_addr.map(|a| a.to_string()),
-        "local_addrs": s.local_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "since": s.since,
-        "agent_pid": s.agent_pid,
-        "peers": s.peers.iter().map(|p| json!({
-            "username": p.username, "path": p.path, "remote_addr": p.remote_addr.to_string(),
-            "device_fingerprint": p.device_fingerprint,
-        })).collect::<Vec<_>>(),
-    })
+    views::value(views::Status::from(s))
 }
 
 /// One watch event as a flat JSON object with a `type`.
 pub(crate) fn event_json(e: &AgentEvent) -> Value {
-    match e {
-        AgentEvent::Connected { observed_addr, at } => {
-            json!({ "type": "connected", "observed_addr": observed_addr.to_string(), "at": at })
-        }
-        AgentEvent::Disconnected { reason, at } => {
-            json!({ "type": "disconnected", "reason": reason, "at": at })
-        }
-        AgentEvent::MessageReceived { from, id, text, sent_at, at } => json!({
-            "type": "message_received", "username": from, "id": id, "text": text, "sent_at": sent_at, "at": at,
-        }),
-        AgentEvent::MessageDelivered { to, id, at } => {
-            json!({ "type": "message_delivered", "username": to, "id": id, "at": at })
-        }
-        AgentEvent::MessageFailed { to, id, reason, at } => {
-            json!({ "type": "message_failed", "username": to, "id": id, "reason": reason, "at": at })
-        }
-        AgentEvent::FileOffered { transfer, at } => {
-            let mut v = transfer_json(transfer);
-            v["type"] = json!("file_offered");
-            v["at"] = json!(at);
-            v
-        }
-        AgentEvent::FileUpdated { transfer, at } => {
-            let mut v = transfer_json(transfer);
-            v["type"] = json!("file_updated");
-            v["at"] = json!(at);
-            v
-        }
-        AgentEvent::Read { conversation, up_to, at } => {
-            json!({ "type": "read", "conversation": conversation, "up_to": up_to, "at": at })
-        }
-        AgentEvent::FileProgress { id, peer, outgoing, bytes, size, at } => json!({
-            "type": "file_progress", "id": id, "peer": peer, "direction": if *outgoing { "out" } else { "in" },
-            "bytes": bytes, "size": size, "at": at,
-        }),
-        AgentEvent::Broker { event, at } => {
-            let mut v = match event {
-                Event::FriendRequest { from, message, created_at } => json!({
-                    "type": "friend_request", "username": from.username, "display_name": from.display_name,
-                    "message": message, "created_at": created_at,
-                }),
-                Event::FriendAccepted { friend } => json!({
-                    "type": "friend_accepted", "username": friend.username, "display_name": friend.display_name,
-                }),
-                Event::FriendRemoved { username } => {
-                    json!({ "type": "friend_removed", "username": username })
-                }
-                Event::Presence { username, online, at } => json!({
-                    "type": if *online { "friend_online" } else { "friend_offline" },
-                    "username": username, "online": online, "changed_at": at,
-                }),
-                Event::FriendProfile { friend } => json!({
-                    "type": "friend_profile", "username": friend.username, "display_name": friend.display_name,
-                }),
-                Event::SessionRevoked => json!({ "type": "session_revoked" }),
-                Event::PeerIncoming { username, .. } => json!({ "type": "peer_incoming", "username": username }),
-                Event::GroupInvited(i) => json!({
-                    "type": "group_invitation", "group_id": i.group_id, "name": i.name,
-                    "username": i.inviter.username, "display_name": i.inviter.display_name, "created_at": i.created_at,
-                }),
-                Event::GroupMessage(m) => group_message_json(m),
-                Event::FriendDevices { username, fingerprints } => json!({
-                    "type": "friend_devices", "username": username, "devices": fingerprints.len(),
-                }),
-                Event::GroupPresence { group_id, username, online, at } => json!({
-                    "type": if *online { "group_member_online" } else { "group_member_offline" },
-                    "group_id": group_id, "username": username, "online": online, "changed_at": at,
-                }),
-            };
-            v["at"] = json!(at);
-            v
-        }
-    }
+    views::value(views::EventView::from(e))
 }
 
 /// One watch event as a line for people.
@@ -289,10 +182,7 @@ pub(crate) fn event_line(e: &AgentEvent) -> String {
 
 /// A group message as a flat JSON object.
 pub(crate) fn group_message_json(m: &GroupMessage) -> Value {
-    json!({
-        "type": "group_message", "group_id": m.group_id, "seq": m.seq, "username": m.sender,
-        "system": m.system, "text": m.text, "sent_at": m.at,
-    })
+    views::value(views::GroupMessageView { post: m.into() })
 }
 
 /// A group message as a line: `[time] #group sender: text`, notices in brackets.
@@ -316,11 +206,7 @@ pub(crate) fn percent(bytes: u64, size: u64) -> String {
 
 /// A transfer as a flat JSON object.
 pub(crate) fn transfer_json(t: &Transfer) -> Value {
-    json!({
-        "id": t.id, "peer": t.peer, "direction": if t.outgoing { "out" } else { "in" }, "name": t.name,
-        "size": t.size, "hash": t.hash, "state": t.state.as_str(), "bytes": t.bytes, "path": t.path,
-        "error": t.error, "resumed_from": t.resumed_from, "created_at": t.created_at, "updated_at": t.updated_at,
-    })
+    views::value(views::TransferView::from(t))
 }
 
 /// A transfer as a line: `1a2b3c4d  to bob  report.pdf  1.2 MiB  transferring 40%`.

@@ -153,14 +153,17 @@ pub(super) async fn watch(home: &Home, json: bool) -> Result<()> {
             Followed::Event(e) => say!("{}", output::event_line(&e)),
             Followed::Subscribed(s) if json => output::json_line_to(
                 &mut out,
-                &serde_json::json!({ "type": "watching", "username": s.username, "online": s.online }).to_string(),
+                &views::value(views::Watching { username: &s.username, online: s.online }).to_string(),
             ),
             Followed::Subscribed(s) if follow.lost_before => say!("back: watching events for {} again", s.username),
             Followed::Subscribed(s) => say!("watching events for {}; Ctrl-C to stop", s.username),
             Followed::Lost if json => output::json_line_to(&mut out, r#"{"type":"agent_stopped"}"#),
             Followed::Skipped(e) if json => output::json_line_to(
                 &mut out,
-                &serde_json::json!({ "type": "error", "code": e.code.as_str(), "message": e.message }).to_string(),
+                &views::value(views::StreamFailure {
+                    failure: views::Failure { code: e.code.as_str(), broker_code: None, message: &e.message },
+                })
+                .to_string(),
             ),
             Followed::Skipped(e) => say!("({e}; `peer status` and `peer history` show where things stand)"),
             Followed::Lost => say!("the agent stopped; waiting for it to come back (Ctrl-C to stop)"),

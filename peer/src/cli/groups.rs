@@ -20,9 +20,13 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
             args.json,
             "no groups yet: `peer groups create NAME`, or join one you were invited to",
             |g| {
-                serde_json::json!({
-                    "group_id": g.group_id, "name": g.name, "owner": g.owner, "members": g.members, "last_seq": g.last_seq,
-                    "unread": unread_of(g.group_id),
+                views::value(views::Group {
+                    group_id: g.group_id,
+                    name: &g.name,
+                    owner: &g.owner,
+                    members: g.members,
+                    last_seq: g.last_seq,
+                    unread: unread_of(g.group_id),
                 })
             },
             |g| {
@@ -56,8 +60,11 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
                 json,
                 "no invitations",
                 |i| {
-                    serde_json::json!({
-                        "group_id": i.group_id, "name": i.name, "inviter": i.inviter.username, "created_at": i.created_at,
+                    views::value(views::Invitation {
+                        group_id: i.group_id,
+                        name: &i.name,
+                        inviter: &i.inviter.username,
+                        created_at: i.created_at,
                     })
                 },
                 |i| {
@@ -108,11 +115,7 @@ pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {
                 &list,
                 json,
                 "no members",
-                |m| {
-                    serde_json::json!({
-                        "username": m.user.username, "display_name": m.user.display_name, "owner": m.owner, "online": m.online,
-                    })
-                },
+                |m| views::value(views::Member { user: (&m.user).into(), owner: m.owner, online: m.online }),
                 |m| {
                     let role = if m.owner { " (owner)" } else { "" };
                     let presence = if m.online { "online" } else { "offline" };

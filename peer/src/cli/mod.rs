@@ -21,6 +21,7 @@ use crate::control;
 use crate::home::{Account, Home};
 use crate::output::{note, say};
 use crate::reads::{self, Conversation};
+use crate::views;
 use crate::{agent, history, net, output, password};
 use anyhow::{Context, Result, anyhow, bail};
 use certs::Fingerprint;
@@ -531,13 +532,14 @@ pub(crate) struct BrokerRefused(pub(crate) shared::proto::ErrorBody);
 /// refused.
 pub(crate) fn error_json(e: &anyhow::Error) -> Value {
     let message = format!("{e:#}");
-    if let Some(c) = e.chain().find_map(|c| c.downcast_ref::<ControlError>()) {
-        return serde_json::json!({ "error": { "code": c.code.as_str(), "message": message } });
-    }
-    if let Some(BrokerRefused(b)) = e.chain().find_map(|c| c.downcast_ref::<BrokerRefused>()) {
-        return serde_json::json!({ "error": { "code": "broker", "broker_code": b.code, "message": message } });
-    }
-    serde_json::json!({ "error": { "code": "other", "message": message } })
+    let control = e.chain().find_map(|c| c.downcast_ref::<ControlError>());
+    let broker = e.chain().find_map(|c| c.downcast_ref::<BrokerRefused>());
+    let (code, broker_code) = match (control, broker) {
+        (Some(c), _) => (c.code.as_str(), None),
+        (None, Some(BrokerRefused(b))) => ("broker", Some(&b.code)),
+        (None, None) => ("other", None),
+    };
+    views::value(views::Failed { error: views::Failure { code, broker_code, message: &message } })
 }
 
 /// Sends a request to the broker through the agent; a broker error becomes this command's error.
@@ -581,10 +583,10 @@ async fn unread(home: &Home, json: bool) -> Result<()> {
         "nothing unread",
         |u| match &u.conversation {
             Conversation::Friend(name) => {
-                serde_json::json!({ "kind": "friend", "username": name, "unread": u.unread, "last_at": u.last_at })
+                views::value(views::Unread::Friend { username: name, unread: u.unread, last_at: u.last_at })
             }
             Conversation::Group(g) => {
-                serde_json::json!({ "kind": "group", "group_id": g, "unread": u.unread, "last_at": u.last_at })
+                views::value(views::Unread::Group { group_id: *g, unread: u.unread, last_at: u.last_at })
             }
         },
         |u| {
