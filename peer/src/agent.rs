@@ -1,6 +1,7 @@
 //! `peer up`: the long-running agent. It keeps one broker session alive (reconnecting with backoff), relays
 //! broker events to watchers, and serves the CLI over the control channel.
 
+use crate::broker::BrokerSession;
 use crate::control::{self, Duplex};
 use crate::core::session::{self, Effect, End, Reconnect};
 use crate::direct::Direct;
@@ -14,7 +15,6 @@ use parking_lot::Mutex;
 use shared::control::{AgentEvent, AgentStatus, ControlErrorCode as Code, ControlRequest, ControlResponse};
 use shared::io::{read_frame, write_frame};
 use shared::proto::{DeviceEndpoint, ErrorCode, Event, Request, Response};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{Notify, broadcast};
@@ -22,22 +22,21 @@ use tokio::sync::{Notify, broadcast};
 /// Events buffered for a slow `peer watch` before it starts missing some.
 const WATCH_BUFFER: usize = 1024;
 
-/// The running agent.
+/// The running agent: the wiring between its components. Each holds its own state: `direct` the peer links
+/// (who may connect, how to reach them, the live direct and relayed connections), `broker` the session's
+/// link and status, `outboxes` each friend's sends and retries, `files` the transfers moving, `relays` the
+/// relay streams, the task sets their work; the decisions are in `core`.
 pub(crate) struct Agent {
     pub(crate) home: Home,
     pub(crate) account: Account,
     identity: Identity,
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) direct: Direct,
-    /// One delivery at a time per friend, so that messages arrive in the order they were sent.
-    pub(crate) outbox_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Friends' devices from the last lookup, reused while their connections work; forgotten on any
-    /// presence change, removal or failure, so a lookup (and the broker's vouching) happens again.
-    pub(crate) devices: Mutex<HashMap<String, Vec<shared::proto::DeviceEndpoint>>>,
+    /// Sends and retries per friend, each friend's delivered by one run at a time (order holds).
     pub(crate) outboxes: Mutex<crate::core::outbox::Queues<crate::chat::Outgoing>>,
     broker_addr: SocketAddr,
-    status: Mutex<AgentStatus>,
-    conn: crate::direct::BrokerLink,
+    /// The broker session's connection and status.
+    pub(crate) broker: BrokerSession,
     events: broadcast::Sender<AgentEvent>,
     stop: Notify,
     /// Work that lives as long as the agent (answers to the CLI, transfers).
@@ -127,12 +126,9 @@ pub(crate) async fn run(
         identity,
         endpoint,
         direct,
-        outbox_locks: Mutex::default(),
-        devices: Mutex::default(),
         outboxes: Mutex::default(),
         broker_addr,
-        status: Mutex::new(status),
-        conn: broker_link,
+        broker: BrokerSession::new(broker_link, status),
         relays,
         relay_server,
         events,
@@ -176,9 +172,7 @@ pub(crate) async fn run(
     agent.tasks.shutdown(std::time::Duration::from_secs(1)).await;
     agent.direct.shutdown().await;
     checkpointer.abort();
-    if let Some(conn) = agent.conn.lock().take() {
-        conn.close(quinn::VarInt::from_u32(0), b"agent stopping");
-    }
+    agent.broker.close();
     agent.endpoint.close(quinn::VarInt::from_u32(0), b"agent stopping");
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), agent.endpoint.wait_idle()).await;
     tracing::info!("agent stopped");
@@ -217,22 +211,14 @@ impl Agent {
             }
             Err(e) => return End::Failed(e.to_string()),
         };
-        let local_addrs = self.status.lock().local_addrs.clone();
+        let local_addrs = self.broker.local_addrs();
         let hello = Request::Hello { token: self.account.token.clone(), local_addrs };
         let welcome = match session::on_hello(net::request(&conn, &hello).await.map_err(|e| e.to_string())) {
             Ok(w) => w,
             Err(end) => return end,
         };
         let at = now_ms();
-        {
-            let mut s = self.status.lock();
-            s.online = true;
-            s.session_id = Some(welcome.session_id);
-            s.observed_addr = Some(welcome.observed_addr);
-            s.display_name = Some(welcome.user.display_name);
-            s.since = Some(at);
-        }
-        *self.conn.lock() = Some(conn.clone());
+        self.broker.opened(conn.clone(), &welcome, at);
         tracing::Span::current().record("id", welcome.session_id);
         tracing::info!(observed_addr = %welcome.observed_addr, "online");
         self.emit(AgentEvent::Connected { observed_addr: welcome.observed_addr, at });
@@ -243,15 +229,9 @@ impl Agent {
         self.session_tasks.spawn(self.clone().accept_relays(conn.clone()));
         let end = self.read_events(&conn).await;
         self.session_tasks.abort_all();
-        *self.conn.lock() = None;
-        self.direct.drop_relayed();
         let at = now_ms();
-        {
-            let mut s = self.status.lock();
-            s.online = false;
-            s.session_id = None;
-            s.since = Some(at);
-        }
+        self.broker.closed(at);
+        self.direct.drop_relayed();
         self.emit(AgentEvent::Disconnected { reason: end.reason().to_string(), at });
         end
     }
@@ -337,7 +317,7 @@ impl Agent {
                 )));
             }
             Effect::ForgetDevices(friend) => {
-                self.devices.lock().remove(&friend);
+                self.direct.forget_devices(&friend);
             }
             Effect::Retry(friend) => {
                 self.files.kick(&friend);
@@ -345,7 +325,7 @@ impl Agent {
                 self.session_tasks.spawn_coalesced(format!("retry {friend}"), move || {
                     let (agent, friend) = (agent.clone(), friend.clone());
                     async move {
-                        agent.deliver_to(&friend).await;
+                        agent.retry_outbox(&friend);
                         agent.resume_files(Some(friend)).await;
                     }
                 });
@@ -410,7 +390,7 @@ impl Agent {
             let stop_after = matches!(req, ControlRequest::Logout | ControlRequest::Stop);
             let resp = match req {
                 ControlRequest::Status => {
-                    let mut status = self.status.lock().clone();
+                    let mut status = self.broker.status();
                     status.peers = self.direct.links();
                     ControlResponse::Status(status)
                 }
@@ -445,7 +425,7 @@ impl Agent {
     /// A friend's online devices: from the last lookup while its connections work, else asked of the broker
     /// (which also tells the friend's agent to expect us).
     pub(crate) async fn devices_of(&self, friend: &str) -> Result<Vec<DeviceEndpoint>, Reach> {
-        if let Some(d) = self.devices.lock().get(friend).cloned() {
+        if let Some(d) = self.direct.known_devices(friend) {
             return Ok(d);
         }
         match self.forward(&Request::Lookup { username: friend.to_string() }).await {
@@ -460,21 +440,7 @@ impl Agent {
     }
 
     pub(crate) async fn forward(&self, req: &Request) -> ControlResponse {
-        let conn = self.conn.lock().clone();
-        let Some(conn) = conn else {
-            return ControlResponse::failed(
-                Code::Offline,
-                "the agent is not connected to the broker right now; it keeps retrying (see `peer status`)",
-            );
-        };
-        match net::request(&conn, req).await {
-            Ok(resp) => ControlResponse::Broker(resp),
-            Err(e) if conn.close_reason().is_some() => ControlResponse::failed(
-                Code::Offline,
-                format!("lost the broker connection ({e}); the agent is reconnecting, try again in a moment"),
-            ),
-            Err(e) => ControlResponse::failed(Code::Other, e.to_string()),
-        }
+        self.broker.forward(req).await
     }
 
     async fn mark_read(&self, conversation: &str, up_to: i64) -> ControlResponse {
@@ -511,8 +477,7 @@ impl Agent {
     async fn watch(&self, mut stream: Box<dyn Duplex>) -> Result<()> {
         let mut rx = self.events.subscribe();
         // Tells the watcher it is subscribed: nothing from here on is missed.
-        let status = self.status.lock().clone();
-        write_frame(&mut stream, &ControlResponse::Status(status)).await?;
+        write_frame(&mut stream, &ControlResponse::Status(self.broker.status())).await?;
         loop {
             let event = match rx.recv().await {
                 Ok(e) => e,

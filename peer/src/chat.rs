@@ -74,12 +74,32 @@ impl Agent {
         outcome.await.unwrap_or_else(|_| ControlResponse::failed(Code::Stopping, "the agent is stopping"))
     }
 
-    /// Delivers a friend's sends until none are waiting, answering each `peer send` with its outcome. At
-    /// most one per friend runs; sends arriving during a run go in the next, so a burst costs a few runs of
-    /// one multi-row INSERT, one exchange and one UPDATE each.
+    /// Asks for what is stored for the friend to be delivered again, through the friend's one run.
+    pub(crate) fn retry_outbox(self: &Arc<Self>, friend: &str) {
+        if self.outboxes.lock().retry(friend) {
+            self.tasks.spawn(self.clone().friend_worker(friend.to_string()));
+        }
+    }
+
+    /// The friend's one delivery run: new sends (answering each `peer send` with its outcome) and retries
+    /// of the stored backlog, one batch at a time (`core::outbox::Queues`), so that order holds without a
+    /// lock of its own. Sends arriving during a batch go in the next, so a burst costs a few batches of one
+    /// multi-row INSERT, one exchange and one UPDATE each.
     async fn friend_worker(self: Arc<Self>, friend: String) {
         loop {
-            let Some(Batch { items: batch, clean }) = self.outboxes.lock().next_batch(&friend) else { return };
+            let next = self.outboxes.lock().next_batch(&friend);
+            let (batch, clean) = match next {
+                None => return,
+                Some(Batch::Backlog) => {
+                    let run = self.deliver_pending(&friend).await;
+                    if let Err(e) = &run {
+                        tracing::debug!(friend, error = %e, "messages stay queued");
+                    }
+                    self.outboxes.lock().finished(&friend, run.is_ok());
+                    continue;
+                }
+                Some(Batch::Sends { items, clean }) => (items, clean),
+            };
             let run = self.deliver_batch(&friend, &batch, clean).await;
             let all_done = matches!(&run, Ok(r) if r.delivered.len() == batch.len());
             for out in batch {
@@ -108,7 +128,6 @@ impl Agent {
                 .map_err(|e| anyhow::anyhow!("could not store the message: {e}"))?;
             return self.deliver_pending(friend).await;
         }
-        let _turn = self.turn(friend).await;
         let pending: Vec<history::Message> = batch
             .iter()
             .map(|o| history::Message {
@@ -134,18 +153,12 @@ impl Agent {
         run
     }
 
-    /// The friend's turn: one delivery to a friend at a time, so that order holds.
-    async fn turn(&self, friend: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let gate = self.outbox_locks.lock().entry(friend.to_string()).or_default().clone();
-        gate.lock_owned().await
-    }
-
     /// Where message `id` ended up after a delivery run.
     async fn outcome(&self, id: &str, run: &Result<Report>) -> ControlResponse {
         let (status, detail) = match run {
             Ok(r) if r.delivered.contains(id) => (MessageStatus::Delivered, None),
             Ok(r) if r.failed.contains_key(id) => (MessageStatus::Failed, r.failed.get(id).cloned()),
-            // Settled by an earlier run (it held the friend's turn when this one was stored).
+            // Not in this run's report (it settled only what it sent): as recorded.
             Ok(_) => match history::status(&self.home.db, id).await {
                 Ok(Some(Status::Out(MessageStatus::Delivered))) => (MessageStatus::Delivered, None),
                 Ok(Some(Status::Out(MessageStatus::Failed))) => (MessageStatus::Failed, None),
@@ -173,9 +186,8 @@ impl Agent {
     }
 
     /// Delivers the friend's pending messages from the database, oldest first, and records the outcome.
-    /// One delivery per friend at a time. `Err` means the rest stay queued.
+    /// Only ever called from the friend's one run. `Err` means the rest stay queued.
     async fn deliver_pending(&self, friend: &str) -> Result<Report> {
-        let _turn = self.turn(friend).await;
         let pending = history::pending(&self.home.db, friend).await?;
         if pending.is_empty() {
             return Ok(Report::default());
@@ -231,18 +243,18 @@ impl Agent {
                     answers.push(acks);
                     if let Some(e) = err {
                         errors.push(e.to_string());
-                        self.devices.lock().remove(friend);
+                        self.direct.forget_devices(friend);
                     }
                 }
                 Err(e) => errors.push(e.to_string()),
             }
         }
         if answers.is_empty() {
-            self.devices.lock().remove(friend);
+            self.direct.forget_devices(friend);
             return self.queue(pending, &errors.join("; ")).await;
         }
         if errors.is_empty() {
-            self.devices.lock().insert(friend.to_string(), devices);
+            self.direct.remember_devices(friend, devices);
         }
         let settled = outbox::settle(pending.len(), &answers);
         let mut report = Report::default();
@@ -304,19 +316,12 @@ impl Agent {
         .await
     }
 
-    /// Retries every friend with pending messages (after reconnecting, on a friend coming online, and
-    /// periodically).
+    /// Retries every friend with pending messages (after reconnecting, and periodically), each through
+    /// that friend's run.
     pub(crate) async fn deliver_all(self: Arc<Self>) {
         let Ok(peers) = history::peers_with_pending(&self.home.db).await else { return };
         for p in peers {
-            self.deliver_to(&p).await;
-        }
-    }
-
-    /// Retries one friend, logging rather than reporting.
-    pub(crate) async fn deliver_to(&self, friend: &str) {
-        if let Err(e) = self.deliver_pending(friend).await {
-            tracing::debug!(friend, error = %e, "messages stay queued");
+            self.retry_outbox(&p);
         }
     }
 

@@ -83,6 +83,9 @@ pub(crate) struct Direct {
     /// Who our friends are, as the agent last heard: pushes from the broker that vouch for someone's key
     /// are checked against it, so a push that raced an unfriending cannot let a former friend back in.
     friends: Mutex<FriendSet>,
+    /// Friends' devices from the last lookup, reused while their connections work; forgotten on any
+    /// presence change, removal or failure, so that a lookup (and the broker's vouching) happens again.
+    reach: Mutex<HashMap<String, Vec<DeviceEndpoint>>>,
     /// Duplicate connections waiting to be closed.
     tasks: Tasks,
 }
@@ -126,8 +129,24 @@ impl Direct {
             broker: p.broker,
             relay_only: p.relay_only,
             friends: Mutex::default(),
+            reach: Mutex::default(),
             tasks: Tasks::default(),
         }
+    }
+
+    /// The friend's devices from the last lookup, if it is still trusted.
+    pub(crate) fn known_devices(&self, friend: &str) -> Option<Vec<DeviceEndpoint>> {
+        self.reach.lock().get(friend).cloned()
+    }
+
+    /// Keeps a lookup's answer for the next sends to the friend.
+    pub(crate) fn remember_devices(&self, friend: &str, devices: Vec<DeviceEndpoint>) {
+        self.reach.lock().insert(friend.to_string(), devices);
+    }
+
+    /// Forgets the last lookup of the friend: the next send asks the broker again.
+    pub(crate) fn forget_devices(&self, friend: &str) {
+        self.reach.lock().remove(friend);
     }
 
     /// Stops the delayed closes (the endpoint is closing anyway).

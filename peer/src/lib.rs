@@ -9,6 +9,7 @@
 
 mod agent;
 pub mod app;
+mod broker;
 mod chat;
 mod cli;
 mod control;

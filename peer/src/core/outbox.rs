@@ -1,8 +1,9 @@
 //! The chat outbox's decisions: which sends go in the next delivery run for a friend, and what a run's
 //! answers settle. The shell (`chat.rs`) stores, sends and answers `peer send`; this decides.
 //!
-//! Two rules keep order: at most one run per friend at a time ([`Queues`]), and a run settles its messages
-//! in order, stopping at the first one no device stored ([`settle`]) so that nothing overtakes it.
+//! Two rules keep order: every delivery to a friend, new sends and retries of what is stored alike, goes
+//! through that friend's one run at a time ([`Queues`]), and a run settles its messages in order, stopping
+//! at the first one no device stored ([`settle`]) so that nothing overtakes it.
 
 use shared::peer::PeerAck;
 use std::collections::HashMap;
@@ -19,11 +20,14 @@ struct FriendQueue<T> {
     /// Nothing older is waiting in the database (the last run delivered everything), so the next batch
     /// may go straight from memory; until then every run reads the stored backlog first.
     clean: bool,
+    /// Asked to try the stored backlog again (the friend came online, the broker session is back, the
+    /// periodic retry).
+    retry: bool,
 }
 
 impl<T> Default for FriendQueue<T> {
     fn default() -> Self {
-        Self { waiting: Vec::new(), running: false, clean: false }
+        Self { waiting: Vec::new(), running: false, clean: false, retry: false }
     }
 }
 
@@ -33,12 +37,13 @@ impl<T> Default for Queues<T> {
     }
 }
 
-/// The sends one run takes.
+/// What one run does next.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Batch<T> {
-    pub(crate) items: Vec<T>,
-    /// See [`FriendQueue::clean`].
-    pub(crate) clean: bool,
+pub(crate) enum Batch<T> {
+    /// New sends. `clean`: nothing older is stored, so they may go from memory while they are stored.
+    Sends { items: Vec<T>, clean: bool },
+    /// No new sends: deliver what is stored for the friend, oldest first.
+    Backlog,
 }
 
 impl<T> Queues<T> {
@@ -50,23 +55,39 @@ impl<T> Queues<T> {
         !std::mem::replace(&mut q.running, true)
     }
 
-    /// Everything waiting for the friend, for the run under way; `None` when nothing is left, and the run
-    /// ends (the next send starts a new one).
-    pub(crate) fn next_batch(&mut self, friend: &str) -> Option<Batch<T>> {
-        let q = self.friends.get_mut(friend)?;
-        if q.waiting.is_empty() {
-            q.running = false;
-            if !q.clean {
-                // Nothing worth remembering: the next run reads the backlog anyway. Keeps the map to the
-                // friends actually being written to.
-                self.friends.remove(friend);
-            }
-            return None;
-        }
-        Some(Batch { items: std::mem::take(&mut q.waiting), clean: q.clean })
+    /// Asks for the stored backlog to be tried again. `true`: no run is under way for this friend, start
+    /// one. A run under way takes the request as its next batch, so a retry never races a send.
+    pub(crate) fn retry(&mut self, friend: &str) -> bool {
+        let q = self.friends.entry(friend.to_string()).or_default();
+        q.retry = true;
+        !std::mem::replace(&mut q.running, true)
     }
 
-    /// A batch's run is over: `all_delivered` if every one of its messages reached the friend.
+    /// What the run under way does next: every send waiting for the friend (they include any retry, as
+    /// their run reads the backlog first when it is not clean), else the backlog if a retry was asked for;
+    /// `None` when nothing is left, and the run ends (the next send or retry starts a new one).
+    pub(crate) fn next_batch(&mut self, friend: &str) -> Option<Batch<T>> {
+        let q = self.friends.get_mut(friend)?;
+        if !q.waiting.is_empty() {
+            if !q.clean {
+                q.retry = false;
+            }
+            return Some(Batch::Sends { items: std::mem::take(&mut q.waiting), clean: q.clean });
+        }
+        if std::mem::take(&mut q.retry) {
+            return Some(Batch::Backlog);
+        }
+        q.running = false;
+        if !q.clean {
+            // Nothing worth remembering: the next run reads the backlog anyway. Keeps the map to the
+            // friends actually being written to.
+            self.friends.remove(friend);
+        }
+        None
+    }
+
+    /// A batch's run is over: `all_delivered` if every one of its messages (or the whole backlog) reached
+    /// the friend.
     pub(crate) fn finished(&mut self, friend: &str, all_delivered: bool) {
         if let Some(q) = self.friends.get_mut(friend) {
             q.clean = all_delivered;
@@ -201,21 +222,25 @@ mod tests {
         }
     }
 
+    fn sends<T>(items: Vec<T>, clean: bool) -> Option<Batch<T>> {
+        Some(Batch::Sends { items, clean })
+    }
+
     #[test]
     fn one_run_per_friend_and_batches_take_everything_waiting() {
         let mut q = Queues::default();
         assert!(q.push("bob", 1), "the first send starts a run");
         assert!(!q.push("bob", 2), "a second send joins it");
         assert!(q.push("carol", 9), "friends run independently");
-        assert_eq!(q.next_batch("bob"), Some(Batch { items: vec![1, 2], clean: false }));
+        assert_eq!(q.next_batch("bob"), sends(vec![1, 2], false));
         assert!(!q.push("bob", 3), "sent during a run: goes in the next batch, no second run");
         q.finished("bob", true);
-        assert_eq!(q.next_batch("bob"), Some(Batch { items: vec![3], clean: true }));
+        assert_eq!(q.next_batch("bob"), sends(vec![3], true));
         q.finished("bob", false);
         assert_eq!(q.next_batch("bob"), None, "nothing left: the run ends");
         assert!(!q.running("bob"));
         assert!(q.push("bob", 4), "after the run ended, a send starts a new one");
-        assert_eq!(q.next_batch("bob"), Some(Batch { items: vec![4], clean: false }), "the backlog is read first");
+        assert_eq!(q.next_batch("bob"), sends(vec![4], false), "the backlog is read first");
     }
 
     #[test]
@@ -226,7 +251,34 @@ mod tests {
         q.finished("bob", true);
         assert_eq!(q.next_batch("bob"), None);
         q.push("bob", 2);
-        assert_eq!(q.next_batch("bob"), Some(Batch { items: vec![2], clean: true }));
+        assert_eq!(q.next_batch("bob"), sends(vec![2], true));
+    }
+
+    #[test]
+    fn retries_go_through_the_friends_one_run() {
+        let mut q: Queues<u8> = Queues::default();
+        assert!(q.retry("bob"), "a retry with no run under way starts one");
+        assert!(!q.retry("bob"), "asked again before it ran: still one run, one backlog pass");
+        assert_eq!(q.next_batch("bob"), Some(Batch::Backlog));
+        assert!(!q.retry("bob"), "asked during the backlog pass: the same run does another");
+        assert!(!q.push("bob", 1));
+        assert_eq!(q.next_batch("bob"), sends(vec![1], false), "sends first; their run reads the backlog too");
+        q.finished("bob", true);
+        assert_eq!(q.next_batch("bob"), None, "the retry was served by that run");
+        assert!(!q.running("bob"));
+    }
+
+    #[test]
+    fn a_retry_after_a_clean_run_still_reads_the_backlog() {
+        let mut q = Queues::default();
+        q.push("bob", 1);
+        q.next_batch("bob");
+        q.finished("bob", true);
+        assert!(!q.retry("bob"), "the run is still under way");
+        assert!(!q.push("bob", 2));
+        assert_eq!(q.next_batch("bob"), sends(vec![2], true), "clean sends go from memory");
+        assert_eq!(q.next_batch("bob"), Some(Batch::Backlog), "and the retry still has its pass");
+        assert_eq!(q.next_batch("bob"), None);
     }
 
     #[test]

@@ -249,13 +249,13 @@ impl Agent {
                 .await;
             match exchanged {
                 Ok(r) => {
-                    self.devices.lock().insert(friend.to_string(), devices.clone());
+                    self.direct.remember_devices(friend, devices.clone());
                     return Ok(r);
                 }
                 Err(e) => errors.push(format!("{e:#}")),
             }
         }
-        self.devices.lock().remove(friend);
+        self.direct.forget_devices(friend);
         Err(Stop::Later(format!("could not reach {friend}: {}", errors.join("; "))))
     }
 
