@@ -104,9 +104,11 @@ impl Agent {
             let all_done = matches!(&run, Ok(r) if r.delivered.len() == batch.len());
             for out in batch {
                 let outcome = self.outcome(&out.id, &run).await;
-                // Off unless asked for (`PEER_LOG=peer::latency=debug`): the agent's own share of a send.
-                tracing::debug!(target: "peer::latency", us = out.taken.elapsed().as_micros() as u64, "send answered");
+                let took = out.taken.elapsed();
                 let _ = out.reply.send(outcome);
+                // Off unless asked for (`PEER_LOG=peer::latency=debug`): the agent's own share of a send,
+                // logged after the answer so that logging it adds nothing to it.
+                tracing::debug!(target: "peer::latency", us = took.as_micros() as u64, "send answered");
             }
             if let Ok(report) = &run {
                 self.record(&friend, report).await;
