@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`server`]: the QUIC endpoint, accept loop and shutdown.
 //! - [`conn`]: one peer connection: request streams, event stream, session life.
+//! - [`config_file`]: the optional TOML config file, read into flags.
 //! - [`error`]: what a request can fail with, whichever part serves it.
 //! - [`accounts`]: registration, password login (argon2id), tokens (stored hashed).
 //! - [`ratelimit`]: failure limiters and quotas with bounded memory (pure).
@@ -17,6 +18,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod accounts;
+pub mod config_file;
 pub mod conn;
 pub mod error;
 pub mod friends;

@@ -1,6 +1,7 @@
 //! `broker`: the command line only. Everything else is in the library.
 
 use broker::accounts::HashCost;
+use broker::config_file;
 use broker::server::{Broker, Config};
 use clap::Parser;
 use std::net::SocketAddr;
@@ -12,9 +13,16 @@ use std::time::Duration;
 /// Peers log in here, find their friends' addresses here (friends only), and get group chat from here;
 /// direct messages never pass through it, except relayed (end-to-end encrypted) when NAT blocks a direct path. With no arguments it listens on UDP 0.0.0.0:7878 and keeps everything (SQLite database, TLS
 /// identity) in ./broker-data. Open that UDP port in your firewall.
+///
+/// Every flag can also be set in a TOML config file (`--config FILE`): one key per flag, with `_` for `-`
+/// (`listen = "0.0.0.0:7878"`, `group_retention_days = 30`, `no_relay = true`). A flag on the command line
+/// beats its environment variable, which beats the file, which beats the default.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
+    /// A TOML config file; see above. Unknown keys and bad values stop the start, naming the file and key.
+    #[arg(long, env = "BROKER_CONFIG")]
+    config: Option<PathBuf>,
     /// UDP address to listen on. Port 0 picks a free port (printed once ready).
     #[arg(long, env = "BROKER_LISTEN", default_value = "0.0.0.0:7878")]
     listen: SocketAddr,
@@ -65,14 +73,22 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    if let Err(e) = run().await {
+        // The message, not a debug dump: it says what is wrong and where (file, key, flag).
+        eprintln!("broker: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BROKER_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal: a log file or pipe gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
+    let args = parse_args()?;
     let database_url = match args.database {
         Some(url) => url,
         None => format!("sqlite:{}?mode=rwc", args.data.join("broker.db").display()),
@@ -104,4 +120,51 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(%addr, fingerprint = %broker.fingerprint, data = %cfg.data_dir.display(), "ready");
     broker.run(shared::io::shutdown_signal()).await;
     Ok(())
+}
+
+/// The flags, with the config file's keys filled in where neither the command line nor the environment set
+/// them (so the precedence is: command line, environment, file, default).
+fn parse_args() -> anyhow::Result<Args> {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let command = Args::command().args_override_self(true);
+    let first = command.clone().get_matches();
+    let Some(path) = first.get_one::<PathBuf>("config").cloned() else {
+        return Ok(Args::from_arg_matches(&first)?);
+    };
+    let known: Vec<config_file::Known> = command
+        .get_arguments()
+        .filter(|a| a.get_id() != "config")
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            let kind = if matches!(a.get_action(), clap::ArgAction::SetTrue) {
+                config_file::Kind::Switch
+            } else {
+                config_file::Kind::Value
+            };
+            Some(config_file::Known { key: a.get_id().to_string(), long: format!("--{long}"), kind })
+        })
+        .collect();
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().take(1).collect();
+    let mut from_file = Vec::new();
+    for setting in config_file::read(&path, &known)? {
+        if matches!(first.value_source(&setting.key), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+            continue;
+        }
+        argv.extend(setting.args);
+        from_file.push(setting.key);
+    }
+    argv.extend(std::env::args_os().skip(1));
+    let matches = command.try_get_matches_from(argv).map_err(|e| {
+        // A bad value that came from the file is reported against the file and its key.
+        let arg = e.get(clap::error::ContextKind::InvalidArg).map(|v| v.to_string()).unwrap_or_default();
+        let text = e.to_string();
+        let text = text.trim_start_matches("error: ");
+        let text = text.split("\n\nFor more information").next().unwrap_or(text).trim_end();
+        match from_file.iter().find(|k| arg.starts_with(&format!("--{} ", k.replace('_', "-")))) {
+            Some(key) => anyhow::anyhow!("the config file {}: key `{key}`: {text}", path.display()),
+            None => anyhow::anyhow!("{text}"),
+        }
+    })?;
+    Ok(Args::from_arg_matches(&matches)?)
 }
