@@ -19,6 +19,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{Notify, broadcast};
 
+/// How often relayed links try again for a direct path.
+const UPGRADE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Events buffered for a slow `peer watch` before it starts missing some.
 const WATCH_BUFFER: usize = 1024;
 
@@ -227,6 +230,7 @@ impl Agent {
         self.session_tasks.spawn(self.clone().refresh_friends());
         self.session_tasks.spawn(self.clone().resume_files(None));
         self.session_tasks.spawn(self.clone().accept_relays(conn.clone()));
+        self.session_tasks.spawn(self.clone().upgrade_relayed());
         let end = self.read_events(&conn).await;
         self.session_tasks.abort_all();
         let at = now_ms();
@@ -250,6 +254,24 @@ impl Agent {
             };
             if self.direct.set_friends(list.into_iter().map(|f| f.user.username).collect(), epoch) {
                 return;
+            }
+        }
+    }
+
+    /// Keeps trying, at a modest rate, to move friends reached through the relay onto a direct path: a NAT
+    /// mapping that did not open at first (a router's state, a race of first packets, a network that
+    /// changed) often opens later, and a direct path costs the broker nothing and is faster.
+    async fn upgrade_relayed(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(UPGRADE_EVERY).await;
+            for (friend, fp) in self.direct.relayed() {
+                // A fresh lookup: current addresses, and the broker tells the friend's agent to try too.
+                self.direct.forget_devices(&friend);
+                let Ok(devices) = self.devices_of(&friend).await else { continue };
+                let Some(device) = devices.iter().find(|d| d.fingerprint == fp.0) else { continue };
+                if self.direct.upgrade(&friend, device).await {
+                    tracing::info!(friend, "the relayed link to a friend is direct now");
+                }
             }
         }
     }

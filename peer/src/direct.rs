@@ -396,11 +396,40 @@ impl Direct {
     /// open our NAT for theirs. Whatever completes is kept as usual.
     pub(crate) async fn punch(&self, username: &str, device: &DeviceEndpoint) {
         let fp = Fingerprint(device.fingerprint);
-        if self.relay_only || self.live(&fp).is_some() {
+        // A relayed link is no reason to stay put: the friend may be trying to upgrade it (see `upgrade`).
+        if self.relay_only || self.live(&fp).is_some_and(|c| path(&c) == Path::Direct) {
             return;
         }
         if let Err(e) = self.race_direct(username, device, CONNECT_TIMEOUT).await {
             tracing::debug!(friend = username, error = %e, "no direct path from this side");
+        }
+    }
+
+    /// The friends' devices reached only through the relay now, for [`Direct::upgrade`].
+    pub(crate) fn relayed(&self) -> Vec<(String, Fingerprint)> {
+        let who = self.who.lock().clone();
+        self.conns
+            .lock()
+            .iter()
+            .filter(|(_, c)| c.close_reason().is_none() && path(c) == Path::Relayed)
+            .filter_map(|(fp, _)| Some((who.get(fp)?.clone(), *fp)))
+            .collect()
+    }
+
+    /// Tries once more for a direct path to a device reached through the relay (the friend's agent, told
+    /// by the broker's lookup at the same moment, tries towards us too). When one opens it is kept over
+    /// the relayed connection, which carries on for the streams already on it and is closed a little later;
+    /// new streams go direct. Whether the link is direct now.
+    pub(crate) async fn upgrade(&self, username: &str, device: &DeviceEndpoint) -> bool {
+        if self.relay_only {
+            return false;
+        }
+        match self.race_direct(username, device, CONNECT_TIMEOUT).await {
+            Ok(c) => path(&c) == Path::Direct,
+            Err(e) => {
+                tracing::debug!(friend = username, error = %e, "still no direct path");
+                false
+            }
         }
     }
 

@@ -86,3 +86,63 @@ fn port_preserving_to_symmetric_is_relayed() {
 fn symmetric_to_symmetric_is_relayed() {
     pair_through("c1", "c2", "relayed");
 }
+
+/// A pair that had to take the relay (here a host firewall blocks the two hosts' direct packets) moves to
+/// a direct path on its own once one opens, without losing or repeating a message, and a file still
+/// arrives whole.
+#[test]
+fn a_relayed_pair_becomes_direct_when_a_path_opens() {
+    let lab = Lab::build();
+    let listen: SocketAddr = "203.0.113.1:7878".parse().unwrap();
+    let broker = Broker::start_in(&lab.ns("broker"), listen, &[]);
+    let alice = Peer::registered_in(&broker, "alice", &lab.ns("a1"));
+    let bob = Peer::registered_in(&broker, "bob", &lab.ns("a2"));
+    let nft = |script: &str| {
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.ns("a1"), "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "nft: {script}");
+    };
+    nft("table inet block {
+             chain out {
+                 type filter hook output priority 0;
+                 ip daddr 203.0.113.11 drop
+             }
+             chain in {
+                 type filter hook input priority 0;
+                 ip saddr 203.0.113.11 drop
+             }
+         }");
+    let inbox = tempfile::tempdir().unwrap();
+    let _a = alice.up();
+    let _b = bob.up_with(&["--auto-accept-files", inbox.path().to_str().unwrap()]);
+    alice.befriend(&bob);
+    let path = |who: &Peer| who.json(&["friends", "--json"])[0]["connections"][0]["path"].clone();
+
+    assert!(alice.ok(&["send", "bob", "one, through the relay"]).contains("delivered"));
+    assert_eq!(path(&alice), "relayed", "the firewall leaves only the relay");
+    nft("delete table inet block");
+    testkit::wait_until("both sides see a direct path", || path(&alice) == "direct" && path(&bob) == "direct");
+    assert!(alice.ok(&["send", "bob", "two, direct"]).contains("delivered"));
+    assert!(bob.ok(&["send", "alice", "three, back"]).contains("delivered"));
+    let texts: Vec<String> = bob
+        .json(&["history", "alice", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["one, through the relay", "two, direct", "three, back"], "each once, in order");
+
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("after.bin");
+    let data: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    assert!(alice.ok(&["send-file", "bob", file.to_str().unwrap()]).contains("verified"));
+    assert_eq!(std::fs::read(inbox.path().join("after.bin")).unwrap(), data);
+    assert!(alice.agent_log().contains("is direct now") || bob.agent_log().contains("is direct now"));
+}
