@@ -52,8 +52,8 @@ impl Status {
     }
 }
 
-fn status_column(r: &SqliteRow, i: usize) -> Result<Status, sqlx::Error> {
-    let text: String = r.try_get(i)?;
+fn status_column(r: &SqliteRow, column: &str) -> Result<Status, sqlx::Error> {
+    let text: String = r.try_get(column)?;
     Status::parse(&text).ok_or_else(|| sqlx::Error::Decode(format!("unknown message status {text:?}").into()))
 }
 
@@ -61,14 +61,14 @@ const COLUMNS: &str = "local_id, id, peer, outgoing, text, sent_at, stored_at, s
 
 fn from_row(r: &SqliteRow) -> Result<Message, sqlx::Error> {
     Ok(Message {
-        local_id: r.try_get(0)?,
-        id: r.try_get(1)?,
-        peer: r.try_get(2)?,
-        outgoing: r.try_get::<i64, _>(3)? != 0,
-        text: r.try_get(4)?,
-        sent_at: r.try_get(5)?,
-        stored_at: r.try_get(6)?,
-        status: status_column(r, 7)?,
+        local_id: r.try_get("local_id")?,
+        id: r.try_get("id")?,
+        peer: r.try_get("peer")?,
+        outgoing: r.try_get::<i64, _>("outgoing")? != 0,
+        text: r.try_get("text")?,
+        sent_at: r.try_get("sent_at")?,
+        stored_at: r.try_get("stored_at")?,
+        status: status_column(r, "status")?,
     })
 }
 
@@ -135,7 +135,7 @@ pub(crate) async fn insert_incoming(
             q = q.bind(id).bind(peer).bind(text).bind(*sent_at).bind(now);
         }
         for row in q.fetch_all(&mut *db.lock().await).await? {
-            fresh.push(row.try_get(0)?);
+            fresh.push(row.try_get("id")?);
         }
     }
     Ok(fresh)
@@ -167,7 +167,7 @@ pub(crate) async fn set_status(db: &Db, id: &str, status: MessageStatus) -> Resu
 pub(crate) async fn status(db: &Db, id: &str) -> Result<Option<Status>> {
     let row =
         sqlx::query("SELECT status FROM messages WHERE id = ?").bind(id).fetch_optional(&mut *db.lock().await).await?;
-    Ok(row.map(|r| status_column(&r, 0)).transpose()?)
+    Ok(row.map(|r| status_column(&r, "status")).transpose()?)
 }
 
 /// Outgoing messages to `peer` not yet delivered, oldest first.
@@ -183,10 +183,9 @@ pub(crate) async fn pending(db: &Db, peer: &str) -> Result<Vec<Message>> {
 
 /// Friends with undelivered messages.
 pub(crate) async fn peers_with_pending(db: &Db) -> Result<Vec<String>> {
-    let rows = sqlx::query("SELECT DISTINCT peer FROM messages WHERE status IN ('sending', 'queued') AND outgoing = 1")
+    Ok(sqlx::query_scalar("SELECT DISTINCT peer FROM messages WHERE status IN ('sending', 'queued') AND outgoing = 1")
         .fetch_all(&mut *db.lock().await)
-        .await?;
-    Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
+        .await?)
 }
 
 /// The conversation with `peer`, newest `limit` messages before `before` (a local id), oldest first.
@@ -242,7 +241,7 @@ pub(crate) async fn insert_group(db: &Db, msgs: &[GroupMessage], now: Millis) ->
             .fetch_all(&mut *db.lock().await)
             .await?
             .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map(|r| Ok((r.try_get("group_id")?, r.try_get("seq")?)))
             .collect::<Result<_, sqlx::Error>>()?;
         fresh.extend(chunk.iter().filter(|m| new.contains(&(m.group_id, m.seq))).cloned());
     }
@@ -251,11 +250,10 @@ pub(crate) async fn insert_group(db: &Db, msgs: &[GroupMessage], now: Millis) ->
 
 /// The newest sequence number stored for a group (0 if none).
 pub(crate) async fn last_group_seq(db: &Db, group_id: i64) -> Result<i64> {
-    let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM group_messages WHERE group_id = ?")
+    Ok(sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM group_messages WHERE group_id = ?")
         .bind(group_id)
         .fetch_one(&mut *db.lock().await)
-        .await?;
-    Ok(row.try_get(0)?)
+        .await?)
 }
 
 /// A group's messages, newest `limit` before `before` (a sequence number), oldest first.
@@ -278,12 +276,12 @@ pub(crate) async fn group_conversation(
         .iter()
         .map(|r| {
             Ok(GroupMessage {
-                group_id: r.try_get(0)?,
-                seq: r.try_get(1)?,
-                sender: r.try_get(2)?,
-                system: r.try_get::<i64, _>(3)? != 0,
-                text: r.try_get(4)?,
-                at: r.try_get(5)?,
+                group_id: r.try_get("group_id")?,
+                seq: r.try_get("seq")?,
+                sender: r.try_get("sender")?,
+                system: r.try_get::<i64, _>("system")? != 0,
+                text: r.try_get("text")?,
+                at: r.try_get("sent_at")?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;

@@ -5,7 +5,6 @@ use crate::db::Db;
 use anyhow::{Context, Result, bail};
 use certs::{Fingerprint, Identity};
 use sqlx::Connection;
-use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use std::path::{Path, PathBuf};
 
@@ -77,8 +76,7 @@ impl Home {
     }
 
     async fn migrate(&self) -> Result<()> {
-        let current: i64 =
-            sqlx::query("PRAGMA user_version").fetch_one(&mut *self.db.lock().await).await?.try_get(0)?;
+        let current: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *self.db.lock().await).await?;
         for (i, script) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             let mut conn = self.db.lock().await;
             let mut tx = conn.begin().await?;
@@ -114,11 +112,10 @@ impl Home {
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
+        Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
             .bind(key)
             .fetch_optional(&mut *self.db.lock().await)
-            .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+            .await?)
     }
 
     pub(crate) async fn set(&self, key: &str, value: &str) -> Result<()> {
@@ -154,10 +151,9 @@ impl Home {
         for (table, what) in
             [("messages", "messages"), ("group_messages", "group messages"), ("transfers", "transfers")]
         {
-            let n: i64 = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
                 .fetch_one(&mut *self.db.lock().await)
-                .await?
-                .try_get(0)?;
+                .await?;
             counts.push(format!("{n} {what}"));
         }
         Ok(counts.join(", "))

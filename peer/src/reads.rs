@@ -70,14 +70,14 @@ pub(crate) async fn mark(db: &Db, conversation: &Conversation, up_to: i64) -> Re
 pub(crate) async fn all(db: &Db, me: &str) -> Result<Vec<Unread>> {
     let mut conn = db.lock().await;
     let direct = sqlx::query(
-        "SELECT m.peer, SUM(CASE WHEN m.outgoing = 0 AND m.local_id > COALESCE(r.up_to, 0) THEN 1 ELSE 0 END), \
-         MAX(m.stored_at) FROM messages m LEFT JOIN read_marks r ON r.conversation = 'u:' || m.peer GROUP BY m.peer",
+        "SELECT m.peer AS who, SUM(CASE WHEN m.outgoing = 0 AND m.local_id > COALESCE(r.up_to, 0) THEN 1 ELSE 0 END) \
+         AS unread, MAX(m.stored_at) AS last_at FROM messages m LEFT JOIN read_marks r ON r.conversation = 'u:' || m.peer GROUP BY m.peer",
     )
     .fetch_all(&mut *conn)
     .await?;
     let groups = sqlx::query(
-        "SELECT g.group_id, SUM(CASE WHEN g.system = 0 AND g.sender <> ? AND g.seq > COALESCE(r.up_to, 0) \
-         THEN 1 ELSE 0 END), MAX(g.stored_at) FROM group_messages g \
+        "SELECT g.group_id AS who, SUM(CASE WHEN g.system = 0 AND g.sender <> ? AND g.seq > COALESCE(r.up_to, 0) \
+         THEN 1 ELSE 0 END) AS unread, MAX(g.stored_at) AS last_at FROM group_messages g \
          LEFT JOIN read_marks r ON r.conversation = 'g:' || g.group_id GROUP BY g.group_id",
     )
     .bind(me)
@@ -86,16 +86,16 @@ pub(crate) async fn all(db: &Db, me: &str) -> Result<Vec<Unread>> {
     let mut out = Vec::with_capacity(direct.len() + groups.len());
     for r in direct {
         out.push(Unread {
-            conversation: Conversation::Friend(r.try_get(0)?),
-            unread: r.try_get(1)?,
-            last_at: r.try_get(2)?,
+            conversation: Conversation::Friend(r.try_get("who")?),
+            unread: r.try_get("unread")?,
+            last_at: r.try_get("last_at")?,
         });
     }
     for r in groups {
         out.push(Unread {
-            conversation: Conversation::Group(r.try_get(0)?),
-            unread: r.try_get(1)?,
-            last_at: r.try_get(2)?,
+            conversation: Conversation::Group(r.try_get("who")?),
+            unread: r.try_get("unread")?,
+            last_at: r.try_get("last_at")?,
         });
     }
     Ok(out)
@@ -104,21 +104,21 @@ pub(crate) async fn all(db: &Db, me: &str) -> Result<Vec<Unread>> {
 /// The newest mark a conversation can have now: its last local id (friend) or sequence number (group).
 pub(crate) async fn newest(db: &Db, conversation: &Conversation) -> Result<i64> {
     let mut conn = db.lock().await;
-    let row = match conversation {
+    let newest: i64 = match conversation {
         Conversation::Friend(u) => {
-            sqlx::query("SELECT COALESCE(MAX(local_id), 0) FROM messages WHERE peer = ?")
+            sqlx::query_scalar("SELECT COALESCE(MAX(local_id), 0) FROM messages WHERE peer = ?")
                 .bind(u)
                 .fetch_one(&mut *conn)
                 .await?
         }
         Conversation::Group(g) => {
-            sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM group_messages WHERE group_id = ?")
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM group_messages WHERE group_id = ?")
                 .bind(g)
                 .fetch_one(&mut *conn)
                 .await?
         }
     };
-    Ok(row.try_get(0)?)
+    Ok(newest)
 }
 
 #[cfg(test)]

@@ -22,30 +22,30 @@ pub(crate) struct Record {
 const COLUMNS: &str = "id, peer, outgoing, name, size, hash, state, bytes, source, dir, saved_as, error, resumed_from, created_at, updated_at";
 
 fn from_row(r: &SqliteRow) -> Result<Record, sqlx::Error> {
-    let outgoing = r.try_get::<i64, _>(2)? != 0;
-    let state: String = r.try_get(6)?;
+    let outgoing = r.try_get::<i64, _>("outgoing")? != 0;
+    let state: String = r.try_get("state")?;
     // A state this build does not know is a damaged row: an error, never a guess at "failed".
     let state = TransferState::parse(&state)
         .ok_or_else(|| sqlx::Error::Decode(format!("unknown transfer state {state:?}").into()))?;
-    let source: Option<String> = r.try_get(8)?;
-    let saved_as: Option<String> = r.try_get(10)?;
+    let source: Option<String> = r.try_get("source")?;
+    let saved_as: Option<String> = r.try_get("saved_as")?;
     Ok(Record {
         t: Transfer {
-            id: r.try_get(0)?,
-            peer: r.try_get(1)?,
+            id: r.try_get("id")?,
+            peer: r.try_get("peer")?,
             outgoing,
-            name: r.try_get(3)?,
-            size: r.try_get::<i64, _>(4)? as u64,
-            hash: r.try_get(5)?,
+            name: r.try_get("name")?,
+            size: r.try_get::<i64, _>("size")? as u64,
+            hash: r.try_get("hash")?,
             state,
-            bytes: r.try_get::<i64, _>(7)? as u64,
+            bytes: r.try_get::<i64, _>("bytes")? as u64,
             path: if outgoing { source } else { saved_as },
-            error: r.try_get(11)?,
-            resumed_from: r.try_get::<i64, _>(12)? as u64,
-            created_at: r.try_get(13)?,
-            updated_at: r.try_get(14)?,
+            error: r.try_get("error")?,
+            resumed_from: r.try_get::<i64, _>("resumed_from")? as u64,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
         },
-        dir: r.try_get(9)?,
+        dir: r.try_get("dir")?,
     })
 }
 

@@ -6,8 +6,6 @@
 //! applied script, so that an edited migration is refused at start-up instead of silently diverging.
 
 use super::{Backend, Db, DbError, MYSQL, POSTGRES, SQLITE, already_applied};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 impl Db {
     /// Brings the schema up to date, safely when several brokers start at once and when a start was cut
@@ -28,7 +26,7 @@ impl Db {
         };
         if self.backend == Backend::MySql {
             // GET_LOCK answers 0 on a timeout instead of failing: migrating then would race the holder.
-            let got: Option<i64> = sqlx::query(lock).fetch_one(&mut *conn).await?.try_get(0)?;
+            let got: Option<i64> = sqlx::query_scalar(lock).fetch_one(&mut *conn).await?;
             if got != Some(1) {
                 return Err(DbError::Io(std::io::Error::other(
                     "another broker has held the migration lock for 300 s; is one stuck migrating?",
@@ -55,8 +53,8 @@ impl Db {
             Backend::MySql => MYSQL,
         };
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").execute(&mut *conn).await?;
-        let rows: Vec<AnyRow> = sqlx::query("SELECT version FROM schema_version").fetch_all(&mut *conn).await?;
-        let current = rows.iter().filter_map(|r| r.try_get::<i64, _>(0).ok()).max().unwrap_or(0) as usize;
+        let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_version").fetch_all(&mut *conn).await?;
+        let current = versions.into_iter().max().unwrap_or(0) as usize;
         if current > steps.len() {
             return Err(DbError::Newer { found: current, known: steps.len() });
         }
@@ -105,13 +103,10 @@ impl Db {
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_steps (version BIGINT NOT NULL, step BIGINT NOT NULL)")
             .execute(&mut *conn)
             .await?;
-        let done: Vec<i64> = sqlx::query("SELECT step FROM schema_steps WHERE version = ?")
+        let done: Vec<i64> = sqlx::query_scalar("SELECT step FROM schema_steps WHERE version = ?")
             .bind(version as i64)
             .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .filter_map(|r| r.try_get(0).ok())
-            .collect();
+            .await?;
         for (step, stmt) in statements.iter().enumerate() {
             if done.contains(&(step as i64)) {
                 continue;
