@@ -457,8 +457,6 @@ impl Direct {
         let mut candidates: Vec<SocketAddr> = vec![device.observed];
         candidates.extend(device.local.iter().copied().filter(|a| *a != device.observed));
         let (tx, mut rx) = tokio::sync::mpsc::channel(candidates.len().max(1));
-        // Owned by this call: attempts still under way when it returns are dropped (and their handshakes
-        // abandoned), as nothing would take their connections.
         let mut attempts = tokio::task::JoinSet::new();
         for addr in candidates {
             let connecting = self.endpoint.connect_with(cfg.clone(), addr, "p2pim-peer");
@@ -478,31 +476,53 @@ impl Direct {
         let deadline = tokio::time::sleep(patience);
         tokio::pin!(deadline);
         let mut errors = Vec::new();
-        loop {
+        let outcome = loop {
             let kept = self.kept.notified();
             tokio::select! {
                 res = rx.recv() => match res {
                     Some(Ok(conn)) => {
                         let conn = self.keep(fp, conn, true);
                         let _ = self.opened.send((conn.clone(), username.to_string()));
-                        return Ok(conn);
+                        break Ok(conn);
                     }
                     Some(Err(e)) => errors.push(e.to_string()),
-                    None => break,
+                    None => break Err(errors.join("; ")),
                 },
                 () = kept => {
-                    if let Some(c) = self.live(&fp) {
-                        return Ok(c);
+                    // The friend's connection to us arrived (a relayed one does not end the race).
+                    if let Some(c) = self.live(&fp).filter(|c| path(c) == Path::Direct) {
+                        break Ok(c);
                     }
                 }
                 () = &mut deadline => {
                     errors.push(format!("no direct path within {} ms", patience.as_millis()));
-                    break;
+                    break Err(errors.join("; "));
                 }
             }
+        };
+        // Attempts still under way finish on their own, and a connection they complete goes where every
+        // connection we open goes (`opened`: kept or not by `keep`, its streams served): the friend's side
+        // may have completed it and chosen it, and dropping it here would close the one they kept.
+        let (opened, who) = (self.opened.clone(), username.to_string());
+        self.tasks.spawn(async move {
+            let _attempts = attempts;
+            while let Some(res) = rx.recv().await {
+                if let Ok(conn) = res {
+                    let _ = opened.send((conn, who.clone()));
+                }
+            }
+        });
+        match outcome {
+            Ok(c) => Ok(c),
+            // The friend's connection may have arrived meanwhile.
+            Err(why) => self.live(&fp).ok_or_else(|| anyhow!("{why}")),
         }
-        // The friend's connection may have arrived meanwhile.
-        self.live(&fp).ok_or_else(|| anyhow!("{}", errors.join("; ")))
+    }
+
+    /// Keeps a connection this agent opened (see [`Direct::keep`]); already kept, it stays as it is.
+    pub(crate) fn keep_opened(&self, conn: quinn::Connection) -> Option<quinn::Connection> {
+        let fp = peer_fingerprint(&conn)?;
+        Some(self.keep(fp, conn, true))
     }
 
     /// The same peer connection, through the broker: a relay stream to the device, and a QUIC handshake
@@ -577,13 +597,35 @@ impl Direct {
             let (w, r) = tokio::join!(writer, reader);
             w.and(r)
         };
+        let heard = received(conn);
         let err = match tokio::time::timeout(limit, exchange).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
-            Err(_) => Some(anyhow!("no acknowledgement within {} s", limit.as_secs())),
+            Err(_) => {
+                close_if_silent(conn, heard);
+                Some(anyhow!("no acknowledgement within {} s", limit.as_secs()))
+            }
         };
         (acks, err)
     }
+}
+
+/// Packets received on a connection so far.
+pub(crate) fn received(conn: &quinn::Connection) -> u64 {
+    conn.stats().udp_rx.datagrams
+}
+
+/// Closes a connection that received nothing since `heard` packets, over a wait longer than two keep-alive
+/// periods: the path is gone (a NAT mapping dropped, a network changed), not merely slow, since a live friend's
+/// agent answers keep-alives however busy it is. Closing it now, rather than at the idle timeout, lets the
+/// caller's retry find another path (the relay) within seconds. `true` if it was closed.
+pub(crate) fn close_if_silent(conn: &quinn::Connection, heard: u64) -> bool {
+    if received(conn) != heard || conn.close_reason().is_some() {
+        return false;
+    }
+    tracing::info!(remote = %conn.remote_address(), "no packet from a friend's device for seconds; dropping the path");
+    conn.close(quinn::VarInt::from_u32(0), b"path lost");
+    true
 }
 
 fn path(c: &quinn::Connection) -> Path {

@@ -46,6 +46,8 @@ impl Agent {
                     });
                 }
                 Some((conn, friend)) = opened.recv() => {
+                    // Kept (or not) as every connection is; either way its streams are served while it lives.
+                    self.direct.keep_opened(conn.clone());
                     conns.spawn(self.clone().serve_streams(conn, friend));
                 }
             }

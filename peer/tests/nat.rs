@@ -87,6 +87,68 @@ fn symmetric_to_symmetric_is_relayed() {
     pair_through("c1", "c2", "relayed");
 }
 
+/// The path of `who`'s first live connection to its one friend (`direct` or `relayed`).
+fn first_path(who: &Peer) -> serde_json::Value {
+    who.json(&["friends", "--json"])[0]["connections"][0]["path"].clone()
+}
+
+/// The texts of `who`'s conversation with `friend`, oldest first.
+fn texts(who: &Peer, friend: &str) -> Vec<String> {
+    who.json(&["history", friend, "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Runs an nftables script on a lab host.
+fn nft(lab: &Lab, host: &str, script: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns(host), "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "nft: {script}");
+}
+
+/// On a1: a host firewall that drops every packet to and from a2 (the direct path), not the broker.
+const BLOCK_A2: &str = "table inet block {
+    chain out {
+        type filter hook output priority 0;
+        ip daddr 203.0.113.11 drop
+    }
+    chain in {
+        type filter hook input priority 0;
+        ip saddr 203.0.113.11 drop
+    }
+}";
+
+/// A direct path that dies (here a firewall starts dropping it) falls back to the relay within the same
+/// `peer send`, instead of leaving the message queued until the connection's idle timeout and a retry.
+#[test]
+fn a_direct_pair_whose_path_dies_falls_back_to_the_relay() {
+    let lab = Lab::build();
+    let listen: SocketAddr = "203.0.113.1:7878".parse().unwrap();
+    let broker = Broker::start_in(&lab.ns("broker"), listen, &[]);
+    let alice = Peer::registered_in(&broker, "alice", &lab.ns("a1"));
+    let bob = Peer::registered_in(&broker, "bob", &lab.ns("a2"));
+    let _a = alice.up();
+    let _b = bob.up();
+    alice.befriend(&bob);
+    let path = first_path;
+    assert!(alice.ok(&["send", "bob", "one, direct"]).contains("delivered"));
+    assert_eq!(path(&alice), "direct");
+
+    nft(&lab, "a1", BLOCK_A2);
+    let out = alice.ok(&["send", "bob", "two, after the path died"]);
+    assert!(out.contains("delivered"), "{out}\nalice's log:\n{}", alice.agent_log());
+    assert_eq!(path(&alice), "relayed");
+    assert_eq!(texts(&bob, "alice"), ["one, direct", "two, after the path died"], "each once, in order");
+}
+
 /// A pair that had to take the relay (here a host firewall blocks the two hosts' direct packets) moves to
 /// a direct path on its own once one opens, without losing or repeating a message, and a file still
 /// arrives whole.
@@ -97,46 +159,32 @@ fn a_relayed_pair_becomes_direct_when_a_path_opens() {
     let broker = Broker::start_in(&lab.ns("broker"), listen, &[]);
     let alice = Peer::registered_in(&broker, "alice", &lab.ns("a1"));
     let bob = Peer::registered_in(&broker, "bob", &lab.ns("a2"));
-    let nft = |script: &str| {
-        let mut child = std::process::Command::new("ip")
-            .args(["netns", "exec", &lab.ns("a1"), "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-        assert!(child.wait().unwrap().success(), "nft: {script}");
-    };
-    nft("table inet block {
-             chain out {
-                 type filter hook output priority 0;
-                 ip daddr 203.0.113.11 drop
-             }
-             chain in {
-                 type filter hook input priority 0;
-                 ip saddr 203.0.113.11 drop
-             }
-         }");
+    let nft = |script: &str| nft(&lab, "a1", script);
+    nft(BLOCK_A2);
     let inbox = tempfile::tempdir().unwrap();
     let _a = alice.up();
     let _b = bob.up_with(&["--auto-accept-files", inbox.path().to_str().unwrap()]);
     alice.befriend(&bob);
-    let path = |who: &Peer| who.json(&["friends", "--json"])[0]["connections"][0]["path"].clone();
+    let path = first_path;
 
     assert!(alice.ok(&["send", "bob", "one, through the relay"]).contains("delivered"));
     assert_eq!(path(&alice), "relayed", "the firewall leaves only the relay");
     nft("delete table inet block");
-    testkit::wait_until("both sides see a direct path", || path(&alice) == "direct" && path(&bob) == "direct");
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    while !(path(&alice) == "direct" && path(&bob) == "direct") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no direct path: alice sees {}, bob {}\nalice's log:\n{}\nbob's log:\n{}",
+            alice.json(&["friends", "--json"]),
+            bob.json(&["friends", "--json"]),
+            alice.agent_log(),
+            bob.agent_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     assert!(alice.ok(&["send", "bob", "two, direct"]).contains("delivered"));
     assert!(bob.ok(&["send", "alice", "three, back"]).contains("delivered"));
-    let texts: Vec<String> = bob
-        .json(&["history", "alice", "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(texts, ["one, through the relay", "two, direct", "three, back"], "each once, in order");
+    assert_eq!(texts(&bob, "alice"), ["one, through the relay", "two, direct", "three, back"], "each once, in order");
 
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("after.bin");

@@ -232,12 +232,16 @@ impl Agent {
         for device in &devices {
             let exchanged = self
                 .patiently(friend, device, |conn| async move {
+                    let heard = crate::direct::received(&conn);
                     let exchange = async {
                         let (mut send, mut recv) = conn.open_bi().await?;
                         write_frame(&mut send, frame).await?;
                         let ack = tokio::time::timeout(ANSWER_TIMEOUT, read_frame::<PeerAck, _>(&mut recv))
                             .await
-                            .map_err(|_| anyhow!("no answer"))??
+                            .map_err(|_| {
+                                crate::direct::close_if_silent(&conn, heard);
+                                anyhow!("no answer")
+                            })??
                             .ok_or_else(|| anyhow!("the friend's agent closed the stream"))?;
                         Ok::<_, anyhow::Error>((send, recv, ack))
                     };
