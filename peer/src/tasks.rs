@@ -19,15 +19,20 @@ pub(crate) struct Tasks {
     running: Arc<Mutex<HashMap<String, bool>>>,
 }
 
-/// Frees a [`Tasks::spawn_once`] key when its task ends, however it ends (finished or aborted).
+/// Holds a [`Tasks::spawn_once`] / [`Tasks::spawn_coalesced`] key while its task runs, and frees it however
+/// the task ends (finished or aborted).
 struct KeyGuard {
     running: Arc<Mutex<HashMap<String, bool>>>,
     key: String,
+    /// Still holds the key (cleared once the task freed it itself).
+    held: bool,
 }
 
 impl Drop for KeyGuard {
     fn drop(&mut self) {
-        self.running.lock().remove(&self.key);
+        if self.held {
+            self.running.lock().remove(&self.key);
+        }
     }
 }
 
@@ -40,14 +45,22 @@ impl Tasks {
         set.spawn(tracing::Instrument::in_current_span(task));
     }
 
+    /// The key for a new task, or `None` if one holds it already (then, if `again`, that one is asked to
+    /// run once more). Checked and taken under one lock, so two callers cannot both start one.
+    fn claim(&self, key: String, again: bool) -> Option<KeyGuard> {
+        let mut running = self.running.lock();
+        if let Some(flag) = running.get_mut(&key) {
+            *flag |= again;
+            return None;
+        }
+        running.insert(key.clone(), false);
+        Some(KeyGuard { running: self.running.clone(), key, held: true })
+    }
+
     /// Starts `task` unless one with the same key is still running (then it is not started: the running
     /// one does the same work).
     pub(crate) fn spawn_once(&self, key: String, task: impl Future<Output = ()> + Send + 'static) -> bool {
-        if self.running.lock().contains_key(&key) {
-            return false;
-        }
-        self.running.lock().insert(key.clone(), false);
-        let guard = KeyGuard { running: self.running.clone(), key };
+        let Some(guard) = self.claim(key, false) else { return false };
         self.spawn(async move {
             let _guard = guard;
             task.await;
@@ -63,25 +76,22 @@ impl Tasks {
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        {
-            let mut running = self.running.lock();
-            if let Some(again) = running.get_mut(&key) {
-                *again = true;
-                return;
-            }
-            running.insert(key.clone(), false);
-        }
-        let guard = KeyGuard { running: self.running.clone(), key };
+        let Some(mut guard) = self.claim(key, true) else { return };
         self.spawn(async move {
-            loop {
+            while guard.held {
                 work().await;
                 let mut running = guard.running.lock();
                 match running.get_mut(&guard.key) {
                     Some(again) if *again => *again = false,
-                    _ => break,
+                    // Freed under the same lock that saw no new request: a request after this starts a
+                    // task of its own instead of being left with one that is ending.
+                    _ => {
+                        running.remove(&guard.key);
+                        drop(running);
+                        guard.held = false;
+                    }
                 }
             }
-            drop(guard);
         });
     }
 
