@@ -44,10 +44,12 @@ pub(crate) enum Attempt<T> {
 /// What one delivery run settled.
 #[derive(Default)]
 struct Report {
-    delivered: HashSet<String>,
+    /// Delivered, in order.
+    delivered: Vec<String>,
     failed: HashMap<String, String>,
-    /// Delivered, in order: their status is recorded after the senders have their answer.
-    to_record: Vec<String>,
+    /// The delivered ones are marked in the database already (else that waits until the senders have their
+    /// answer: [`Agent::record`]).
+    recorded: bool,
 }
 
 impl Agent {
@@ -102,16 +104,17 @@ impl Agent {
             };
             let run = self.deliver_batch(&friend, &batch, clean).await;
             let all_done = matches!(&run, Ok(r) if r.delivered.len() == batch.len());
+            let delivered: HashSet<&str> = run.iter().flat_map(|r| r.delivered.iter().map(String::as_str)).collect();
             for out in batch {
-                let outcome = self.outcome(&out.id, &run).await;
+                let outcome = self.outcome(&out.id, delivered.contains(out.id.as_str()), &run).await;
                 let took = out.taken.elapsed();
                 let _ = out.reply.send(outcome);
                 // Off unless asked for (`PEER_LOG=peer::latency=debug`): the agent's own share of a send,
                 // logged after the answer so that logging it adds nothing to it.
                 tracing::debug!(target: "peer::latency", us = took.as_micros() as u64, "send answered");
             }
-            if let Ok(report) = &run {
-                self.record(&friend, report).await;
+            if let Ok(mut report) = run {
+                self.record(&friend, &mut report).await;
             }
             self.outboxes.lock().finished(&friend, all_done);
         }
@@ -155,10 +158,10 @@ impl Agent {
         run
     }
 
-    /// Where message `id` ended up after a delivery run.
-    async fn outcome(&self, id: &str, run: &Result<Report>) -> ControlResponse {
+    /// Where message `id` ended up after a delivery run (`delivered`: the run says it was).
+    async fn outcome(&self, id: &str, delivered: bool, run: &Result<Report>) -> ControlResponse {
         let (status, detail) = match run {
-            Ok(r) if r.delivered.contains(id) => (MessageStatus::Delivered, None),
+            Ok(_) if delivered => (MessageStatus::Delivered, None),
             Ok(r) if r.failed.contains_key(id) => (MessageStatus::Failed, r.failed.get(id).cloned()),
             // Not in this run's report (it settled only what it sent): as recorded.
             Ok(_) => match history::status(&self.home.db, id).await {
@@ -194,29 +197,29 @@ impl Agent {
         if pending.is_empty() {
             return Ok(Report::default());
         }
-        let report = self.deliver(friend, &pending).await?;
-        self.record(friend, &report).await;
-        Ok(Report { to_record: Vec::new(), ..report })
+        let mut report = self.deliver(friend, &pending).await?;
+        self.record(friend, &mut report).await;
+        Ok(report)
     }
 
-    /// Marks delivered messages and tells watchers (after the senders have their answers).
-    async fn record(&self, friend: &str, report: &Report) {
-        if report.to_record.is_empty() {
+    /// Marks delivered messages and tells watchers (after the senders have their answers), once per report.
+    async fn record(&self, friend: &str, report: &mut Report) {
+        if std::mem::replace(&mut report.recorded, true) || report.delivered.is_empty() {
             return;
         }
-        if let Err(e) = history::set_status_many(&self.home.db, &report.to_record, MessageStatus::Delivered).await {
+        if let Err(e) = history::set_status_many(&self.home.db, &report.delivered, MessageStatus::Delivered).await {
             // They stay `sending` and are sent again later: the friend's agent stores each id once.
             tracing::warn!(error = %e, "could not record delivered messages");
             return;
         }
         let at = now_ms();
-        for id in &report.to_record {
+        for id in &report.delivered {
             self.emit(AgentEvent::MessageDelivered { to: friend.to_string(), id: id.clone(), at });
         }
     }
 
     /// Sends messages in order, stopping at the first that cannot be delivered (so that order holds).
-    /// `Err` means the rest stay queued. The caller holds the friend's turn and records the report.
+    /// `Err` means the rest stay queued. Only the friend's one run calls it; the caller records the report.
     async fn deliver(&self, friend: &str, pending: &[history::Message]) -> Result<Report> {
         let devices = match self.devices_of(friend).await {
             Ok(d) => d,
@@ -264,11 +267,10 @@ impl Agent {
             self.fail(friend, &pending[*i].id, why).await?;
             report.failed.insert(pending[*i].id.clone(), why.clone());
         }
-        report.to_record = settled.delivered.iter().map(|i| pending[*i].id.clone()).collect();
-        report.delivered = report.to_record.iter().cloned().collect();
+        report.delivered = settled.delivered.iter().map(|i| pending[*i].id.clone()).collect();
         match settled.queued_from {
             Some(i) => {
-                self.record(friend, &report).await;
+                self.record(friend, &mut report).await;
                 self.queue(&pending[i..], &errors.join("; ")).await
             }
             None => Ok(report),
