@@ -245,7 +245,7 @@ impl Agent {
     async fn refresh_friends(self: Arc<Self>) {
         for _ in 0..5 {
             let epoch = self.direct.friends_epoch();
-            let list = match self.forward(&Request::Friends).await {
+            let list = match self.broker.forward(&Request::Friends).await {
                 ControlResponse::Broker(Response::Friends(list)) => list,
                 other => {
                     tracing::warn!(answer = ?other, "could not re-read the friend list");
@@ -417,7 +417,7 @@ impl Agent {
                     ControlResponse::Status(status)
                 }
                 ControlRequest::Watch => return self.watch(stream).await,
-                ControlRequest::Broker(req) => self.forward(&req).await,
+                ControlRequest::Broker(req) => self.broker.forward(&req).await,
                 ControlRequest::Logout => self.logout().await,
                 ControlRequest::Send { to, text } => self.send_message(&to, &text).await,
                 ControlRequest::SendFile { to, path, name, size, hash } => {
@@ -450,7 +450,7 @@ impl Agent {
         if let Some(d) = self.direct.known_devices(friend) {
             return Ok(d);
         }
-        match self.forward(&Request::Lookup { username: friend.to_string() }).await {
+        match self.broker.forward(&Request::Lookup { username: friend.to_string() }).await {
             ControlResponse::Broker(Response::Endpoints(d)) => Ok(d),
             ControlResponse::Broker(Response::Error(e)) if matches!(e.code, ErrorCode::NotFriends) => {
                 Err(Reach::NotFriends(e.message))
@@ -459,10 +459,6 @@ impl Agent {
             ControlResponse::Failed(e) => Err(Reach::Unreachable(e.message)),
             other => Err(Reach::Unreachable(format!("unexpected answer: {other:?}"))),
         }
-    }
-
-    pub(crate) async fn forward(&self, req: &Request) -> ControlResponse {
-        self.broker.forward(req).await
     }
 
     async fn mark_read(&self, conversation: &str, up_to: i64) -> ControlResponse {
@@ -478,7 +474,7 @@ impl Agent {
     }
 
     async fn logout(&self) -> ControlResponse {
-        let revoked = match self.forward(&Request::Logout).await {
+        let revoked = match self.broker.forward(&Request::Logout).await {
             ControlResponse::Broker(Response::Ok) => Ok(()),
             ControlResponse::Broker(Response::Error(e)) => Err(e.message),
             ControlResponse::Failed(e) => Err(e.message),

@@ -46,6 +46,14 @@ pub(crate) fn transport() -> quinn::TransportConfig {
     t
 }
 
+/// A connection we opened, handed to the agent so that it serves the friend's streams on it too.
+pub(crate) struct Opened {
+    pub(crate) conn: quinn::Connection,
+    pub(crate) friend: String,
+    /// Completed after its dial's race was decided: not through [`Direct::keep`] yet.
+    pub(crate) late: bool,
+}
+
 /// The agent's broker connection while it has one (relay streams are opened on it).
 pub(crate) type BrokerLink = Arc<Mutex<Option<quinn::Connection>>>;
 
@@ -72,8 +80,8 @@ pub(crate) struct Direct {
     conns: Mutex<HashMap<Fingerprint, quinn::Connection>>,
     /// Per connection (by stable id): stream frames counted at the last reap, and when that count last moved.
     usage: Mutex<HashMap<usize, (u64, std::time::Instant)>>,
-    /// Connections we opened, handed to the agent so that it serves the friend's streams on them too.
-    opened: tokio::sync::mpsc::UnboundedSender<(quinn::Connection, String)>,
+    /// Connections we opened, for the agent to serve.
+    opened: tokio::sync::mpsc::UnboundedSender<Opened>,
     /// Woken whenever a connection is kept, so that a connect in progress can take one the friend opened.
     kept: tokio::sync::Notify,
     relays: Arc<Relays>,
@@ -108,7 +116,7 @@ pub(crate) struct DirectParts {
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) identity: Identity,
     pub(crate) allowed: Allowed,
-    pub(crate) opened: tokio::sync::mpsc::UnboundedSender<(quinn::Connection, String)>,
+    pub(crate) opened: tokio::sync::mpsc::UnboundedSender<Opened>,
     pub(crate) relays: Arc<Relays>,
     pub(crate) broker: BrokerLink,
     pub(crate) relay_only: bool,
@@ -482,7 +490,7 @@ impl Direct {
                 res = rx.recv() => match res {
                     Some(Ok(conn)) => {
                         let conn = self.keep(fp, conn, true);
-                        let _ = self.opened.send((conn.clone(), username.to_string()));
+                        let _ = self.opened.send(Opened { conn: conn.clone(), friend: username.into(), late: false });
                         break Ok(conn);
                     }
                     Some(Err(e)) => errors.push(e.to_string()),
@@ -508,7 +516,7 @@ impl Direct {
             let _attempts = attempts;
             while let Some(res) = rx.recv().await {
                 if let Ok(conn) = res {
-                    let _ = opened.send((conn, who.clone()));
+                    let _ = opened.send(Opened { conn, friend: who.clone(), late: true });
                 }
             }
         });
@@ -519,10 +527,11 @@ impl Direct {
         }
     }
 
-    /// Keeps a connection this agent opened (see [`Direct::keep`]); already kept, it stays as it is.
-    pub(crate) fn keep_opened(&self, conn: quinn::Connection) -> Option<quinn::Connection> {
-        let fp = peer_fingerprint(&conn)?;
-        Some(self.keep(fp, conn, true))
+    /// Keeps (or not: see [`Direct::keep`]) a connection this agent opened whose race was already decided.
+    pub(crate) fn keep_late(&self, conn: quinn::Connection) {
+        if let Some(fp) = peer_fingerprint(&conn) {
+            self.keep(fp, conn, true);
+        }
     }
 
     /// The same peer connection, through the broker: a relay stream to the device, and a QUIC handshake
@@ -554,7 +563,7 @@ impl Direct {
             .map_err(|_| anyhow!("no handshake through the relay"))??;
         tracing::info!(friend = username, "connected through the broker's relay");
         let conn = self.keep(fp, conn, true);
-        let _ = self.opened.send((conn.clone(), username.to_string()));
+        let _ = self.opened.send(Opened { conn: conn.clone(), friend: username.into(), late: false });
         Ok(conn)
     }
 

@@ -22,7 +22,7 @@ impl Agent {
 
     /// Fetches and stores everything after the last message this agent has, for every group it is in.
     pub(crate) async fn catch_up_all(self: Arc<Self>) {
-        let groups = match self.forward(&Request::Groups).await {
+        let groups = match self.broker.forward(&Request::Groups).await {
             ControlResponse::Broker(Response::Groups(g)) => g,
             _ => return,
         };
@@ -36,7 +36,7 @@ impl Agent {
     async fn catch_up(&self, group_id: i64) -> Result<()> {
         loop {
             let after_seq = history::last_group_seq(&self.home.db, group_id).await?;
-            let batch = match self.forward(&Request::GroupSync { group_id, after_seq, limit: 500 }).await {
+            let batch = match self.broker.forward(&Request::GroupSync { group_id, after_seq, limit: 500 }).await {
                 ControlResponse::Broker(Response::GroupMessages(b)) => b,
                 ControlResponse::Broker(Response::Error(e)) => return Err(anyhow!("{}", e.message)),
                 ControlResponse::Failed(e) => return Err(anyhow!("{e}")),

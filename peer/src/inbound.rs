@@ -21,10 +21,7 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 impl Agent {
     /// Accepts friends' direct connections on the agent's endpoint, and serves the friend's side of the
     /// connections we open: either side may send on any connection between the two.
-    pub(crate) async fn accept_peers(
-        self: Arc<Self>,
-        mut opened: mpsc::UnboundedReceiver<(quinn::Connection, String)>,
-    ) {
+    pub(crate) async fn accept_peers(self: Arc<Self>, mut opened: mpsc::UnboundedReceiver<crate::direct::Opened>) {
         // Handshakes and the connections' stream servers, owned by this loop: they end with it.
         let mut conns = tokio::task::JoinSet::new();
         loop {
@@ -45,10 +42,12 @@ impl Agent {
                         }
                     });
                 }
-                Some((conn, friend)) = opened.recv() => {
+                Some(o) = opened.recv() => {
                     // Kept (or not) as every connection is; either way its streams are served while it lives.
-                    self.direct.keep_opened(conn.clone());
-                    conns.spawn(self.clone().serve_streams(conn, friend));
+                    if o.late {
+                        self.direct.keep_late(o.conn.clone());
+                    }
+                    conns.spawn(self.clone().serve_streams(o.conn, o.friend));
                 }
             }
         }
