@@ -4,9 +4,9 @@ use super::{Db, DbError, created};
 use shared::proto::UserInfo;
 
 /// A user's public face as stored.
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub(crate) struct UserRow {
-    username: String,
+    pub(crate) username: String,
     display_name: String,
 }
 
@@ -19,14 +19,14 @@ impl From<UserRow> for UserInfo {
 /// A token's owner and its expiry.
 #[derive(sqlx::FromRow)]
 pub(crate) struct TokenRow {
-    username: String,
-    display_name: String,
+    #[sqlx(flatten)]
+    user: UserRow,
     pub(crate) expires_at: i64,
 }
 
 impl TokenRow {
     pub(crate) fn user(self) -> UserInfo {
-        UserInfo { username: self.username, display_name: self.display_name }
+        self.user.into()
     }
 }
 

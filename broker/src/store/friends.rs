@@ -8,32 +8,28 @@ use sqlx::AnyConnection;
 /// A friend as `owner` sees them.
 #[derive(sqlx::FromRow)]
 pub(crate) struct FriendRow {
-    username: String,
-    display_name: String,
+    #[sqlx(flatten)]
+    user: UserRow,
     pub(crate) remark: Option<String>,
 }
 
 impl FriendRow {
     pub(crate) fn user(&self) -> UserInfo {
-        UserInfo { username: self.username.clone(), display_name: self.display_name.clone() }
+        self.user.clone().into()
     }
 }
 
 #[derive(sqlx::FromRow)]
 struct RequestRow {
-    username: String,
-    display_name: String,
+    #[sqlx(flatten)]
+    user: UserRow,
     message: String,
     created_at: i64,
 }
 
 impl From<RequestRow> for FriendRequestInfo {
     fn from(r: RequestRow) -> Self {
-        FriendRequestInfo {
-            user: UserInfo { username: r.username, display_name: r.display_name },
-            message: r.message,
-            created_at: r.created_at,
-        }
+        FriendRequestInfo { user: r.user.into(), message: r.message, created_at: r.created_at }
     }
 }
 

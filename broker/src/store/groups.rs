@@ -1,5 +1,6 @@
 //! Groups: the group row (name, owner, message counter), members, invitations and the numbered log.
 
+use super::accounts::UserRow;
 use super::{Backend, Db, DbError, Sql, created};
 use shared::proto::{GroupInfo, GroupInvitation, GroupMessage, UserInfo};
 
@@ -7,26 +8,26 @@ use shared::proto::{GroupInfo, GroupInvitation, GroupMessage, UserInfo};
 struct InvitationRow {
     group_id: i64,
     name: String,
-    username: String,
-    display_name: String,
+    #[sqlx(flatten)]
+    inviter: UserRow,
     created_at: i64,
 }
 
 /// A member as listed, with the group's owner.
 #[derive(sqlx::FromRow)]
 pub(crate) struct MemberRow {
-    username: String,
-    display_name: String,
+    #[sqlx(flatten)]
+    user: UserRow,
     owner: String,
 }
 
 impl MemberRow {
     pub(crate) fn is_owner(&self) -> bool {
-        self.owner == self.username
+        self.owner == self.user.username
     }
 
     pub(crate) fn user(self) -> UserInfo {
-        UserInfo { username: self.username, display_name: self.display_name }
+        self.user.into()
     }
 }
 
@@ -140,7 +141,7 @@ impl Db {
             .map(|r| GroupInvitation {
                 group_id: r.group_id,
                 name: r.name,
-                inviter: UserInfo { username: r.username, display_name: r.display_name },
+                inviter: r.inviter.into(),
                 created_at: r.created_at,
             })
             .collect())

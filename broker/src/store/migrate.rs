@@ -72,7 +72,7 @@ impl Db {
                 // Already inside BEGIN IMMEDIATE: every version commits together at the end.
                 Backend::Sqlite => self.apply(conn, version, &statements).await?,
             }
-            self.check_sums(conn, steps, version).await?;
+            self.record_sum(conn, version, script).await?;
             tracing::info!(version, "applied database migration");
         }
         Ok(())
@@ -150,15 +150,19 @@ impl Db {
             match rows.iter().find(|(v, _)| *v == version as i64) {
                 Some((_, recorded)) if *recorded == sum => {}
                 Some(_) => return Err(DbError::Changed { version }),
-                None => {
-                    sqlx::query(self.sql(sql!("INSERT INTO schema_checksums (version, sha256) VALUES (?, ?)")))
-                        .bind(version as i64)
-                        .bind(sum)
-                        .execute(&mut *conn)
-                        .await?;
-                }
+                None => self.record_sum(conn, version, script).await?,
             }
         }
+        Ok(())
+    }
+
+    /// Records a just-applied (or previously unrecorded) version's checksum.
+    async fn record_sum(&self, conn: &mut sqlx::AnyConnection, version: usize, script: &str) -> Result<(), DbError> {
+        sqlx::query(self.sql(sql!("INSERT INTO schema_checksums (version, sha256) VALUES (?, ?)")))
+            .bind(version as i64)
+            .bind(checksum(script))
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 }
