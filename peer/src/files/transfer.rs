@@ -6,8 +6,7 @@ use super::*;
 impl Agent {
     /// Receiver: fetches the rest of an accepted file, verifies it and puts it in place. One run at a time per
     /// transfer; an interrupted fetch keeps the partial file and tries again (with growing pauses, at once
-    /// when the friend comes online) until it finishes or is cancelled.
-    /// Fetches an accepted transfer until it is done or stops for good, logging inside its own span.
+    /// when the friend comes online) until it finishes or is cancelled. It logs inside a span of its own.
     pub(crate) async fn fetch(self: Arc<Self>, id: String) {
         let span = tracing::info_span!("transfer", id = crate::output::short_id(&id), side = "receiving");
         tracing::Instrument::instrument(self.fetch_runs(id), span).await
