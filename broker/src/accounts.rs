@@ -91,6 +91,7 @@ impl Accounts {
         display_name: &str,
         password: &str,
         from: IpAddr,
+        device: [u8; 32],
     ) -> Result<Issued, RequestError> {
         validate::username(username)?;
         validate::display_name(display_name)?;
@@ -111,7 +112,7 @@ impl Accounts {
             return Err(ErrorCode::UsernameTaken.into());
         }
         tracing::info!(user = username, "registered");
-        self.issue(username).await
+        self.issue(username, device).await
     }
 
     /// Checks a password and issues a token. Unknown users and wrong passwords are the same error and cost
@@ -147,15 +148,23 @@ impl Accounts {
             return Err(ErrorCode::BadCredentials.into());
         }
         self.guard.lock().succeeded(&attempt, Instant::now());
-        self.issue(username).await
+        self.issue(username, device).await
     }
 
-    /// Who a token belongs to, if it is known and unexpired.
-    pub async fn check_token(&self, token: &str) -> Result<TokenOwner, RequestError> {
+    /// Who a token belongs to, if it is known, unexpired, and presented by the device it was issued to (a
+    /// token copied to another device is worth nothing there).
+    pub async fn check_token(&self, token: &str, device: [u8; 32]) -> Result<TokenOwner, RequestError> {
         let token_hash = sha256_hex(token.as_bytes());
         let Some(row) = self.db.token(&token_hash).await? else {
             return Err(ErrorCode::InvalidToken.into());
         };
+        if row.device.as_ref().is_some_and(|d| *d != hex::encode(device)) {
+            tracing::warn!(
+                device = hex::encode(device),
+                "a token was presented by another device than its own; refused"
+            );
+            return Err(ErrorCode::InvalidToken.into());
+        }
         if row.expires_at <= now_ms() {
             self.revoke(&token_hash).await?;
             return Err(ErrorCode::InvalidToken.into());
@@ -184,18 +193,7 @@ impl Accounts {
         device: [u8; 32],
     ) -> Result<(), RequestError> {
         validate::password(new)?;
-        let attempt = self
-            .guard
-            .lock()
-            .begin(username, device, from, Instant::now())
-            .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
-        let Some(hash) = self.db.password_hash(username).await? else {
-            return Err(ErrorCode::UnknownUser.into());
-        };
-        if !self.verify(old, &hash).await? {
-            return Err(ErrorCode::BadCredentials.into());
-        }
-        self.guard.lock().succeeded(&attempt, Instant::now());
+        self.check_password(username, old, from, device).await?;
         let new_hash = self.hash(new).await?;
         self.db.set_password(username, &new_hash, keep).await?;
         tracing::info!(user = username, "password changed; other sessions revoked");
@@ -208,11 +206,12 @@ impl Accounts {
         Ok(self.db.set_display_name(username, display_name, &search_key(username, display_name)).await?)
     }
 
-    async fn issue(&self, username: &str) -> Result<Issued, RequestError> {
+    /// A token for `username`'s `device` (a device being linked, once its user confirmed on another one).
+    pub async fn issue(&self, username: &str, device: [u8; 32]) -> Result<Issued, RequestError> {
         let token = hex::encode(random_bytes::<32>());
         let now = now_ms();
         let expires_at = now + self.token_ttl.as_millis() as i64;
-        self.db.insert_token(&sha256_hex(token.as_bytes()), username, now, expires_at).await?;
+        self.db.insert_token(&sha256_hex(token.as_bytes()), username, &hex::encode(device), now, expires_at).await?;
         Ok(Issued { token, expires_at })
     }
 
@@ -224,6 +223,30 @@ impl Accounts {
             .await
             .map_err(|e| RequestError::Hash(e.to_string()))?
             .map_err(|e| RequestError::Hash(e.to_string()))
+    }
+
+    /// Checks `username`'s password for a request that needs it again (resetting the account key), under
+    /// the same limits as a login.
+    pub async fn check_password(
+        &self,
+        username: &str,
+        password: &str,
+        from: IpAddr,
+        device: [u8; 32],
+    ) -> Result<(), RequestError> {
+        let attempt = self
+            .guard
+            .lock()
+            .begin(username, device, from, Instant::now())
+            .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
+        let Some(hash) = self.db.password_hash(username).await? else {
+            return Err(ErrorCode::UnknownUser.into());
+        };
+        if password.len() > validate::MAX_PASSWORD_BYTES || !self.verify(password, &hash).await? {
+            return Err(ErrorCode::BadCredentials.into());
+        }
+        self.guard.lock().succeeded(&attempt, Instant::now());
+        Ok(())
     }
 
     async fn verify(&self, password: &str, hash: &str) -> Result<bool, RequestError> {

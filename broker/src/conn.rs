@@ -181,7 +181,7 @@ impl Conn {
                 Response::Ok
             }
             Request::Register { username, display_name, password } => {
-                let t = ctx.accounts.register(&username, &display_name, &password, from).await?;
+                let t = ctx.accounts.register(&username, &display_name, &password, from, self.fingerprint.0).await?;
                 Response::Token { username, token: t.token, expires_at: t.expires_at }
             }
             Request::Login { username, password } => {
@@ -287,6 +287,40 @@ impl Conn {
             }
             // Served by `relay`, on the stream it arrives on.
             Request::Relay { .. } => return Err(ErrorCode::Malformed("unexpected relay request".into()).into()),
+            Request::Certify { account_key, record } => {
+                ctx.devices.certify(&self.caller(&me, session_id), account_key, record).await?;
+                Response::Ok
+            }
+            Request::Locate { username } => {
+                Response::Located(ctx.devices.locate(&ctx.friends, &self.caller(&me, session_id), &username).await?)
+            }
+            Request::Devices => {
+                let (account_key, devices) = ctx.devices.list(&me).await?;
+                Response::Devices { account_key, devices }
+            }
+            Request::RevokeDevice { revocation } => {
+                ctx.devices.revoke(&ctx.friends, &me, revocation).await?;
+                Response::Ok
+            }
+            Request::ResetAccountKey { password, account_key, record } => {
+                let caller = self.caller(&me, session_id);
+                ctx.devices.reset_key(&ctx.friends, &caller, &password, account_key, record).await?;
+                Response::Ok
+            }
+            Request::LinkOffer { link_id } => {
+                ctx.devices.offer(&self.caller(&me, session_id), link_id)?;
+                Response::Ok
+            }
+            Request::LinkClaim { link_id, mut local_addrs } => {
+                local_addrs.truncate(MAX_LOCAL_ADDRS);
+                let observed = self.quic.remote_address();
+                let (username, device) = ctx.devices.claim(link_id, self.fingerprint, observed, local_addrs)?;
+                Response::LinkPeer { username, device }
+            }
+            Request::LinkToken { link_id } => {
+                let t = ctx.devices.link_token(&self.caller(&me, session_id), link_id).await?;
+                Response::Token { username: me.clone(), token: t.token, expires_at: t.expires_at }
+            }
             Request::ChangePassword { old, new } => {
                 let keep = self.token_hash.lock().clone().unwrap_or_default();
                 ctx.accounts.change_password(&me, &old, &new, &keep, from, self.fingerprint.0).await?;
@@ -309,7 +343,7 @@ impl Conn {
         if *state != SessionState::Anonymous {
             return Err(ErrorCode::AlreadyInSession.into());
         }
-        let owner = self.ctx.accounts.check_token(token).await?;
+        let owner = self.ctx.accounts.check_token(token, self.fingerprint.0).await?;
         local_addrs.truncate(MAX_LOCAL_ADDRS);
         let events = self.quic.open_uni().await.map_err(|_| ErrorCode::Internal)?;
         let (tx, rx) = mpsc::channel(crate::table::EVENT_QUEUE);
@@ -341,8 +375,14 @@ impl Conn {
         Ok(Response::Welcome { session_id, user: owner.user, observed_addr: observed })
     }
 
+    /// Who this session is, for the device requests.
+    fn caller<'a>(&self, user: &'a str, session_id: u64) -> crate::devices::Caller<'a> {
+        crate::devices::Caller { user, session_id, device: self.fingerprint, from: self.quic.remote_address().ip() }
+    }
+
     async fn go_offline(&self, user: &str, session_id: u64) {
         let now = now_ms();
+        self.ctx.devices.seen(user, &self.fingerprint, now).await;
         if self.ctx.table.remove(user, session_id, now) {
             tracing::info!(user, session = session_id, "offline");
             match self.ctx.friends.usernames(user).await {

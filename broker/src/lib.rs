@@ -10,6 +10,7 @@
 //! - [`ratelimit`]: failure limiters and quotas with bounded memory (pure).
 //! - [`lockout`]: who may try a password now: counted before the hash, known devices not locked out (pure).
 //! - [`table`]: the in-memory connection table and event fan-out.
+//! - [`devices`]: account keys' device records, revocations, key resets, and linking a new device.
 //! - [`friends`]: the friend graph and presence announcements.
 //! - [`groups`]: groups, invitations, and the ordered, stored, fanned-out group message log.
 //! - [`relay`]: friends' QUIC packets carried between their agents when no direct path opens.
@@ -20,6 +21,7 @@
 pub mod accounts;
 pub mod config_file;
 pub mod conn;
+pub mod devices;
 pub mod error;
 pub mod friends;
 pub mod groups;

@@ -40,6 +40,7 @@ pub struct Ctx {
     pub groups: crate::groups::Groups,
     pub table: Arc<Table>,
     pub relay: crate::relay::Relay,
+    pub devices: crate::devices::Devices,
 }
 
 /// A broker bound and ready to serve.
@@ -133,7 +134,14 @@ impl Broker {
         let endpoint = quinn::Endpoint::new(endpoint_config(&identity), Some(server), socket, runtime)?;
         Ok(Self {
             endpoint,
-            ctx: Arc::new(Ctx { accounts, friends, groups, table, relay: crate::relay::Relay::new(cfg.relay) }),
+            ctx: Arc::new(Ctx {
+                devices: crate::devices::Devices::new(db.clone(), table.clone(), accounts.clone()),
+                accounts,
+                friends,
+                groups,
+                table,
+                relay: crate::relay::Relay::new(cfg.relay),
+            }),
             db,
             max_connections: cfg.max_connections,
             handshakes: Handshakes::default(),

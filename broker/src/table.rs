@@ -28,6 +28,9 @@ pub struct Row {
     /// The device's certificate, as presented in its TLS handshake.
     pub fingerprint: Fingerprint,
     pub connected_at: Millis,
+    /// The device published a record its account key signed (`Request::Certify`): it checks records too,
+    /// so it is told of callers with theirs (`Event::PeerCalling`).
+    pub certified: bool,
     events: mpsc::Sender<Frame>,
     conn: quinn::Connection,
 }
@@ -90,8 +93,17 @@ impl Table {
         let session_id = t.next_session;
         let rows = t.online.entry(user.to_string()).or_default();
         let first = rows.is_empty();
-        rows.push(Row { session_id, observed, local, fingerprint, connected_at, events, conn });
+        rows.push(Row { session_id, observed, local, fingerprint, connected_at, certified: false, events, conn });
         (session_id, first)
+    }
+
+    /// Marks a session's device as certified.
+    pub fn set_certified(&self, user: &str, session_id: u64) {
+        if let Some(row) =
+            self.inner.lock().online.get_mut(user).and_then(|r| r.iter_mut().find(|r| r.session_id == session_id))
+        {
+            row.certified = true;
+        }
     }
 
     /// Removes a device row; returns whether that was the user's last online device.
@@ -162,6 +174,14 @@ impl Table {
         }
     }
 
+    /// Queues `certified` for `user`'s devices that check records and `legacy` for the others.
+    pub fn push_split(&self, user: &str, certified: &Event, legacy: &Event) {
+        if let (Some(c), Some(l)) = (encode(certified), encode(legacy)) {
+            self.push_frames(std::iter::once(user), &c, |r| r.certified);
+            self.push_frames(std::iter::once(user), &l, |r| !r.certified);
+        }
+    }
+
     fn push_frames<'a>(&self, users: impl IntoIterator<Item = &'a str>, frame: &Frame, pick: impl Fn(&Row) -> bool) {
         let t = self.inner.lock();
         for user in users {
@@ -179,11 +199,19 @@ impl Table {
     /// at once (no lookup finds it, nothing more is pushed to it), sent `event`, and its connection is closed
     /// once that event is written (see `conn::write_events`). Returns the devices that remain.
     pub fn close_others(&self, user: &str, keep: u64, event: &Event) -> Vec<Fingerprint> {
+        self.close_where(user, event, |r| r.session_id != keep)
+    }
+
+    /// As [`Table::close_others`], for the sessions of one device (revoked).
+    pub fn close_device(&self, user: &str, fingerprint: &Fingerprint, event: &Event) -> Vec<Fingerprint> {
+        self.close_where(user, event, |r| r.fingerprint == *fingerprint)
+    }
+
+    fn close_where(&self, user: &str, event: &Event, close: impl Fn(&Row) -> bool) -> Vec<Fingerprint> {
         let frame = encode(event);
         let mut t = self.inner.lock();
         let Some(rows) = t.online.get_mut(user) else { return Vec::new() };
-        let (kept, revoked): (Vec<Row>, Vec<Row>) =
-            std::mem::take(rows).into_iter().partition(|r| r.session_id == keep);
+        let (revoked, kept): (Vec<Row>, Vec<Row>) = std::mem::take(rows).into_iter().partition(|r| close(r));
         *rows = kept;
         let remaining = rows.iter().map(|r| r.fingerprint).collect();
         for row in revoked {

@@ -61,12 +61,13 @@ async fn an_older_database_is_upgraded_with_its_data_and_an_edited_migration_is_
             panic!("no group")
         };
         alice.call(&Request::GroupPost { group_id, text: "kept across the upgrade".into() }).await;
+        let device = alice.identity.clone();
         drop((alice, bob));
         broker.kill();
         // What the previous release leaves: the same schema, no checksums.
         broker.db.execute("DROP TABLE schema_checksums");
         broker.restart();
-        let alice = Client::connect(&broker).await;
+        let alice = Client::connect_as(&broker, device).await;
         assert!(matches!(alice.hello(&token).await, Response::Welcome { .. }), "the token survived");
         let Response::GroupMessages(log) = alice.call(&Request::GroupSync { group_id, after_seq: 0, limit: 10 }).await
         else {

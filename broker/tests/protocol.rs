@@ -81,9 +81,14 @@ async fn accounts_and_tokens_on_every_backend() {
 
         // Accounts and tokens survive a restart; sessions do not.
         let Response::Token { token: t2, .. } = c2.login("zhang_san", PASSWORD).await else { panic!() };
+        let device = c2.identity.clone();
         c2.close().await;
         broker.restart();
-        let c3 = Client::connect(&broker).await;
+        // A token is worth nothing on another device than the one it was issued to.
+        let stranger = Client::connect(&broker).await;
+        assert_eq!(error_code(&stranger.hello(&t2).await), &ErrorCode::InvalidToken, "token on another device");
+        stranger.close().await;
+        let c3 = Client::connect_as(&broker, device).await;
         assert!(matches!(c3.hello(&t2).await, Response::Welcome { .. }), "token must survive a broker restart");
         assert!(matches!(c3.login("zhang_san", PASSWORD).await, Response::Error(_)), "already in a session");
         c3.close().await;

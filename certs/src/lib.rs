@@ -5,6 +5,7 @@
 //! the broker's on first use (like SSH), a device's because the broker vouches for it.
 //!
 //! # Layout
+//! - [`account`]: the account key that certifies a user's devices, safety numbers, key backups, link codes.
 //! - [`fingerprint`]: the SHA-256 fingerprint and its text form.
 //! - [`identity`]: making, storing (0600) and loading a key pair with its certificate.
 //! - [`verify`]: rustls verifiers that accept exactly the pinned fingerprints (TLS 1.3 signatures checked).
@@ -12,6 +13,7 @@
 //! - [`secret_file`]: writing files only their owner can read.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod account;
 pub mod config;
 pub mod fingerprint;
 pub mod identity;

@@ -206,6 +206,8 @@ pub fn targets() -> Vec<(&'static str, Target, Vec<Vec<u8>>)> {
             [seeds("ControlResponse::"), seeds("AgentEvent::")].concat(),
         ),
         ("relay_hello", frame_target::<shared::relay::RelayHello>, seeds("RelayHello::")),
+        ("link_frame", frame_target::<shared::link::LinkFrame>, seeds("LinkFrame::")),
+        ("link_reply", frame_target::<shared::link::LinkReply>, seeds("LinkReply::")),
         ("relay_packets", relay_target, relay_seed),
         ("names_and_text", text_target, text_seeds),
     ]

@@ -7,10 +7,12 @@
 use shared::control::{AgentEvent, AgentStatus, ControlRequest, ControlResponse, MessageStatus, PeerLink};
 use shared::control::{Transfer, TransferState};
 use shared::files::{FileOffer, OfferAnswer};
+use shared::link::{Approval, HistoryRow, LinkFrame, LinkReply, PinnedKey};
 use shared::peer::{Chat, PeerAck, PeerFrame};
 use shared::proto::{DeviceEndpoint, ErrorBody, ErrorCode, Event, FriendInfo, FriendRequestInfo};
 use shared::proto::{GroupInfo, GroupInvitation, GroupMember, GroupMessage, Request, Response, UserInfo};
 use shared::relay::RelayHello;
+use shared::trust::{CertifiedDevice, DeviceRecord, Located, OwnDevice, Revocation, Signed};
 use std::net::SocketAddr;
 
 /// A named, encoded sample: `(type::Variant, frame bytes with header)`.
@@ -48,6 +50,19 @@ fn transfer() -> Transfer {
         created_at: 1,
         updated_at: 2,
     }
+}
+
+fn record() -> Signed<DeviceRecord> {
+    let body = DeviceRecord { username: "bob".into(), fingerprint: [9; 32], name: "laptop".into(), created_at: 5 };
+    Signed { body, signature: vec![7; 64] }
+}
+
+fn revocation() -> Signed<Revocation> {
+    Signed { body: Revocation { username: "bob".into(), fingerprint: [9; 32], at: 6 }, signature: vec![8; 64] }
+}
+
+fn certified() -> CertifiedDevice {
+    CertifiedDevice { endpoint: device(), record: Some(record()) }
 }
 
 fn chat() -> Chat {
@@ -92,6 +107,14 @@ pub fn requests() -> Vec<Request> {
         Request::Block { username: s("mallory") },
         Request::Unblock { username: s("mallory") },
         Request::Blocked,
+        Request::Certify { account_key: [1; 32], record: record() },
+        Request::Locate { username: s("bob") },
+        Request::Devices,
+        Request::RevokeDevice { revocation: revocation() },
+        Request::ResetAccountKey { password: s("password1"), account_key: [2; 32], record: record() },
+        Request::LinkOffer { link_id: [3; 5] },
+        Request::LinkClaim { link_id: [3; 5], local_addrs: vec![addr()] },
+        Request::LinkToken { link_id: [3; 5] },
     ]
 }
 
@@ -124,6 +147,11 @@ pub fn error_codes() -> Vec<ErrorCode> {
         ErrorCode::RelayUnavailable("off".into()),
         ErrorCode::YouBlocked("mallory".into()),
         ErrorCode::NotBlocked,
+        ErrorCode::AccountKeyMismatch,
+        ErrorCode::BadSignature("bad".into()),
+        ErrorCode::DeviceRevoked,
+        ErrorCode::UnknownLink,
+        ErrorCode::UnknownDevice,
     ]
 }
 
@@ -156,6 +184,11 @@ fn variant_of_error(e: &ErrorCode) -> &'static str {
         ErrorCode::RelayUnavailable(_) => "RelayUnavailable",
         ErrorCode::YouBlocked(_) => "YouBlocked",
         ErrorCode::NotBlocked => "NotBlocked",
+        ErrorCode::AccountKeyMismatch => "AccountKeyMismatch",
+        ErrorCode::BadSignature(_) => "BadSignature",
+        ErrorCode::DeviceRevoked => "DeviceRevoked",
+        ErrorCode::UnknownLink => "UnknownLink",
+        ErrorCode::UnknownDevice => "UnknownDevice",
     }
 }
 
@@ -179,6 +212,12 @@ pub fn responses() -> Vec<Response> {
         Response::Groups(vec![GroupInfo { group_id: 7, name: s("g"), owner: s("a"), last_seq: 3, members: 2 }]),
         Response::GroupPosted { seq: 43 },
         Response::GroupMessages(vec![msg()]),
+        Response::Located(Located { account_key: Some([1; 32]), devices: vec![certified()] }),
+        Response::Devices {
+            account_key: Some([1; 32]),
+            devices: vec![OwnDevice { record: record(), online: false, last_seen: Some(9) }],
+        },
+        Response::LinkPeer { username: s("alice"), device: device() },
     ]
 }
 
@@ -200,6 +239,9 @@ fn variant_of_response(r: &Response) -> &'static str {
         Response::Groups(_) => "Groups",
         Response::GroupPosted { .. } => "GroupPosted",
         Response::GroupMessages(_) => "GroupMessages",
+        Response::Located(_) => "Located",
+        Response::Devices { .. } => "Devices",
+        Response::LinkPeer { .. } => "LinkPeer",
     }
 }
 
@@ -217,6 +259,10 @@ pub fn events() -> Vec<Event> {
         Event::GroupMessage(msg()),
         Event::GroupPresence { group_id: 7, username: s("bob"), online: false, at: 3 },
         Event::FriendDevices { username: s("bob"), fingerprints: vec![[1; 32]] },
+        Event::PeerCalling { username: s("bob"), account_key: Some([1; 32]), device: certified() },
+        Event::DeviceRevoked { username: s("bob"), revocation: revocation() },
+        Event::AccountKeyChanged { username: s("bob") },
+        Event::LinkClaimed { link_id: [3; 5], device: device() },
     ]
 }
 
@@ -233,6 +279,10 @@ fn variant_of_event(e: &Event) -> &'static str {
         Event::GroupMessage(_) => "GroupMessage",
         Event::GroupPresence { .. } => "GroupPresence",
         Event::FriendDevices { .. } => "FriendDevices",
+        Event::PeerCalling { .. } => "PeerCalling",
+        Event::DeviceRevoked { .. } => "DeviceRevoked",
+        Event::AccountKeyChanged { .. } => "AccountKeyChanged",
+        Event::LinkClaimed { .. } => "LinkClaimed",
     }
 }
 
@@ -317,6 +367,9 @@ pub fn control_requests() -> Vec<ControlRequest> {
         ControlRequest::FileCancel { id: s("00ff") },
         ControlRequest::Stop,
         ControlRequest::MarkRead { conversation: s("u:bob"), up_to: 12 },
+        ControlRequest::Verify { username: s("bob"), action: shared::control::VerifyAction::Confirm },
+        ControlRequest::LinkStart,
+        ControlRequest::LinkConfirm { link_id: [3; 5], accept: true },
     ]
 }
 
@@ -334,6 +387,9 @@ fn variant_of_control_request(r: &ControlRequest) -> &'static str {
         ControlRequest::FileCancel { .. } => "FileCancel",
         ControlRequest::Stop => "Stop",
         ControlRequest::MarkRead { .. } => "MarkRead",
+        ControlRequest::Verify { .. } => "Verify",
+        ControlRequest::LinkStart => "LinkStart",
+        ControlRequest::LinkConfirm { .. } => "LinkConfirm",
     }
 }
 
@@ -368,6 +424,14 @@ pub fn control_responses() -> Vec<ControlResponse> {
         ControlResponse::Transfers(vec![transfer()]),
         ControlResponse::Transfer(transfer()),
         ControlResponse::failed(shared::control::ControlErrorCode::Offline, "not connected"),
+        ControlResponse::Verification(shared::control::Verification {
+            username: s("bob"),
+            safety_number: Some(s("12345 67890")),
+            their_key: Some(s("ab")),
+            verified: true,
+            key_changed: false,
+        }),
+        ControlResponse::LinkCode { code: s("ABCD-EFGH-JKMN-PQRS"), link_id: [3; 5], expires_in_secs: 300 },
     ]
 }
 
@@ -382,6 +446,8 @@ fn variant_of_control_response(r: &ControlResponse) -> &'static str {
         ControlResponse::Transfers(_) => "Transfers",
         ControlResponse::Transfer(_) => "Transfer",
         ControlResponse::Failed(_) => "Failed",
+        ControlResponse::Verification(_) => "Verification",
+        ControlResponse::LinkCode { .. } => "LinkCode",
     }
 }
 
@@ -398,6 +464,10 @@ pub fn agent_events() -> Vec<AgentEvent> {
         AgentEvent::FileProgress { id: s("00"), peer: s("bob"), outgoing: true, bytes: 1, size: 2, at: 3 },
         AgentEvent::FileUpdated { transfer: transfer(), at: 1 },
         AgentEvent::Read { conversation: s("g:7"), up_to: 3, at: 4 },
+        AgentEvent::KeyChanged { username: s("bob"), at: 5 },
+        AgentEvent::LinkRequest { link_id: [3; 5], device_name: s("laptop"), words: s("apple onyx"), at: 5 },
+        AgentEvent::Linked { link_id: [3; 5], device_name: s("laptop"), messages: 10, at: 5 },
+        AgentEvent::LinkFailed { link_id: [3; 5], reason: s("refused"), at: 5 },
     ]
 }
 
@@ -413,6 +483,10 @@ fn variant_of_agent_event(e: &AgentEvent) -> &'static str {
         AgentEvent::FileProgress { .. } => "FileProgress",
         AgentEvent::FileUpdated { .. } => "FileUpdated",
         AgentEvent::Read { .. } => "Read",
+        AgentEvent::KeyChanged { .. } => "KeyChanged",
+        AgentEvent::LinkRequest { .. } => "LinkRequest",
+        AgentEvent::Linked { .. } => "Linked",
+        AgentEvent::LinkFailed { .. } => "LinkFailed",
     }
 }
 
@@ -435,6 +509,64 @@ fn variant_of_message_status(m: &MessageStatus) -> &'static str {
 
 pub fn relay_hellos() -> Vec<RelayHello> {
     vec![RelayHello { username: "bob".into(), fingerprint: [8; 32] }]
+}
+
+pub fn link_frames() -> Vec<LinkFrame> {
+    vec![LinkFrame::Hello { proof: [4; 32], device_name: "laptop".into() }, LinkFrame::Stored { messages: 3 }]
+}
+
+fn variant_of_link_frame(f: &LinkFrame) -> &'static str {
+    match f {
+        LinkFrame::Hello { .. } => "Hello",
+        LinkFrame::Stored { .. } => "Stored",
+    }
+}
+
+pub fn link_replies() -> Vec<LinkReply> {
+    let s = String::from;
+    vec![
+        LinkReply::Approved(Box::new(Approval {
+            username: s("bob"),
+            account_key: vec![1; 83],
+            record: record(),
+            token: s("tok"),
+            expires_at: 9,
+            messages: 2,
+        })),
+        LinkReply::Refused(s("no")),
+        LinkReply::Pins(vec![PinnedKey { username: s("carol"), account_key: [5; 32], verified: true }]),
+        LinkReply::Rows(vec![
+            HistoryRow::Direct {
+                id: s("00ff"),
+                peer: s("carol"),
+                outgoing: true,
+                text: s("你好"),
+                sent_at: 1,
+                stored_at: 2,
+                status: s("delivered"),
+            },
+            HistoryRow::Group {
+                group_id: 7,
+                seq: 1,
+                sender: s("carol"),
+                system: false,
+                text: s("hi"),
+                sent_at: 1,
+                stored_at: 2,
+            },
+        ]),
+        LinkReply::Done { messages: 2 },
+    ]
+}
+
+fn variant_of_link_reply(r: &LinkReply) -> &'static str {
+    match r {
+        LinkReply::Approved(_) => "Approved",
+        LinkReply::Refused(_) => "Refused",
+        LinkReply::Pins(_) => "Pins",
+        LinkReply::Rows(_) => "Rows",
+        LinkReply::Done { .. } => "Done",
+    }
 }
 
 fn named<T: bincode::Encode>(ty: &str, values: Vec<T>, name: fn(&T) -> &'static str) -> Vec<Sample> {
@@ -461,5 +593,7 @@ pub fn all() -> Vec<Sample> {
     out.extend(named("TransferState", transfer_states(), variant_of_transfer_state));
     out.extend(named("MessageStatus", message_statuses(), variant_of_message_status));
     out.extend(named("RelayHello", relay_hellos(), |_| "RelayHello"));
+    out.extend(named("LinkFrame", link_frames(), variant_of_link_frame));
+    out.extend(named("LinkReply", link_replies(), variant_of_link_reply));
     out
 }

@@ -45,6 +45,8 @@ fn every_sample_decodes_back() {
             "TransferState" => decode_body::<shared::control::TransferState>(body).is_ok(),
             "MessageStatus" => decode_body::<shared::control::MessageStatus>(body).is_ok(),
             "RelayHello" => decode_body::<shared::relay::RelayHello>(body).is_ok(),
+            "LinkFrame" => decode_body::<shared::link::LinkFrame>(body).is_ok(),
+            "LinkReply" => decode_body::<shared::link::LinkReply>(body).is_ok(),
             other => panic!("no decoder listed for {other}"),
         };
         assert!(ok, "{name} does not decode");

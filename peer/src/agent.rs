@@ -53,6 +53,10 @@ pub(crate) struct Agent {
     relays: Arc<crate::relay::Relays>,
     /// How friends arriving through the relay are served (large packets).
     pub(crate) relay_server: Arc<quinn::ServerConfig>,
+    /// Friends' pinned account keys: every device key the broker vouches for passes through it.
+    pub(crate) trust: crate::trust::Trust,
+    /// Link codes this device offered and the devices linking with them.
+    pub(crate) links: crate::link::Offers,
 }
 
 /// Why a friend's devices are not at hand.
@@ -61,6 +65,8 @@ pub(crate) enum Reach {
     NotFriends(String),
     /// Offline, or the broker is out of reach: try again later.
     Unreachable(String),
+    /// Their account key changed and the user has not accepted the new one: nothing goes to them.
+    Held(String),
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -123,7 +129,10 @@ pub(crate) async fn run(
         peers: Vec::new(),
     };
     let (events, _) = broadcast::channel(WATCH_BUFFER);
+    let trust = crate::trust::Trust::load(home.db.clone()).await?;
     let agent = Arc::new(Agent {
+        trust,
+        links: crate::link::Offers::default(),
         home,
         account,
         identity,
@@ -224,6 +233,8 @@ impl Agent {
         self.broker.opened(conn.clone(), &welcome, at);
         tracing::Span::current().record("id", welcome.session_id);
         tracing::info!(observed_addr = %welcome.observed_addr, "online");
+        // Before anything else: friends' agents accept this device only once its record is published.
+        self.certify_self().await;
         self.emit(AgentEvent::Connected { observed_addr: welcome.observed_addr, at });
         self.session_tasks.spawn(self.clone().deliver_all());
         self.session_tasks.spawn(self.clone().catch_up_all());
@@ -238,6 +249,63 @@ impl Agent {
         self.direct.drop_relayed();
         self.emit(AgentEvent::Disconnected { reason: end.reason().to_string(), at });
         end
+    }
+
+    /// Publishes this device's record, signed by the account key. An account with no key yet (registered
+    /// before keys existed) gets one made here, by its first device to come online; a device without the
+    /// key, or with a key the account no longer uses, is not linked: it works with the broker, but friends'
+    /// agents accept no direct connection from it until it is linked (`peer link`).
+    async fn certify_self(&self) {
+        let key = match self.home.account_key() {
+            Ok(Some(k)) => k,
+            Ok(None) => match self.broker.forward(&Request::Devices).await {
+                ControlResponse::Broker(Response::Devices { account_key: None, .. }) => {
+                    match certs::account::AccountKeyPair::generate() {
+                        Ok(k) => {
+                            if let Err(e) = self.home.save_account_key(&k) {
+                                tracing::error!(error = %e, "could not store a new account key");
+                                return;
+                            }
+                            tracing::info!(key = hex::encode(k.public()), "made this account's key (its first device)");
+                            k
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not make an account key");
+                            return;
+                        }
+                    }
+                }
+                ControlResponse::Broker(Response::Devices { account_key: Some(_), .. }) => {
+                    tracing::warn!(
+                        "this device is not linked to the account (it holds no account key): friends will not accept \
+                         it; link it from one of your devices (`peer devices link`, then `peer link CODE` here)"
+                    );
+                    return;
+                }
+                other => {
+                    tracing::warn!(answer = ?other, "could not read the account's devices");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the account key");
+                return;
+            }
+        };
+        let name = self.home.device_name().await.unwrap_or_else(|_| crate::home::default_device_name());
+        let record = key.sign(shared::trust::DeviceRecord {
+            username: self.account.username.clone(),
+            fingerprint: self.identity.fingerprint().0,
+            name,
+            created_at: now_ms(),
+        });
+        match self.broker.forward(&Request::Certify { account_key: key.public(), record }).await {
+            ControlResponse::Broker(Response::Ok) => tracing::debug!("device record published"),
+            ControlResponse::Broker(Response::Error(e)) => {
+                tracing::warn!(error = %e, "this device's record was refused; friends will not accept it")
+            }
+            other => tracing::warn!(answer = ?other, "could not publish this device's record"),
+        }
     }
 
     /// Re-reads the friend list from the broker, so that a friend removed while this agent was away from
@@ -292,8 +360,10 @@ impl Agent {
                 .await;
                 let Ok(Ok(Some(hello))) = hello else { return };
                 let fp = certs::Fingerprint(hello.fingerprint);
-                // The broker vouches for the friend's key, as with a lookup.
-                if !agent.direct.expect(&hello.username, fp) {
+                // Only a device key already checked against the friend's account key (announced with its
+                // record before the relay was asked for): the broker's word alone admits nobody.
+                if agent.direct.username_of(&fp).as_deref() != Some(hello.username.as_str()) {
+                    tracing::warn!(friend = hello.username, device = %fp, "a relay from a device not certified to us; refused");
                     return;
                 }
                 let addr = agent.relays.attach(fp, send, recv);
@@ -358,7 +428,15 @@ impl Agent {
                 tracing::info!(friend, devices = keep.len(), "a friend's other devices were cut off");
                 self.direct.keep_only(&friend, &keep);
             }
-            Effect::Expect(friend, device) => {
+            Effect::Expect(friend, key, device) => {
+                let device = match self.trust.admit_caller(&friend, key, device).await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::warn!(friend, error = %e, "could not check a caller's record");
+                        return None;
+                    }
+                };
                 if self.direct.expect(&friend, certs::Fingerprint(device.fingerprint)) {
                     // Simultaneous open: our packets towards them open our NAT for theirs.
                     let agent = self.clone();
@@ -366,6 +444,28 @@ impl Agent {
                     self.session_tasks.spawn_once(key, async move { agent.direct.punch(&friend, &device).await });
                 }
             }
+            Effect::Revoke(friend, revocation) => {
+                if friend == self.account.username {
+                    // One of our own devices (this one is told by its session ending).
+                    tracing::info!(device = %certs::Fingerprint(revocation.body.fingerprint), "one of this account's devices was revoked");
+                } else {
+                    match self.trust.revoke(&friend, &revocation).await {
+                        Ok(Some(fp)) => {
+                            self.direct.drop_device(&certs::Fingerprint(fp));
+                            tracing::info!(friend, device = %certs::Fingerprint(fp), "a friend's device was revoked: key dropped");
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(friend, error = %e, "could not record a revocation"),
+                    }
+                }
+            }
+            Effect::CheckKey(friend) => {
+                let agent = self.clone();
+                self.session_tasks.spawn_once(format!("check key {friend}"), async move {
+                    let _ = agent.devices_of(&friend).await;
+                });
+            }
+            Effect::Link(link_id, device) => self.clone().link_claimed(link_id, device),
             Effect::Group(m) => {
                 // Stored first, shown once, in order (gaps are fetched): handled here, inline.
                 let group = m.group_id;
@@ -432,6 +532,9 @@ impl Agent {
                     ControlResponse::Ok
                 }
                 ControlRequest::MarkRead { conversation, up_to } => self.mark_read(&conversation, up_to).await,
+                ControlRequest::Verify { username, action } => self.verify(&username, action).await,
+                ControlRequest::LinkStart => self.link_start().await,
+                ControlRequest::LinkConfirm { link_id, accept } => self.link_confirm(link_id, accept),
             };
             let written = write_frame(&mut stream, &resp).await;
             if stop_after {
@@ -444,14 +547,24 @@ impl Agent {
         Ok(())
     }
 
-    /// A friend's online devices: from the last lookup while its connections work, else asked of the broker
-    /// (which also tells the friend's agent to expect us).
+    /// A friend's online devices that their account key certified: from the last lookup while its
+    /// connections work, else asked of the broker (which also tells the friend's agent to expect us) and
+    /// checked against the key pinned for them ([`crate::trust`]).
     pub(crate) async fn devices_of(&self, friend: &str) -> Result<Vec<DeviceEndpoint>, Reach> {
         if let Some(d) = self.direct.known_devices(friend) {
             return Ok(d);
         }
-        match self.broker.forward(&Request::Lookup { username: friend.to_string() }).await {
-            ControlResponse::Broker(Response::Endpoints(d)) => Ok(d),
+        match self.broker.forward(&Request::Locate { username: friend.to_string() }).await {
+            ControlResponse::Broker(Response::Located(located)) => match self.trust.admit(friend, located).await {
+                Ok(crate::trust::Admitted::Devices(d)) => Ok(d),
+                Ok(crate::trust::Admitted::Held { why, first }) => {
+                    if first {
+                        self.emit(AgentEvent::KeyChanged { username: friend.to_string(), at: now_ms() });
+                    }
+                    Err(Reach::Held(why))
+                }
+                Err(e) => Err(Reach::Unreachable(format!("could not check {friend}'s keys: {e}"))),
+            },
             ControlResponse::Broker(Response::Error(e)) if matches!(e.code, ErrorCode::NotFriends) => {
                 Err(Reach::NotFriends(e.message))
             }
@@ -459,6 +572,59 @@ impl Agent {
             ControlResponse::Failed(e) => Err(Reach::Unreachable(e.message)),
             other => Err(Reach::Unreachable(format!("unexpected answer: {other:?}"))),
         }
+    }
+
+    /// `peer verify`: the friend's pinned key and the safety number; confirms or accepts a new key.
+    async fn verify(self: &Arc<Self>, friend: &str, action: shared::control::VerifyAction) -> ControlResponse {
+        use shared::control::{Verification, VerifyAction};
+        if self.trust.pin(friend).is_none() {
+            // Never looked up yet: a lookup pins the key (and says whether they are a friend at all).
+            match self.devices_of(friend).await {
+                Err(Reach::NotFriends(why)) => return ControlResponse::failed(Code::InvalidRequest, why),
+                Err(Reach::Unreachable(why)) if self.trust.pin(friend).is_none() => {
+                    return ControlResponse::failed(Code::Offline, why);
+                }
+                _ => {}
+            }
+        }
+        let done = match action {
+            VerifyAction::Show => Ok(true),
+            VerifyAction::Confirm => self.trust.confirm(friend).await,
+            VerifyAction::AcceptNewKey => self.trust.accept_new_key(friend).await,
+        };
+        match done {
+            Ok(true) => {}
+            Ok(false) if action == VerifyAction::AcceptNewKey => {
+                return ControlResponse::failed(
+                    Code::NotNow,
+                    format!("{friend}'s key has not changed: nothing to accept"),
+                );
+            }
+            Ok(false) => {
+                return ControlResponse::failed(
+                    Code::NotNow,
+                    format!("no account key is known for {friend} yet (their app has not published one)"),
+                );
+            }
+            Err(e) => return ControlResponse::failed(Code::Storage, format!("could not record it: {e}")),
+        }
+        if action == VerifyAction::AcceptNewKey {
+            self.direct.forget_devices(friend);
+            self.retry_outbox(friend);
+        }
+        let pin = self.trust.pin(friend);
+        let mine = self.home.account_key().ok().flatten().map(|k| k.public());
+        let safety_number = match (&pin, mine) {
+            (Some(p), Some(m)) => Some(certs::account::safety_number((&self.account.username, &m), (friend, &p.key))),
+            _ => None,
+        };
+        ControlResponse::Verification(Verification {
+            username: friend.to_string(),
+            safety_number,
+            their_key: pin.as_ref().map(|p| hex::encode(p.key)),
+            verified: pin.as_ref().is_some_and(|p| p.verified),
+            key_changed: pin.as_ref().is_some_and(|p| p.new_key.is_some()),
+        })
     }
 
     async fn mark_read(&self, conversation: &str, up_to: i64) -> ControlResponse {

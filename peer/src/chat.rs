@@ -229,7 +229,7 @@ impl Agent {
                 }
                 return Err(anyhow::anyhow!("{why}"));
             }
-            Err(Reach::Unreachable(why)) => return self.queue(pending, &why).await,
+            Err(Reach::Unreachable(why) | Reach::Held(why)) => return self.queue(pending, &why).await,
         };
         if devices.is_empty() {
             return self.queue(pending, &format!("{friend} is offline")).await;

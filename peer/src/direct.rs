@@ -271,6 +271,34 @@ impl Direct {
         }
     }
 
+    /// Accept a connection from a device being linked (its key only: it is nobody's until it is linked).
+    pub(crate) fn allow_linking(&self, fp: Fingerprint) {
+        if let Ok(mut a) = self.allowed.write() {
+            a.insert(fp);
+        }
+    }
+
+    /// The device's link ended either way.
+    pub(crate) fn disallow_linking(&self, fp: &Fingerprint) {
+        if self.who.lock().contains_key(fp) {
+            return;
+        }
+        if let Ok(mut a) = self.allowed.write() {
+            a.remove(fp);
+        }
+    }
+
+    /// Stop accepting one device key and close its connections (its account revoked it).
+    pub(crate) fn drop_device(&self, fp: &Fingerprint) {
+        self.who.lock().remove(fp);
+        if let Ok(mut a) = self.allowed.write() {
+            a.remove(fp);
+        }
+        if let Some(c) = self.conns.lock().remove(fp) {
+            self.close(&c, b"device revoked");
+        }
+    }
+
     /// The live connections, for `peer status`.
     pub(crate) fn links(&self) -> Vec<shared::control::PeerLink> {
         let who = self.who.lock().clone();

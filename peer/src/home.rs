@@ -3,6 +3,7 @@
 
 use crate::db::Db;
 use anyhow::{Context, Result, bail};
+use certs::account::AccountKeyPair;
 use certs::{Fingerprint, Identity};
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
@@ -15,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_group_messages.sql"),
     include_str!("../migrations/0004_transfers.sql"),
     include_str!("../migrations/0005_read_marks.sql"),
+    include_str!("../migrations/0006_trust.sql"),
 ];
 
 /// An opened home directory.
@@ -111,6 +113,29 @@ impl Home {
         Ok(Identity::load_or_create(&self.dir, "identity", "p2pim-peer")?)
     }
 
+    /// Where this home keeps the account key (0600): on every linked device, never on the broker.
+    pub(crate) fn account_key_path(&self) -> PathBuf {
+        self.dir.join("account.key")
+    }
+
+    /// The account key, if this device holds it.
+    pub(crate) fn account_key(&self) -> Result<Option<AccountKeyPair>> {
+        Ok(AccountKeyPair::load(&self.account_key_path())?)
+    }
+
+    /// Stores the account key (replacing any).
+    pub(crate) fn save_account_key(&self, key: &AccountKeyPair) -> Result<()> {
+        Ok(key.save(&self.account_key_path())?)
+    }
+
+    /// The name this device goes by in `peer devices` (its host name unless the user chose one).
+    pub(crate) async fn device_name(&self) -> Result<String> {
+        Ok(match self.get("device_name").await? {
+            Some(n) => n,
+            None => default_device_name(),
+        })
+    }
+
     pub(crate) async fn get(&self, key: &str) -> Result<Option<String>> {
         Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
             .bind(key)
@@ -163,10 +188,17 @@ impl Home {
     pub(crate) async fn forget_account(&self) -> Result<()> {
         let mut conn = self.db.lock().await;
         let mut tx = conn.begin().await?;
-        for table in ["messages", "group_messages", "transfers", "settings", "read_marks"] {
+        for table in
+            ["messages", "group_messages", "transfers", "settings", "read_marks", "friend_keys", "revoked_keys"]
+        {
             sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        // The account key belongs to the account forgotten.
+        match std::fs::remove_file(self.account_key_path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         Ok(())
     }
 
@@ -192,4 +224,14 @@ impl Home {
         };
         Ok(Account { username, broker, broker_fingerprint: fp.parse()?, token })
     }
+}
+
+/// The machine's host name, cleaned to a short printable name; "device" if there is none.
+pub(crate) fn default_device_name() -> String {
+    let raw = std::env::var("COMPUTERNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default();
+    let name: String = raw.trim().chars().filter(|c| !c.is_control()).take(64).collect();
+    if name.is_empty() { "device".into() } else { name }
 }

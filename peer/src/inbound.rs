@@ -55,6 +55,9 @@ impl Agent {
 
     async fn serve_incoming(self: Arc<Self>, conn: quinn::Connection) {
         let Some(fp) = peer_fingerprint(&conn) else { return };
+        if alpn(&conn).as_deref() == Some(shared::link::LINK_ALPN) {
+            return self.serve_link(conn, fp).await;
+        }
         let Some(friend) = self.direct.username_of(&fp) else {
             conn.close(quinn::VarInt::from_u32(1), b"unknown device");
             return;
@@ -156,4 +159,9 @@ impl Agent {
         }
         Some(if single { acks.remove(0) } else { PeerAck::Batch(acks) })
     }
+}
+
+/// The application protocol a connection agreed on.
+fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
 }

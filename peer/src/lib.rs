@@ -21,6 +21,7 @@ mod groups;
 mod history;
 mod home;
 mod inbound;
+mod link;
 mod net;
 mod output;
 mod password;
@@ -29,6 +30,7 @@ mod relay;
 mod spawn;
 mod tasks;
 mod transfers;
+mod trust;
 mod views;
 
 use clap::Parser;

@@ -45,7 +45,7 @@ pub(crate) fn endpoint(
     let tls = Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(certs::config::server(
         identity,
         ClientPolicy::Allowed(allowed),
-        &[PEER_ALPN],
+        &[PEER_ALPN, shared::link::LINK_ALPN],
     )?)?);
     let mut server = quinn::ServerConfig::with_crypto(tls.clone());
     server.transport_config(Arc::new(crate::direct::transport()));

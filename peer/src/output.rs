@@ -137,6 +137,18 @@ pub(crate) fn event_line(e: &AgentEvent) -> String {
         AgentEvent::FileProgress { id, bytes, size, at, .. } => {
             format!("{} {} {}", time(*at), short_id(id), percent(*bytes, *size))
         }
+        AgentEvent::KeyChanged { username, at } => format!(
+            "{} {username}'s account key CHANGED: messages to them are held. Compare safety numbers \
+             (`peer verify {username}`), then `peer verify {username} --accept-new-key`",
+            time(*at)
+        ),
+        AgentEvent::LinkRequest { device_name, words, at, .. } => {
+            format!("{} device \"{device_name}\" asks to be linked; its words: {words}", time(*at))
+        }
+        AgentEvent::Linked { device_name, messages, at, .. } => {
+            format!("{} device \"{device_name}\" is linked ({messages} messages copied)", time(*at))
+        }
+        AgentEvent::LinkFailed { reason, at, .. } => format!("{} linking failed: {reason}", time(*at)),
         AgentEvent::Broker { event, at } => {
             let t = time(*at);
             match event {
@@ -160,7 +172,16 @@ pub(crate) fn event_line(e: &AgentEvent) -> String {
                     format!("{t} {} is now called {}", friend.username, friend.display_name)
                 }
                 Event::SessionRevoked => format!("{t} this session was revoked; log in again"),
-                Event::PeerIncoming { username, .. } => format!("{t} {username} is connecting directly"),
+                Event::PeerIncoming { username, .. } | Event::PeerCalling { username, .. } => {
+                    format!("{t} {username} is connecting directly")
+                }
+                Event::AccountKeyChanged { username } => {
+                    format!("{t} {username} reset their account key (`peer verify {username}`)")
+                }
+                Event::DeviceRevoked { username, revocation } => {
+                    format!("{t} {username} revoked a device ({})", short_id(&hex::encode(revocation.body.fingerprint)))
+                }
+                Event::LinkClaimed { .. } => format!("{t} a device claimed your link code"),
                 Event::GroupInvited(i) => format!(
                     "{t} {} invited you to group {} \"{}\" (join: `peer groups join {}`)",
                     i.inviter.username, i.group_id, i.name, i.group_id
@@ -223,4 +244,19 @@ pub(crate) fn transfer_line(t: &Transfer) -> String {
         line.push_str(&format!("  ({e})"));
     }
     line
+}
+
+/// A progress bar on stderr for `total` items (hidden when stderr is not a terminal).
+pub(crate) fn progress_bar(total: u64, label: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(label.to_string());
+    bar
 }

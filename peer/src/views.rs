@@ -315,6 +315,42 @@ pub(crate) enum EventView<'a> {
         presence: PresenceView<'a>,
         at: Millis,
     },
+    /// The broker served a friend's account key other than the pinned one (found by this agent).
+    KeyChanged {
+        username: &'a str,
+        at: Millis,
+    },
+    /// A friend said they replaced their account key (their agent will be checked against the pin).
+    FriendKeyReset {
+        username: &'a str,
+        at: Millis,
+    },
+    DeviceRevoked {
+        username: &'a str,
+        device: String,
+        at: Millis,
+    },
+    LinkRequest {
+        link_id: String,
+        device_name: &'a str,
+        words: &'a str,
+        at: Millis,
+    },
+    Linked {
+        link_id: String,
+        device_name: &'a str,
+        messages: u64,
+        at: Millis,
+    },
+    LinkFailed {
+        link_id: String,
+        reason: &'a str,
+        at: Millis,
+    },
+    LinkClaimed {
+        link_id: String,
+        at: Millis,
+    },
 }
 
 impl<'a> From<&'a AgentEvent> for EventView<'a> {
@@ -338,6 +374,16 @@ impl<'a> From<&'a AgentEvent> for EventView<'a> {
                 Self::FileProgress { id, peer, direction: direction(*outgoing), bytes: *bytes, size: *size, at: *at }
             }
             AgentEvent::Broker { event, at } => Self::broker(event, *at),
+            AgentEvent::KeyChanged { username, at } => Self::KeyChanged { username, at: *at },
+            AgentEvent::LinkRequest { link_id, device_name, words, at } => {
+                Self::LinkRequest { link_id: hex::encode(link_id), device_name, words, at: *at }
+            }
+            AgentEvent::Linked { link_id, device_name, messages, at } => {
+                Self::Linked { link_id: hex::encode(link_id), device_name, messages: *messages, at: *at }
+            }
+            AgentEvent::LinkFailed { link_id, reason, at } => {
+                Self::LinkFailed { link_id: hex::encode(link_id), reason, at: *at }
+            }
         }
     }
 }
@@ -364,7 +410,15 @@ impl<'a> EventView<'a> {
                 Self::FriendProfile { username: &friend.username, display_name: &friend.display_name, at }
             }
             Event::SessionRevoked => Self::SessionRevoked { at },
-            Event::PeerIncoming { username, .. } => Self::PeerIncoming { username, at },
+            Event::PeerIncoming { username, .. } | Event::PeerCalling { username, .. } => {
+                Self::PeerIncoming { username, at }
+            }
+            Event::AccountKeyChanged { username } => Self::FriendKeyReset { username, at },
+            Event::DeviceRevoked { username, revocation } => {
+                Self::DeviceRevoked { username, device: hex::encode(revocation.body.fingerprint), at }
+            }
+            // The agent handles it and tells watchers with `LinkRequest` once the device proved the code.
+            Event::LinkClaimed { link_id, .. } => Self::LinkClaimed { link_id: hex::encode(link_id), at },
             Event::GroupInvited(i) => Self::GroupInvitation {
                 group_id: i.group_id,
                 name: &i.name,
@@ -526,5 +580,69 @@ mod tests {
             json!({ "type": "group_member_offline", "group_id": 7, "username": "bob", "online": false,
                     "changed_at": 4, "at": 5 })
         );
+    }
+}
+
+/// `peer devices --json`.
+#[derive(Serialize)]
+pub(crate) struct DevicesView<'a> {
+    /// The account key (hex), or null before any device made it.
+    pub(crate) account_key: Option<String>,
+    pub(crate) devices: Vec<DeviceView<'a>>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct DeviceView<'a> {
+    /// The device key's SHA-256 (hex): `peer devices rename/revoke` take any 4+ digit prefix.
+    pub(crate) id: String,
+    pub(crate) name: &'a str,
+    pub(crate) this_device: bool,
+    pub(crate) online: bool,
+    pub(crate) last_seen: Option<Millis>,
+    pub(crate) created_at: Millis,
+}
+
+impl<'a> DevicesView<'a> {
+    pub(crate) fn new(
+        key: Option<&shared::trust::AccountKey>,
+        list: &'a [shared::trust::OwnDevice],
+        me: &[u8; 32],
+    ) -> Self {
+        Self {
+            account_key: key.map(hex::encode),
+            devices: list
+                .iter()
+                .map(|d| DeviceView {
+                    id: hex::encode(d.record.body.fingerprint),
+                    name: &d.record.body.name,
+                    this_device: &d.record.body.fingerprint == me,
+                    online: d.online,
+                    last_seen: d.last_seen,
+                    created_at: d.record.body.created_at,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `peer verify --json`.
+#[derive(Serialize)]
+pub(crate) struct VerificationView<'a> {
+    pub(crate) username: &'a str,
+    pub(crate) safety_number: Option<&'a str>,
+    pub(crate) account_key: Option<&'a str>,
+    pub(crate) verified: bool,
+    pub(crate) key_changed: bool,
+}
+
+impl<'a> From<&'a shared::control::Verification> for VerificationView<'a> {
+    fn from(v: &'a shared::control::Verification) -> Self {
+        Self {
+            username: &v.username,
+            safety_number: v.safety_number.as_deref(),
+            account_key: v.their_key.as_deref(),
+            verified: v.verified,
+            key_changed: v.key_changed,
+        }
     }
 }

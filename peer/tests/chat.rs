@@ -1,7 +1,7 @@
 //! One-to-one chat over direct QUIC connections, end to end.
 
 use std::sync::Arc;
-use testkit::{Backend, Broker, Friends, PASSWORD, Peer, RelayedPair, alice_and_bob, texts, wait_until};
+use testkit::{Backend, Broker, Friends, Peer, RelayedPair, alice_and_bob, texts, wait_until};
 
 #[test]
 fn direct_delivery_both_ways_with_history_and_search() {
@@ -98,8 +98,8 @@ fn offline_messages_queue_in_order_and_survive_restarts() {
 fn every_device_of_the_friend_gets_it() {
     let broker = Broker::start(&Backend::Sqlite);
     let Friends { alice, bob, agents: _agents } = Friends::start(&broker, &[], &[]);
-    let phone = Peer::new(&broker);
-    assert!(phone.login("bob", PASSWORD).status.success());
+    let mut phone = Peer::new(&broker);
+    phone.link_from(&bob);
     let _p = phone.up();
     let w1 = bob.watch();
     let w2 = phone.watch();

@@ -39,6 +39,37 @@ pub enum ControlRequest {
     /// `conversation` (`u:USER` or `g:GROUP`) is read up to `up_to` (a local message id, or a group
     /// sequence number); watchers hear [`AgentEvent::Read`].
     MarkRead { conversation: String, up_to: i64 },
+    /// A friend's account key as this device pinned it, and the safety number of the two accounts
+    /// ([`ControlResponse::Verification`]); `action` may also mark it verified or accept a changed key.
+    Verify { username: String, action: VerifyAction },
+    /// Opens a link code for a new device ([`ControlResponse::LinkCode`]); watchers hear
+    /// [`AgentEvent::LinkRequest`] once a device claimed it and proved it holds the code.
+    LinkStart,
+    /// The user compared the confirmation words: link the device (or refuse it).
+    LinkConfirm { link_id: [u8; 5], accept: bool },
+}
+
+/// What `peer verify` does besides showing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+pub enum VerifyAction {
+    Show,
+    /// The safety numbers matched: mark the friend verified.
+    Confirm,
+    /// Trust the friend's new account key (held messages are sent); verified is cleared.
+    AcceptNewKey,
+}
+
+/// A friend's key as this device holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+pub struct Verification {
+    pub username: String,
+    /// 60 digits in groups of five, the same on both sides; `None` until both accounts have keys.
+    pub safety_number: Option<String>,
+    /// The pinned key (hex).
+    pub their_key: Option<String>,
+    pub verified: bool,
+    /// The broker served another key than the pinned one; messages wait until it is accepted.
+    pub key_changed: bool,
 }
 
 /// The agent's answer.
@@ -65,6 +96,14 @@ pub enum ControlResponse {
     Transfer(Transfer),
     /// The agent could not do it: a code to branch on and a message for people.
     Failed(ControlError),
+    /// For [`ControlRequest::Verify`].
+    Verification(Verification),
+    /// For [`ControlRequest::LinkStart`]: the code to type on the new device.
+    LinkCode {
+        code: String,
+        link_id: [u8; 5],
+        expires_in_secs: u64,
+    },
 }
 
 impl ControlResponse {
@@ -269,4 +308,12 @@ pub enum AgentEvent {
     FileUpdated { transfer: Transfer, at: Millis },
     /// A conversation was read up to a point (on this device, in any window).
     Read { conversation: String, up_to: i64, at: Millis },
+    /// The broker served a friend's account key other than the one pinned: messages to them are held.
+    KeyChanged { username: String, at: Millis },
+    /// A device claimed a link code and proved it holds it: the user compares the words and confirms.
+    LinkRequest { link_id: [u8; 5], device_name: String, words: String, at: Millis },
+    /// A device was linked and has copied the history (`messages` of them).
+    Linked { link_id: [u8; 5], device_name: String, messages: u64, at: Millis },
+    /// Linking failed or was refused.
+    LinkFailed { link_id: [u8; 5], reason: String, at: Millis },
 }

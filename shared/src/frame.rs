@@ -47,6 +47,27 @@ pub fn encode<T: bincode::Encode>(msg: &T) -> Result<Vec<u8>, FrameError> {
     Ok(out)
 }
 
+/// Splits `items`, in order, into as few groups as keep each group's summed `cost` within `budget` (an item
+/// costlier than the budget goes alone): how batches are packed into frames.
+pub fn pack<T>(items: Vec<T>, budget: usize, cost: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut groups = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for item in items {
+        let c = cost(&item);
+        if !current.is_empty() && size + c > budget {
+            groups.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += c;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
 /// Reads the body length out of a header, refusing lengths over the limit.
 pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(header) as usize;

@@ -4,10 +4,12 @@
 //! - [`frame`]: length-prefixed bincode frames with a hard size limit, and a sans-IO decoder.
 //! - [`proto`]: what a peer and the broker say to each other: requests, responses, typed errors, pushed events.
 //! - [`peer`]: what two peers say on a direct connection (chat messages and their acknowledgements).
+//! - [`link`]: what a new device and the device that links it say on their direct connection.
 //! - [`files`]: file offers, name sanitising and size rules for transfers between friends.
 //! - [`control`]: what the `peer` CLI says to its own running agent over the local control socket.
 //! - [`relay`]: how the broker carries friends' QUIC packets when no direct path opens.
 //! - [`session`]: which broker requests are allowed in which state of a broker connection.
+//! - [`trust`]: account keys' signed statements about devices (records, revocations), as they travel.
 //! - [`display`]: text from a remote party made safe to print on a terminal (controls and bidi escaped).
 //! - [`validate`]: the rules for usernames, display names and passwords, shared by both ends.
 //! - [`backoff`]: the agent's reconnect schedule.
@@ -22,10 +24,12 @@ pub mod frame;
 pub mod id;
 #[cfg(feature = "io")]
 pub mod io;
+pub mod link;
 pub mod peer;
 pub mod proto;
 pub mod relay;
 pub mod session;
+pub mod trust;
 #[cfg(feature = "io")]
 pub mod udp;
 pub mod validate;

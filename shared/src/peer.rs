@@ -63,23 +63,10 @@ pub enum PeerAck {
 
 /// Packs messages, in order, into as few frames as fit under the frame limit.
 pub fn batches(messages: Vec<Chat>) -> Vec<PeerFrame> {
-    let budget = crate::frame::MAX_FRAME - BATCH_OVERHEAD;
-    let mut frames = Vec::new();
-    let mut current: Vec<Chat> = Vec::new();
-    let mut size = 0;
-    for m in messages {
-        let cost = m.text.len() + PER_MESSAGE_OVERHEAD;
-        if !current.is_empty() && size + cost > budget {
-            frames.push(PeerFrame::ChatBatch(std::mem::take(&mut current)));
-            size = 0;
-        }
-        size += cost;
-        current.push(m);
-    }
-    if !current.is_empty() {
-        frames.push(PeerFrame::ChatBatch(current));
-    }
-    frames
+    crate::frame::pack(messages, crate::frame::MAX_FRAME - BATCH_OVERHEAD, |m| m.text.len() + PER_MESSAGE_OVERHEAD)
+        .into_iter()
+        .map(PeerFrame::ChatBatch)
+        .collect()
 }
 
 /// Lower-case hex of any bytes (hashes, fixtures), as stored and shown.

@@ -105,6 +105,30 @@ pub enum Request {
     Unblock { username: String },
     /// The users you blocked ([`Response::Users`]).
     Blocked,
+    /// Publishes this device's record, certified by the account key (or a renamed record of another of
+    /// your devices). The first key an account presents becomes its key; after that a record must verify
+    /// under it, and a revoked device's is refused.
+    Certify { account_key: crate::trust::AccountKey, record: crate::trust::SignedRecord },
+    /// As [`Request::Lookup`], with the friend's account key and each device's record
+    /// ([`Response::Located`]); the friend's devices are told with [`Event::PeerCalling`].
+    Locate { username: String },
+    /// Your account key and devices ([`Response::Devices`]).
+    Devices,
+    /// Cuts one of your devices off for good: its record goes, its tokens and sessions end, and friends'
+    /// agents are told to drop its key.
+    RevokeDevice { revocation: crate::trust::SignedRevocation },
+    /// Replaces the account key (every device lost): needs the password. Every other device's record goes,
+    /// and friends are told the key changed.
+    ResetAccountKey { password: String, account_key: crate::trust::AccountKey, record: crate::trust::SignedRecord },
+    /// Opens a link code for a new device (valid for minutes, used once). Only its id is told to the broker;
+    /// the code's secret part never leaves the user's devices.
+    LinkOffer { link_id: [u8; 5] },
+    /// A new device claims a link code (no session needed): answered [`Response::LinkPeer`], and the
+    /// offering device is told with [`Event::LinkClaimed`].
+    LinkClaim { link_id: [u8; 5], local_addrs: Vec<SocketAddr> },
+    /// The offering device, once its user confirmed, asks for the new device's session token
+    /// ([`Response::Token`], bound to the claiming device's key), to hand over on their direct connection.
+    LinkToken { link_id: [u8; 5] },
 }
 
 impl Request {
@@ -146,6 +170,14 @@ impl Request {
             Self::Block { .. } => "block",
             Self::Unblock { .. } => "unblock",
             Self::Blocked => "blocked",
+            Self::Certify { .. } => "certify",
+            Self::Locate { .. } => "locate",
+            Self::Devices => "devices",
+            Self::RevokeDevice { .. } => "revoke_device",
+            Self::ResetAccountKey { .. } => "reset_account_key",
+            Self::LinkOffer { .. } => "link_offer",
+            Self::LinkClaim { .. } => "link_claim",
+            Self::LinkToken { .. } => "link_token",
         }
     }
 }
@@ -197,6 +229,18 @@ pub enum Response {
         seq: i64,
     },
     GroupMessages(Vec<GroupMessage>),
+    /// A friend's account key and online devices with their records.
+    Located(crate::trust::Located),
+    /// Your account key and your devices.
+    Devices {
+        account_key: Option<crate::trust::AccountKey>,
+        devices: Vec<crate::trust::OwnDevice>,
+    },
+    /// The device that offered a link code: whose it is and where to reach it.
+    LinkPeer {
+        username: String,
+        device: DeviceEndpoint,
+    },
 }
 
 /// A group as its members see it.
@@ -303,6 +347,20 @@ pub enum Event {
     /// A friend's devices were cut off (a password change revoked every other session): these are the only
     /// device keys of theirs to accept from now on; drop every other and close its connections.
     FriendDevices { username: String, fingerprints: Vec<[u8; 32]> },
+    /// As [`Event::PeerIncoming`], with the caller's account key and device record: sent to devices that
+    /// published a record themselves (agents that check records).
+    PeerCalling {
+        username: String,
+        account_key: Option<crate::trust::AccountKey>,
+        device: crate::trust::CertifiedDevice,
+    },
+    /// A friend (or you, on another device) cut a device off: drop its key and close its connections.
+    DeviceRevoked { username: String, revocation: crate::trust::SignedRevocation },
+    /// A friend replaced their account key (every device lost): their devices need the new key, which
+    /// your agent holds back until you accept it.
+    AccountKeyChanged { username: String },
+    /// A new device claimed your link code: connect to it, check the code's secret, confirm with the user.
+    LinkClaimed { link_id: [u8; 5], device: DeviceEndpoint },
 }
 
 /// A failed request: the code is for programs, the message for people.
@@ -384,6 +442,16 @@ pub enum ErrorCode {
     YouBlocked(String),
     #[error("you have not blocked that user")]
     NotBlocked,
+    #[error("this device holds an account key the account no longer uses: link it again (`peer link`)")]
+    AccountKeyMismatch,
+    #[error("the record's signature does not verify: {0}")]
+    BadSignature(String),
+    #[error("this device was revoked: link it again from one of your devices (`peer devices link`)")]
+    DeviceRevoked,
+    #[error("no such link code, or it expired or was used: run `peer devices link` again")]
+    UnknownLink,
+    #[error("no such device: `peer devices` lists yours")]
+    UnknownDevice,
 }
 
 #[cfg(test)]

@@ -23,9 +23,11 @@ impl SessionState {
         use Request::*;
         match (self, req) {
             (_, Ping | RevokeToken { .. }) => Ok(()),
-            (Self::Anonymous, Register { .. } | Login { .. } | Hello { .. }) => Ok(()),
+            (Self::Anonymous, Register { .. } | Login { .. } | Hello { .. } | LinkClaim { .. }) => Ok(()),
             (Self::Anonymous, _) => Err(ErrorCode::NotLoggedIn),
-            (Self::Online { .. }, Register { .. } | Login { .. } | Hello { .. }) => Err(ErrorCode::AlreadyInSession),
+            (Self::Online { .. }, Register { .. } | Login { .. } | Hello { .. } | LinkClaim { .. }) => {
+                Err(ErrorCode::AlreadyInSession)
+            }
             (Self::Online { .. }, _) => Ok(()),
             (Self::Closed, _) => Err(ErrorCode::NotLoggedIn),
         }

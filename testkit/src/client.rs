@@ -9,6 +9,8 @@ use shared::proto::{BROKER_ALPN, Event, GroupMessage, Request, Response};
 use std::sync::Arc;
 
 pub struct Client {
+    /// This device's key: tokens are bound to it.
+    pub identity: Identity,
     endpoint: quinn::Endpoint,
     pub conn: quinn::Connection,
     events: Option<quinn::RecvStream>,
@@ -17,7 +19,11 @@ pub struct Client {
 impl Client {
     /// Connects (pinned to the broker's fingerprint), with keep-alives so that slow tests stay connected.
     pub async fn connect(broker: &Broker) -> Self {
-        let identity = Identity::generate("test-device").unwrap();
+        Self::connect_as(broker, Identity::generate("test-device").unwrap()).await
+    }
+
+    /// Connects as the device `identity` (the same device again, after a restart).
+    pub async fn connect_as(broker: &Broker, identity: Identity) -> Self {
         let pin = ServerPin::Exact(broker.fingerprint.parse().unwrap());
         let tls = certs::config::client(&identity, pin, &[BROKER_ALPN]).unwrap();
         let mut cfg =
@@ -27,7 +33,7 @@ impl Client {
         cfg.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         let conn = endpoint.connect_with(cfg, broker.addr, "broker").unwrap().await.unwrap();
-        Self { endpoint, conn, events: None }
+        Self { identity, endpoint, conn, events: None }
     }
 
     /// A connection with an open session: registers `user` (or logs in) and says hello.

@@ -355,6 +355,48 @@ impl Peer {
         )
     }
 
+    /// Links this (fresh) device to `existing`'s account: `peer devices link` there (its agent must run),
+    /// answering "yes" to the words, and `peer link CODE` here. Returns this side's output.
+    pub fn link_from(&mut self, existing: &Peer) -> String {
+        self.link_answering(existing, "y")
+    }
+
+    /// As [`Peer::link_from`], answering `answer` on the existing device; returns this side's output (stdout
+    /// and stderr), whether it succeeded or not.
+    pub fn link_answering(&mut self, existing: &Peer, answer: &str) -> String {
+        use std::io::BufRead;
+        let mut offer = existing
+            .command(&["devices", "link"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        offer.stdin.take().unwrap().write_all(format!("{answer}\n").as_bytes()).unwrap();
+        let mut lines = std::io::BufReader::new(offer.stdout.take().unwrap()).lines();
+        let code = loop {
+            let line = lines.next().expect("`peer devices link` printed no code").unwrap();
+            if let Some(rest) = line.trim().strip_prefix("peer link ") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        let out = self.run(&["link", &code, "--broker", &self.broker.clone()]);
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let offered = offer.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}\n[existing device]\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            rest.join("\n"),
+            String::from_utf8_lossy(&offered.stderr)
+        );
+        if out.status.success() {
+            assert!(offered.status.success(), "`peer devices link` failed: {text}");
+            self.username = existing.username.clone();
+        }
+        text
+    }
+
     /// Starts the agent and waits until it is online.
     pub fn up(&self) -> Agent {
         self.up_with(&[])

@@ -22,6 +22,9 @@ pub(crate) struct TokenRow {
     #[sqlx(flatten)]
     user: UserRow,
     pub(crate) expires_at: i64,
+    /// The device (certificate fingerprint, hex) it was issued to; `None` for tokens from before devices
+    /// were recorded.
+    pub(crate) device: Option<String>,
 }
 
 impl TokenRow {
@@ -108,14 +111,16 @@ impl Db {
         &self,
         token_hash: &str,
         username: &str,
+        device: &str,
         created_at: i64,
         expires_at: i64,
     ) -> Result<(), DbError> {
-        sqlx::query(
-            self.sql(sql!("INSERT INTO tokens (token_hash, username, created_at, expires_at) VALUES (?, ?, ?, ?)")),
-        )
+        sqlx::query(self.sql(sql!(
+            "INSERT INTO tokens (token_hash, username, device, created_at, expires_at) VALUES (?, ?, ?, ?, ?)"
+        )))
         .bind(token_hash)
         .bind(username)
+        .bind(device)
         .bind(created_at)
         .bind(expires_at)
         .execute(&self.pool)
@@ -126,7 +131,7 @@ impl Db {
     /// Who a token (by hash) belongs to, and until when.
     pub(crate) async fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, DbError> {
         Ok(sqlx::query_as(self.sql(sql!(
-            "SELECT u.username, u.display_name, t.expires_at FROM tokens t JOIN users u ON u.username = t.username \
+            "SELECT u.username, u.display_name, t.expires_at, t.device FROM tokens t JOIN users u ON u.username = t.username \
              WHERE t.token_hash = ?"
         )))
         .bind(token_hash)

@@ -17,6 +17,7 @@ macro_rules! sql {
 }
 
 pub(crate) mod accounts;
+pub(crate) mod devices;
 pub(crate) mod friends;
 pub(crate) mod groups;
 mod migrate;
@@ -67,16 +68,19 @@ const SQLITE: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_accounts.sql"),
     include_str!("../../migrations/sqlite/0002_groups.sql"),
     include_str!("../../migrations/sqlite/0003_blocks.sql"),
+    include_str!("../../migrations/sqlite/0004_devices.sql"),
 ];
 const POSTGRES: &[&str] = &[
     include_str!("../../migrations/postgres/0001_accounts.sql"),
     include_str!("../../migrations/postgres/0002_groups.sql"),
     include_str!("../../migrations/postgres/0003_blocks.sql"),
+    include_str!("../../migrations/postgres/0004_devices.sql"),
 ];
 const MYSQL: &[&str] = &[
     include_str!("../../migrations/mysql/0001_accounts.sql"),
     include_str!("../../migrations/mysql/0002_groups.sql"),
     include_str!("../../migrations/mysql/0003_blocks.sql"),
+    include_str!("../../migrations/mysql/0004_devices.sql"),
 ];
 
 /// A cheap-to-clone handle on the pool.

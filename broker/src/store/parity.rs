@@ -29,6 +29,7 @@ async fn every_store_function_agrees_on_every_backend() {
         accounts(&db).await;
         friends(&db).await;
         groups(&db).await;
+        devices(&db).await;
         db.pool.close().await;
     }
 }
@@ -43,10 +44,11 @@ async fn accounts(db: &Db) {
     assert_eq!(db.user("nobody").await.unwrap(), None);
     assert_eq!(db.password_hash("alice").await.unwrap().as_deref(), Some("h"));
 
-    db.insert_token("t1", "alice", 1, 100).await.unwrap();
-    db.insert_token("t2", "alice", 1, 200).await.unwrap();
+    db.insert_token("t1", "alice", "d1", 1, 100).await.unwrap();
+    db.insert_token("t2", "alice", "d2", 1, 200).await.unwrap();
     let t = db.token("t2").await.unwrap().unwrap();
     assert_eq!(t.expires_at, 200);
+    assert_eq!(t.device.as_deref(), Some("d2"));
     assert_eq!(t.user(), user("alice", "Alice"));
     db.set_password("alice", "h2", "t2").await.unwrap();
     assert_eq!(db.password_hash("alice").await.unwrap().as_deref(), Some("h2"));
@@ -190,4 +192,41 @@ async fn groups(db: &Db) {
     db.delete_member(h, "bob").await.unwrap();
     db.delete_group(h).await.unwrap();
     assert!(db.groups_of("bob").await.unwrap().is_empty());
+}
+
+async fn devices(db: &Db) {
+    use super::devices::Certified;
+    assert!(add_user(db, "dave", "Dave").await);
+    assert_eq!(db.account_key("dave").await.unwrap(), None);
+    assert_eq!(db.certify("dave", "k1", "f1", "r1", 5).await.unwrap(), Certified::Stored { first_key: true });
+    assert_eq!(db.account_key("dave").await.unwrap().as_deref(), Some("k1"));
+    assert_eq!(db.certify("dave", "k2", "f2", "r2", 6).await.unwrap(), Certified::OtherKey, "first key wins");
+    assert_eq!(db.certify("dave", "k1", "f2", "r2", 6).await.unwrap(), Certified::Stored { first_key: false });
+    // A rename replaces the record and keeps when it was made.
+    assert_eq!(db.certify("dave", "k1", "f1", "r1b", 9).await.unwrap(), Certified::Stored { first_key: false });
+    let (key, rows) = db.devices("dave").await.unwrap();
+    assert_eq!(key.as_deref(), Some("k1"));
+    let listed: Vec<_> = rows.iter().map(|r| (r.fingerprint.as_str(), r.record.as_str(), r.last_seen)).collect();
+    assert_eq!(listed, vec![("f1", "r1b", None), ("f2", "r2", None)]);
+    db.device_seen("dave", "f2", 42).await.unwrap();
+    assert_eq!(db.devices("dave").await.unwrap().1[1].last_seen, Some(42));
+
+    db.insert_token("dt1", "dave", "f1", 1, i64::MAX).await.unwrap();
+    db.insert_token("dt2", "dave", "f2", 1, i64::MAX).await.unwrap();
+    assert!(db.revoke_device("dave", "f2", "rev", 10).await.unwrap());
+    assert!(!db.revoke_device("dave", "f2", "rev", 11).await.unwrap(), "nothing left to revoke");
+    assert!(db.token("dt2").await.unwrap().is_none(), "the revoked device's token goes with it");
+    assert!(db.token("dt1").await.unwrap().is_some());
+    assert_eq!(db.devices("dave").await.unwrap().1.len(), 1);
+    assert_eq!(db.certify("dave", "k1", "f2", "r2", 12).await.unwrap(), Certified::Revoked);
+
+    db.insert_token("dt3", "dave", "f3", 1, i64::MAX).await.unwrap();
+    db.reset_account_key("dave", "k9", "f3", "r3", 13).await.unwrap();
+    assert_eq!(db.account_key("dave").await.unwrap().as_deref(), Some("k9"));
+    let (_, rows) = db.devices("dave").await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.fingerprint.as_str()).collect::<Vec<_>>(), vec!["f3"]);
+    assert!(db.token("dt1").await.unwrap().is_none(), "other devices' tokens go with a key reset");
+    assert!(db.token("dt3").await.unwrap().is_some());
+    assert_eq!(db.certify("dave", "k1", "f1", "r1", 14).await.unwrap(), Certified::OtherKey);
+    assert_eq!(db.certify("dave", "k9", "f2", "r2", 14).await.unwrap(), Certified::Revoked, "still revoked");
 }

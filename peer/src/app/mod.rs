@@ -802,6 +802,22 @@ impl App {
                 Vec::new()
             }
             AgentEvent::Broker { event, at } => self.broker_event(event, at),
+            AgentEvent::KeyChanged { username, at } => {
+                let text = format!(
+                    "{username}'s account key CHANGED: messages to them are held. Compare safety numbers \
+                     (peer verify {username}), then peer verify {username} --accept-new-key"
+                );
+                self.note_in(&ConvKey::Friend(username), at, &text);
+                self.notice = Some(text);
+                vec![Action::Bell]
+            }
+            AgentEvent::LinkRequest { device_name, words, .. } => {
+                self.notice = Some(format!(
+                    "device \"{device_name}\" asks to be linked (words: {words}): confirm in `peer devices link`"
+                ));
+                Vec::new()
+            }
+            AgentEvent::Linked { .. } | AgentEvent::LinkFailed { .. } => Vec::new(),
         }
     }
 
@@ -834,7 +850,12 @@ impl App {
                 self.notice = Some("this device was logged out (password changed elsewhere): peer login".into());
                 Vec::new()
             }
-            Event::PeerIncoming { .. } | Event::FriendDevices { .. } => Vec::new(),
+            Event::PeerIncoming { .. }
+            | Event::PeerCalling { .. }
+            | Event::FriendDevices { .. }
+            | Event::AccountKeyChanged { .. }
+            | Event::DeviceRevoked { .. }
+            | Event::LinkClaimed { .. } => Vec::new(),
         }
     }
 

@@ -10,7 +10,8 @@ pub(super) async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
             _ => Vec::new(),
         };
         let unread = unread_counts(home).await?;
-        print_friends(&list, &links, &unread, args.json);
+        let pins = crate::trust::pins(&home.db).await?;
+        print_friends(&list, &links, &unread, &pins, args.json);
         return Ok(());
     };
     match cmd {
@@ -89,9 +90,11 @@ pub(super) fn print_friends(
     list: &[FriendInfo],
     links: &[shared::control::PeerLink],
     unread: &[reads::Unread],
+    pins: &std::collections::HashMap<String, (bool, bool)>,
     json: bool,
 ) {
     let unread_of = |name: &str| reads::count(unread, &Conversation::Friend(name.to_string()));
+    let trust_of = |name: &str| pins.get(name).copied().unwrap_or((false, false));
     if json {
         print_json(
             &list
@@ -99,6 +102,9 @@ pub(super) fn print_friends(
                 .map(|f| {
                     let mut v = output::friend_json(f, links);
                     v["unread"] = unread_of(&f.user.username).into();
+                    let (verified, key_changed) = trust_of(&f.user.username);
+                    v["verified"] = verified.into();
+                    v["key_changed"] = key_changed.into();
                     v
                 })
                 .collect::<Vec<_>>(),
@@ -124,6 +130,11 @@ pub(super) fn print_friends(
             0 => String::new(),
             n => format!("  {}", output::count(n, "unread", "unread")),
         };
-        say!("{} {presence}{unread}", output::pad(&name, 48));
+        let trust = match trust_of(&f.user.username) {
+            (_, true) => format!("  KEY CHANGED (`peer verify {}`)", f.user.username),
+            (true, false) => "  verified".to_string(),
+            (false, false) => String::new(),
+        };
+        say!("{} {presence}{unread}{trust}", output::pad(&name, 48));
     }
 }

@@ -4,6 +4,7 @@
 
 mod account;
 mod chat;
+mod devices;
 mod files;
 mod friends;
 mod groups;
@@ -12,6 +13,7 @@ pub(crate) use account::sign_in;
 pub(crate) use account::{Follow, Followed};
 use account::{authenticate, logout, make_room, status, watch};
 use chat::{chat, history_line, send};
+use devices::{devices, export_key, link, link_from_backup, reset_key, verify};
 pub(crate) use files::default_download_dir;
 use files::{files, send_file};
 use friends::friends;
@@ -208,6 +210,81 @@ pub(crate) enum Cmd {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Your devices (with no subcommand), or link, rename or revoke one. Friends accept only devices your
+    /// account key certified: a password alone does not make a device one of yours.
+    Devices(DevicesArgs),
+    /// Make this device one of your account's: type the code `peer devices link` shows on a linked device,
+    /// compare the words both show, and confirm there. The history is copied over. Or restore the account
+    /// key from a backup (`--from-backup FILE`, then your password logs in).
+    Link {
+        /// The code from `peer devices link`.
+        #[arg(required_unless_present = "from_backup")]
+        code: Option<String>,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// What to call this device in `peer devices`. Default: its host name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A key backup made by `peer account export-key`.
+        #[arg(long, conflicts_with = "code")]
+        from_backup: Option<PathBuf>,
+    },
+    /// A friend's safety number: compare it with theirs (in person or by a call) to know no one, the broker
+    /// included, stands between you. Messages to a friend whose key changed wait until you accept it.
+    Verify {
+        user: String,
+        /// The numbers matched: mark the friend verified.
+        #[arg(long, conflicts_with = "accept_new_key")]
+        confirm: bool,
+        /// Trust the friend's changed key (after checking with them that they reset it).
+        #[arg(long)]
+        accept_new_key: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Your account key: back it up, or replace it when every device holding it is lost.
+    Account {
+        #[command(subcommand)]
+        cmd: AccountCmd,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct DevicesArgs {
+    #[command(subcommand)]
+    cmd: Option<DevicesCmd>,
+    /// With no subcommand: print the list as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum DevicesCmd {
+    /// Show a one-time code for a new device (valid for 5 minutes), then confirm it when it connects.
+    Link,
+    /// Rename a device (DEVICE: its id prefix, 4+ hex digits, or its name).
+    Rename { device: String, name: String },
+    /// Cut a device off now: its sessions end, friends drop its key, and only linking again brings it back.
+    Revoke { device: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AccountCmd {
+    /// Write the account key to FILE, sealed with a passphrase (argon2id + ChaCha20-Poly1305).
+    ExportKey {
+        file: PathBuf,
+        /// Read the passphrase from stdin (one line) instead of the terminal.
+        #[arg(long)]
+        passphrase_stdin: bool,
+    },
+    /// Make a new account key with your password, when every device holding the old one is lost: every
+    /// other device is cut off, and every friend sees a key-change warning until they accept it.
+    ResetKey {
+        /// Read the password from stdin (one line).
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -379,7 +456,10 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             let mut pw = password::Source::new(broker.password_stdin)?;
             let password = pw.read("new password (at least 8 characters)", "PEER_PASSWORD", true)?;
             validate::password(&password)?;
-            authenticate(&home, &broker, Request::Register { username, display_name, password }).await
+            authenticate(&home, &broker, Request::Register { username, display_name, password }).await?;
+            // The account's identity: made here, on its first device, and never given to the broker.
+            home.save_account_key(&certs::account::AccountKeyPair::generate()?)?;
+            Ok(())
         }
         Cmd::Login { username, broker, force } => {
             make_room(&home, &username, force).await?;
@@ -480,6 +560,21 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Cmd::Unread { json } => unread(&home, json).await,
         Cmd::SendFile { user, path, name, no_wait } => send_file(&home, &user, &path, name, !no_wait).await,
         Cmd::Files(args) => files(&home, args).await,
+        Cmd::Devices(args) => devices(&home, args).await,
+        Cmd::Link { from_backup: Some(file), broker, .. } => link_from_backup(&home, &file, &broker).await,
+        Cmd::Link { code, broker, name, .. } => link(&home, &code.unwrap_or_default(), &broker, name).await,
+        Cmd::Verify { user, confirm, accept_new_key, json } => {
+            let action = match (confirm, accept_new_key) {
+                (true, _) => shared::control::VerifyAction::Confirm,
+                (_, true) => shared::control::VerifyAction::AcceptNewKey,
+                _ => shared::control::VerifyAction::Show,
+            };
+            verify(&home, &user, action, json).await
+        }
+        Cmd::Account { cmd: AccountCmd::ExportKey { file, passphrase_stdin } } => {
+            export_key(&home, &file, passphrase_stdin).await
+        }
+        Cmd::Account { cmd: AccountCmd::ResetKey { password_stdin } } => reset_key(&home, password_stdin).await,
         Cmd::Passwd { password_stdin } => {
             let mut pw = password::Source::new(password_stdin)?;
             let old = pw.read("current password", "PEER_PASSWORD", false)?;

@@ -8,3 +8,4 @@ pub(crate) mod links;
 pub(crate) mod outbox;
 pub(crate) mod session;
 pub(crate) mod transfer;
+pub(crate) mod trust;

@@ -5,6 +5,7 @@
 use certs::Fingerprint;
 use shared::backoff::Backoff;
 use shared::proto::{DeviceEndpoint, ErrorCode, Event, GroupMessage, Response, UserInfo};
+use shared::trust::{AccountKey, CertifiedDevice, SignedRevocation};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -79,8 +80,15 @@ pub(crate) enum Effect {
     Befriend(String),
     /// Keep only these device keys of the friend (the others were cut off).
     KeepDevices(String, Vec<Fingerprint>),
-    /// A friend's device is about to connect: accept its key (if still a friend) and open paths towards it.
-    Expect(String, DeviceEndpoint),
+    /// A friend's device is about to connect: accept its key (if still a friend and its record verifies
+    /// under the pinned account key) and open paths towards it.
+    Expect(String, Option<AccountKey>, CertifiedDevice),
+    /// A friend cut one of their devices off: check the revocation against their pinned key, then drop it.
+    Revoke(String, SignedRevocation),
+    /// A friend replaced their account key: look them up now, so that the change is noticed (and held).
+    CheckKey(String),
+    /// A new device claimed one of our link codes: connect to it and check its proof.
+    Link([u8; 5], DeviceEndpoint),
     /// Store a group message in order (fetching any gap), then show it.
     Group(GroupMessage),
     /// Tell watchers.
@@ -122,7 +130,20 @@ impl Session {
                 fx.push(Effect::ForgetDevices(username.clone()));
                 fx.push(Effect::KeepDevices(username.clone(), fingerprints.iter().map(|f| Fingerprint(*f)).collect()));
             }
-            Event::PeerIncoming { username, device } => return vec![Effect::Expect(username.clone(), device.clone())],
+            // A caller without a record cannot be checked: this agent trusts only what a friend's key signed.
+            Event::PeerIncoming { .. } => return Vec::new(),
+            Event::PeerCalling { username, account_key, device } => {
+                return vec![Effect::Expect(username.clone(), *account_key, device.clone())];
+            }
+            Event::DeviceRevoked { username, revocation } => {
+                fx.push(Effect::ForgetDevices(username.clone()));
+                fx.push(Effect::Revoke(username.clone(), revocation.clone()));
+            }
+            Event::AccountKeyChanged { username } => {
+                fx.push(Effect::ForgetDevices(username.clone()));
+                fx.push(Effect::CheckKey(username.clone()));
+            }
+            Event::LinkClaimed { link_id, device } => return vec![Effect::Link(*link_id, device.clone())],
             Event::GroupMessage(m) => return vec![Effect::Group(m.clone())],
             Event::FriendRequest { .. }
             | Event::FriendProfile { .. }
@@ -216,7 +237,19 @@ mod tests {
         let device = DeviceEndpoint { fingerprint: [3; 32], observed: "127.0.0.1:1".parse().unwrap(), local: vec![] };
         assert_eq!(
             s.on_event(Event::PeerIncoming { username: "bob".into(), device: device.clone() }),
-            vec![Effect::Expect("bob".into(), device)]
+            vec![],
+            "a caller with no record is not even looked at"
+        );
+        let certified = CertifiedDevice { endpoint: device.clone(), record: None };
+        let calling =
+            Event::PeerCalling { username: "bob".into(), account_key: Some([9; 32]), device: certified.clone() };
+        assert_eq!(s.on_event(calling), vec![Effect::Expect("bob".into(), Some([9; 32]), certified)]);
+        let claimed = Event::LinkClaimed { link_id: [1; 5], device: device.clone() };
+        assert_eq!(s.on_event(claimed), vec![Effect::Link([1; 5], device)]);
+        let reset = Event::AccountKeyChanged { username: "bob".into() };
+        assert_eq!(
+            s.on_event(reset.clone()),
+            vec![Effect::ForgetDevices("bob".into()), Effect::CheckKey("bob".into()), Effect::Emit(reset)]
         );
         let cut = Event::FriendDevices { username: "bob".into(), fingerprints: vec![[1; 32]] };
         assert_eq!(

@@ -226,7 +226,9 @@ impl Agent {
             Ok(d) if d.is_empty() => return Err(Stop::Later(format!("{friend} is offline"))),
             Ok(d) => d,
             Err(crate::agent::Reach::NotFriends(why)) => return Err(Stop::Final(TransferState::Failed, why)),
-            Err(crate::agent::Reach::Unreachable(why)) => return Err(Stop::Later(why)),
+            Err(crate::agent::Reach::Unreachable(why) | crate::agent::Reach::Held(why)) => {
+                return Err(Stop::Later(why));
+            }
         };
         let mut errors = Vec::new();
         for device in &devices {

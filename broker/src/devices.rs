@@ -1,0 +1,281 @@
+//! Account keys and devices: storing the records an account key signed, serving them with lookups,
+//! revoking devices, resetting the key, and the rendezvous that links a new device to an existing one.
+//!
+//! The broker checks signatures only to keep junk out of its database; nobody relies on that check. Friends'
+//! agents check every record against the account key they pinned, so a broker that lies about a device (a
+//! record it edited, a key of its own) is refused by them, never believed.
+
+use crate::accounts::{Accounts, Issued};
+use crate::error::RequestError;
+use crate::friends::Friends;
+use crate::store::devices::{Certified, DeviceRow};
+use crate::store::{Db, now_ms};
+use crate::table::{Row, Table};
+use certs::Fingerprint;
+use certs::account::{self, LinkId};
+use parking_lot::Mutex;
+use shared::proto::{DeviceEndpoint, ErrorCode, Event};
+use shared::trust::{AccountKey, CertifiedDevice, Located, OwnDevice, SignedRecord, SignedRevocation};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Result<T> = std::result::Result<T, RequestError>;
+
+/// How long a link code can be claimed, and then confirmed.
+pub const LINK_TTL: Duration = Duration::from_secs(300);
+/// Link codes one user may have open at once.
+const LINKS_PER_USER: usize = 3;
+/// Link codes open on the whole broker at once.
+const MAX_LINKS: usize = 10_000;
+
+/// A link code waiting to be claimed, or claimed and waiting for its user's confirmation.
+struct Link {
+    user: String,
+    session_id: u64,
+    expires: Instant,
+    /// The device that claimed it.
+    claimed: Option<[u8; 32]>,
+}
+
+pub struct Devices {
+    db: Db,
+    table: Arc<Table>,
+    accounts: Arc<Accounts>,
+    links: Mutex<HashMap<LinkId, Link>>,
+}
+
+/// Who is asking: the session's user, row and device.
+pub struct Caller<'a> {
+    pub user: &'a str,
+    pub session_id: u64,
+    pub device: Fingerprint,
+    pub from: IpAddr,
+}
+
+impl Devices {
+    pub fn new(db: Db, table: Arc<Table>, accounts: Arc<Accounts>) -> Self {
+        Self { db, table, accounts, links: Mutex::default() }
+    }
+
+    /// Stores a record signed by the account key (see `Request::Certify`): the device's own, a renamed one,
+    /// or a device being linked (signed by the device that links it).
+    pub async fn certify(&self, me: &Caller<'_>, key: AccountKey, record: SignedRecord) -> Result<()> {
+        let fp = record.body.fingerprint;
+        account::check_record(&key, me.user, &fp, &record).map_err(|e| ErrorCode::BadSignature(e.to_string()))?;
+        let own = fp == me.device.0;
+        let stored = self
+            .db
+            .certify(me.user, &hex::encode(key), &hex::encode(fp), &hex::encode(record_bytes(&record)), now_ms())
+            .await?;
+        match stored {
+            Certified::Stored { first_key } => {
+                if first_key {
+                    tracing::info!(user = me.user, key = hex::encode(key), "account key set by its first device");
+                }
+                if own {
+                    self.table.set_certified(me.user, me.session_id);
+                }
+                Ok(())
+            }
+            Certified::OtherKey => Err(ErrorCode::AccountKeyMismatch.into()),
+            Certified::Revoked => {
+                tracing::warn!(user = me.user, device = %Fingerprint(fp), "a revoked device tried to certify itself");
+                Err(ErrorCode::DeviceRevoked.into())
+            }
+        }
+    }
+
+    /// `friend`'s account key and online devices with their records, for a friend only; each of the friend's
+    /// devices is told to expect the caller's (`PeerCalling` with its record, or `PeerIncoming` for agents
+    /// that do not check records). Checked and pushed under the pair's lock, as `Friends::lookup`.
+    pub async fn locate(&self, friends: &Friends, me: &Caller<'_>, friend: &str) -> Result<Located> {
+        let answer = async {
+            let (key, rows) = self.db.devices(friend).await?;
+            let devices = self
+                .table
+                .sessions(friend)
+                .iter()
+                .map(|r| CertifiedDevice { endpoint: endpoint(r), record: record_of(&rows, &r.fingerprint) })
+                .collect();
+            if let Some(mine) = self.table.session(me.user, me.session_id) {
+                let (my_key, my_rows) = self.db.devices(me.user).await?;
+                let device =
+                    CertifiedDevice { endpoint: endpoint(&mine), record: record_of(&my_rows, &mine.fingerprint) };
+                let calling = Event::PeerCalling {
+                    username: me.user.to_string(),
+                    account_key: my_key.as_deref().and_then(key_from_hex),
+                    device: device.clone(),
+                };
+                let incoming = Event::PeerIncoming { username: me.user.to_string(), device: device.endpoint };
+                self.table.push_split(friend, &calling, &incoming);
+            }
+            Ok(Located { account_key: key.as_deref().and_then(key_from_hex), devices })
+        };
+        friends.while_friends(me.user, friend, answer).await
+    }
+
+    /// The caller's account key and devices.
+    pub async fn list(&self, me: &str) -> Result<(Option<AccountKey>, Vec<OwnDevice>)> {
+        let (key, rows) = self.db.devices(me).await?;
+        let online = self.table.sessions(me);
+        let devices = rows
+            .iter()
+            .filter_map(|r| {
+                let record = decode_record(&r.record)?;
+                let is_online = online.iter().any(|s| s.fingerprint.0 == record.body.fingerprint);
+                Some(OwnDevice { record, online: is_online, last_seen: if is_online { None } else { r.last_seen } })
+            })
+            .collect();
+        Ok((key.as_deref().and_then(key_from_hex), devices))
+    }
+
+    /// Cuts a device off: its record, tokens and sessions end now, and the user's friends and other devices
+    /// are told (with the signed revocation, which their agents check and keep).
+    pub async fn revoke(&self, friends: &Friends, me: &str, revocation: SignedRevocation) -> Result<()> {
+        let Some(key) = self.db.account_key(me).await?.as_deref().and_then(key_from_hex) else {
+            return Err(ErrorCode::UnknownDevice.into());
+        };
+        if revocation.body.username != me {
+            return Err(ErrorCode::BadSignature("the revocation names another account".into()).into());
+        }
+        account::verify(&key, &revocation).map_err(|e| ErrorCode::BadSignature(e.to_string()))?;
+        let fp = Fingerprint(revocation.body.fingerprint);
+        let bytes = shared::frame::encode(&revocation).map_err(|e| ErrorCode::Malformed(e.to_string()))?;
+        if !self.db.revoke_device(me, &fp.to_string(), &hex::encode(bytes), now_ms()).await? {
+            return Err(ErrorCode::UnknownDevice.into());
+        }
+        self.table.close_device(me, &fp, &Event::SessionRevoked);
+        let event = Event::DeviceRevoked { username: me.to_string(), revocation };
+        let mut told = friends.usernames(me).await?;
+        told.push(me.to_string());
+        self.table.push_many(told.iter().map(String::as_str), &event);
+        tracing::info!(user = me, device = %fp, "device revoked");
+        Ok(())
+    }
+
+    /// Replaces a lost account key (the password is checked again). The caller's device is the only one
+    /// left; friends are told the key changed, and their agents hold messages until their users accept it.
+    pub async fn reset_key(
+        &self,
+        friends: &Friends,
+        me: &Caller<'_>,
+        password: &str,
+        key: AccountKey,
+        record: SignedRecord,
+    ) -> Result<()> {
+        self.accounts.check_password(me.user, password, me.from, me.device.0).await?;
+        account::check_record(&key, me.user, &me.device.0, &record)
+            .map_err(|e| ErrorCode::BadSignature(e.to_string()))?;
+        self.db
+            .reset_account_key(
+                me.user,
+                &hex::encode(key),
+                &me.device.to_string(),
+                &hex::encode(record_bytes(&record)),
+                now_ms(),
+            )
+            .await?;
+        self.table.close_others(me.user, me.session_id, &Event::SessionRevoked);
+        self.table.set_certified(me.user, me.session_id);
+        let told = friends.usernames(me.user).await?;
+        self.table
+            .push_many(told.iter().map(String::as_str), &Event::AccountKeyChanged { username: me.user.to_string() });
+        tracing::warn!(user = me.user, key = hex::encode(key), "account key reset with the password");
+        Ok(())
+    }
+
+    /// Opens a link code for the caller's session.
+    pub fn offer(&self, me: &Caller<'_>, id: LinkId) -> Result<()> {
+        let now = Instant::now();
+        let mut links = self.links.lock();
+        links.retain(|_, l| l.expires > now);
+        if links.len() >= MAX_LINKS || links.values().filter(|l| l.user == me.user).count() >= LINKS_PER_USER {
+            return Err(ErrorCode::RateLimited { retry_after_secs: LINK_TTL.as_secs() }.into());
+        }
+        if links.contains_key(&id) {
+            return Err(ErrorCode::Busy.into());
+        }
+        links.insert(
+            id,
+            Link { user: me.user.to_string(), session_id: me.session_id, expires: now + LINK_TTL, claimed: None },
+        );
+        Ok(())
+    }
+
+    /// A new device claims a code: it learns whose it is and where the offering device is; that device is
+    /// told who claimed it. A code is claimed once; a wrong guess costs its owner nothing but a new code.
+    pub fn claim(
+        &self,
+        id: LinkId,
+        device: Fingerprint,
+        observed: SocketAddr,
+        local: Vec<SocketAddr>,
+    ) -> Result<(String, DeviceEndpoint)> {
+        let now = Instant::now();
+        let (user, session_id) = {
+            let mut links = self.links.lock();
+            let Some(link) = links.get_mut(&id).filter(|l| l.expires > now && l.claimed.is_none()) else {
+                return Err(ErrorCode::UnknownLink.into());
+            };
+            link.claimed = Some(device.0);
+            (link.user.clone(), link.session_id)
+        };
+        let Some(offering) = self.table.session(&user, session_id) else {
+            self.links.lock().remove(&id);
+            return Err(ErrorCode::UnknownLink.into());
+        };
+        let claimant = DeviceEndpoint { fingerprint: device.0, observed, local };
+        self.table.push_to(&user, session_id, &Event::LinkClaimed { link_id: id, device: claimant });
+        tracing::info!(user, device = %device, "link code claimed");
+        Ok((user, endpoint(&offering)))
+    }
+
+    /// The claimed device's token, for the offering session once its user confirmed. Used up by this.
+    pub async fn link_token(&self, me: &Caller<'_>, id: LinkId) -> Result<Issued> {
+        let claimed = {
+            let mut links = self.links.lock();
+            match links.get(&id) {
+                Some(l) if l.user == me.user && l.session_id == me.session_id && l.expires > Instant::now() => {
+                    let c = l.claimed.ok_or(ErrorCode::UnknownLink)?;
+                    links.remove(&id);
+                    c
+                }
+                _ => return Err(ErrorCode::UnknownLink.into()),
+            }
+        };
+        tracing::info!(user = me.user, device = %Fingerprint(claimed), "token issued to a linked device");
+        self.accounts.issue(me.user, claimed).await
+    }
+
+    /// Remembers when a device's session ended.
+    pub async fn seen(&self, user: &str, device: &Fingerprint, at: i64) {
+        if let Err(e) = self.db.device_seen(user, &device.to_string(), at).await {
+            tracing::warn!(error = %e, "could not record when a device was last seen");
+        }
+    }
+}
+
+fn endpoint(r: &Row) -> DeviceEndpoint {
+    DeviceEndpoint { fingerprint: r.fingerprint.0, observed: r.observed, local: r.local.clone() }
+}
+
+fn record_of(rows: &[DeviceRow], fp: &Fingerprint) -> Option<SignedRecord> {
+    let hex = fp.to_string();
+    rows.iter().find(|r| r.fingerprint == hex).and_then(|r| decode_record(&r.record))
+}
+
+fn record_bytes(record: &SignedRecord) -> Vec<u8> {
+    shared::frame::encode(record).unwrap_or_default()
+}
+
+/// A stored record; one that does not decode is served as none (and the friend's agent refuses the device).
+fn decode_record(hex_text: &str) -> Option<SignedRecord> {
+    let bytes = hex::decode(hex_text).ok()?;
+    shared::frame::decode_body(bytes.get(shared::frame::HEADER_LEN..)?).ok()
+}
+
+fn key_from_hex(text: &str) -> Option<AccountKey> {
+    hex::decode(text).ok()?.try_into().ok()
+}

@@ -1,0 +1,204 @@
+//! Account keys and the device records they signed. Keys, fingerprints and records are stored as hex text
+//! (every backend carries text through `Any` alike); what they mean is checked in `crate::devices`, never
+//! here. Each change that depends on what is stored (the account's key, a revocation) reads and writes in
+//! one transaction, behind a write on the user's row that serialises it with every other such change.
+
+use super::{Db, DbError};
+
+/// One stored device record.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct DeviceRow {
+    pub(crate) fingerprint: String,
+    pub(crate) record: String,
+    pub(crate) last_seen: Option<i64>,
+}
+
+/// What storing a record came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Certified {
+    /// Stored; `first_key` when the account had no key until now.
+    Stored { first_key: bool },
+    /// The account has another key.
+    OtherKey,
+    /// The device was revoked.
+    Revoked,
+}
+
+impl Db {
+    /// The account's key (hex), if it has one.
+    pub(crate) async fn account_key(&self, username: &str) -> Result<Option<String>, DbError> {
+        let key: Option<Option<String>> =
+            sqlx::query_scalar(self.sql(sql!("SELECT account_key FROM users WHERE username = ?")))
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(key.flatten())
+    }
+
+    /// Stores a device record under the account key `key`: the first key an account presents becomes its
+    /// key; after that only the same key may store records, never for a revoked device. A record for a
+    /// device already stored replaces it (a rename) and keeps when it was first stored.
+    pub(crate) async fn certify(
+        &self,
+        username: &str,
+        key: &str,
+        fingerprint: &str,
+        record: &str,
+        now: i64,
+    ) -> Result<Certified, DbError> {
+        let mut tx = self.pool.begin().await?;
+        // Takes the user's row for the rest of the transaction (a write lock on every backend).
+        sqlx::query(self.sql(sql!("UPDATE users SET account_key = account_key WHERE username = ?")))
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        let stored: Option<Option<String>> =
+            sqlx::query_scalar(self.sql(sql!("SELECT account_key FROM users WHERE username = ?")))
+                .bind(username)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let first_key = match stored.flatten() {
+            None => true,
+            Some(k) if k == key => false,
+            Some(_) => return Ok(Certified::OtherKey),
+        };
+        let revoked: Option<i64> =
+            sqlx::query_scalar(self.sql(sql!("SELECT at FROM revoked_devices WHERE username = ? AND fingerprint = ?")))
+                .bind(username)
+                .bind(fingerprint)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if revoked.is_some() {
+            return Ok(Certified::Revoked);
+        }
+        let existing: Option<i64> =
+            sqlx::query_scalar(self.sql(sql!("SELECT created_at FROM devices WHERE username = ? AND fingerprint = ?")))
+                .bind(username)
+                .bind(fingerprint)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if first_key {
+            sqlx::query(self.sql(sql!("UPDATE users SET account_key = ? WHERE username = ?")))
+                .bind(key)
+                .bind(username)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(self.sql(sql!("DELETE FROM devices WHERE username = ? AND fingerprint = ?")))
+            .bind(username)
+            .bind(fingerprint)
+            .execute(&mut *tx)
+            .await?;
+        self.insert_device(&mut tx, username, fingerprint, record, existing.unwrap_or(now)).await?;
+        tx.commit().await?;
+        Ok(Certified::Stored { first_key })
+    }
+
+    /// The account's key and every device record it has.
+    pub(crate) async fn devices(&self, username: &str) -> Result<(Option<String>, Vec<DeviceRow>), DbError> {
+        let key = self.account_key(username).await?;
+        let rows = sqlx::query_as(self.sql(sql!(
+            "SELECT fingerprint, record, last_seen FROM devices WHERE username = ? ORDER BY created_at, fingerprint"
+        )))
+        .bind(username)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((key, rows))
+    }
+
+    /// Cuts a device off: its record and tokens go and it is remembered as revoked, in one step. `false` if
+    /// the account has no such device (nothing changed).
+    pub(crate) async fn revoke_device(
+        &self,
+        username: &str,
+        fingerprint: &str,
+        revocation: &str,
+        now: i64,
+    ) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let gone = sqlx::query(self.sql(sql!("DELETE FROM devices WHERE username = ? AND fingerprint = ?")))
+            .bind(username)
+            .bind(fingerprint)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            self.sql(sql!("INSERT INTO revoked_devices (username, fingerprint, revocation, at) VALUES (?, ?, ?, ?)")),
+        )
+        .bind(username)
+        .bind(fingerprint)
+        .bind(revocation)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(self.sql(sql!("DELETE FROM tokens WHERE username = ? AND device = ?")))
+            .bind(username)
+            .bind(fingerprint)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Replaces the account key: every device record goes but `record` (the resetting device's, under the
+    /// new key), and every token of another device is revoked, in one step.
+    pub(crate) async fn reset_account_key(
+        &self,
+        username: &str,
+        key: &str,
+        fingerprint: &str,
+        record: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(self.sql(sql!("UPDATE users SET account_key = ? WHERE username = ?")))
+            .bind(key)
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(self.sql(sql!("DELETE FROM devices WHERE username = ?"))).bind(username).execute(&mut *tx).await?;
+        // A device revoked under the old key stays revoked: it was cut off for a reason.
+        self.insert_device(&mut tx, username, fingerprint, record, now).await?;
+        sqlx::query(self.sql(sql!("DELETE FROM tokens WHERE username = ? AND (device IS NULL OR device <> ?)")))
+            .bind(username)
+            .bind(fingerprint)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_device(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        username: &str,
+        fingerprint: &str,
+        record: &str,
+        created_at: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            self.sql(sql!("INSERT INTO devices (username, fingerprint, record, created_at) VALUES (?, ?, ?, ?)")),
+        )
+        .bind(username)
+        .bind(fingerprint)
+        .bind(record)
+        .bind(created_at)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Records when a device's session ended.
+    pub(crate) async fn device_seen(&self, username: &str, fingerprint: &str, at: i64) -> Result<(), DbError> {
+        sqlx::query(self.sql(sql!("UPDATE devices SET last_seen = ? WHERE username = ? AND fingerprint = ?")))
+            .bind(at)
+            .bind(username)
+            .bind(fingerprint)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
