@@ -6,6 +6,8 @@
 //! - `bench nat` (root, Linux): in the NAT lab, first message and file throughput, direct and relayed.
 //! - `bench soak`: a long mixed load (churn, lookups, group posts over 10,000 sessions): RSS over time and
 //!   p99 latencies at the start and the end.
+//! - `bench link`: a device with 100,000 messages links a new one: time until the new device holds them
+//!   all, beside SQLite copying the same rows between two files.
 //! - `bench tui`: the full-screen app in-process on a test backend: first frame, frame times, memory.
 //! - `bench presence`: users with 50 friends each come online; presence events/s and the delay from a
 //!   user's hello to each friend's event, beside a raw quinn request/response round trip.
@@ -18,6 +20,8 @@ mod chat;
 mod client;
 #[cfg(unix)]
 mod files;
+#[cfg(unix)]
+mod link;
 #[cfg(target_os = "linux")]
 mod nat;
 mod raw;
@@ -91,6 +95,11 @@ enum Cmd {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// A device with a long history links a new one: time until the new device holds all of it.
+    Link {
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+    },
     /// In the NAT lab (root): first message and file throughput, direct through NATs and relayed.
     Nat {
         #[arg(long, default_value = "256M", value_parser = shared::files::parse_size)]
@@ -147,6 +156,10 @@ fn main() -> Result<()> {
         Cmd::Nat { .. } => anyhow::bail!("the NAT lab needs Linux network namespaces"),
         #[cfg(unix)]
         Cmd::Files { size, dir } => rt.block_on(files::files_bench(size, dir)),
+        #[cfg(unix)]
+        Cmd::Link { messages } => rt.block_on(link::link_bench(messages)),
+        #[cfg(not(unix))]
+        Cmd::Link { .. } => anyhow::bail!("the link bench drives `peer devices link` on a Unix agent"),
         #[cfg(not(unix))]
         Cmd::Files { .. } => anyhow::bail!("the files bench drives the agent's Unix control socket"),
         Cmd::Broker { sessions, concurrency } => rt.block_on(client::broker_bench(sessions, concurrency)),

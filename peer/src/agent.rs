@@ -229,12 +229,13 @@ impl Agent {
             Ok(w) => w,
             Err(end) => return end,
         };
+        // Before the session counts as open (and `peer status` says online): friends' agents accept this
+        // device only once its record is published.
+        self.certify_self(&conn).await;
         let at = now_ms();
         self.broker.opened(conn.clone(), &welcome, at);
         tracing::Span::current().record("id", welcome.session_id);
         tracing::info!(observed_addr = %welcome.observed_addr, "online");
-        // Before anything else: friends' agents accept this device only once its record is published.
-        self.certify_self().await;
         self.emit(AgentEvent::Connected { observed_addr: welcome.observed_addr, at });
         self.session_tasks.spawn(self.clone().deliver_all());
         self.session_tasks.spawn(self.clone().catch_up_all());
@@ -255,27 +256,25 @@ impl Agent {
     /// before keys existed) gets one made here, by its first device to come online; a device without the
     /// key, or with a key the account no longer uses, is not linked: it works with the broker, but friends'
     /// agents accept no direct connection from it until it is linked (`peer link`).
-    async fn certify_self(&self) {
+    async fn certify_self(&self, conn: &quinn::Connection) {
         let key = match self.home.account_key() {
             Ok(Some(k)) => k,
-            Ok(None) => match self.broker.forward(&Request::Devices).await {
-                ControlResponse::Broker(Response::Devices { account_key: None, .. }) => {
-                    match certs::account::AccountKeyPair::generate() {
-                        Ok(k) => {
-                            if let Err(e) = self.home.save_account_key(&k) {
-                                tracing::error!(error = %e, "could not store a new account key");
-                                return;
-                            }
-                            tracing::info!(key = hex::encode(k.public()), "made this account's key (its first device)");
-                            k
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not make an account key");
+            Ok(None) => match net::request(conn, &Request::Devices).await {
+                Ok(Response::Devices { account_key: None, .. }) => match certs::account::AccountKeyPair::generate() {
+                    Ok(k) => {
+                        if let Err(e) = self.home.save_account_key(&k) {
+                            tracing::error!(error = %e, "could not store a new account key");
                             return;
                         }
+                        tracing::info!(key = hex::encode(k.public()), "made this account's key (its first device)");
+                        k
                     }
-                }
-                ControlResponse::Broker(Response::Devices { account_key: Some(_), .. }) => {
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not make an account key");
+                        return;
+                    }
+                },
+                Ok(Response::Devices { account_key: Some(_), .. }) => {
                     tracing::warn!(
                         "this device is not linked to the account (it holds no account key): friends will not accept \
                          it; link it from one of your devices (`peer devices link`, then `peer link CODE` here)"
@@ -299,9 +298,9 @@ impl Agent {
             name,
             created_at: now_ms(),
         });
-        match self.broker.forward(&Request::Certify { account_key: key.public(), record }).await {
-            ControlResponse::Broker(Response::Ok) => tracing::debug!("device record published"),
-            ControlResponse::Broker(Response::Error(e)) => {
+        match net::request(conn, &Request::Certify { account_key: key.public(), record }).await {
+            Ok(Response::Ok) => tracing::debug!("device record published"),
+            Ok(Response::Error(e)) => {
                 tracing::warn!(error = %e, "this device's record was refused; friends will not accept it")
             }
             other => tracing::warn!(answer = ?other, "could not publish this device's record"),

@@ -89,12 +89,14 @@ pub enum HistoryRow {
 }
 
 impl HistoryRow {
-    /// A generous bound on its encoded size, for packing frames.
+    /// A generous bound on what decoding it claims against the frame limit, for packing frames: the
+    /// decoder counts a row's size in memory for the list, then each string's bytes.
     pub fn size_hint(&self) -> usize {
-        match self {
-            Self::Direct { id, peer, text, status, .. } => id.len() + peer.len() + text.len() + status.len() + 48,
-            Self::Group { sender, text, .. } => sender.len() + text.len() + 64,
-        }
+        let strings = match self {
+            Self::Direct { id, peer, text, status, .. } => id.len() + peer.len() + text.len() + status.len(),
+            Self::Group { sender, text, .. } => sender.len() + text.len(),
+        };
+        std::mem::size_of::<Self>() + strings + 32
     }
 }
 
@@ -112,12 +114,12 @@ mod tests {
 
     #[test]
     fn packed_rows_fit_frames_and_keep_order() {
-        let rows: Vec<HistoryRow> = (0..200)
+        let rows: Vec<HistoryRow> = (0..3000)
             .map(|i| HistoryRow::Direct {
                 id: format!("{i:032x}"),
                 peer: "bob".into(),
                 outgoing: i % 2 == 0,
-                text: "x".repeat(if i % 7 == 0 { 16 * 1024 } else { 10 }),
+                text: "x".repeat(if i > 2900 && i % 7 == 0 { 16 * 1024 } else { 100 }),
                 sent_at: i,
                 stored_at: i,
                 status: "delivered".into(),
@@ -127,7 +129,10 @@ mod tests {
         assert!(frames.len() > 1);
         let mut back = Vec::new();
         for f in &frames {
-            assert!(crate::frame::encode(f).is_ok(), "every frame is under the limit");
+            let bytes = crate::frame::encode(f).expect("every frame is under the limit");
+            let decoded: LinkReply = crate::frame::decode_body(&bytes[crate::frame::HEADER_LEN..])
+                .expect("and decodes under the limit (which counts rows in memory)");
+            assert_eq!(&decoded, f);
             let LinkReply::Rows(r) = f else { panic!() };
             back.extend(r.iter().cloned());
         }

@@ -63,7 +63,10 @@ pub enum PeerAck {
 
 /// Packs messages, in order, into as few frames as fit under the frame limit.
 pub fn batches(messages: Vec<Chat>) -> Vec<PeerFrame> {
-    crate::frame::pack(messages, crate::frame::MAX_FRAME - BATCH_OVERHEAD, |m| m.text.len() + PER_MESSAGE_OVERHEAD)
+    // The decoder counts each message's size in memory against the frame limit, besides its text's bytes:
+    // a burst of tiny messages is bounded by that, not by the bytes on the wire.
+    let cost = |m: &Chat| m.text.len() + PER_MESSAGE_OVERHEAD + std::mem::size_of::<Chat>();
+    crate::frame::pack(messages, crate::frame::MAX_FRAME - BATCH_OVERHEAD, cost)
         .into_iter()
         .map(PeerFrame::ChatBatch)
         .collect()
@@ -133,5 +136,13 @@ mod tests {
         }
         assert_eq!(back, msgs);
         assert!(batches(vec![]).is_empty());
+        // A burst of tiny messages: every batch decodes under the limit, which counts messages in memory.
+        let tiny: Vec<Chat> = (0..5000u32)
+            .map(|i| Chat { id: MessageId([(i % 251) as u8; 16]), sent_at: i64::from(i), text: "x".into() })
+            .collect();
+        for f in batches(tiny) {
+            let bytes = crate::frame::encode(&f).unwrap();
+            assert!(crate::frame::decode_body::<PeerFrame>(&bytes[crate::frame::HEADER_LEN..]).is_ok());
+        }
     }
 }
