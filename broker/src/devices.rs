@@ -39,11 +39,60 @@ struct Link {
     claimed: Option<[u8; 32]>,
 }
 
+/// Open link codes: who may claim one, and who may turn a claim into a token (pure; time passed in).
+#[derive(Default)]
+struct Links(HashMap<LinkId, Link>);
+
+impl Links {
+    /// Opens `id` for `user`'s session; expired codes are dropped on the way.
+    fn offer(&mut self, id: LinkId, user: &str, session_id: u64, now: Instant) -> std::result::Result<(), ErrorCode> {
+        self.0.retain(|_, l| l.expires > now);
+        if self.0.len() >= MAX_LINKS || self.0.values().filter(|l| l.user == user).count() >= LINKS_PER_USER {
+            return Err(ErrorCode::RateLimited { retry_after_secs: LINK_TTL.as_secs() });
+        }
+        if self.0.contains_key(&id) {
+            return Err(ErrorCode::Busy);
+        }
+        self.0.insert(id, Link { user: user.to_string(), session_id, expires: now + LINK_TTL, claimed: None });
+        Ok(())
+    }
+
+    /// A device claims `id`: whose code it is (user and session). Once only, and only before it expires.
+    fn claim(&mut self, id: LinkId, device: [u8; 32], now: Instant) -> std::result::Result<(String, u64), ErrorCode> {
+        let link =
+            self.0.get_mut(&id).filter(|l| l.expires > now && l.claimed.is_none()).ok_or(ErrorCode::UnknownLink)?;
+        link.claimed = Some(device);
+        Ok((link.user.clone(), link.session_id))
+    }
+
+    /// The device that claimed `id`, for the session that offered it; the code is used up.
+    fn take_claimed(
+        &mut self,
+        id: LinkId,
+        user: &str,
+        session_id: u64,
+        now: Instant,
+    ) -> std::result::Result<[u8; 32], ErrorCode> {
+        match self.0.get(&id) {
+            Some(l) if l.user == user && l.session_id == session_id && l.expires > now => {
+                let device = l.claimed.ok_or(ErrorCode::UnknownLink)?;
+                self.0.remove(&id);
+                Ok(device)
+            }
+            _ => Err(ErrorCode::UnknownLink),
+        }
+    }
+
+    fn forget(&mut self, id: &LinkId) {
+        self.0.remove(id);
+    }
+}
+
 pub struct Devices {
     db: Db,
     table: Arc<Table>,
     accounts: Arc<Accounts>,
-    links: Mutex<HashMap<LinkId, Link>>,
+    links: Mutex<Links>,
 }
 
 /// Who is asking: the session's user, row and device.
@@ -188,20 +237,7 @@ impl Devices {
 
     /// Opens a link code for the caller's session.
     pub fn offer(&self, me: &Caller<'_>, id: LinkId) -> Result<()> {
-        let now = Instant::now();
-        let mut links = self.links.lock();
-        links.retain(|_, l| l.expires > now);
-        if links.len() >= MAX_LINKS || links.values().filter(|l| l.user == me.user).count() >= LINKS_PER_USER {
-            return Err(ErrorCode::RateLimited { retry_after_secs: LINK_TTL.as_secs() }.into());
-        }
-        if links.contains_key(&id) {
-            return Err(ErrorCode::Busy.into());
-        }
-        links.insert(
-            id,
-            Link { user: me.user.to_string(), session_id: me.session_id, expires: now + LINK_TTL, claimed: None },
-        );
-        Ok(())
+        Ok(self.links.lock().offer(id, me.user, me.session_id, Instant::now())?)
     }
 
     /// A new device claims a code: it learns whose it is and where the offering device is; that device is
@@ -213,17 +249,9 @@ impl Devices {
         observed: SocketAddr,
         local: Vec<SocketAddr>,
     ) -> Result<(String, DeviceEndpoint)> {
-        let now = Instant::now();
-        let (user, session_id) = {
-            let mut links = self.links.lock();
-            let Some(link) = links.get_mut(&id).filter(|l| l.expires > now && l.claimed.is_none()) else {
-                return Err(ErrorCode::UnknownLink.into());
-            };
-            link.claimed = Some(device.0);
-            (link.user.clone(), link.session_id)
-        };
+        let (user, session_id) = self.links.lock().claim(id, device.0, Instant::now())?;
         let Some(offering) = self.table.session(&user, session_id) else {
-            self.links.lock().remove(&id);
+            self.links.lock().forget(&id);
             return Err(ErrorCode::UnknownLink.into());
         };
         let claimant = DeviceEndpoint { fingerprint: device.0, observed, local };
@@ -234,17 +262,7 @@ impl Devices {
 
     /// The claimed device's token, for the offering session once its user confirmed. Used up by this.
     pub async fn link_token(&self, me: &Caller<'_>, id: LinkId) -> Result<Issued> {
-        let claimed = {
-            let mut links = self.links.lock();
-            match links.get(&id) {
-                Some(l) if l.user == me.user && l.session_id == me.session_id && l.expires > Instant::now() => {
-                    let c = l.claimed.ok_or(ErrorCode::UnknownLink)?;
-                    links.remove(&id);
-                    c
-                }
-                _ => return Err(ErrorCode::UnknownLink.into()),
-            }
-        };
+        let claimed = self.links.lock().take_claimed(id, me.user, me.session_id, Instant::now())?;
         tracing::info!(user = me.user, device = %Fingerprint(claimed), "token issued to a linked device");
         self.accounts.issue(me.user, claimed).await
     }
@@ -278,4 +296,48 @@ fn decode_record(hex_text: &str) -> Option<SignedRecord> {
 
 fn key_from_hex(text: &str) -> Option<AccountKey> {
     hex::decode(text).ok()?.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_code_is_claimed_once_before_it_expires_and_only_its_session_gets_the_token() {
+        let t0 = Instant::now();
+        let mut links = Links::default();
+        links.offer([1; 5], "bob", 7, t0).unwrap();
+        assert_eq!(links.offer([1; 5], "carol", 8, t0), Err(ErrorCode::Busy), "ids are not shared");
+        // Not claimed yet: no token for anyone.
+        assert_eq!(links.take_claimed([1; 5], "bob", 7, t0), Err(ErrorCode::UnknownLink));
+        assert_eq!(links.claim([1; 5], [9; 32], t0), Ok(("bob".to_string(), 7)));
+        assert_eq!(links.claim([1; 5], [8; 32], t0), Err(ErrorCode::UnknownLink), "a replayed claim");
+        assert_eq!(links.claim([2; 5], [8; 32], t0), Err(ErrorCode::UnknownLink), "a made-up code");
+        // Another user, or another session of the same user, cannot turn bob's claim into a token.
+        assert_eq!(links.take_claimed([1; 5], "mallory", 7, t0), Err(ErrorCode::UnknownLink));
+        assert_eq!(links.take_claimed([1; 5], "bob", 8, t0), Err(ErrorCode::UnknownLink));
+        assert_eq!(links.take_claimed([1; 5], "bob", 7, t0), Ok([9; 32]));
+        assert_eq!(links.take_claimed([1; 5], "bob", 7, t0), Err(ErrorCode::UnknownLink), "used up");
+
+        // Expiry: an old code can be neither claimed nor confirmed.
+        links.offer([3; 5], "bob", 7, t0).unwrap();
+        let late = t0 + LINK_TTL;
+        assert_eq!(links.claim([3; 5], [9; 32], late), Err(ErrorCode::UnknownLink));
+        links.offer([4; 5], "bob", 7, t0).unwrap();
+        links.claim([4; 5], [9; 32], t0).unwrap();
+        assert_eq!(links.take_claimed([4; 5], "bob", 7, late), Err(ErrorCode::UnknownLink));
+    }
+
+    #[test]
+    fn link_codes_per_user_are_capped() {
+        let t0 = Instant::now();
+        let mut links = Links::default();
+        for i in 0..LINKS_PER_USER as u8 {
+            links.offer([i; 5], "bob", 1, t0).unwrap();
+        }
+        assert!(matches!(links.offer([99; 5], "bob", 1, t0), Err(ErrorCode::RateLimited { .. })));
+        links.offer([98; 5], "carol", 2, t0).unwrap();
+        // Expired ones make room again.
+        links.offer([97; 5], "bob", 1, t0 + LINK_TTL).unwrap();
+    }
 }

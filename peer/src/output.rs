@@ -260,3 +260,22 @@ pub(crate) fn progress_bar(total: u64, label: &str) -> indicatif::ProgressBar {
     bar.set_message(label.to_string());
     bar
 }
+
+/// Prints `data` as a QR code (half-block characters, two modules per character row) when stdout is a
+/// terminal; on a pipe nothing, since no one can scan it there.
+pub(crate) fn qr(data: &str) {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return;
+    }
+    let Ok(code) = qrcode::QrCode::new(data.as_bytes()) else { return };
+    let art = code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .quiet_zone(true)
+        .build();
+    for line in art.lines() {
+        say!("    {line}");
+    }
+}

@@ -38,6 +38,12 @@ fn a_linked_device_gets_the_history_and_a_password_alone_gets_nothing() {
     let list = devices["devices"].as_array().unwrap();
     assert_eq!(list.len(), 2, "{devices}");
     assert!(list.iter().any(|d| d["this_device"] == true));
+    let laptop_fp = fingerprint(&laptop);
+    bob.ok(&["devices", "rename", &laptop_fp[..8], "work laptop"]);
+    let renamed = bob.json(&["devices", "--json"]);
+    let entry = renamed["devices"].as_array().unwrap().iter().find(|d| d["id"] == laptop_fp.as_str()).unwrap();
+    assert_eq!(entry["name"], "work laptop", "{renamed}");
+    assert!(bob.fails(&["devices", "rename", "nonexistent", "x"]).contains("no device"));
 
     let mut thief = Peer::new(&broker);
     assert!(thief.login("bob", PASSWORD).status.success());

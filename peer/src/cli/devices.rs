@@ -124,6 +124,7 @@ async fn link_offer(home: &Home) -> Result<()> {
     say!("");
     say!("    peer link {code} --broker {broker}");
     say!("");
+    output::qr(&format!("p2pim-link:{code}@{broker}"));
     say!("The code works once, for {} minutes. Waiting for the new device...", expires_in_secs / 60);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(expires_in_secs);
     loop {
@@ -295,6 +296,7 @@ fn print_verification(v: &Verification, action: VerifyAction) {
                 say!("    {}", row.join(" "));
             }
             say!("");
+            output::qr(&n.replace(' ', ""));
             if v.verified {
                 say!("{user} is verified");
             } else {
