@@ -192,6 +192,11 @@ pub(crate) async fn run(
 }
 
 impl Agent {
+    /// This device's key.
+    pub(crate) fn device_fingerprint(&self) -> certs::Fingerprint {
+        self.identity.fingerprint()
+    }
+
     pub(crate) fn emit(&self, event: AgentEvent) {
         let _ = self.events.send(event);
     }

@@ -128,7 +128,7 @@ impl Agent {
             bail!("the new device did not say hello");
         };
         let device_name: String = device_name.chars().filter(|c| !c.is_control()).take(64).collect();
-        let me = self.identity_fingerprint();
+        let me = self.device_fingerprint();
         let code = self.links.0.lock().get(&link_id).map(|o| o.code.clone()).context("the code expired")?;
         if !code.check_proof(&me.0, &fp.0, &proof) {
             refuse(&mut send, "wrong code").await;
@@ -181,10 +181,6 @@ impl Agent {
             Ok(Ok(Some(LinkFrame::Stored { messages }))) => Ok((device_name, messages)),
             _ => bail!("the new device did not confirm it stored the history"),
         }
-    }
-
-    fn identity_fingerprint(&self) -> Fingerprint {
-        self.broker.status().device_fingerprint.parse().unwrap_or(Fingerprint([0; 32]))
     }
 }
 

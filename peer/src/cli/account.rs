@@ -33,6 +33,7 @@ pub(crate) struct SignedIn {
 /// pinned for that broker or (first use) to the one it presents; stores the login in the home.
 pub(crate) async fn sign_in(home: &Home, broker: &str, pinned: Option<Fingerprint>, req: Request) -> Result<SignedIn> {
     let identity = home.identity()?;
+    let register = matches!(req, Request::Register { .. });
     let addr = net::resolve(broker).await?;
     let pinned = match pinned {
         Some(fp) => Some(fp),
@@ -59,6 +60,10 @@ pub(crate) async fn sign_in(home: &Home, broker: &str, pinned: Option<Fingerprin
         token,
     })
     .await?;
+    if register {
+        // The account's identity: made here, on its first device, and never given to the broker.
+        home.save_account_key(&certs::account::AccountKeyPair::generate()?)?;
+    }
     Ok(SignedIn { username, first_use })
 }
 

@@ -456,10 +456,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             let mut pw = password::Source::new(broker.password_stdin)?;
             let password = pw.read("new password (at least 8 characters)", "PEER_PASSWORD", true)?;
             validate::password(&password)?;
-            authenticate(&home, &broker, Request::Register { username, display_name, password }).await?;
-            // The account's identity: made here, on its first device, and never given to the broker.
-            home.save_account_key(&certs::account::AccountKeyPair::generate()?)?;
-            Ok(())
+            authenticate(&home, &broker, Request::Register { username, display_name, password }).await
         }
         Cmd::Login { username, broker, force } => {
             make_room(&home, &username, force).await?;
