@@ -341,9 +341,8 @@ impl Agent {
                 self.direct.forget_devices(&friend);
                 let Ok(devices) = self.devices_of(&friend).await else { continue };
                 let Some(device) = devices.iter().find(|d| d.fingerprint == fp.0) else { continue };
-                if self.direct.upgrade(&friend, device).await {
-                    tracing::info!(friend, "the relayed link to a friend is direct now");
-                }
+                // `Direct::keep` says so when a direct path replaces the relayed one.
+                self.direct.upgrade(&friend, device).await;
             }
         }
     }

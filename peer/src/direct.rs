@@ -31,8 +31,11 @@ pub(crate) const DEAD_AFTER: Duration = Duration::from_secs(10);
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// How long to wait for a handshake on one candidate address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// With no direct path after this long, the relay takes over.
-const RELAY_AFTER: Duration = Duration::from_millis(1500);
+/// Direct attempts run alone for a few round trips to the broker, never less than this, before the relay is
+/// tried beside them ...
+const RELAY_AFTER_MIN: Duration = Duration::from_millis(100);
+/// ... and never more than this.
+const RELAY_AFTER_MAX: Duration = Duration::from_millis(1500);
 /// How long a handshake through the relay may take.
 const RELAY_HANDSHAKE: Duration = Duration::from_secs(5);
 /// How long to wait for a friend's agent to store a message.
@@ -52,6 +55,26 @@ pub(crate) struct Opened {
     pub(crate) friend: String,
     /// Completed after its dial's race was decided: not through [`Direct::keep`] yet.
     pub(crate) late: bool,
+}
+
+/// The receiving end of one race's attempts. When the race ends, or its future is dropped, attempts that
+/// complete afterwards (and any already waiting here) go to the agent as late connections.
+struct Attempts {
+    rx: tokio::sync::mpsc::Receiver<Result<quinn::Connection>>,
+    opened: tokio::sync::mpsc::UnboundedSender<Opened>,
+    friend: String,
+}
+
+impl Drop for Attempts {
+    fn drop(&mut self) {
+        // Closed first, so that no attempt can slip a connection in after the drain below.
+        self.rx.close();
+        while let Ok(res) = self.rx.try_recv() {
+            if let Ok(conn) = res {
+                let _ = self.opened.send(Opened { conn, friend: self.friend.clone(), late: true });
+            }
+        }
+    }
 }
 
 /// The agent's broker connection while it has one (relay streams are opened on it).
@@ -386,6 +409,10 @@ impl Direct {
                 Some(old) if old.close_reason().is_none() && old.stable_id() != conn.stable_id() => {
                     let new_wins =
                         links::keep_new(&self.identity.fingerprint(), &fp, path(old), path(&conn), opened_by_us);
+                    if new_wins && path(old) == Path::Relayed && path(&conn) == Path::Direct {
+                        let friend = self.who.lock().get(&fp).cloned().unwrap_or_default();
+                        tracing::info!(friend, "the relayed link to a friend is direct now");
+                    }
                     let (winner, loser) = if new_wins { (conn.clone(), old.clone()) } else { (old.clone(), conn) };
                     self.tasks.spawn(async move {
                         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -405,27 +432,55 @@ impl Direct {
     /// A connection to the device, reusing a live one. Otherwise every candidate address is tried at once
     /// (the broker tells the friend's agent to try ours at the same moment, which opens both NATs), and the
     /// first mutually authenticated handshake wins, including one the friend's agent completes towards us.
-    /// With no direct path within [`RELAY_AFTER`], the broker relays the same QUIC connection.
+    /// When no direct path answers within a few round trips ([`Direct::relay_after`]), the broker's relay is
+    /// tried beside the direct attempts, as iroh does: the first message goes on whichever path stands
+    /// first, and a direct path that opens later is kept over the relayed one (`keep`), so later streams go
+    /// direct.
     pub(crate) async fn connect(&self, username: &str, device: &DeviceEndpoint) -> Result<quinn::Connection> {
         let fp = Fingerprint(device.fingerprint);
         self.allow(username, fp);
         if let Some(c) = self.live(&fp) {
             return Ok(c);
         }
-        let mut errors = Vec::new();
-        if !self.relay_only {
-            match self.race_direct(username, device, RELAY_AFTER).await {
+        let fail = |errors: Vec<String>| anyhow!("could not reach {username}'s device: {}", errors.join("; "));
+        if self.relay_only {
+            return self.via_relay(username, fp).await.map_err(|e| fail(vec![format!("relay: {e}")]));
+        }
+        let direct = self.race_direct(username, device, CONNECT_TIMEOUT);
+        tokio::pin!(direct);
+        let mut direct_failed = None;
+        tokio::select! {
+            r = &mut direct => match r {
                 Ok(c) => return Ok(c),
-                Err(e) => errors.push(e.to_string()),
+                Err(e) => direct_failed = Some(e.to_string()),
+            },
+            () = tokio::time::sleep(self.relay_after()) => {}
+        }
+        let relay = self.via_relay(username, fp);
+        tokio::pin!(relay);
+        let mut relay_failed = None;
+        loop {
+            tokio::select! {
+                r = &mut direct, if direct_failed.is_none() => match r {
+                    Ok(c) => return Ok(c),
+                    Err(e) => direct_failed = Some(e.to_string()),
+                },
+                r = &mut relay, if relay_failed.is_none() => match r {
+                    Ok(c) => return Ok(c),
+                    Err(e) => relay_failed = Some(format!("relay: {e}")),
+                },
+            }
+            if let (Some(d), Some(r)) = (&direct_failed, &relay_failed) {
+                return Err(fail(vec![d.clone(), r.clone()]));
             }
         }
-        match self.via_relay(username, fp).await {
-            Ok(c) => Ok(c),
-            Err(e) => {
-                errors.push(format!("relay: {e}"));
-                Err(anyhow!("could not reach {username}'s device: {}", errors.join("; ")))
-            }
-        }
+    }
+
+    /// How long direct attempts run alone: three round trips to the broker (a direct path between friends
+    /// usually answers within that), between [`RELAY_AFTER_MIN`] and [`RELAY_AFTER_MAX`].
+    fn relay_after(&self) -> Duration {
+        let rtt = self.broker.lock().as_ref().map(|c| c.rtt()).unwrap_or(RELAY_AFTER_MAX);
+        (rtt * 3).clamp(RELAY_AFTER_MIN, RELAY_AFTER_MAX)
     }
 
     /// Opens direct paths towards a friend who is about to connect to us (the broker said so): our packets
@@ -455,17 +510,13 @@ impl Direct {
     /// Tries once more for a direct path to a device reached through the relay (the friend's agent, told
     /// by the broker's lookup at the same moment, tries towards us too). When one opens it is kept over
     /// the relayed connection, which carries on for the streams already on it and is closed a little later;
-    /// new streams go direct. Whether the link is direct now.
-    pub(crate) async fn upgrade(&self, username: &str, device: &DeviceEndpoint) -> bool {
+    /// new streams go direct (`keep` logs it).
+    pub(crate) async fn upgrade(&self, username: &str, device: &DeviceEndpoint) {
         if self.relay_only {
-            return false;
+            return;
         }
-        match self.race_direct(username, device, CONNECT_TIMEOUT).await {
-            Ok(c) => path(&c) == Path::Direct,
-            Err(e) => {
-                tracing::debug!(friend = username, error = %e, "still no direct path");
-                false
-            }
+        if let Err(e) = self.race_direct(username, device, CONNECT_TIMEOUT).await {
+            tracing::debug!(friend = username, error = %e, "still no direct path");
         }
     }
 
@@ -481,7 +532,11 @@ impl Direct {
     }
 
     /// Tries every candidate at once until one completes, the friend's connection to us arrives, or
-    /// `patience` runs out.
+    /// `patience` runs out. The attempts are the agent's tasks, not this future's: when the race is decided,
+    /// or abandoned (the relay won), an attempt still under way finishes on its own, and a connection it
+    /// completes goes where every connection we open goes (`opened`: kept or not by `keep`, its streams
+    /// served): the friend's side may have completed it and chosen it, and dropping it would close the one
+    /// they kept; or it is the direct path that should replace a relayed one.
     async fn race_direct(
         &self,
         username: &str,
@@ -492,12 +547,12 @@ impl Direct {
         let cfg = self.client_config(fp)?;
         let mut candidates: Vec<SocketAddr> = vec![device.observed];
         candidates.extend(device.local.iter().copied().filter(|a| *a != device.observed));
-        let (tx, mut rx) = tokio::sync::mpsc::channel(candidates.len().max(1));
-        let mut attempts = tokio::task::JoinSet::new();
+        let (tx, rx) = tokio::sync::mpsc::channel(candidates.len().max(1));
+        let mut attempts = Attempts { rx, opened: self.opened.clone(), friend: username.to_string() };
         for addr in candidates {
             let connecting = self.endpoint.connect_with(cfg.clone(), addr, "p2pim-peer");
-            let tx = tx.clone();
-            attempts.spawn(async move {
+            let (tx, opened, friend) = (tx.clone(), self.opened.clone(), username.to_string());
+            self.tasks.spawn(async move {
                 let res = match connecting {
                     Ok(c) => match tokio::time::timeout(CONNECT_TIMEOUT, c).await {
                         Ok(r) => r.map_err(|e| anyhow!("{addr}: {e}")),
@@ -505,7 +560,10 @@ impl Direct {
                     },
                     Err(e) => Err(anyhow!("{addr}: {e}")),
                 };
-                let _ = tx.send(res).await;
+                // The race is over: this one is late.
+                if let Err(tokio::sync::mpsc::error::SendError(Ok(conn))) = tx.send(res).await {
+                    let _ = opened.send(Opened { conn, friend, late: true });
+                }
             });
         }
         drop(tx);
@@ -515,7 +573,7 @@ impl Direct {
         let outcome = loop {
             let kept = self.kept.notified();
             tokio::select! {
-                res = rx.recv() => match res {
+                res = attempts.rx.recv() => match res {
                     Some(Ok(conn)) => {
                         let conn = self.keep(fp, conn, true);
                         let _ = self.opened.send(Opened { conn: conn.clone(), friend: username.into(), late: false });
@@ -536,18 +594,6 @@ impl Direct {
                 }
             }
         };
-        // Attempts still under way finish on their own, and a connection they complete goes where every
-        // connection we open goes (`opened`: kept or not by `keep`, its streams served): the friend's side
-        // may have completed it and chosen it, and dropping it here would close the one they kept.
-        let (opened, who) = (self.opened.clone(), username.to_string());
-        self.tasks.spawn(async move {
-            let _attempts = attempts;
-            while let Some(res) = rx.recv().await {
-                if let Ok(conn) = res {
-                    let _ = opened.send(Opened { conn, friend: who.clone(), late: true });
-                }
-            }
-        });
         match outcome {
             Ok(c) => Ok(c),
             // The friend's connection may have arrived meanwhile.
