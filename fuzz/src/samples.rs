@@ -370,6 +370,7 @@ pub fn control_requests() -> Vec<ControlRequest> {
         ControlRequest::Verify { username: s("bob"), action: shared::control::VerifyAction::Confirm },
         ControlRequest::LinkStart,
         ControlRequest::LinkConfirm { link_id: [3; 5], accept: true },
+        ControlRequest::Paths,
     ]
 }
 
@@ -390,6 +391,7 @@ fn variant_of_control_request(r: &ControlRequest) -> &'static str {
         ControlRequest::Verify { .. } => "Verify",
         ControlRequest::LinkStart => "LinkStart",
         ControlRequest::LinkConfirm { .. } => "LinkConfirm",
+        ControlRequest::Paths => "Paths",
     }
 }
 
@@ -432,6 +434,13 @@ pub fn control_responses() -> Vec<ControlResponse> {
             key_changed: false,
         }),
         ControlResponse::LinkCode { code: s("ABCD-EFGH-JKMN-PQRS"), link_id: [3; 5], expires_in_secs: 300 },
+        ControlResponse::Paths(vec![shared::control::PathHistory {
+            device_fingerprint: s("ef"),
+            path: s("direct"),
+            since: 5,
+            upgrades: 1,
+            fallbacks: 0,
+        }]),
     ]
 }
 
@@ -448,6 +457,7 @@ fn variant_of_control_response(r: &ControlResponse) -> &'static str {
         ControlResponse::Failed(_) => "Failed",
         ControlResponse::Verification(_) => "Verification",
         ControlResponse::LinkCode { .. } => "LinkCode",
+        ControlResponse::Paths(_) => "Paths",
     }
 }
 

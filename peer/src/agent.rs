@@ -538,6 +538,7 @@ impl Agent {
                 ControlRequest::Verify { username, action } => self.verify(&username, action).await,
                 ControlRequest::LinkStart => self.link_start().await,
                 ControlRequest::LinkConfirm { link_id, accept } => self.link_confirm(link_id, accept),
+                ControlRequest::Paths => ControlResponse::Paths(self.direct.paths()),
             };
             let written = write_frame(&mut stream, &resp).await;
             if stop_after {

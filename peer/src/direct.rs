@@ -119,6 +119,16 @@ pub(crate) struct Direct {
     reach: Mutex<HashMap<String, Vec<DeviceEndpoint>>>,
     /// Duplicate connections waiting to be closed.
     tasks: Tasks,
+    /// Per device: the path of the connection kept last, since when, and how often it changed.
+    paths: Mutex<HashMap<Fingerprint, PathRecord>>,
+}
+
+/// See [`Direct::paths`].
+struct PathRecord {
+    path: Path,
+    since: i64,
+    upgrades: u32,
+    fallbacks: u32,
 }
 
 /// The agent's view of its friend list: filled from the broker at every session start, kept current by
@@ -162,6 +172,7 @@ impl Direct {
             friends: Mutex::default(),
             reach: Mutex::default(),
             tasks: Tasks::default(),
+            paths: Mutex::default(),
         }
     }
 
@@ -348,6 +359,41 @@ impl Direct {
         links
     }
 
+    /// Notes the path of the connection now kept for a device: a change is an upgrade (relay to direct) or
+    /// a fallback (direct to relay), and starts a new "since".
+    fn record_path(&self, fp: Fingerprint, now_on: Path) {
+        let now = crate::agent::now_ms();
+        let mut paths = self.paths.lock();
+        let r = paths.entry(fp).or_insert(PathRecord { path: now_on, since: now, upgrades: 0, fallbacks: 0 });
+        if r.path != now_on {
+            match now_on {
+                Path::Direct => r.upgrades += 1,
+                Path::Relayed => r.fallbacks += 1,
+            }
+            r.path = now_on;
+            r.since = now;
+        }
+    }
+
+    /// The path history of every device connected while the agent runs, for `peer status` and `friends`.
+    pub(crate) fn paths(&self) -> Vec<shared::control::PathHistory> {
+        self.paths
+            .lock()
+            .iter()
+            .map(|(fp, r)| shared::control::PathHistory {
+                device_fingerprint: fp.to_string(),
+                path: match r.path {
+                    Path::Direct => "direct",
+                    Path::Relayed => "relayed",
+                }
+                .into(),
+                since: r.since,
+                upgrades: r.upgrades,
+                fallbacks: r.fallbacks,
+            })
+            .collect()
+    }
+
     /// Closes connections that carried no stream data for [`UNUSED`] and forgets closed ones.
     pub(crate) fn reap(&self) {
         let now = std::time::Instant::now();
@@ -423,6 +469,7 @@ impl Direct {
                 _ => conn,
             };
             conns.insert(fp, kept.clone());
+            self.record_path(fp, path(&kept));
             kept
         };
         self.kept.notify_waiters();

@@ -92,16 +92,16 @@ pub(crate) fn user_json(u: &UserInfo) -> Value {
 }
 
 /// A friend, with the live connections to their devices (`path`: direct or relayed, and the address in use).
-pub(crate) fn friend_json(f: &FriendInfo, links: &[PeerLink]) -> Value {
-    views::value(views::Friend::new(f, links))
+pub(crate) fn friend_json(f: &FriendInfo, links: &[PeerLink], paths: &[shared::control::PathHistory]) -> Value {
+    views::value(views::Friend::new(f, links, paths))
 }
 
 pub(crate) fn request_json(r: &FriendRequestInfo, direction: &str) -> Value {
     views::value(views::Request::new(r, direction))
 }
 
-pub(crate) fn status_json(s: &AgentStatus) -> Value {
-    views::value(views::Status::from(s))
+pub(crate) fn status_json(s: &AgentStatus, paths: &[shared::control::PathHistory]) -> Value {
+    views::value(views::Status::new(s, paths))
 }
 
 /// One watch event as a flat JSON object with a `type`.

@@ -25,17 +25,32 @@ impl<'a> From<&'a UserInfo> for User<'a> {
     }
 }
 
-/// A live connection to a friend's device: `path` is `direct` or `relayed`.
+/// A live connection to a friend's device: `path` is `direct` or `relayed`; with an agent that keeps them,
+/// since when, and how often it moved from the relay to a direct path (`upgrades`) and back (`fallbacks`).
 #[derive(Serialize)]
 pub(crate) struct Connection<'a> {
     pub(crate) path: &'a str,
     pub(crate) remote_addr: String,
     pub(crate) device_fingerprint: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) path_since: Option<Millis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) upgrades: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) fallbacks: Option<u32>,
 }
 
-impl<'a> From<&'a PeerLink> for Connection<'a> {
-    fn from(l: &'a PeerLink) -> Self {
-        Self { path: &l.path, remote_addr: l.remote_addr.to_string(), device_fingerprint: &l.device_fingerprint }
+impl<'a> Connection<'a> {
+    pub(crate) fn new(l: &'a PeerLink, paths: &[shared::control::PathHistory]) -> Self {
+        let h = paths.iter().find(|h| h.device_fingerprint == l.device_fingerprint && h.path == l.path);
+        Self {
+            path: &l.path,
+            remote_addr: l.remote_addr.to_string(),
+            device_fingerprint: &l.device_fingerprint,
+            path_since: h.map(|h| h.since),
+            upgrades: h.map(|h| h.upgrades),
+            fallbacks: h.map(|h| h.fallbacks),
+        }
     }
 }
 
@@ -50,13 +65,17 @@ pub(crate) struct Friend<'a> {
 }
 
 impl<'a> Friend<'a> {
-    pub(crate) fn new(f: &'a FriendInfo, links: &'a [PeerLink]) -> Self {
+    pub(crate) fn new(f: &'a FriendInfo, links: &'a [PeerLink], paths: &[shared::control::PathHistory]) -> Self {
         Self {
             user: (&f.user).into(),
             remark: f.remark.as_deref(),
             online: f.online,
             since: f.since,
-            connections: links.iter().filter(|l| l.username == f.user.username).map(Connection::from).collect(),
+            connections: links
+                .iter()
+                .filter(|l| l.username == f.user.username)
+                .map(|l| Connection::new(l, paths))
+                .collect(),
         }
     }
 }
@@ -100,8 +119,8 @@ pub(crate) struct Status<'a> {
     pub(crate) peers: Vec<Peer<'a>>,
 }
 
-impl<'a> From<&'a AgentStatus> for Status<'a> {
-    fn from(s: &'a AgentStatus) -> Self {
+impl<'a> Status<'a> {
+    pub(crate) fn new(s: &'a AgentStatus, paths: &[shared::control::PathHistory]) -> Self {
         Self {
             username: &s.username,
             display_name: s.display_name.as_deref(),
@@ -114,7 +133,11 @@ impl<'a> From<&'a AgentStatus> for Status<'a> {
             local_addrs: s.local_addrs.iter().map(ToString::to_string).collect(),
             since: s.since,
             agent_pid: s.agent_pid,
-            peers: s.peers.iter().map(|p| Peer { username: &p.username, connection: p.into() }).collect(),
+            peers: s
+                .peers
+                .iter()
+                .map(|p| Peer { username: &p.username, connection: Connection::new(p, paths) })
+                .collect(),
         }
     }
 }

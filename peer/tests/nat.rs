@@ -146,6 +146,8 @@ fn a_direct_pair_whose_path_dies_falls_back_to_the_relay() {
     let out = alice.ok(&["send", "bob", "two, after the path died"]);
     assert!(out.contains("delivered"), "{out}\nalice's log:\n{}", alice.agent_log());
     assert_eq!(path(&alice), "relayed");
+    let peers = alice.json(&["status", "--json"])["peers"].clone();
+    assert!(peers[0]["fallbacks"].as_u64().unwrap() >= 1, "{peers}");
     assert_eq!(texts(&bob, "alice"), ["one, direct", "two, after the path died"], "each once, in order");
 }
 
@@ -182,6 +184,8 @@ fn a_relayed_pair_becomes_direct_when_a_path_opens() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    let conn = alice.json(&["friends", "--json"])[0]["connections"][0].clone();
+    assert!(conn["upgrades"].as_u64().unwrap() >= 1 && conn["path_since"].is_i64(), "{conn}");
     assert!(alice.ok(&["send", "bob", "two, direct"]).contains("delivered"));
     assert!(bob.ok(&["send", "alice", "three, back"]).contains("delivered"));
     assert_eq!(texts(&bob, "alice"), ["one, through the relay", "two, direct", "three, back"], "each once, in order");

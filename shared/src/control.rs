@@ -47,6 +47,23 @@ pub enum ControlRequest {
     LinkStart,
     /// The user compared the confirmation words: link the device (or refuse it).
     LinkConfirm { link_id: [u8; 5], accept: bool },
+    /// How each friend's device has been reached ([`ControlResponse::Paths`]): on which path since when, and
+    /// how often it moved between the relay and a direct path.
+    Paths,
+}
+
+/// The path history of the connection to one friend's device, while the agent runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+pub struct PathHistory {
+    pub device_fingerprint: String,
+    /// `direct` or `relayed`.
+    pub path: String,
+    /// On this path since.
+    pub since: Millis,
+    /// Moves from the relay to a direct path.
+    pub upgrades: u32,
+    /// Moves from a direct path (that died) to the relay.
+    pub fallbacks: u32,
 }
 
 /// What `peer verify` does besides showing.
@@ -104,6 +121,8 @@ pub enum ControlResponse {
         link_id: [u8; 5],
         expires_in_secs: u64,
     },
+    /// For [`ControlRequest::Paths`].
+    Paths(Vec<PathHistory>),
 }
 
 impl ControlResponse {

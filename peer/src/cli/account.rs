@@ -122,7 +122,7 @@ pub(super) async fn status(home: &Home, json: bool) -> Result<()> {
         bail!("unexpected answer from the agent")
     };
     if json {
-        print_json(&output::status_json(&s));
+        print_json(&output::status_json(&s, &paths(home).await));
         return Ok(());
     }
     let name = s.display_name.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();

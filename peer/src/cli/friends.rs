@@ -11,7 +11,8 @@ pub(super) async fn friends(home: &Home, args: FriendsArgs) -> Result<()> {
         };
         let unread = unread_counts(home).await?;
         let pins = crate::trust::pins(&home.db).await?;
-        print_friends(&list, &links, &unread, &pins, args.json);
+        let paths = paths(home).await;
+        print_friends(&list, &links, &unread, &pins, &paths, args.json);
         return Ok(());
     };
     match cmd {
@@ -91,6 +92,7 @@ pub(super) fn print_friends(
     links: &[shared::control::PeerLink],
     unread: &[reads::Unread],
     pins: &std::collections::HashMap<String, (bool, bool)>,
+    paths: &[shared::control::PathHistory],
     json: bool,
 ) {
     let unread_of = |name: &str| reads::count(unread, &Conversation::Friend(name.to_string()));
@@ -100,7 +102,7 @@ pub(super) fn print_friends(
             &list
                 .iter()
                 .map(|f| {
-                    let mut v = output::friend_json(f, links);
+                    let mut v = output::friend_json(f, links, paths);
                     v["unread"] = unread_of(&f.user.username).into();
                     let (verified, key_changed) = trust_of(&f.user.username);
                     v["verified"] = verified.into();
