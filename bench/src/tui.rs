@@ -58,6 +58,7 @@ pub(crate) async fn tui_bench(messages: usize, conversations: usize, arrivals: u
         requests: Vec::new(),
         invitations: Vec::new(),
         files: Vec::new(),
+        pins: Default::default(),
     }));
     let actions = app.start(Some(bob.clone()));
     run(&mut app, &store, actions).await;

@@ -41,6 +41,20 @@ pub struct Conv {
     pub online: Option<bool>,
     pub unread: i64,
     pub last_at: Millis,
+    /// Friends only: what this device knows of their account key.
+    pub trust: KeyTrust,
+}
+
+/// A friend's account key as the sidebar marks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyTrust {
+    /// Pinned (or not seen yet), not compared.
+    #[default]
+    Unverified,
+    /// Safety numbers compared (`peer verify --confirm`).
+    Verified,
+    /// The broker serves another key: messages to them are held.
+    Changed,
 }
 
 /// One message (or notice) in the open conversation.
@@ -113,6 +127,8 @@ pub enum Loaded {
         requests: Vec<FriendRequestInfo>,
         invitations: Vec<GroupInvitation>,
         files: Vec<Transfer>,
+        /// Friends' pinned keys: (verified, changed), by username.
+        pins: std::collections::HashMap<String, (bool, bool)>,
     },
     /// A page of history, oldest first; `older`: a page before what is shown.
     History { key: ConvKey, lines: Vec<Line>, older: bool },
@@ -809,7 +825,7 @@ impl App {
                 );
                 self.note_in(&ConvKey::Friend(username), at, &text);
                 self.notice = Some(text);
-                vec![Action::Bell]
+                vec![Action::Bell, Action::LoadSidebar]
             }
             AgentEvent::LinkRequest { device_name, words, .. } => {
                 self.notice = Some(format!(
@@ -941,7 +957,7 @@ impl App {
 
     fn loaded(&mut self, l: Loaded) -> Vec<Action> {
         match l {
-            Loaded::Sidebar { friends, groups, unread, requests, invitations, files } => {
+            Loaded::Sidebar { friends, groups, unread, requests, invitations, files, pins } => {
                 let unread_of =
                     |k: &ConvKey| unread.iter().find(|(u, _, _)| u == k).map_or((0, 0), |(_, n, t)| (*n, *t));
                 let open = self.open.clone();
@@ -957,13 +973,18 @@ impl App {
                             }
                             None => f.user.username.clone(),
                         };
-                        Conv { key, title, online: Some(f.online), unread: n, last_at: t }
+                        let trust = match pins.get(&f.user.username) {
+                            Some((_, true)) => KeyTrust::Changed,
+                            Some((true, false)) => KeyTrust::Verified,
+                            _ => KeyTrust::Unverified,
+                        };
+                        Conv { key, title, online: Some(f.online), unread: n, last_at: t, trust }
                     })
                     .collect();
                 convs.extend(groups.iter().map(|g| {
                     let key = ConvKey::Group(g.group_id);
                     let (n, t) = unread_of(&key);
-                    Conv { key, title: g.name.clone(), online: None, unread: n, last_at: t }
+                    Conv { key, title: g.name.clone(), online: None, unread: n, last_at: t, trust: KeyTrust::default() }
                 }));
                 if let Some(k) = &open {
                     for c in convs.iter_mut().filter(|c| &c.key == k) {

@@ -305,7 +305,8 @@ async fn sidebar(store: &Store) -> Result<Loaded> {
         ControlResponse::Transfers(t) => t,
         _ => Vec::new(),
     };
-    Ok(Loaded::Sidebar { friends, groups, unread: store.unread().await?, requests, invitations, files })
+    let pins = crate::trust::pins(&home.db).await?;
+    Ok(Loaded::Sidebar { friends, groups, unread: store.unread().await?, requests, invitations, files, pins })
 }
 
 async fn ok(home: &Home, req: Request, done: String) -> Result<Reply> {

@@ -43,6 +43,7 @@ fn app() -> App {
         requests: Vec::new(),
         invitations: Vec::new(),
         files: Vec::new(),
+        pins: Default::default(),
     }));
     a
 }
@@ -333,6 +334,7 @@ fn hostile_text_is_shown_escaped_on_every_screen() {
         requests: Vec::new(),
         invitations: Vec::new(),
         files: Vec::new(),
+        pins: Default::default(),
     }));
     a.handle(Input::Key(KeyEvent::new(KeyCode::Down, KeyModifiers::ALT)));
     let key_open = a.open.clone().unwrap();
@@ -406,4 +408,25 @@ fn a_read_mark_from_anywhere_clears_that_count_without_reloading() {
     let actions = a.handle(Input::Event(AgentEvent::Read { conversation: "u:bob".into(), up_to: 9, at: 1 }));
     assert!(actions.is_empty());
     assert_eq!(a.convs.iter().find(|c| c.key == ConvKey::Friend("bob".into())).unwrap().unread, 0);
+}
+
+#[test]
+fn the_sidebar_marks_verified_friends_and_changed_keys() {
+    let mut a = App::new("alice");
+    a.handle(Input::Loaded(Loaded::Sidebar {
+        friends: vec![friend("bob", "bob", true), friend("carol", "carol", true), friend("dave", "dave", false)],
+        groups: Vec::new(),
+        unread: Vec::new(),
+        requests: Vec::new(),
+        invitations: Vec::new(),
+        files: Vec::new(),
+        pins: [("bob".to_string(), (true, false)), ("carol".to_string(), (true, true))].into(),
+    }));
+    let s = screen(&mut a, 80, 24);
+    assert!(s.lines().any(|l| l.contains("bob ✓")), "{s}");
+    assert!(s.lines().any(|l| l.contains("carol !")), "a changed key wins over verified: {s}");
+    assert!(s.lines().any(|l| l.contains("dave") && !l.contains("dave ✓") && !l.contains("dave !")), "{s}");
+    // A key change found by the agent refreshes the marks.
+    let actions = a.handle(Input::Event(AgentEvent::KeyChanged { username: "dave".into(), at: 1 }));
+    assert!(actions.contains(&Action::LoadSidebar));
 }

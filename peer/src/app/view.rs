@@ -5,7 +5,7 @@
 //! terminal. Widths are display widths (`unicode-width`), so 张三 and 家人群 take two columns a character and
 //! columns line up. Only the rows on screen are laid out, whatever the length of the conversation.
 
-use super::{App, ConvKey, Line as Msg, Mode};
+use super::{App, ConvKey, KeyTrust, Line as Msg, Mode};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
@@ -91,7 +91,13 @@ fn draw_sidebar(app: &App, f: &mut Frame<'_>, area: Rect) {
         let open = app.open.as_ref() == Some(&c.key);
         let unread = if c.unread > 0 { format!(" {}", c.unread) } else { String::new() };
         let mark = marker(c.online, &c.key);
-        let title = fit(&safe(&c.title), width.saturating_sub(2 + unread.len()));
+        // A friend's key: ✓ compared, ! changed (messages held); nothing while only pinned.
+        let (trust, trust_style) = match c.trust {
+            KeyTrust::Verified => (" ✓", Style::default().fg(Color::Green)),
+            KeyTrust::Changed => (" !", Style::default().fg(Color::Red).bold()),
+            KeyTrust::Unverified => ("", Style::default()),
+        };
+        let title = fit(&safe(&c.title), width.saturating_sub(2 + unread.len() + trust.chars().count()));
         let mut style = Style::default();
         if open {
             style = style.add_modifier(Modifier::REVERSED);
@@ -106,6 +112,7 @@ fn draw_sidebar(app: &App, f: &mut Frame<'_>, area: Rect) {
             dot,
             Span::raw(" "),
             Span::styled(title, style),
+            Span::styled(trust, trust_style),
             Span::styled(unread, Style::default().fg(Color::Cyan).bold()),
         ]));
     }
