@@ -29,6 +29,12 @@ struct Args {
     /// Directory for the broker's TLS identity and (by default) its SQLite database. Created 0700.
     #[arg(long, env = "BROKER_DATA", default_value = "broker-data")]
     data: PathBuf,
+    /// The broker's TLS identity: FILE holds the key (0600), FILE with `.crt` for its extension the
+    /// certificate; both are made if neither exists. Brokers that serve the same users (on one database)
+    /// present the same identity, so that clients pin one fingerprint: copy both files. Default:
+    /// DATA/broker.key.
+    #[arg(long, env = "BROKER_IDENTITY")]
+    identity: Option<PathBuf>,
     /// Database URL: sqlite:PATH, postgres://user@host/db or mysql://user@host/db. Default: sqlite in --data.
     #[arg(long, env = "BROKER_DATABASE")]
     database: Option<String>,
@@ -96,6 +102,7 @@ async fn run() -> anyhow::Result<()> {
     let cfg = Config {
         listen: args.listen,
         data_dir: args.data,
+        identity: args.identity,
         database_url,
         hash_cost: HashCost { memory_kib: args.argon2_memory_kib, iterations: args.argon2_iterations },
         token_ttl: Duration::from_secs(args.token_ttl_days * 86_400),

@@ -7,7 +7,7 @@ use crate::table::Table;
 use certs::Identity;
 use certs::verify::ClientPolicy;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -18,6 +18,8 @@ use tracing::field::Empty;
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// The identity's key file (its certificate beside it, `.crt`); `None`: `DATA/broker.key`.
+    pub identity: Option<PathBuf>,
     pub database_url: String,
     pub hash_cost: HashCost,
     pub token_ttl: Duration,
@@ -103,7 +105,16 @@ impl Broker {
     /// Opens the data directory, identity and database, and binds the UDP socket.
     pub async fn bind(cfg: &Config) -> anyhow::Result<Self> {
         certs::secret_file::private_dir(&cfg.data_dir)?;
-        let identity = Identity::load_or_create(&cfg.data_dir, "broker", "p2pim-broker")?;
+        let identity = match &cfg.identity {
+            Some(file) => {
+                let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let stem = file.file_stem().and_then(|s| s.to_str()).ok_or_else(|| {
+                    anyhow::anyhow!("--identity {}: name the key file, e.g. /etc/p2pim/broker.key", file.display())
+                })?;
+                Identity::load_or_create(dir, stem, "p2pim-broker")?
+            }
+            None => Identity::load_or_create(&cfg.data_dir, "broker", "p2pim-broker")?,
+        };
         let db = Db::open(&cfg.database_url).await?;
         let table = Arc::new(Table::default());
         let accounts = Accounts::new(

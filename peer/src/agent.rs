@@ -37,7 +37,9 @@ pub(crate) struct Agent {
     pub(crate) direct: Direct,
     /// Sends and retries per friend, each friend's delivered by one run at a time (order holds).
     pub(crate) outboxes: Mutex<crate::core::outbox::Queues<crate::chat::Outgoing>>,
-    broker_addr: SocketAddr,
+    /// The brokers to try, in order (one, or several that serve the same users), and the one in use.
+    broker_addrs: Vec<SocketAddr>,
+    broker_at: std::sync::atomic::AtomicUsize,
     /// The broker session's connection and status.
     pub(crate) broker: BrokerSession,
     events: broadcast::Sender<AgentEvent>,
@@ -113,7 +115,8 @@ pub(crate) async fn run(
         broker: broker_link.clone(),
         relay_only,
     });
-    let broker_addr = net::resolve(&account.broker).await?;
+    let broker_addrs = net::resolve_all(&account.broker).await?;
+    let broker_addr = broker_addrs[0];
     let status = AgentStatus {
         username: account.username.clone(),
         display_name: None,
@@ -139,7 +142,8 @@ pub(crate) async fn run(
         endpoint,
         direct,
         outboxes: Mutex::default(),
-        broker_addr,
+        broker_addrs,
+        broker_at: std::sync::atomic::AtomicUsize::new(0),
         broker: BrokerSession::new(broker_link, status),
         relays,
         relay_server,
@@ -204,8 +208,14 @@ impl Agent {
     async fn broker_loop(self: &Arc<Self>) -> Result<()> {
         let mut reconnect = Reconnect::default();
         loop {
-            let span = tracing::info_span!("session", broker = %self.broker_addr, id = tracing::field::Empty);
-            let end = tracing::Instrument::instrument(self.session(), span).await;
+            let addr = self.broker_addr();
+            let span = tracing::info_span!("session", broker = %addr, id = tracing::field::Empty);
+            let end = tracing::Instrument::instrument(self.session(addr), span).await;
+            // A broker that could not be reached: the next one of several is tried (one that was up and
+            // dropped is tried again first: it may have just restarted).
+            if matches!(end, End::Failed(_)) && self.broker_addrs.len() > 1 {
+                self.broker_at.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             match &end {
                 End::Lost(reason) => tracing::warn!(reason, "broker session lost; reconnecting"),
                 End::Failed(reason) => tracing::warn!(reason, "cannot reach the broker; will retry"),
@@ -218,10 +228,17 @@ impl Agent {
         }
     }
 
+    /// The broker to connect to now.
+    fn broker_addr(&self) -> SocketAddr {
+        let at = self.broker_at.load(std::sync::atomic::Ordering::Relaxed);
+        self.broker_addrs[at % self.broker_addrs.len()]
+    }
+
     /// One broker session, from connect to loss.
-    async fn session(self: &Arc<Self>) -> End {
+    async fn session(self: &Arc<Self>, addr: SocketAddr) -> End {
         let pin = ServerPin::Exact(self.account.broker_fingerprint);
-        let conn = match net::connect_broker(&self.endpoint, &self.identity, self.broker_addr, pin).await {
+        let patience = net::connect_patience(self.broker_addrs.len());
+        let conn = match net::connect_broker(&self.endpoint, &self.identity, addr, pin, patience).await {
             Ok(c) => c,
             Err(e) if e.downcast_ref::<net::BrokerIdentityChanged>().is_some() => {
                 return End::Fatal(format!("{e:#}"));

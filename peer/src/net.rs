@@ -3,7 +3,7 @@
 //! One quinn endpoint is both client and server, so the address the broker observes for our session is the
 //! very mapping a friend can reach us on, NAT included.
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use certs::verify::{ClientPolicy, ServerPin};
 use certs::{Fingerprint, Identity};
 use shared::io::{read_frame, write_frame};
@@ -61,27 +61,52 @@ pub(crate) fn endpoint(
     Ok(Bound { endpoint, relay_server: Arc::new(relay_server) })
 }
 
-/// Resolves `HOST:PORT` (a missing port means the default 7878).
-pub(crate) async fn resolve(broker: &str) -> Result<SocketAddr> {
-    let with_port = if broker.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !broker.ends_with(']')
-    {
-        broker.to_string()
-    } else {
-        format!("{broker}:{}", shared::proto::DEFAULT_PORT)
-    };
-    tokio::net::lookup_host(&with_port)
-        .await
-        .with_context(|| format!("cannot resolve broker address {broker}"))?
-        .next()
-        .ok_or_else(|| anyhow!("broker address {broker} resolves to nothing"))
+/// Resolves a broker setting: `HOST:PORT` (a missing port means the default 7878), or several of them
+/// separated by commas (brokers that serve the same users), each name to every address it has. In the
+/// order given, without repeats: the agent tries them in that order.
+pub(crate) async fn resolve_all(brokers: &str) -> Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for broker in brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+        let with_port =
+            if broker.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !broker.ends_with(']') {
+                broker.to_string()
+            } else {
+                format!("{broker}:{}", shared::proto::DEFAULT_PORT)
+            };
+        let found = tokio::net::lookup_host(&with_port)
+            .await
+            .with_context(|| format!("cannot resolve broker address {broker}"))?;
+        let mut any = false;
+        for addr in found {
+            any = true;
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+        if !any {
+            bail!("broker address {broker} resolves to nothing");
+        }
+    }
+    if out.is_empty() {
+        bail!("no broker address given: --broker HOST:PORT (or several, separated by commas)");
+    }
+    Ok(out)
 }
 
-/// Connects to the broker, checking its certificate against `pin`.
+/// How long a broker may take to answer a connection: the only one, or one of several (then the next is
+/// tried sooner, so that losing a broker host costs seconds).
+pub(crate) fn connect_patience(brokers: usize) -> Duration {
+    if brokers > 1 { Duration::from_secs(3) } else { Duration::from_secs(10) }
+}
+
+/// Connects to the broker, checking its certificate against `pin`, waiting at most `patience` for the
+/// handshake ([`connect_patience`]).
 pub(crate) async fn connect_broker(
     endpoint: &quinn::Endpoint,
     identity: &Identity,
     addr: SocketAddr,
     pin: ServerPin,
+    patience: Duration,
 ) -> Result<quinn::Connection> {
     // An exact pin is watched, so that a changed identity is known by type (see `BrokerIdentityChanged`).
     let pin = match pin {
@@ -92,13 +117,16 @@ pub(crate) async fn connect_broker(
     let mut cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
     cfg.transport_config(Arc::new(transport()));
     let connecting = endpoint.connect_with(cfg, addr, "p2pim-broker")?;
-    match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+    match tokio::time::timeout(patience, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => match pin.changed() {
             Some(changed) => Err(BrokerIdentityChanged { changed, addr }.into()),
             None => Err(anyhow!("cannot connect to the broker at {addr}: {e}")),
         },
-        Err(_) => Err(anyhow!("no answer from the broker at {addr} within 10 s: is it running, and is UDP open?")),
+        Err(_) => Err(anyhow!(
+            "no answer from the broker at {addr} within {} s: is it running, and is UDP open?",
+            patience.as_secs()
+        )),
     }
 }
 
@@ -119,17 +147,38 @@ pub(crate) struct BrokerIdentityChanged {
 /// endpoint and connection of its own, closed cleanly once the answer is in.
 pub(crate) async fn request_once(
     identity: &Identity,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     pin: ServerPin,
     req: &Request,
 ) -> Result<Response> {
-    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let endpoint = quinn::Endpoint::client(bind)?;
-    let conn = connect_broker(&endpoint, identity, addr, pin).await?;
+    let (endpoint, conn) = connect_first(identity, addrs, pin).await?;
     let resp = request(&conn, req).await;
     conn.close(quinn::VarInt::from_u32(0), b"done");
     endpoint.wait_idle().await;
     resp
+}
+
+/// A client endpoint and a connection to the first of `addrs` that answers (brokers that serve the same
+/// users). A broker whose identity changed is an answer: nothing else is tried after it.
+pub(crate) async fn connect_first(
+    identity: &Identity,
+    addrs: &[SocketAddr],
+    pin: ServerPin,
+) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    let mut errors = Vec::new();
+    for addr in addrs {
+        let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+        let endpoint = quinn::Endpoint::client(bind)?;
+        match connect_broker(&endpoint, identity, *addr, pin.clone(), connect_patience(addrs.len())).await {
+            Ok(conn) => return Ok((endpoint, conn)),
+            Err(e) if e.downcast_ref::<BrokerIdentityChanged>().is_some() => return Err(e),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    match errors.as_slice() {
+        [one] => bail!("{one}"),
+        _ => bail!("no broker answered: {}", errors.join("; ")),
+    }
 }
 
 /// Sends one request on its own stream and waits for the one response.

@@ -128,6 +128,33 @@ impl Broker {
         )
     }
 
+    /// Starts `n` brokers over one fresh database, presenting one identity (the first's key file, given
+    /// to the others with `--identity`), each with its own data directory and port: brokers that serve the
+    /// same users, for failover.
+    pub fn start_sharing(backend: &Backend, n: usize) -> Vec<Self> {
+        let data = tempfile::tempdir().unwrap();
+        let db = TestDb::create(backend, data.path());
+        let key = data.path().join("broker.key");
+        let key = key.to_str().unwrap().to_string();
+        let any = "127.0.0.1:0".parse().unwrap();
+        let (child, addr, fingerprint) = spawn_broker(data.path(), &db.url, any, &["--identity", &key]);
+        let mut out = Vec::new();
+        for _ in 1..n {
+            let d = tempfile::tempdir().unwrap();
+            let (c, a, f) = spawn_broker(d.path(), &db.url, any, &["--identity", &key]);
+            out.push(Self {
+                child: Some(c),
+                addr: a,
+                fingerprint: f,
+                data: d,
+                db: db.shared(),
+                backend: backend.name(),
+            });
+        }
+        out.insert(0, Self { child: Some(child), addr, fingerprint, data, db, backend: backend.name() });
+        out
+    }
+
     /// Starts a broker inside network namespace `netns` (a NAT lab host), listening on `listen`.
     pub fn start_in(netns: &str, listen: SocketAddr, extra: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();

@@ -34,14 +34,14 @@ pub(crate) struct SignedIn {
 pub(crate) async fn sign_in(home: &Home, broker: &str, pinned: Option<Fingerprint>, req: Request) -> Result<SignedIn> {
     let identity = home.identity()?;
     let register = matches!(req, Request::Register { .. });
-    let addr = net::resolve(broker).await?;
+    let addrs = net::resolve_all(broker).await?;
     let pinned = match pinned {
         Some(fp) => Some(fp),
         None => home.pinned(broker).await?,
     };
     let seen = Arc::new(Mutex::new(None));
     let pin = pinned.map(ServerPin::Exact).unwrap_or_else(|| ServerPin::FirstUse(seen.clone()));
-    let (username, token) = match net::request_once(&identity, addr, pin, &req).await? {
+    let (username, token) = match net::request_once(&identity, &addrs, pin, &req).await? {
         Response::Token { username, token, .. } => (username, token),
         Response::Error(e) => bail!("{}", e.message),
         other => bail!("unexpected answer from the broker: {other:?}"),
@@ -98,10 +98,10 @@ pub(super) async fn logout(home: &Home) -> Result<()> {
     }
     let account = home.account().await?;
     let revoked = async {
-        let addr = net::resolve(&account.broker).await?;
+        let addrs = net::resolve_all(&account.broker).await?;
         let pin = ServerPin::Exact(account.broker_fingerprint);
         let req = Request::RevokeToken { token: account.token.clone() };
-        match net::request_once(&home.identity()?, addr, pin, &req).await? {
+        match net::request_once(&home.identity()?, &addrs, pin, &req).await? {
             Response::Ok => Ok(()),
             other => bail!("unexpected answer from the broker: {other:?}"),
         }

@@ -177,16 +177,14 @@ pub(super) async fn link(home: &Home, code: &str, broker: &BrokerArgs, name: Opt
     let name = name.unwrap_or_else(crate::home::default_device_name);
     validate::display_name(&name).map_err(|_| anyhow!("a device name is 1-64 characters, no control characters"))?;
     let identity = home.identity()?;
-    let addr = net::resolve(&broker.broker).await?;
+    let addrs = net::resolve_all(&broker.broker).await?;
     let pinned = broker.broker_fingerprint.as_deref().map(str::parse::<Fingerprint>).transpose()?;
     let seen = Arc::new(Mutex::new(None));
     let pin = pinned.map(ServerPin::Exact).unwrap_or_else(|| ServerPin::FirstUse(seen.clone()));
     // One endpoint for the broker and the other device: the address the broker saw is the one the other
     // device's packets (if it punches towards us) open.
-    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let endpoint = quinn::Endpoint::client(bind)?;
-    let conn = net::connect_broker(&endpoint, &identity, addr, pin).await?;
-    let local_addrs = net::local_candidates(&endpoint, addr);
+    let (endpoint, conn) = net::connect_first(&identity, &addrs, pin).await?;
+    let local_addrs = net::local_candidates(&endpoint, conn.remote_address());
     let (username, existing) = match net::request(&conn, &Request::LinkClaim { link_id: code.id, local_addrs }).await? {
         Response::LinkPeer { username, device } => (username, device),
         Response::Error(e) => return Err(BrokerRefused(e).into()),

@@ -289,7 +289,8 @@ pub(crate) enum AccountCmd {
 
 #[derive(Args, Debug)]
 pub(crate) struct BrokerArgs {
-    /// The broker, as HOST:PORT (port 7878 if left out).
+    /// The broker, as HOST:PORT (port 7878 if left out). Brokers that serve the same users (one database,
+    /// one identity) may be listed, separated by commas: the agent moves to the next when one stops answering.
     #[arg(long, env = "PEER_BROKER")]
     broker: String,
     /// Pin the broker's SHA-256 fingerprint up front instead of trusting it on first use.
