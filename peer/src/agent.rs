@@ -314,11 +314,23 @@ impl Agent {
             }
         };
         let name = self.home.device_name().await.unwrap_or_else(|_| crate::home::default_device_name());
+        // The same record every session (Ed25519 signs deterministically), so that the broker has nothing to
+        // write: the moment the record was first made is kept with it.
+        let created_at = match self.home.get("device_created_at").await.ok().flatten().and_then(|t| t.parse().ok()) {
+            Some(t) => t,
+            None => {
+                let t = now_ms();
+                if let Err(e) = self.home.set("device_created_at", &t.to_string()).await {
+                    tracing::warn!(error = %e, "could not keep when this device's record was made");
+                }
+                t
+            }
+        };
         let record = key.sign(shared::trust::DeviceRecord {
             username: self.account.username.clone(),
             fingerprint: self.identity.fingerprint().0,
             name,
-            created_at: now_ms(),
+            created_at,
         });
         match net::request(conn, &Request::Certify { account_key: key.public(), record }).await {
             Ok(Response::Ok) => tracing::debug!("device record published"),

@@ -46,6 +46,22 @@ impl Db {
         record: &str,
         now: i64,
     ) -> Result<Certified, DbError> {
+        // The usual case, a device publishing at each session start the record it published before: one
+        // read, no write (a revocation deletes the record in the same step, so a stored one is not revoked).
+        let same: Option<(Option<String>, Option<String>)> = sqlx::query_as(self.sql(sql!(
+            "SELECT u.account_key, d.record FROM users u \
+             LEFT JOIN devices d ON d.username = u.username AND d.fingerprint = ? WHERE u.username = ?"
+        )))
+        .bind(fingerprint)
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some((Some(k), Some(r))) = &same
+            && k == key
+            && r == record
+        {
+            return Ok(Certified::Stored { first_key: false });
+        }
         let mut tx = self.pool.begin().await?;
         // Takes the user's row for the rest of the transaction (a write lock on every backend).
         sqlx::query(self.sql(sql!("UPDATE users SET account_key = account_key WHERE username = ?")))

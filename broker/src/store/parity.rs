@@ -202,6 +202,9 @@ async fn devices(db: &Db) {
     assert_eq!(db.account_key("dave").await.unwrap().as_deref(), Some("k1"));
     assert_eq!(db.certify("dave", "k2", "f2", "r2", 6).await.unwrap(), Certified::OtherKey, "first key wins");
     assert_eq!(db.certify("dave", "k1", "f2", "r2", 6).await.unwrap(), Certified::Stored { first_key: false });
+    // The same record again (every session start): stored, unchanged.
+    assert_eq!(db.certify("dave", "k1", "f2", "r2", 7).await.unwrap(), Certified::Stored { first_key: false });
+    assert_eq!(db.certify("dave", "k2", "f2", "r2", 7).await.unwrap(), Certified::OtherKey, "not with another key");
     // A rename replaces the record and keeps when it was made.
     assert_eq!(db.certify("dave", "k1", "f1", "r1b", 9).await.unwrap(), Certified::Stored { first_key: false });
     let (key, rows) = db.devices("dave").await.unwrap();
