@@ -20,6 +20,18 @@ pub(crate) enum Admitted {
     Held { why: String, first: bool },
 }
 
+/// What a lookup or a caller's key comes to (see [`Trust::check_key`]).
+enum KeyUse {
+    /// Check records against this key (the pin, or a key pinned just now).
+    Check(AccountKey),
+    /// Another key than the pin, seen just now: tell the user, hold.
+    ChangedNow,
+    /// A change the user has not accepted yet: hold.
+    Held,
+    /// The account has no key: no device can be checked, none is accepted.
+    NoKey,
+}
+
 /// The pins, in memory and in the database.
 pub(crate) struct Trust {
     db: Db,
@@ -71,22 +83,17 @@ impl Trust {
     /// Reads a lookup's answer: pins a first key, holds on a changed one, and keeps only the devices the
     /// pinned key certified.
     pub(crate) async fn admit(&self, friend: &str, located: Located) -> Result<Admitted> {
-        let Some(key) = self.key_to_use(friend, located.account_key).await? else {
-            let pin = self.pin(friend);
-            return Ok(match pin {
-                Some(p) if p.new_key.is_some() => Admitted::Held { why: held_why(friend), first: false },
-                _ => {
-                    if !located.devices.is_empty() {
-                        tracing::warn!(friend, "the broker served no account key for a friend; no device accepted");
-                    }
-                    Admitted::Devices(Vec::new())
+        Ok(match self.check_key(friend, located.account_key).await? {
+            KeyUse::Check(key) => Admitted::Devices(self.certified(friend, &key, located.devices)),
+            KeyUse::ChangedNow => Admitted::Held { why: held_why(friend), first: true },
+            KeyUse::Held => Admitted::Held { why: held_why(friend), first: false },
+            KeyUse::NoKey => {
+                if !located.devices.is_empty() {
+                    tracing::warn!(friend, "the broker served no account key for a friend; no device accepted");
                 }
-            });
-        };
-        if key.1 {
-            return Ok(Admitted::Held { why: held_why(friend), first: true });
-        }
-        Ok(Admitted::Devices(self.certified(friend, &key.0, located.devices)))
+                Admitted::Devices(Vec::new())
+            }
+        })
     }
 
     /// Reads an announced caller (`PeerCalling`): its device key if its record verifies under the pin.
@@ -96,18 +103,17 @@ impl Trust {
         account_key: Option<AccountKey>,
         device: CertifiedDevice,
     ) -> Result<Option<DeviceEndpoint>> {
-        match self.key_to_use(friend, account_key).await? {
-            Some((key, false)) => Ok(self.certified(friend, &key, vec![device]).pop()),
-            _ => Ok(None),
+        match self.check_key(friend, account_key).await? {
+            KeyUse::Check(key) => Ok(self.certified(friend, &key, vec![device]).pop()),
+            KeyUse::ChangedNow | KeyUse::Held | KeyUse::NoKey => Ok(None),
         }
     }
 
-    /// The key to check records with, pinning on first sight: `None` when there is none to use (no key
-    /// served, or a changed key not accepted); `(key, true)` when a change was seen just now.
-    async fn key_to_use(&self, friend: &str, served: Option<AccountKey>) -> Result<Option<(AccountKey, bool)>> {
+    /// What to do with the key the broker served, pinning it on first sight and recording a change.
+    async fn check_key(&self, friend: &str, served: Option<AccountKey>) -> Result<KeyUse> {
         let pin = self.pin(friend);
         match trust::key_seen(pin.as_ref(), served) {
-            KeySeen::Pinned(k) => Ok(Some((k, false))),
+            KeySeen::Pinned(k) => Ok(KeyUse::Check(k)),
             KeySeen::First(k) => {
                 sqlx::query(
                     "INSERT INTO friend_keys (username, account_key, pinned_at, verified) VALUES (?, ?, ?, 0) \
@@ -120,7 +126,7 @@ impl Trust {
                 .await?;
                 self.pins.lock().insert(friend.to_string(), Pin { key: k, verified: false, new_key: None });
                 tracing::info!(friend, key = hex::encode(k), "pinned a friend's account key on first contact");
-                Ok(Some((k, false)))
+                Ok(KeyUse::Check(k))
             }
             KeySeen::Changed(k) => {
                 sqlx::query("UPDATE friend_keys SET new_key = ?, changed_at = ? WHERE username = ?")
@@ -133,10 +139,12 @@ impl Trust {
                     p.new_key = Some(k);
                 }
                 tracing::warn!(friend, key = hex::encode(k), "a friend's account key changed; messages held");
-                // Reported as held, with `first` set: the caller tells the user.
-                Ok(Some((k, true)))
+                Ok(KeyUse::ChangedNow)
             }
-            KeySeen::StillChanged | KeySeen::None => Ok(None),
+            KeySeen::StillChanged => Ok(KeyUse::Held),
+            // A broker that stops serving a key after a change gets nothing more for that.
+            KeySeen::None if pin.is_some_and(|p| p.new_key.is_some()) => Ok(KeyUse::Held),
+            KeySeen::None => Ok(KeyUse::NoKey),
         }
     }
 
