@@ -19,8 +19,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{Notify, broadcast};
 
-/// How often relayed links try again for a direct path.
-const UPGRADE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// How soon relayed links try again for a direct path, the first few times ...
+const UPGRADE_SOON: std::time::Duration = std::time::Duration::from_secs(10);
+/// ... and then: longer than a router keeps the state an unanswered UDP packet left (30 s on Linux), which
+/// every failed attempt renews and which can make that router renumber the friend's packets.
+const UPGRADE_EVERY: std::time::Duration = std::time::Duration::from_secs(35);
 
 /// Events buffered for a slow `peer watch` before it starts missing some.
 const WATCH_BUFFER: usize = 1024;
@@ -103,7 +106,8 @@ pub(crate) async fn run(
     let identity = home.identity()?;
     let allowed = net::Allowed::default();
     let relays = Arc::new(crate::relay::Relays::default());
-    let net::Bound { endpoint, relay_server } = net::endpoint(&identity, bind, allowed.clone(), relays.clone())?;
+    let net::Bound { endpoint, relay_server, opener } =
+        net::endpoint(&identity, bind, allowed.clone(), relays.clone())?;
     let broker_link = crate::direct::BrokerLink::default();
     let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel();
     let direct = Direct::new(crate::direct::DirectParts {
@@ -114,6 +118,7 @@ pub(crate) async fn run(
         relays: relays.clone(),
         broker: broker_link.clone(),
         relay_only,
+        opener,
     });
     let broker_addrs = net::resolve_all(&account.broker).await?;
     let broker_addr = broker_addrs[0];
@@ -363,8 +368,8 @@ impl Agent {
     /// mapping that did not open at first (a router's state, a race of first packets, a network that
     /// changed) often opens later, and a direct path costs the broker nothing and is faster.
     async fn upgrade_relayed(self: Arc<Self>) {
-        loop {
-            tokio::time::sleep(UPGRADE_EVERY).await;
+        for round in 0u32.. {
+            tokio::time::sleep(if round < 2 { UPGRADE_SOON } else { UPGRADE_EVERY }).await;
             for (friend, fp) in self.direct.relayed() {
                 // A fresh lookup: current addresses, and the broker tells the friend's agent to try too.
                 self.direct.forget_devices(&friend);

@@ -29,6 +29,14 @@ pub(crate) const UNUSED: Duration = Duration::from_secs(60);
 pub(crate) const DEAD_AFTER: Duration = Duration::from_secs(10);
 /// Keep-alive period on direct connections.
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// The hop limit of the packets that open our own NAT before a punch: enough to leave the home router
+/// (which makes the mapping as the packet goes out), too few to reach the friend's, where an unsolicited
+/// packet would leave state that makes that router renumber the friend's own packets to us.
+const OPENING_TTL: u32 = 2;
+/// How long both sides wait after opening their NATs before dialling: the two agents hear of the punch
+/// at about the same moment, and each side's first real packet must find the other's NAT already open.
+const OPENING_LEAD: Duration = Duration::from_millis(30);
+
 /// How long to wait for a handshake on one candidate address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Direct attempts run alone for a few round trips to the broker, never less than this, before the relay is
@@ -121,6 +129,8 @@ pub(crate) struct Direct {
     tasks: Tasks,
     /// Per device: the path of the connection kept last, since when, and how often it changed.
     paths: Mutex<HashMap<Fingerprint, PathRecord>>,
+    /// The endpoint's socket, for packets that open our NAT before a punch (`open_nat`).
+    opener: Option<std::net::UdpSocket>,
 }
 
 /// See [`Direct::paths`].
@@ -153,6 +163,7 @@ pub(crate) struct DirectParts {
     pub(crate) relays: Arc<Relays>,
     pub(crate) broker: BrokerLink,
     pub(crate) relay_only: bool,
+    pub(crate) opener: Option<std::net::UdpSocket>,
 }
 
 impl Direct {
@@ -173,6 +184,7 @@ impl Direct {
             reach: Mutex::default(),
             tasks: Tasks::default(),
             paths: Mutex::default(),
+            opener: p.opener,
         }
     }
 
@@ -594,6 +606,9 @@ impl Direct {
         let cfg = self.client_config(fp)?;
         let mut candidates: Vec<SocketAddr> = vec![device.observed];
         candidates.extend(device.local.iter().copied().filter(|a| *a != device.observed));
+        if self.open_nat(&candidates) {
+            tokio::time::sleep(OPENING_LEAD).await;
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(candidates.len().max(1));
         let mut attempts = Attempts { rx, opened: self.opened.clone(), friend: username.to_string() };
         for addr in candidates {
@@ -646,6 +661,34 @@ impl Direct {
             // The friend's connection may have arrived meanwhile.
             Err(why) => self.live(&fp).ok_or_else(|| anyhow!("{why}")),
         }
+    }
+
+    /// Sends one short-lived datagram ([`OPENING_TTL`]) to each candidate beyond this machine, from the
+    /// endpoint's own socket: our NAT maps our port towards the friend as it goes out, and the packet dies
+    /// before it reaches the friend's router. Both agents do this before dialling, so that neither side's
+    /// first real packet arrives unsolicited: without a firewall in front of it, a router that receives
+    /// one keeps a conntrack entry that makes it renumber its own host's later packets to that sender, and
+    /// the punch fails whichever side was first. Whether any was sent. The socket's hop limit is lowered
+    /// only for those sends (a QUIC packet that slips out meanwhile is resent by QUIC); IPv4 only.
+    fn open_nat(&self, candidates: &[SocketAddr]) -> bool {
+        let Some(socket) = &self.opener else { return false };
+        let remote: Vec<&SocketAddr> =
+            candidates.iter().filter(|a| a.is_ipv4() && !a.ip().is_loopback() && !a.ip().is_unspecified()).collect();
+        if remote.is_empty() {
+            return false;
+        }
+        let Ok(normal) = socket.ttl() else { return false };
+        if socket.set_ttl(OPENING_TTL).is_err() {
+            return false;
+        }
+        for addr in &remote {
+            // One zero byte: not a QUIC packet, dropped by anyone it reaches.
+            let _ = socket.send_to(&[0], addr);
+        }
+        if let Err(e) = socket.set_ttl(normal) {
+            tracing::warn!(error = %e, "could not restore the socket's hop limit");
+        }
+        true
     }
 
     /// Keeps (or not: see [`Direct::keep`]) a connection this agent opened whose race was already decided.

@@ -32,6 +32,9 @@ fn transport() -> quinn::TransportConfig {
 pub(crate) struct Bound {
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) relay_server: Arc<quinn::ServerConfig>,
+    /// The same UDP socket, for the few short-lived packets that open our NAT before a punch
+    /// ([`crate::direct::Direct`]'s `open_nat`).
+    pub(crate) opener: Option<std::net::UdpSocket>,
 }
 
 /// Binds the endpoint: a server for friends (only allowed devices) and a client for everything, on one UDP
@@ -52,13 +55,14 @@ pub(crate) fn endpoint(
     let mut relay_server = quinn::ServerConfig::with_crypto(tls);
     relay_server.transport_config(Arc::new(crate::direct::relay_transport()));
     let socket = shared::udp::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?.socket;
+    let opener = socket.try_clone().ok();
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
     let socket = Arc::new(crate::relay::RelaySocket::new(runtime.wrap_udp_socket(socket)?, relays));
     // Friends may send packets this large: only relayed connections do (direct paths discover their MTU).
     let mut config = quinn::EndpointConfig::default();
     config.max_udp_payload_size(crate::direct::RELAY_MTU)?;
     let endpoint = quinn::Endpoint::new_with_abstract_socket(config, Some(server), socket, runtime)?;
-    Ok(Bound { endpoint, relay_server: Arc::new(relay_server) })
+    Ok(Bound { endpoint, relay_server: Arc::new(relay_server), opener })
 }
 
 /// Resolves a broker setting: `HOST:PORT` (a missing port means the default 7878), or several of them

@@ -82,6 +82,15 @@ fn port_preserving_to_symmetric_is_relayed() {
     pair_through("b1", "c1", "relayed");
 }
 
+/// Home routers without a WAN firewall, two hops apart: an unsolicited packet that reaches a router leaves
+/// a conntrack entry that makes it renumber its host's own packets to that sender, so whoever's first packet
+/// arrives before the other side has sent breaks the punch. Each side first opens its own NAT with packets
+/// too short-lived to reach the other router; then both dial.
+#[test]
+fn routers_without_a_firewall_end_direct() {
+    pair_through("e1", "e2", "direct");
+}
+
 #[test]
 fn symmetric_to_symmetric_is_relayed() {
     pair_through("c1", "c2", "relayed");
