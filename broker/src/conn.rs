@@ -288,15 +288,7 @@ impl Conn {
             // Served by `relay`, on the stream it arrives on.
             Request::Relay { .. } => return Err(ErrorCode::Malformed("unexpected relay request".into()).into()),
             Request::Certify { account_key, record } => {
-                let own = record.body.fingerprint == self.fingerprint.0;
-                ctx.devices.certify(&self.caller(&me, session_id), account_key, record).await?;
-                if own {
-                    // Friends' agents looked this device up when it came online, found no record yet and
-                    // refused it: told again, they look again (and deliver what they queued for it).
-                    let friends = ctx.friends.usernames(&me).await?;
-                    let since = ctx.table.presence(&me).since.unwrap_or_else(now_ms);
-                    ctx.friends.announce_presence(&friends, &me, true, since);
-                }
+                ctx.devices.certify(&ctx.friends, &self.caller(&me, session_id), account_key, record).await?;
                 Response::Ok
             }
             Request::Locate { username } => {

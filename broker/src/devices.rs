@@ -14,6 +14,7 @@ use crate::table::{Row, Table};
 use certs::Fingerprint;
 use certs::account::{self, LinkId};
 use parking_lot::Mutex;
+use shared::peer::from_hex;
 use shared::proto::{DeviceEndpoint, ErrorCode, Event};
 use shared::trust::{AccountKey, CertifiedDevice, Located, OwnDevice, SignedRecord, SignedRevocation};
 use std::collections::HashMap;
@@ -110,21 +111,30 @@ impl Devices {
 
     /// Stores a record signed by the account key (see `Request::Certify`): the device's own, a renamed one,
     /// or a device being linked (signed by the device that links it).
-    pub async fn certify(&self, me: &Caller<'_>, key: AccountKey, record: SignedRecord) -> Result<()> {
+    pub async fn certify(
+        &self,
+        friends: &Friends,
+        me: &Caller<'_>,
+        key: AccountKey,
+        record: SignedRecord,
+    ) -> Result<()> {
         let fp = record.body.fingerprint;
         account::check_record(&key, me.user, &fp, &record).map_err(|e| ErrorCode::BadSignature(e.to_string()))?;
-        let own = fp == me.device.0;
         let stored = self
             .db
-            .certify(me.user, &hex::encode(key), &hex::encode(fp), &hex::encode(record_bytes(&record)), now_ms())
+            .certify(me.user, &hex::encode(key), &hex::encode(fp), &hex::encode(record_bytes(&record)?), now_ms())
             .await?;
         match stored {
-            Certified::Stored { first_key } => {
+            Certified::Stored { first_key, changed } => {
                 if first_key {
                     tracing::info!(user = me.user, key = hex::encode(key), "account key set by its first device");
                 }
-                if own {
-                    self.table.set_certified(me.user, me.session_id);
+                if changed && fp == me.device.0 {
+                    // Friends' agents that looked this device up since it came online found no record (or an
+                    // old one) and refused it: told again, they look again and deliver what they queued.
+                    let told = friends.usernames(me.user).await?;
+                    let since = self.table.presence(me.user).since.unwrap_or_else(now_ms);
+                    friends.announce_presence(&told, me.user, true, since);
                 }
                 Ok(())
             }
@@ -137,30 +147,33 @@ impl Devices {
     }
 
     /// `friend`'s account key and online devices with their records, for a friend only; each of the friend's
-    /// devices is told to expect the caller's (`PeerCalling` with its record, or `PeerIncoming` for agents
-    /// that do not check records). Checked and pushed under the pair's lock, as `Friends::lookup`.
+    /// devices is told to expect the caller's: with its record (`PeerCalling`) if that device published a
+    /// record itself (an agent that checks them), else as before (`PeerIncoming`). Checked and pushed under
+    /// the pair's lock, as `Friends::lookup`.
     pub async fn locate(&self, friends: &Friends, me: &Caller<'_>, friend: &str) -> Result<Located> {
         let answer = async {
             let (key, rows) = self.db.devices(friend).await?;
-            let devices = self
+            let devices: Vec<CertifiedDevice> = self
                 .table
                 .sessions(friend)
                 .iter()
                 .map(|r| CertifiedDevice { endpoint: endpoint(r), record: record_of(&rows, &r.fingerprint) })
                 .collect();
             if let Some(mine) = self.table.session(me.user, me.session_id) {
-                let (my_key, my_rows) = self.db.devices(me.user).await?;
+                let (my_key, my_record) = self.db.key_and_record(me.user, &mine.fingerprint.to_string()).await?;
                 let device =
-                    CertifiedDevice { endpoint: endpoint(&mine), record: record_of(&my_rows, &mine.fingerprint) };
+                    CertifiedDevice { endpoint: endpoint(&mine), record: my_record.as_deref().and_then(decode_record) };
                 let calling = Event::PeerCalling {
                     username: me.user.to_string(),
-                    account_key: my_key.as_deref().and_then(key_from_hex),
+                    account_key: my_key.as_deref().and_then(from_hex),
                     device: device.clone(),
                 };
                 let incoming = Event::PeerIncoming { username: me.user.to_string(), device: device.endpoint };
-                self.table.push_split(friend, &calling, &incoming);
+                let checks_records =
+                    |fp: &Fingerprint| devices.iter().any(|d| d.endpoint.fingerprint == fp.0 && d.record.is_some());
+                self.table.push_split(friend, &calling, &incoming, checks_records);
             }
-            Ok(Located { account_key: key.as_deref().and_then(key_from_hex), devices })
+            Ok(Located { account_key: key.as_deref().and_then(from_hex), devices })
         };
         friends.while_friends(me.user, friend, answer).await
     }
@@ -177,13 +190,13 @@ impl Devices {
                 Some(OwnDevice { record, online: is_online, last_seen: if is_online { None } else { r.last_seen } })
             })
             .collect();
-        Ok((key.as_deref().and_then(key_from_hex), devices))
+        Ok((key.as_deref().and_then(from_hex), devices))
     }
 
     /// Cuts a device off: its record, tokens and sessions end now, and the user's friends and other devices
     /// are told (with the signed revocation, which their agents check and keep).
     pub async fn revoke(&self, friends: &Friends, me: &str, revocation: SignedRevocation) -> Result<()> {
-        let Some(key) = self.db.account_key(me).await?.as_deref().and_then(key_from_hex) else {
+        let Some(key) = self.db.account_key(me).await?.as_deref().and_then(from_hex) else {
             return Err(ErrorCode::UnknownDevice.into());
         };
         if revocation.body.username != me {
@@ -191,8 +204,16 @@ impl Devices {
         }
         account::verify(&key, &revocation).map_err(|e| ErrorCode::BadSignature(e.to_string()))?;
         let fp = Fingerprint(revocation.body.fingerprint);
-        let bytes = shared::frame::encode(&revocation).map_err(|e| ErrorCode::Malformed(e.to_string()))?;
-        if !self.db.revoke_device(me, &fp.to_string(), &hex::encode(bytes), now_ms()).await? {
+        if !self
+            .db
+            .revoke_device(
+                me,
+                &fp.to_string(),
+                &hex::encode(shared::frame::encode_body(&revocation).map_err(|e| ErrorCode::Malformed(e.to_string()))?),
+                now_ms(),
+            )
+            .await?
+        {
             return Err(ErrorCode::UnknownDevice.into());
         }
         self.table.close_device(me, &fp, &Event::SessionRevoked);
@@ -222,12 +243,11 @@ impl Devices {
                 me.user,
                 &hex::encode(key),
                 &me.device.to_string(),
-                &hex::encode(record_bytes(&record)),
+                &hex::encode(record_bytes(&record)?),
                 now_ms(),
             )
             .await?;
         self.table.close_others(me.user, me.session_id, &Event::SessionRevoked);
-        self.table.set_certified(me.user, me.session_id);
         let told = friends.usernames(me.user).await?;
         self.table
             .push_many(told.iter().map(String::as_str), &Event::AccountKeyChanged { username: me.user.to_string() });
@@ -284,18 +304,14 @@ fn record_of(rows: &[DeviceRow], fp: &Fingerprint) -> Option<SignedRecord> {
     rows.iter().find(|r| r.fingerprint == hex).and_then(|r| decode_record(&r.record))
 }
 
-fn record_bytes(record: &SignedRecord) -> Vec<u8> {
-    shared::frame::encode(record).unwrap_or_default()
+/// A record as stored (the body of its frame).
+fn record_bytes(record: &SignedRecord) -> Result<Vec<u8>> {
+    Ok(shared::frame::encode_body(record).map_err(|e| ErrorCode::Malformed(e.to_string()))?)
 }
 
 /// A stored record; one that does not decode is served as none (and the friend's agent refuses the device).
 fn decode_record(hex_text: &str) -> Option<SignedRecord> {
-    let bytes = hex::decode(hex_text).ok()?;
-    shared::frame::decode_body(bytes.get(shared::frame::HEADER_LEN..)?).ok()
-}
-
-fn key_from_hex(text: &str) -> Option<AccountKey> {
-    hex::decode(text).ok()?.try_into().ok()
+    shared::frame::decode_body(&hex::decode(hex_text).ok()?).ok()
 }
 
 #[cfg(test)]

@@ -28,9 +28,6 @@ pub struct Row {
     /// The device's certificate, as presented in its TLS handshake.
     pub fingerprint: Fingerprint,
     pub connected_at: Millis,
-    /// The device published a record its account key signed (`Request::Certify`): it checks records too,
-    /// so it is told of callers with theirs (`Event::PeerCalling`).
-    pub certified: bool,
     events: mpsc::Sender<Frame>,
     conn: quinn::Connection,
 }
@@ -93,17 +90,8 @@ impl Table {
         let session_id = t.next_session;
         let rows = t.online.entry(user.to_string()).or_default();
         let first = rows.is_empty();
-        rows.push(Row { session_id, observed, local, fingerprint, connected_at, certified: false, events, conn });
+        rows.push(Row { session_id, observed, local, fingerprint, connected_at, events, conn });
         (session_id, first)
-    }
-
-    /// Marks a session's device as certified.
-    pub fn set_certified(&self, user: &str, session_id: u64) {
-        if let Some(row) =
-            self.inner.lock().online.get_mut(user).and_then(|r| r.iter_mut().find(|r| r.session_id == session_id))
-        {
-            row.certified = true;
-        }
     }
 
     /// Removes a device row; returns whether that was the user's last online device.
@@ -174,11 +162,11 @@ impl Table {
         }
     }
 
-    /// Queues `certified` for `user`'s devices that check records and `legacy` for the others.
-    pub fn push_split(&self, user: &str, certified: &Event, legacy: &Event) {
-        if let (Some(c), Some(l)) = (encode(certified), encode(legacy)) {
-            self.push_frames(std::iter::once(user), &c, |r| r.certified);
-            self.push_frames(std::iter::once(user), &l, |r| !r.certified);
+    /// Queues `first` for `user`'s devices that `pick` chooses and `other` for the rest.
+    pub fn push_split(&self, user: &str, first: &Event, other: &Event, pick: impl Fn(&Fingerprint) -> bool) {
+        if let (Some(f), Some(o)) = (encode(first), encode(other)) {
+            self.push_frames(std::iter::once(user), &f, |r| pick(&r.fingerprint));
+            self.push_frames(std::iter::once(user), &o, |r| !pick(&r.fingerprint));
         }
     }
 

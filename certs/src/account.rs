@@ -179,8 +179,7 @@ pub fn open_backup(text: &str, passphrase: &str) -> Result<(String, AccountKeyPa
     };
     let username = field("user")?;
     let salt = hex::decode(field("salt")?).map_err(|_| TrustError::BadBackup)?;
-    let nonce: [u8; 12] =
-        hex::decode(field("nonce")?).ok().and_then(|n| n.try_into().ok()).ok_or(TrustError::BadBackup)?;
+    let nonce: [u8; 12] = shared::peer::from_hex(&field("nonce")?).ok_or(TrustError::BadBackup)?;
     let mut data = hex::decode(field("key")?).map_err(|_| TrustError::BadBackup)?;
     let opening = aead_key(passphrase, &salt)?;
     let plain = opening

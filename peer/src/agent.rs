@@ -284,37 +284,17 @@ impl Agent {
     /// key, or with a key the account no longer uses, is not linked: it works with the broker, but friends'
     /// agents accept no direct connection from it until it is linked (`peer link`).
     async fn certify_self(&self, conn: &quinn::Connection) {
-        let key = match self.home.account_key() {
+        let key = match self.account_key_for(conn).await {
             Ok(Some(k)) => k,
-            Ok(None) => match net::request(conn, &Request::Devices).await {
-                Ok(Response::Devices { account_key: None, .. }) => match certs::account::AccountKeyPair::generate() {
-                    Ok(k) => {
-                        if let Err(e) = self.home.save_account_key(&k) {
-                            tracing::error!(error = %e, "could not store a new account key");
-                            return;
-                        }
-                        tracing::info!(key = hex::encode(k.public()), "made this account's key (its first device)");
-                        k
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not make an account key");
-                        return;
-                    }
-                },
-                Ok(Response::Devices { account_key: Some(_), .. }) => {
-                    tracing::warn!(
-                        "this device is not linked to the account (it holds no account key): friends will not accept \
-                         it; link it from one of your devices (`peer devices link`, then `peer link CODE` here)"
-                    );
-                    return;
-                }
-                other => {
-                    tracing::warn!(answer = ?other, "could not read the account's devices");
-                    return;
-                }
-            },
+            Ok(None) => {
+                tracing::warn!(
+                    "this device is not linked to the account (it holds no account key): friends will not accept \
+                     it; link it from one of your devices (`peer devices link`, then `peer link CODE` here)"
+                );
+                return;
+            }
             Err(e) => {
-                tracing::error!(error = %e, "could not read the account key");
+                tracing::error!(error = %format!("{e:#}"), "no account key to publish this device's record with");
                 return;
             }
         };
@@ -343,6 +323,23 @@ impl Agent {
                 tracing::warn!(error = %e, "this device's record was refused; friends will not accept it")
             }
             other => tracing::warn!(answer = ?other, "could not publish this device's record"),
+        }
+    }
+
+    /// This device's account key; for an account that has none yet (from before keys existed), one made
+    /// now; `None` when the account has a key this device does not hold (it is not linked).
+    async fn account_key_for(&self, conn: &quinn::Connection) -> Result<Option<certs::account::AccountKeyPair>> {
+        if let Some(k) = self.home.account_key()? {
+            return Ok(Some(k));
+        }
+        match net::request(conn, &Request::Devices).await? {
+            Response::Devices { account_key: None, .. } => {
+                let k = self.home.create_account_key()?;
+                tracing::info!(key = hex::encode(k.public()), "made this account's key (its first device)");
+                Ok(Some(k))
+            }
+            Response::Devices { account_key: Some(_), .. } => Ok(None),
+            other => Err(anyhow!("unexpected answer to devices: {other:?}")),
         }
     }
 

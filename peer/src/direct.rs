@@ -307,13 +307,18 @@ impl Direct {
             .map(|(f, _)| *f)
             .collect();
         for fp in gone {
-            self.who.lock().remove(&fp);
-            if let Ok(mut a) = self.allowed.write() {
-                a.remove(&fp);
-            }
-            if let Some(c) = self.conns.lock().remove(&fp) {
-                c.close(quinn::VarInt::from_u32(1), b"no longer friends");
-            }
+            self.drop_key(&fp, b"no longer friends");
+        }
+    }
+
+    /// Stop accepting one device key and close its connection, telling it `why`.
+    fn drop_key(&self, fp: &Fingerprint, why: &[u8]) {
+        self.who.lock().remove(fp);
+        if let Ok(mut a) = self.allowed.write() {
+            a.remove(fp);
+        }
+        if let Some(c) = self.conns.lock().remove(fp) {
+            self.close(&c, why);
         }
     }
 
@@ -336,13 +341,7 @@ impl Direct {
 
     /// Stop accepting one device key and close its connections (its account revoked it).
     pub(crate) fn drop_device(&self, fp: &Fingerprint) {
-        self.who.lock().remove(fp);
-        if let Ok(mut a) = self.allowed.write() {
-            a.remove(fp);
-        }
-        if let Some(c) = self.conns.lock().remove(fp) {
-            self.close(&c, b"device revoked");
-        }
+        self.drop_key(fp, b"device revoked");
     }
 
     /// The live connections, for `peer status`.
@@ -357,7 +356,7 @@ impl Direct {
                 let relayed = is_relay_addr(&c.remote_address());
                 shared::control::PeerLink {
                     username: who.get(fp).cloned().unwrap_or_default(),
-                    path: if relayed { "relayed" } else { "direct" }.into(),
+                    path: path(c).name().into(),
                     // Relayed: the broker's address, the one the packets travel to.
                     remote_addr: match (relayed, self.broker.lock().as_ref()) {
                         (true, Some(b)) => b.remote_address(),
@@ -394,11 +393,7 @@ impl Direct {
             .iter()
             .map(|(fp, r)| shared::control::PathHistory {
                 device_fingerprint: fp.to_string(),
-                path: match r.path {
-                    Path::Direct => "direct",
-                    Path::Relayed => "relayed",
-                }
-                .into(),
+                path: r.path.name().into(),
                 since: r.since,
                 upgrades: r.upgrades,
                 fallbacks: r.fallbacks,

@@ -123,6 +123,13 @@ impl Home {
         Ok(AccountKeyPair::load(&self.account_key_path())?)
     }
 
+    /// Makes a new account key and stores it (the first device of an account, or a reset).
+    pub(crate) fn create_account_key(&self) -> Result<AccountKeyPair> {
+        let key = AccountKeyPair::generate()?;
+        self.save_account_key(&key)?;
+        Ok(key)
+    }
+
     /// Stores the account key (replacing any).
     pub(crate) fn save_account_key(&self, key: &AccountKeyPair) -> Result<()> {
         Ok(key.save(&self.account_key_path())?)

@@ -207,7 +207,7 @@ async fn pins(home: &Home) -> Result<Vec<PinnedKey>> {
     Ok(rows
         .into_iter()
         .filter_map(|(username, key, verified)| {
-            Some(PinnedKey { username, account_key: hex::decode(key).ok()?.try_into().ok()?, verified })
+            Some(PinnedKey { username, account_key: shared::peer::from_hex(&key)?, verified })
         })
         .collect())
 }
@@ -406,35 +406,34 @@ async fn store_pins(home: &Home, pins: &[PinnedKey]) -> Result<()> {
 
 /// Stores one frame's rows in one transaction; a message already here is kept as it is.
 async fn store_rows(home: &Home, rows: &[HistoryRow]) -> Result<()> {
+    let (direct, group): (Vec<&HistoryRow>, Vec<&HistoryRow>) =
+        rows.iter().partition(|r| matches!(r, HistoryRow::Direct { .. }));
     let mut conn = home.db.lock().await;
     let mut tx = conn.begin().await?;
-    for chunk in rows.chunks(500) {
-        let direct: Vec<&HistoryRow> = chunk.iter().filter(|r| matches!(r, HistoryRow::Direct { .. })).collect();
-        if !direct.is_empty() {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT OR IGNORE INTO messages (id, peer, outgoing, text, sent_at, stored_at, status) ",
-            );
-            q.push_values(direct, |mut b, r| {
-                if let HistoryRow::Direct { id, peer, outgoing, text, sent_at, stored_at, status } = r {
-                    b.push_bind(id).push_bind(peer).push_bind(outgoing).push_bind(text);
-                    b.push_bind(sent_at).push_bind(stored_at).push_bind(status);
-                }
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        let group: Vec<&HistoryRow> = chunk.iter().filter(|r| matches!(r, HistoryRow::Group { .. })).collect();
-        if !group.is_empty() {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT OR IGNORE INTO group_messages (group_id, seq, sender, system, text, sent_at, stored_at) ",
-            );
-            q.push_values(group, |mut b, r| {
-                if let HistoryRow::Group { group_id, seq, sender, system, text, sent_at, stored_at } = r {
-                    b.push_bind(group_id).push_bind(seq).push_bind(sender).push_bind(system);
-                    b.push_bind(text).push_bind(sent_at).push_bind(stored_at);
-                }
-            });
-            q.build().execute(&mut *tx).await?;
-        }
+    // At most 500 rows (3,500 bound values) per statement.
+    for chunk in direct.chunks(500) {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT OR IGNORE INTO messages (id, peer, outgoing, text, sent_at, stored_at, status) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            if let HistoryRow::Direct { id, peer, outgoing, text, sent_at, stored_at, status } = r {
+                b.push_bind(id).push_bind(peer).push_bind(outgoing).push_bind(text);
+                b.push_bind(sent_at).push_bind(stored_at).push_bind(status);
+            }
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    for chunk in group.chunks(500) {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT OR IGNORE INTO group_messages (group_id, seq, sender, system, text, sent_at, stored_at) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            if let HistoryRow::Group { group_id, seq, sender, system, text, sent_at, stored_at } = r {
+                b.push_bind(group_id).push_bind(seq).push_bind(sender).push_bind(system);
+                b.push_bind(text).push_bind(sent_at).push_bind(stored_at);
+            }
+        });
+        q.build().execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -47,10 +47,6 @@ struct PinRow {
     new_key: Option<String>,
 }
 
-fn key_of(text: &str) -> Option<AccountKey> {
-    hex::decode(text).ok()?.try_into().ok()
-}
-
 impl Trust {
     /// Reads every pin and revocation.
     pub(crate) async fn load(db: Db) -> Result<Self> {
@@ -59,17 +55,20 @@ impl Trust {
             .await?;
         let mut pins = HashMap::new();
         for r in rows {
-            let Some(key) = key_of(&r.account_key) else {
+            let Some(key) = shared::peer::from_hex(&r.account_key) else {
                 tracing::warn!(friend = r.username, "a pinned key in the database does not decode; ignored");
                 continue;
             };
-            pins.insert(r.username, Pin { key, verified: r.verified, new_key: r.new_key.as_deref().and_then(key_of) });
+            pins.insert(
+                r.username,
+                Pin { key, verified: r.verified, new_key: r.new_key.as_deref().and_then(shared::peer::from_hex) },
+            );
         }
         let revoked_rows: Vec<(String, String)> =
             sqlx::query_as("SELECT username, fingerprint FROM revoked_keys").fetch_all(&mut *db.lock().await).await?;
         let mut revoked: HashMap<String, HashSet<[u8; 32]>> = HashMap::new();
         for (user, fp) in revoked_rows {
-            if let Some(fp) = key_of(&fp) {
+            if let Some(fp) = shared::peer::from_hex(&fp) {
                 revoked.entry(user).or_default().insert(fp);
             }
         }

@@ -68,6 +68,13 @@ pub fn pack<T>(items: Vec<T>, budget: usize, cost: impl Fn(&T) -> usize) -> Vec<
     groups
 }
 
+/// A frame's body alone (no length in front), for values kept rather than sent: what
+/// [`decode_body`] reads back.
+pub fn encode_body<T: bincode::Encode>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut frame = encode(msg)?;
+    Ok(frame.split_off(HEADER_LEN))
+}
+
 /// Reads the body length out of a header, refusing lengths over the limit.
 pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(header) as usize;

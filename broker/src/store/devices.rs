@@ -16,8 +16,9 @@ pub(crate) struct DeviceRow {
 /// What storing a record came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Certified {
-    /// Stored; `first_key` when the account had no key until now.
-    Stored { first_key: bool },
+    /// Stored; `first_key` when the account had no key until now, `changed` unless the same record was
+    /// there already.
+    Stored { first_key: bool, changed: bool },
     /// The account has another key.
     OtherKey,
     /// The device was revoked.
@@ -48,19 +49,11 @@ impl Db {
     ) -> Result<Certified, DbError> {
         // The usual case, a device publishing at each session start the record it published before: one
         // read, no write (a revocation deletes the record in the same step, so a stored one is not revoked).
-        let same: Option<(Option<String>, Option<String>)> = sqlx::query_as(self.sql(sql!(
-            "SELECT u.account_key, d.record FROM users u \
-             LEFT JOIN devices d ON d.username = u.username AND d.fingerprint = ? WHERE u.username = ?"
-        )))
-        .bind(fingerprint)
-        .bind(username)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some((Some(k), Some(r))) = &same
+        if let (Some(k), Some(r)) = self.key_and_record(username, fingerprint).await?
             && k == key
             && r == record
         {
-            return Ok(Certified::Stored { first_key: false });
+            return Ok(Certified::Stored { first_key: false, changed: false });
         }
         let mut tx = self.pool.begin().await?;
         // Takes the user's row for the rest of the transaction (a write lock on every backend).
@@ -107,7 +100,24 @@ impl Db {
             .await?;
         self.insert_device(&mut tx, username, fingerprint, record, existing.unwrap_or(now)).await?;
         tx.commit().await?;
-        Ok(Certified::Stored { first_key })
+        Ok(Certified::Stored { first_key, changed: true })
+    }
+
+    /// The account's key and one device's record, in one read (`None`s for what is not there).
+    pub(crate) async fn key_and_record(
+        &self,
+        username: &str,
+        fingerprint: &str,
+    ) -> Result<(Option<String>, Option<String>), DbError> {
+        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(self.sql(sql!(
+            "SELECT u.account_key, d.record FROM users u \
+             LEFT JOIN devices d ON d.username = u.username AND d.fingerprint = ? WHERE u.username = ?"
+        )))
+        .bind(fingerprint)
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.unwrap_or((None, None)))
     }
 
     /// The account's key and every device record it has.

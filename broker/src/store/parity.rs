@@ -198,15 +198,30 @@ async fn devices(db: &Db) {
     use super::devices::Certified;
     assert!(add_user(db, "dave", "Dave").await);
     assert_eq!(db.account_key("dave").await.unwrap(), None);
-    assert_eq!(db.certify("dave", "k1", "f1", "r1", 5).await.unwrap(), Certified::Stored { first_key: true });
+    assert_eq!(
+        db.certify("dave", "k1", "f1", "r1", 5).await.unwrap(),
+        Certified::Stored { first_key: true, changed: true }
+    );
     assert_eq!(db.account_key("dave").await.unwrap().as_deref(), Some("k1"));
     assert_eq!(db.certify("dave", "k2", "f2", "r2", 6).await.unwrap(), Certified::OtherKey, "first key wins");
-    assert_eq!(db.certify("dave", "k1", "f2", "r2", 6).await.unwrap(), Certified::Stored { first_key: false });
+    assert_eq!(
+        db.certify("dave", "k1", "f2", "r2", 6).await.unwrap(),
+        Certified::Stored { first_key: false, changed: true }
+    );
     // The same record again (every session start): stored, unchanged.
-    assert_eq!(db.certify("dave", "k1", "f2", "r2", 7).await.unwrap(), Certified::Stored { first_key: false });
+    assert_eq!(
+        db.certify("dave", "k1", "f2", "r2", 7).await.unwrap(),
+        Certified::Stored { first_key: false, changed: false }
+    );
+    assert_eq!(db.key_and_record("dave", "f2").await.unwrap(), (Some("k1".into()), Some("r2".into())));
+    assert_eq!(db.key_and_record("dave", "f9").await.unwrap(), (Some("k1".into()), None));
+    assert_eq!(db.key_and_record("nobody", "f2").await.unwrap(), (None, None));
     assert_eq!(db.certify("dave", "k2", "f2", "r2", 7).await.unwrap(), Certified::OtherKey, "not with another key");
     // A rename replaces the record and keeps when it was made.
-    assert_eq!(db.certify("dave", "k1", "f1", "r1b", 9).await.unwrap(), Certified::Stored { first_key: false });
+    assert_eq!(
+        db.certify("dave", "k1", "f1", "r1b", 9).await.unwrap(),
+        Certified::Stored { first_key: false, changed: true }
+    );
     let (key, rows) = db.devices("dave").await.unwrap();
     assert_eq!(key.as_deref(), Some("k1"));
     let listed: Vec<_> = rows.iter().map(|r| (r.fingerprint.as_str(), r.record.as_str(), r.last_seen)).collect();

@@ -35,24 +35,16 @@ pub(crate) async fn sign_in(home: &Home, broker: &str, pinned: Option<Fingerprin
     let identity = home.identity()?;
     let register = matches!(req, Request::Register { .. });
     let addrs = net::resolve_all(broker).await?;
-    let pinned = match pinned {
+    let pinning = Pinning::new(match pinned {
         Some(fp) => Some(fp),
         None => home.pinned(broker).await?,
-    };
-    let seen = Arc::new(Mutex::new(None));
-    let pin = pinned.map(ServerPin::Exact).unwrap_or_else(|| ServerPin::FirstUse(seen.clone()));
-    let (username, token) = match net::request_once(&identity, &addrs, pin, &req).await? {
+    });
+    let (username, token) = match net::request_once(&identity, &addrs, pinning.pin(), &req).await? {
         Response::Token { username, token, .. } => (username, token),
         Response::Error(e) => bail!("{}", e.message),
         other => bail!("unexpected answer from the broker: {other:?}"),
     };
-    let (fingerprint, first_use) = match pinned {
-        Some(fp) => (fp, None),
-        None => {
-            let fp = seen.lock().ok().and_then(|s| *s).context("the broker presented no certificate")?;
-            (fp, Some(fp))
-        }
-    };
+    let (fingerprint, first_use) = pinning.settled()?;
     home.save_account(&Account {
         username: username.clone(),
         broker: broker.to_string(),
@@ -62,9 +54,37 @@ pub(crate) async fn sign_in(home: &Home, broker: &str, pinned: Option<Fingerprin
     .await?;
     if register {
         // The account's identity: made here, on its first device, and never given to the broker.
-        home.save_account_key(&certs::account::AccountKeyPair::generate()?)?;
+        home.create_account_key()?;
     }
     Ok(SignedIn { username, first_use })
+}
+
+/// How a command that talks to the broker without the agent checks its identity: against a fingerprint
+/// already pinned (or given), else on first use whatever it presents, which is then kept.
+pub(crate) struct Pinning {
+    pinned: Option<Fingerprint>,
+    seen: Arc<Mutex<Option<Fingerprint>>>,
+}
+
+impl Pinning {
+    pub(crate) fn new(pinned: Option<Fingerprint>) -> Self {
+        Self { pinned, seen: Arc::default() }
+    }
+
+    pub(crate) fn pin(&self) -> ServerPin {
+        self.pinned.map(ServerPin::Exact).unwrap_or_else(|| ServerPin::FirstUse(self.seen.clone()))
+    }
+
+    /// After a connection: the fingerprint to keep, and it again if it was pinned just now (first use).
+    pub(crate) fn settled(&self) -> Result<(Fingerprint, Option<Fingerprint>)> {
+        match self.pinned {
+            Some(fp) => Ok((fp, None)),
+            None => {
+                let fp = self.seen.lock().ok().and_then(|s| *s).context("the broker presented no certificate")?;
+                Ok((fp, Some(fp)))
+            }
+        }
+    }
 }
 
 /// Before `register`/`login` as `username`: a home that holds another account is not silently taken over

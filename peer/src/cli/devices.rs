@@ -136,7 +136,10 @@ async fn link_offer(home: &Home) -> Result<()> {
                 say!("");
                 say!("    {words}");
                 say!("");
-                let accept = ask_yes("Do the words on the new device match exactly? [y/N] ")?;
+                // Read on a thread of its own: the agent's events keep being taken meanwhile.
+                let accept =
+                    tokio::task::spawn_blocking(|| ask_yes("Do the words on the new device match exactly? [y/N] "))
+                        .await??;
                 expect_ok(control_call(home, ControlRequest::LinkConfirm { link_id, accept }).await?)?;
                 if !accept {
                     bail!("not linked: you said the words differ (the code is used up; someone may have seen it)");
@@ -157,7 +160,7 @@ async fn link_offer(home: &Home) -> Result<()> {
 }
 
 /// A yes/no question, answered on stdin (a terminal or a script's pipe).
-fn ask_yes(prompt: &str) -> Result<bool> {
+fn ask_yes(prompt: &'static str) -> Result<bool> {
     use std::io::Write;
     let mut err = std::io::stderr();
     let _ = write!(err, "{prompt}");
@@ -178,26 +181,21 @@ pub(super) async fn link(home: &Home, code: &str, broker: &BrokerArgs, name: Opt
     validate::display_name(&name).map_err(|_| anyhow!("a device name is 1-64 characters, no control characters"))?;
     let identity = home.identity()?;
     let addrs = net::resolve_all(&broker.broker).await?;
-    let pinned = broker.broker_fingerprint.as_deref().map(str::parse::<Fingerprint>).transpose()?;
-    let seen = Arc::new(Mutex::new(None));
-    let pin = pinned.map(ServerPin::Exact).unwrap_or_else(|| ServerPin::FirstUse(seen.clone()));
+    let pinning =
+        super::account::Pinning::new(broker.broker_fingerprint.as_deref().map(str::parse::<Fingerprint>).transpose()?);
     // One endpoint for the broker and the other device: the address the broker saw is the one the other
     // device's packets (if it punches towards us) open.
-    let (endpoint, conn) = net::connect_first(&identity, &addrs, pin).await?;
+    let (endpoint, conn) = net::connect_first(&identity, &addrs, pinning.pin()).await?;
     let local_addrs = net::local_candidates(&endpoint, conn.remote_address());
     let (username, existing) = match net::request(&conn, &Request::LinkClaim { link_id: code.id, local_addrs }).await? {
         Response::LinkPeer { username, device } => (username, device),
         Response::Error(e) => return Err(BrokerRefused(e).into()),
         other => bail!("unexpected answer from the broker: {other:?}"),
     };
-    let broker_fp = match pinned {
-        Some(fp) => fp,
-        None => {
-            let fp = seen.lock().ok().and_then(|s| *s).context("the broker presented no certificate")?;
-            note!("pinned the broker's identity {fp} (trust on first use)");
-            fp
-        }
-    };
+    let (broker_fp, first_use) = pinning.settled()?;
+    if let Some(fp) = first_use {
+        note!("pinned the broker's identity {fp} (trust on first use)");
+    }
     let words = code.confirmation_words(&existing.fingerprint, &identity.fingerprint().0);
     say!("Joining {username}'s account as \"{name}\". Check that your other device shows these words:");
     say!("");

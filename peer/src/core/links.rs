@@ -13,6 +13,16 @@ pub(crate) enum Path {
     Relayed,
 }
 
+impl Path {
+    /// As `peer status` and `friends --json` name it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Relayed => "relayed",
+        }
+    }
+}
+
 /// Whether the `new` connection replaces the live `old` one. A direct path beats a relayed one (it is
 /// faster and costs the broker nothing); between two of a kind, both sides keep the one opened by the side
 /// with the smaller device fingerprint, which each side can tell from `new_opened_by_me`.
