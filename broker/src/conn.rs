@@ -321,6 +321,25 @@ impl Conn {
                 let t = ctx.devices.link_token(&self.caller(&me, session_id), link_id).await?;
                 Response::Token { username: me.clone(), token: t.token, expires_at: t.expires_at }
             }
+            Request::PublishMailbox { keys } => {
+                ctx.mailbox.publish(&self.caller(&me, session_id), keys).await?;
+                Response::Ok
+            }
+            Request::Mailboxes { username } => {
+                let (account_key, devices) = ctx.mailbox.mailboxes(&ctx.friends, &me, &username).await?;
+                Response::Mailboxes { account_key, devices }
+            }
+            Request::Deposit { username, device, blob } => {
+                ctx.mailbox.deposit(&ctx.friends, &me, &username, device, blob).await?;
+                Response::Ok
+            }
+            Request::Pickup { after, limit } => {
+                Response::Deposits(ctx.mailbox.pickup(&self.caller(&me, session_id), after, limit).await?)
+            }
+            Request::MailboxAck { ids } => {
+                ctx.mailbox.ack(&self.caller(&me, session_id), &ids).await?;
+                Response::Ok
+            }
             Request::ChangePassword { old, new } => {
                 let keep = self.token_hash.lock().clone().unwrap_or_default();
                 ctx.accounts.change_password(&me, &old, &new, &keep, from, self.fingerprint.0).await?;

@@ -26,6 +26,7 @@ pub mod error;
 pub mod friends;
 pub mod groups;
 pub mod lockout;
+pub mod mailbox;
 pub mod ratelimit;
 pub mod relay;
 pub mod server;

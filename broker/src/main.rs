@@ -70,6 +70,22 @@ struct Args {
     /// Bytes per second relayed for everyone together; 0: no limit.
     #[arg(long, env = "BROKER_RELAY_TOTAL_RATE", default_value = "100M", value_parser = shared::files::parse_size)]
     relay_total_rate: u64,
+    /// Keep no mailbox: letters for offline devices are refused, and senders keep their messages until
+    /// both sides are online (a pure rendezvous).
+    #[arg(long, env = "BROKER_NO_MAILBOX")]
+    no_mailbox: bool,
+    /// Days a sealed letter waits for its device before it is deleted unread.
+    #[arg(long, env = "BROKER_MAILBOX_RETENTION_DAYS", default_value_t = 30)]
+    mailbox_retention_days: u64,
+    /// Letters that may wait for one device.
+    #[arg(long, env = "BROKER_MAILBOX_LETTERS_PER_DEVICE", default_value_t = 10_000)]
+    mailbox_letters_per_device: i64,
+    /// Bytes of letters that may wait for one device (e.g. 64M).
+    #[arg(long, env = "BROKER_MAILBOX_BYTES_PER_DEVICE", default_value = "64M", value_parser = shared::files::parse_size)]
+    mailbox_bytes_per_device: u64,
+    /// Letters one user may deposit per minute (each letter carries up to 24 KiB of messages).
+    #[arg(long, env = "BROKER_MAILBOX_DEPOSITS_PER_MINUTE", default_value_t = 600)]
+    mailbox_deposits_per_minute: u32,
     /// Argon2id memory per password hash, in KiB (OWASP: 19456). Lower only for tests.
     #[arg(long, env = "BROKER_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
     argon2_memory_kib: u32,
@@ -118,6 +134,13 @@ async fn run() -> anyhow::Result<()> {
             enabled: !args.no_relay,
             user_rate: args.relay_user_rate,
             total_rate: args.relay_total_rate,
+        },
+        mailbox: broker::mailbox::MailboxConfig {
+            enabled: !args.no_mailbox,
+            retention: Duration::from_secs(args.mailbox_retention_days * 86_400),
+            max_letters: args.mailbox_letters_per_device.max(1),
+            max_bytes: i64::try_from(args.mailbox_bytes_per_device).unwrap_or(i64::MAX),
+            deposits_per_minute: args.mailbox_deposits_per_minute,
         },
     };
     let broker = Broker::bind(&cfg).await?;

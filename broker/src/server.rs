@@ -33,6 +33,7 @@ pub struct Config {
     /// How much of each group's log is kept.
     pub group_retention: crate::groups::Retention,
     pub relay: crate::relay::RelayConfig,
+    pub mailbox: crate::mailbox::MailboxConfig,
 }
 
 /// Shared state of all connections.
@@ -43,6 +44,7 @@ pub struct Ctx {
     pub table: Arc<Table>,
     pub relay: crate::relay::Relay,
     pub devices: crate::devices::Devices,
+    pub mailbox: crate::mailbox::Mailbox,
 }
 
 /// A broker bound and ready to serve.
@@ -147,6 +149,7 @@ impl Broker {
             endpoint,
             ctx: Arc::new(Ctx {
                 devices: crate::devices::Devices::new(db.clone(), table.clone(), accounts.clone()),
+                mailbox: crate::mailbox::Mailbox::new(db.clone(), table.clone(), cfg.mailbox),
                 accounts,
                 friends,
                 groups,
@@ -193,6 +196,9 @@ impl Broker {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(messages = n, "pruned old group messages"),
                         Err(e) => tracing::warn!(error = %e, "pruning group messages failed"),
+                    }
+                    if let Err(e) = ctx.mailbox.prune_old().await {
+                        tracing::warn!(error = %e, "pruning the mailbox failed");
                     }
                 }
             }

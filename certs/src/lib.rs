@@ -10,6 +10,7 @@
 //! - [`identity`]: making, storing (0600) and loading a key pair with its certificate.
 //! - [`verify`]: rustls verifiers that accept exactly the pinned fingerprints (TLS 1.3 signatures checked).
 //! - [`config`]: TLS 1.3-only rustls configs for the broker, the agent and direct peer connections.
+//! - [`seal`]: HPKE (RFC 9180) sealing of mailbox letters, and a device's mailbox keys.
 //! - [`secret_file`]: writing files only their owner can read.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -17,6 +18,7 @@ pub mod account;
 pub mod config;
 pub mod fingerprint;
 pub mod identity;
+pub mod seal;
 pub mod secret_file;
 pub mod verify;
 

@@ -208,6 +208,7 @@ pub fn targets() -> Vec<(&'static str, Target, Vec<Vec<u8>>)> {
         ("relay_hello", frame_target::<shared::relay::RelayHello>, seeds("RelayHello::")),
         ("link_frame", frame_target::<shared::link::LinkFrame>, seeds("LinkFrame::")),
         ("link_reply", frame_target::<shared::link::LinkReply>, seeds("LinkReply::")),
+        ("letter", frame_target::<shared::mailbox::SignedLetter>, seeds("Letter::")),
         ("relay_packets", relay_target, relay_seed),
         ("names_and_text", text_target, text_seeds),
     ]

@@ -8,6 +8,7 @@ use shared::control::{AgentEvent, AgentStatus, ControlRequest, ControlResponse, 
 use shared::control::{Transfer, TransferState};
 use shared::files::{FileOffer, OfferAnswer};
 use shared::link::{Approval, HistoryRow, LinkFrame, LinkReply, PinnedKey};
+use shared::mailbox::{Deposit, Letter, LetterBody, MailboxKeys};
 use shared::peer::{Chat, PeerAck, PeerFrame};
 use shared::proto::{DeviceEndpoint, ErrorBody, ErrorCode, Event, FriendInfo, FriendRequestInfo};
 use shared::proto::{GroupInfo, GroupInvitation, GroupMember, GroupMessage, Request, Response, UserInfo};
@@ -65,6 +66,17 @@ fn certified() -> CertifiedDevice {
     CertifiedDevice { endpoint: device(), record: Some(record()) }
 }
 
+fn mailbox_keys() -> Signed<MailboxKeys> {
+    let body = MailboxKeys {
+        username: "bob".into(),
+        fingerprint: [9; 32],
+        seal_key: [2; 32],
+        verify_key: [3; 32],
+        created_at: 5,
+    };
+    Signed { body, signature: vec![7; 64] }
+}
+
 fn chat() -> Chat {
     Chat { id: shared::id::MessageId([3; 16]), sent_at: 1_700_000, text: "你好 👋".into() }
 }
@@ -115,6 +127,11 @@ pub fn requests() -> Vec<Request> {
         Request::LinkOffer { link_id: [3; 5] },
         Request::LinkClaim { link_id: [3; 5], local_addrs: vec![addr()] },
         Request::LinkToken { link_id: [3; 5] },
+        Request::PublishMailbox { keys: mailbox_keys() },
+        Request::Mailboxes { username: s("bob") },
+        Request::Deposit { username: s("bob"), device: [9; 32], blob: vec![1, 2, 3] },
+        Request::Pickup { after: 4, limit: 100 },
+        Request::MailboxAck { ids: vec![5, 6] },
     ]
 }
 
@@ -152,6 +169,8 @@ pub fn error_codes() -> Vec<ErrorCode> {
         ErrorCode::DeviceRevoked,
         ErrorCode::UnknownLink,
         ErrorCode::UnknownDevice,
+        ErrorCode::MailboxOff,
+        ErrorCode::MailboxFull("64 MiB".into()),
     ]
 }
 
@@ -189,6 +208,8 @@ fn variant_of_error(e: &ErrorCode) -> &'static str {
         ErrorCode::DeviceRevoked => "DeviceRevoked",
         ErrorCode::UnknownLink => "UnknownLink",
         ErrorCode::UnknownDevice => "UnknownDevice",
+        ErrorCode::MailboxOff => "MailboxOff",
+        ErrorCode::MailboxFull(_) => "MailboxFull",
     }
 }
 
@@ -218,6 +239,8 @@ pub fn responses() -> Vec<Response> {
             devices: vec![OwnDevice { record: record(), online: false, last_seen: Some(9) }],
         },
         Response::LinkPeer { username: s("alice"), device: device() },
+        Response::Mailboxes { account_key: Some([1; 32]), devices: vec![mailbox_keys()] },
+        Response::Deposits(vec![Deposit { id: 4, from: s("alice"), blob: vec![1, 2, 3], at: 8 }]),
     ]
 }
 
@@ -242,6 +265,8 @@ fn variant_of_response(r: &Response) -> &'static str {
         Response::Located(_) => "Located",
         Response::Devices { .. } => "Devices",
         Response::LinkPeer { .. } => "LinkPeer",
+        Response::Mailboxes { .. } => "Mailboxes",
+        Response::Deposits(_) => "Deposits",
     }
 }
 
@@ -263,6 +288,7 @@ pub fn events() -> Vec<Event> {
         Event::DeviceRevoked { username: s("bob"), revocation: revocation() },
         Event::AccountKeyChanged { username: s("bob") },
         Event::LinkClaimed { link_id: [3; 5], device: device() },
+        Event::MailWaiting,
     ]
 }
 
@@ -283,6 +309,7 @@ fn variant_of_event(e: &Event) -> &'static str {
         Event::DeviceRevoked { .. } => "DeviceRevoked",
         Event::AccountKeyChanged { .. } => "AccountKeyChanged",
         Event::LinkClaimed { .. } => "LinkClaimed",
+        Event::MailWaiting => "MailWaiting",
     }
 }
 
@@ -478,6 +505,8 @@ pub fn agent_events() -> Vec<AgentEvent> {
         AgentEvent::LinkRequest { link_id: [3; 5], device_name: s("laptop"), words: s("apple onyx"), at: 5 },
         AgentEvent::Linked { link_id: [3; 5], device_name: s("laptop"), messages: 10, at: 5 },
         AgentEvent::LinkFailed { link_id: [3; 5], reason: s("refused"), at: 5 },
+        AgentEvent::MessageSent { to: s("bob"), id: s("00"), at: 6 },
+        AgentEvent::MessageCopied { to: s("bob"), id: s("00"), text: s("hi"), sent_at: 1, delivered: true, at: 6 },
     ]
 }
 
@@ -497,6 +526,8 @@ fn variant_of_agent_event(e: &AgentEvent) -> &'static str {
         AgentEvent::LinkRequest { .. } => "LinkRequest",
         AgentEvent::Linked { .. } => "Linked",
         AgentEvent::LinkFailed { .. } => "LinkFailed",
+        AgentEvent::MessageSent { .. } => "MessageSent",
+        AgentEvent::MessageCopied { .. } => "MessageCopied",
     }
 }
 
@@ -510,7 +541,13 @@ fn variant_of_transfer_state(t: &TransferState) -> &'static str {
 }
 
 pub fn message_statuses() -> Vec<MessageStatus> {
-    vec![MessageStatus::Sending, MessageStatus::Delivered, MessageStatus::Queued, MessageStatus::Failed]
+    vec![
+        MessageStatus::Sending,
+        MessageStatus::Delivered,
+        MessageStatus::Queued,
+        MessageStatus::Failed,
+        MessageStatus::Sent,
+    ]
 }
 
 fn variant_of_message_status(m: &MessageStatus) -> &'static str {
@@ -579,6 +616,33 @@ fn variant_of_link_reply(r: &LinkReply) -> &'static str {
     }
 }
 
+pub fn letters() -> Vec<Signed<Letter>> {
+    let letter = |body| Signed {
+        body: Letter {
+            from: "alice".into(),
+            from_device: [1; 32],
+            to: "bob".into(),
+            to_device: [9; 32],
+            written_at: 7,
+            body,
+        },
+        signature: vec![6; 64],
+    };
+    vec![
+        letter(LetterBody::Chat(vec![chat(), chat()])),
+        letter(LetterBody::Copy { to: "carol".into(), chats: vec![chat()], delivered: true }),
+        letter(LetterBody::Delivered(vec![shared::id::MessageId([3; 16])])),
+    ]
+}
+
+fn variant_of_letter(l: &Signed<Letter>) -> &'static str {
+    match l.body.body {
+        LetterBody::Chat(_) => "Chat",
+        LetterBody::Copy { .. } => "Copy",
+        LetterBody::Delivered(_) => "Delivered",
+    }
+}
+
 fn named<T: bincode::Encode>(ty: &str, values: Vec<T>, name: fn(&T) -> &'static str) -> Vec<Sample> {
     values
         .iter()
@@ -605,5 +669,6 @@ pub fn all() -> Vec<Sample> {
     out.extend(named("RelayHello", relay_hellos(), |_| "RelayHello"));
     out.extend(named("LinkFrame", link_frames(), variant_of_link_frame));
     out.extend(named("LinkReply", link_replies(), variant_of_link_reply));
+    out.extend(named("Letter", letters(), variant_of_letter));
     out
 }

@@ -47,6 +47,7 @@ fn every_sample_decodes_back() {
             "RelayHello" => decode_body::<shared::relay::RelayHello>(body).is_ok(),
             "LinkFrame" => decode_body::<shared::link::LinkFrame>(body).is_ok(),
             "LinkReply" => decode_body::<shared::link::LinkReply>(body).is_ok(),
+            "Letter" => decode_body::<shared::mailbox::SignedLetter>(body).is_ok(),
             other => panic!("no decoder listed for {other}"),
         };
         assert!(ok, "{name} does not decode");

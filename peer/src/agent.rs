@@ -50,7 +50,7 @@ pub(crate) struct Agent {
     /// Work that lives as long as the agent (answers to the CLI, transfers).
     pub(crate) tasks: Tasks,
     /// Work of the current broker session, aborted when it ends.
-    session_tasks: Tasks,
+    pub(crate) session_tasks: Tasks,
     /// Transfers whose bytes are moving now.
     pub(crate) files: crate::files::Live,
     pub(crate) policy: crate::files::FilePolicy,
@@ -62,6 +62,8 @@ pub(crate) struct Agent {
     pub(crate) trust: crate::trust::Trust,
     /// Link codes this device offered and the devices linking with them.
     pub(crate) links: crate::link::Offers,
+    /// This device's mailbox keys, and the keys of others' it knows.
+    pub(crate) mail: crate::mailbox::Mail,
 }
 
 /// Why a friend's devices are not at hand.
@@ -138,7 +140,9 @@ pub(crate) async fn run(
     };
     let (events, _) = broadcast::channel(WATCH_BUFFER);
     let trust = crate::trust::Trust::load(home.db.clone()).await?;
+    let mail = crate::mailbox::Mail::load(&home)?;
     let agent = Arc::new(Agent {
+        mail,
         trust,
         links: crate::link::Offers::default(),
         home,
@@ -270,6 +274,9 @@ impl Agent {
         self.session_tasks.spawn(self.clone().resume_files(None));
         self.session_tasks.spawn(self.clone().accept_relays(conn.clone()));
         self.session_tasks.spawn(self.clone().upgrade_relayed());
+        // What waited in the mailbox is stored before any event is read, so before any friend's device is
+        // admitted to connect directly: what was sent while we were away comes before what follows it.
+        self.pickup().await;
         let end = self.read_events(&conn).await;
         self.session_tasks.abort_all();
         let at = now_ms();
@@ -318,7 +325,10 @@ impl Agent {
             created_at,
         });
         match net::request(conn, &Request::Certify { account_key: key.public(), record }).await {
-            Ok(Response::Ok) => tracing::debug!("device record published"),
+            Ok(Response::Ok) => {
+                tracing::debug!("device record published");
+                self.publish_mailbox(conn, &key, created_at).await;
+            }
             Ok(Response::Error(e)) => {
                 tracing::warn!(error = %e, "this device's record was refused; friends will not accept it")
             }
@@ -444,7 +454,9 @@ impl Agent {
             }
             Effect::ForgetDevices(friend) => {
                 self.direct.forget_devices(&friend);
+                self.mail.forget(&friend);
             }
+            Effect::Pickup => self.pickup_soon(),
             Effect::Retry(friend) => {
                 self.files.kick(&friend);
                 let agent = self.clone();
@@ -593,6 +605,8 @@ impl Agent {
             ControlResponse::Broker(Response::Located(located)) => match self.trust.admit(friend, located).await {
                 Ok(crate::trust::Admitted::Devices(d)) => Ok(d),
                 Ok(crate::trust::Admitted::Held { why, first }) => {
+                    // Keys checked under the old pin are not used while the change is held, nor after it.
+                    self.mail.forget(friend);
                     if first {
                         self.emit(AgentEvent::KeyChanged { username: friend.to_string(), at: now_ms() });
                     }
@@ -645,6 +659,7 @@ impl Agent {
         }
         if action == VerifyAction::AcceptNewKey {
             self.direct.forget_devices(friend);
+            self.mail.forget(friend);
             self.retry_outbox(friend);
         }
         let pin = self.trust.pin(friend);

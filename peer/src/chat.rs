@@ -7,7 +7,7 @@
 //! of storing, per friend, and delivery stops at the first message that cannot be delivered.
 
 use crate::agent::{Agent, Reach, now_ms, random_id};
-use crate::core::outbox::{self, Batch};
+use crate::core::outbox::{self, Batch, Mail};
 use crate::direct::Direct;
 use crate::history::{self, Status};
 use anyhow::Result;
@@ -46,7 +46,12 @@ pub(crate) enum Attempt<T> {
 struct Report {
     /// Delivered, in order.
     delivered: Vec<String>,
+    /// In the mailbox of every device of the friend's that was not reached.
+    sent: Vec<String>,
     failed: HashMap<String, String>,
+    /// What to copy to this account's other devices once the senders have their answers: the messages,
+    /// and whether a device of the friend's stored them already.
+    copies: Vec<(Vec<Chat>, bool)>,
     /// The delivered ones are marked in the database already (else that waits until the senders have their
     /// answer: [`Agent::record`]).
     recorded: bool,
@@ -94,29 +99,49 @@ impl Agent {
                 None => return,
                 Some(Batch::Backlog) => {
                     let run = self.deliver_pending(&friend).await;
-                    if let Err(e) = &run {
-                        tracing::debug!(friend, error = %e, "messages stay queued");
+                    match run {
+                        Ok(mut report) => {
+                            self.outboxes.lock().finished(&friend, true);
+                            self.copy_out(&friend, &mut report).await;
+                        }
+                        Err(e) => {
+                            tracing::debug!(friend, error = %e, "messages stay queued");
+                            self.outboxes.lock().finished(&friend, false);
+                        }
                     }
-                    self.outboxes.lock().finished(&friend, run.is_ok());
                     continue;
                 }
                 Some(Batch::Sends { items, clean }) => (items, clean),
             };
             let run = self.deliver_batch(&friend, &batch, clean).await;
-            let all_done = matches!(&run, Ok(r) if r.delivered.len() == batch.len());
+            let all_done = matches!(&run, Ok(r) if r.delivered.len() + r.sent.len() == batch.len());
             let delivered: HashSet<&str> = run.iter().flat_map(|r| r.delivered.iter().map(String::as_str)).collect();
+            let sent: HashSet<&str> = run.iter().flat_map(|r| r.sent.iter().map(String::as_str)).collect();
             for out in batch {
-                let outcome = self.outcome(&out.id, delivered.contains(out.id.as_str()), &run).await;
+                let outcome = if sent.contains(out.id.as_str()) {
+                    ControlResponse::Sent { id: out.id.clone(), status: MessageStatus::Sent, detail: None }
+                } else {
+                    self.outcome(&out.id, delivered.contains(out.id.as_str()), &run).await
+                };
                 let took = out.taken.elapsed();
                 let _ = out.reply.send(outcome);
                 // Off unless asked for (`PEER_LOG=peer::latency=debug`): the agent's own share of a send,
                 // logged after the answer so that logging it adds nothing to it.
                 tracing::debug!(target: "peer::latency", us = took.as_micros() as u64, "send answered");
             }
+            self.outboxes.lock().finished(&friend, all_done);
             if let Ok(mut report) = run {
                 self.record(&friend, &mut report).await;
+                self.copy_out(&friend, &mut report).await;
             }
-            self.outboxes.lock().finished(&friend, all_done);
+        }
+    }
+
+    /// Copies what a run settled to this account's other devices, in the run's order (it is still the
+    /// friend's one run, so copies keep the order of sending).
+    async fn copy_out(&self, friend: &str, report: &mut Report) {
+        for (chats, delivered) in std::mem::take(&mut report.copies) {
+            self.copy_to_own_devices(friend, chats, delivered).await;
         }
     }
 
@@ -165,8 +190,9 @@ impl Agent {
             Ok(r) if r.failed.contains_key(id) => (MessageStatus::Failed, r.failed.get(id).cloned()),
             // Not in this run's report (it settled only what it sent): as recorded.
             Ok(_) => match history::status(&self.home.db, id).await {
-                Ok(Some(Status::Out(MessageStatus::Delivered))) => (MessageStatus::Delivered, None),
-                Ok(Some(Status::Out(MessageStatus::Failed))) => (MessageStatus::Failed, None),
+                Ok(Some(Status::Out(s @ (MessageStatus::Delivered | MessageStatus::Failed | MessageStatus::Sent)))) => {
+                    (s, None)
+                }
                 _ => (MessageStatus::Queued, None),
             },
             // Queued only if it is stored: a message that could not be stored (a full disk) is an error for
@@ -218,8 +244,10 @@ impl Agent {
         }
     }
 
-    /// Sends messages in order, stopping at the first that cannot be delivered (so that order holds).
-    /// `Err` means the rest stay queued. Only the friend's one run calls it; the caller records the report.
+    /// Sends messages in order, stopping at the first that cannot be delivered (so that order holds): to
+    /// each of the friend's online devices directly (or relayed), and, sealed, into the mailbox of each of
+    /// their devices that did not store them that way. `Err` means the rest stay queued. Only the friend's
+    /// one run calls it; the caller records the report.
     async fn deliver(&self, friend: &str, pending: &[history::Message]) -> Result<Report> {
         let devices = match self.devices_of(friend).await {
             Ok(d) => d,
@@ -229,52 +257,103 @@ impl Agent {
                 }
                 return Err(anyhow::anyhow!("{why}"));
             }
+            // A held key holds the mailbox too; a broker out of reach has no mailbox either.
             Err(Reach::Unreachable(why) | Reach::Held(why)) => return self.queue(pending, &why).await,
         };
-        if devices.is_empty() {
-            return self.queue(pending, &format!("{friend} is offline")).await;
-        }
         // An id that does not parse means a damaged database: nothing is sent under a made-up id.
         let chats = pending
             .iter()
             .map(|m| Ok(Chat { id: m.id.parse()?, sent_at: m.sent_at, text: m.text.clone() }))
             .collect::<Result<Vec<Chat>>>()?;
-        let frames = batches(chats);
-        let mut answers = Vec::new();
-        let mut errors = Vec::new();
-        for device in &devices {
-            match self.send_to_device(friend, device, &frames).await {
-                Ok((acks, err)) => {
-                    answers.push(acks);
-                    if let Some(e) = err {
-                        errors.push(e.to_string());
-                        self.direct.forget_devices(friend);
+        let frames = batches(chats.clone());
+        let direct = async {
+            let mut answers = Vec::new();
+            let mut errors = Vec::new();
+            for device in &devices {
+                match self.send_to_device(friend, device, &frames).await {
+                    Ok((acks, err)) => {
+                        answers.push((device.fingerprint, acks));
+                        if let Some(e) = err {
+                            errors.push(e.to_string());
+                            self.direct.forget_devices(friend);
+                        }
                     }
+                    Err(e) => errors.push(e.to_string()),
                 }
-                Err(e) => errors.push(e.to_string()),
             }
-        }
+            (answers, errors)
+        };
+        // The friend's mailboxes are looked up while the direct attempts run (usually known already).
+        let ((answers, mut errors), boxes) = tokio::join!(direct, self.mailboxes_of(friend));
         if answers.is_empty() {
             self.direct.forget_devices(friend);
-            return self.queue(pending, &errors.join("; ")).await;
+        } else if errors.is_empty() {
+            self.direct.remember_devices(friend, devices.clone());
         }
-        if errors.is_empty() {
-            self.direct.remember_devices(friend, devices);
+        if devices.is_empty() {
+            errors.insert(0, format!("{friend} is offline"));
         }
-        let settled = outbox::settle(pending.len(), &answers);
+        let acks: Vec<Vec<PeerAck>> = answers.iter().map(|(_, a)| a.clone()).collect();
+        let refused: HashSet<usize> =
+            outbox::settle(pending.len(), &acks, &Mail::default()).failed.iter().map(|(i, _)| *i).collect();
+        let mut mail = Mail::default();
+        match boxes {
+            Ok(boxes) => {
+                mail.devices = boxes.iter().map(|b| b.fingerprint).collect();
+                for (device, need) in crate::core::mailbox::missing(pending.len(), &answers, &mail.devices, &refused) {
+                    let Some(keys) = boxes.iter().find(|b| b.fingerprint == device) else { continue };
+                    let (went, err) = self.post_chats(friend, keys, &chats, &need).await;
+                    mail.deposited.extend(need[..went].iter().map(|i| (device, *i)));
+                    if let Some(e) = err {
+                        errors.push(e);
+                    }
+                }
+            }
+            Err(why) if devices.is_empty() || answers.len() < devices.len() => errors.push(why),
+            Err(why) => tracing::debug!(friend, why, "no mailbox for the friend's other devices"),
+        }
+        let settled = outbox::settle(pending.len(), &acks, &mail);
         let mut report = Report::default();
         for (i, why) in &settled.failed {
             self.fail(friend, &pending[*i].id, why).await?;
             report.failed.insert(pending[*i].id.clone(), why.clone());
         }
         report.delivered = settled.delivered.iter().map(|i| pending[*i].id.clone()).collect();
+        report.sent = settled.sent.iter().map(|i| pending[*i].id.clone()).collect();
+        if !report.sent.is_empty() {
+            history::set_status_many(&self.home.db, &report.sent, MessageStatus::Sent).await?;
+            let at = now_ms();
+            for id in &report.sent {
+                self.emit(AgentEvent::MessageSent { to: friend.to_string(), id: id.clone(), at });
+            }
+            tracing::info!(friend, count = report.sent.len(), "messages sealed into the friend's mailbox");
+        }
+        let pick = |idx: &[usize]| idx.iter().map(|i| chats[*i].clone()).collect::<Vec<Chat>>();
+        report.copies = vec![(pick(&settled.delivered), true), (pick(&settled.sent), false)];
         match settled.queued_from {
             Some(i) => {
                 self.record(friend, &mut report).await;
+                self.copy_out(friend, &mut report).await;
                 self.queue(&pending[i..], &errors.join("; ")).await
             }
             None => Ok(report),
         }
+    }
+
+    /// Seals the messages at `need` (indexes into `chats`, in order) into letters to one device and deposits
+    /// them; how many of `need` went, and why the rest did not.
+    async fn post_chats(
+        &self,
+        friend: &str,
+        to: &shared::mailbox::MailboxKeys,
+        chats: &[Chat],
+        need: &[usize],
+    ) -> (usize, Option<String>) {
+        let letters = shared::mailbox::letters(need.iter().map(|i| chats[*i].clone()).collect());
+        let sizes: Vec<usize> = letters.iter().map(Vec::len).collect();
+        let bodies = letters.into_iter().map(shared::mailbox::LetterBody::Chat).collect();
+        let (went, err) = self.post(friend, to, bodies).await;
+        (sizes[..went].iter().sum(), err)
     }
 
     /// Runs `attempt` on a connection to one device, retrying it for a few seconds on a fresh connection

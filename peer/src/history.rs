@@ -45,10 +45,16 @@ impl Status {
         if s == "received" {
             return Some(Self::Received);
         }
-        [MessageStatus::Sending, MessageStatus::Queued, MessageStatus::Delivered, MessageStatus::Failed]
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .map(Self::Out)
+        [
+            MessageStatus::Sending,
+            MessageStatus::Queued,
+            MessageStatus::Delivered,
+            MessageStatus::Failed,
+            MessageStatus::Sent,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .map(Self::Out)
     }
 }
 
@@ -139,6 +145,57 @@ pub(crate) async fn insert_incoming(
         }
     }
     Ok(fresh)
+}
+
+/// Stores copies of messages this account sent to `peer` from another device (status as the copy says),
+/// de-duplicated by id; a copy saying delivered marks one already here delivered. Returns the new ids.
+pub(crate) async fn insert_copies(
+    db: &Db,
+    peer: &str,
+    msgs: &[(String, String, Millis)],
+    status: MessageStatus,
+    now: Millis,
+) -> Result<Vec<String>> {
+    let mut fresh = Vec::new();
+    for chunk in msgs.chunks(ROWS_PER_STATEMENT) {
+        let values = vec!["(?, ?, 1, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT OR IGNORE INTO messages (id, peer, outgoing, text, sent_at, stored_at, status) VALUES {values} RETURNING id"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, text, sent_at) in chunk {
+            q = q.bind(id).bind(peer).bind(text).bind(*sent_at).bind(now).bind(status.as_str());
+        }
+        for row in q.fetch_all(&mut *db.lock().await).await? {
+            fresh.push(row.try_get("id")?);
+        }
+    }
+    if status == MessageStatus::Delivered {
+        let ids: Vec<String> = msgs.iter().map(|m| m.0.clone()).collect();
+        mark_delivered(db, peer, &ids).await?;
+    }
+    Ok(fresh)
+}
+
+/// Marks messages to `peer` delivered (a receipt from one of their devices); returns the ids that were not
+/// delivered before. Only that friend's own messages: a receipt names nothing else.
+pub(crate) async fn mark_delivered(db: &Db, peer: &str, ids: &[String]) -> Result<Vec<String>> {
+    let mut changed = Vec::new();
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let sql = format!(
+            "UPDATE messages SET status = 'delivered' WHERE peer = ? AND outgoing = 1 AND status <> 'delivered' \
+             AND status <> 'failed' AND id IN ({marks}) RETURNING id"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(peer);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        for row in q.fetch_all(&mut *db.lock().await).await? {
+            changed.push(row.try_get("id")?);
+        }
+    }
+    Ok(changed)
 }
 
 /// Sets the status of many messages, one statement per 256.

@@ -22,6 +22,7 @@ mod history;
 mod home;
 mod inbound;
 mod link;
+mod mailbox;
 mod net;
 mod output;
 mod password;

@@ -117,6 +117,12 @@ pub(crate) fn event_line(e: &AgentEvent) -> String {
         }
         AgentEvent::MessageReceived { from, text, sent_at, .. } => format!("[{}] {from}: {text}", time(*sent_at)),
         AgentEvent::MessageDelivered { to, id, at } => format!("{} delivered to {to} ({id})", time(*at)),
+        AgentEvent::MessageSent { to, id, at } => {
+            format!("{} sent to {to}'s mailbox ({id}): delivered when their device comes online", time(*at))
+        }
+        AgentEvent::MessageCopied { to, text, sent_at, .. } => {
+            format!("[{}] you (another device) to {to}: {text}", time(*sent_at))
+        }
         AgentEvent::MessageFailed { to, reason, at, .. } => {
             format!("{} could not deliver to {to}: {reason}", time(*at))
         }
@@ -182,6 +188,7 @@ pub(crate) fn event_line(e: &AgentEvent) -> String {
                     format!("{t} {username} revoked a device ({})", short_id(&hex::encode(revocation.body.fingerprint)))
                 }
                 Event::LinkClaimed { .. } => format!("{t} a device claimed your link code"),
+                Event::MailWaiting => format!("{t} letters are waiting in the mailbox"),
                 Event::GroupInvited(i) => format!(
                     "{t} {} invited you to group {} \"{}\" (join: `peer groups join {}`)",
                     i.inviter.username, i.group_id, i.name, i.group_id

@@ -108,6 +108,28 @@ impl Trust {
         }
     }
 
+    /// Reads a friend's served mailbox keys: those the pinned key certified (pinning a first key, holding
+    /// on a changed one, as lookups do). `Err(why)` inside: none can be used now.
+    pub(crate) async fn admit_mailboxes(
+        &self,
+        friend: &str,
+        account_key: Option<AccountKey>,
+        served: Vec<shared::mailbox::SignedMailboxKeys>,
+    ) -> Result<Result<Vec<shared::mailbox::MailboxKeys>, String>> {
+        Ok(match self.check_key(friend, account_key).await? {
+            KeyUse::Check(key) => {
+                let revoked = self.revoked.lock().get(friend).cloned().unwrap_or_default();
+                let (ok, refused) = crate::core::mailbox::certified(friend, &key, served, &revoked);
+                for fp in refused {
+                    tracing::warn!(friend, device = %certs::Fingerprint(fp), "refused mailbox keys the broker served");
+                }
+                Ok(ok)
+            }
+            KeyUse::ChangedNow | KeyUse::Held => Err(held_why(friend)),
+            KeyUse::NoKey => Err(format!("{friend} has no account key yet, so no device of theirs can be checked")),
+        })
+    }
+
     /// What to do with the key the broker served, pinning it on first sight and recording a change.
     async fn check_key(&self, friend: &str, served: Option<AccountKey>) -> Result<KeyUse> {
         let pin = self.pin(friend);

@@ -247,6 +247,21 @@ pub(crate) enum EventView<'a> {
         reason: &'a str,
         at: Millis,
     },
+    /// In the mailbox of the friend's devices that were not reachable.
+    MessageSent {
+        username: &'a str,
+        id: &'a str,
+        at: Millis,
+    },
+    /// Sent to `username` from another device of this account.
+    MessageCopied {
+        username: &'a str,
+        id: &'a str,
+        text: &'a str,
+        sent_at: Millis,
+        delivered: bool,
+        at: Millis,
+    },
     FileOffered {
         #[serde(flatten)]
         transfer: TransferView<'a>,
@@ -374,6 +389,9 @@ pub(crate) enum EventView<'a> {
         link_id: String,
         at: Millis,
     },
+    MailWaiting {
+        at: Millis,
+    },
 }
 
 impl<'a> From<&'a AgentEvent> for EventView<'a> {
@@ -389,6 +407,10 @@ impl<'a> From<&'a AgentEvent> for EventView<'a> {
             AgentEvent::MessageDelivered { to, id, at } => Self::MessageDelivered { username: to, id, at: *at },
             AgentEvent::MessageFailed { to, id, reason, at } => {
                 Self::MessageFailed { username: to, id, reason, at: *at }
+            }
+            AgentEvent::MessageSent { to, id, at } => Self::MessageSent { username: to, id, at: *at },
+            AgentEvent::MessageCopied { to, id, text, sent_at, delivered, at } => {
+                Self::MessageCopied { username: to, id, text, sent_at: *sent_at, delivered: *delivered, at: *at }
             }
             AgentEvent::FileOffered { transfer, at } => Self::FileOffered { transfer: transfer.into(), at: *at },
             AgentEvent::FileUpdated { transfer, at } => Self::FileUpdated { transfer: transfer.into(), at: *at },
@@ -442,6 +464,8 @@ impl<'a> EventView<'a> {
             }
             // The agent handles it and tells watchers with `LinkRequest` once the device proved the code.
             Event::LinkClaimed { link_id, .. } => Self::LinkClaimed { link_id: hex::encode(link_id), at },
+            // The agent picks the letters up and tells watchers of each message it stores.
+            Event::MailWaiting => Self::MailWaiting { at },
             Event::GroupInvited(i) => Self::GroupInvitation {
                 group_id: i.group_id,
                 name: &i.name,

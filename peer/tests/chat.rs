@@ -62,9 +62,11 @@ fn direct_delivery_both_ways_with_history_and_search() {
     assert!(!broker.log().contains("世界"));
 }
 
+/// On a broker without a mailbox (`--no-mailbox`; with one, see `mailbox.rs`), messages to an offline friend
+/// wait on the sender's device, in order, across restarts of either side.
 #[test]
 fn offline_messages_queue_in_order_and_survive_restarts() {
-    let broker = Broker::start(&Backend::Sqlite);
+    let broker = Broker::start_with(&Backend::Sqlite, &["--no-mailbox"]);
     let (alice, bob) = alice_and_bob(&broker);
     let mut a = alice.up();
     {
@@ -75,7 +77,7 @@ fn offline_messages_queue_in_order_and_survive_restarts() {
     wait_until("bob is offline", || alice.json(&["friends", "--json"])[0]["online"] == false);
     for text in ["one", "two", "three"] {
         let out = alice.ok(&["send", "bob", text]);
-        assert!(out.contains("queued"), "{out}");
+        assert!(out.contains("queued") && out.contains("no mailbox"), "{out}");
     }
     assert_eq!(alice.json(&["history", "bob", "--json"])[0]["status"], "queued");
     // The sender restarts too: the queue is in its database.
@@ -164,7 +166,7 @@ fn non_friends_and_unknown_keys_are_refused() {
 
 #[test]
 fn a_friend_that_vanishes_leaves_messages_queued_then_delivered_once() {
-    let broker = Broker::start(&Backend::Sqlite);
+    let broker = Broker::start_with(&Backend::Sqlite, &["--no-mailbox"]);
     let (alice, bob) = alice_and_bob(&broker);
     let _a = alice.up();
     let mut b = bob.up();
@@ -219,7 +221,7 @@ fn relay_carries_chat_and_files_end_to_end() {
 /// A broker that does not relay says so; the message waits in the queue instead of vanishing.
 #[test]
 fn relay_switched_off_is_a_clear_error() {
-    let broker = Broker::start_with(&Backend::Sqlite, &["--no-relay"]);
+    let broker = Broker::start_with(&Backend::Sqlite, &["--no-relay", "--no-mailbox"]);
     let (alice, bob) = alice_and_bob(&broker);
     let _a = alice.up_with(&["--relay-only"]);
     let _b = bob.up_with(&["--relay-only"]);

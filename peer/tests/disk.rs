@@ -7,7 +7,8 @@ use testkit::{Backend, Broker, Peer, SmallDisk, texts, wait_until};
 
 #[test]
 fn a_full_disk_refuses_sends_and_loses_nothing_it_accepted() {
-    let broker = Broker::start(&Backend::Sqlite);
+    // No mailbox: everything this test sends waits in the sender's outbox (on the small disk).
+    let broker = Broker::start_with(&Backend::Sqlite, &["--no-mailbox"]);
     let disk = SmallDisk::mount("6m");
     let mut alice = Peer::with_home(&broker, tempfile::tempdir_in(disk.path()).unwrap());
     alice.register("alice", "alice");

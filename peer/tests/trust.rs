@@ -80,10 +80,11 @@ fn a_tampered_broker_gets_no_message() {
             "INSERT INTO devices (username, fingerprint, record, created_at) \
              SELECT username, '{mallory_fp}', record, created_at FROM devices WHERE fingerprint = '{bob_fp}'"
         ));
-        // Bob's own device offline: the broker offers only mallory's, with bob's record.
+        // Bob's own device offline: the broker offers only mallory's, with bob's record. The message goes
+        // sealed to bob's real device's mailbox, never to mallory's (which has no certified mailbox keys).
         assert!(bob_agent.stop());
         let out = alice.ok(&["send", "bob", "for bob's eyes only"]);
-        assert!(out.contains("queued"), "{out}");
+        assert!(out.contains("sent"), "{out}");
         assert!(history(&mallory, "alice").is_empty(), "the vouched-for device got nothing");
         wait_until("alice's agent says why", || alice.agent_log().contains("another device's key"));
 

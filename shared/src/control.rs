@@ -259,6 +259,9 @@ pub enum MessageStatus {
     Queued,
     /// Refused for good (no longer friends, refused by the receiver).
     Failed,
+    /// Sealed in the mailbox of each of the friend's devices that did not take it directly: delivered
+    /// when one of them comes online, even if this device is off by then.
+    Sent,
 }
 
 impl MessageStatus {
@@ -269,6 +272,7 @@ impl MessageStatus {
             Self::Delivered => "delivered",
             Self::Queued => "queued",
             Self::Failed => "failed",
+            Self::Sent => "sent",
         }
     }
 }
@@ -335,4 +339,8 @@ pub enum AgentEvent {
     Linked { link_id: [u8; 5], device_name: String, messages: u64, at: Millis },
     /// Linking failed or was refused.
     LinkFailed { link_id: [u8; 5], reason: String, at: Millis },
+    /// A message of ours is in the mailbox of each of the friend's devices that did not take it directly.
+    MessageSent { to: String, id: String, at: Millis },
+    /// A message this account sent from another of its devices (copied here, so every device has it).
+    MessageCopied { to: String, id: String, text: String, sent_at: Millis, delivered: bool, at: Millis },
 }

@@ -4,6 +4,7 @@
 //! - [`frame`]: length-prefixed bincode frames with a hard size limit, and a sans-IO decoder.
 //! - [`proto`]: what a peer and the broker say to each other: requests, responses, typed errors, pushed events.
 //! - [`peer`]: what two peers say on a direct connection (chat messages and their acknowledgements).
+//! - [`mailbox`]: devices' mailbox keys and the sealed letters left for a device while it is offline.
 //! - [`link`]: what a new device and the device that links it say on their direct connection.
 //! - [`files`]: file offers, name sanitising and size rules for transfers between friends.
 //! - [`control`]: what the `peer` CLI says to its own running agent over the local control socket.
@@ -25,6 +26,7 @@ pub mod id;
 #[cfg(feature = "io")]
 pub mod io;
 pub mod link;
+pub mod mailbox;
 pub mod peer;
 pub mod proto;
 pub mod relay;

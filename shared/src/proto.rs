@@ -129,6 +129,18 @@ pub enum Request {
     /// The offering device, once its user confirmed, asks for the new device's session token
     /// ([`Response::Token`], bound to the claiming device's key), to hand over on their direct connection.
     LinkToken { link_id: [u8; 5] },
+    /// Publishes this device's mailbox keys, certified by the account key (after its record).
+    PublishMailbox { keys: crate::mailbox::SignedMailboxKeys },
+    /// A friend's (or your own) devices that take letters, with their mailbox keys
+    /// ([`Response::Mailboxes`]), online or not.
+    Mailboxes { username: String },
+    /// Leaves a sealed letter for one device of a friend (or of your own) until it picks it up.
+    Deposit { username: String, device: [u8; 32], blob: Vec<u8> },
+    /// The letters waiting for this device after `after` (a deposit's id), oldest first, as many as fit
+    /// in one answer and at most `limit` ([`Response::Deposits`]).
+    Pickup { after: i64, limit: u32 },
+    /// These letters are stored on this device: the broker deletes them.
+    MailboxAck { ids: Vec<i64> },
 }
 
 impl Request {
@@ -178,6 +190,11 @@ impl Request {
             Self::LinkOffer { .. } => "link_offer",
             Self::LinkClaim { .. } => "link_claim",
             Self::LinkToken { .. } => "link_token",
+            Self::PublishMailbox { .. } => "publish_mailbox",
+            Self::Mailboxes { .. } => "mailboxes",
+            Self::Deposit { .. } => "deposit",
+            Self::Pickup { .. } => "pickup",
+            Self::MailboxAck { .. } => "mailbox_ack",
         }
     }
 }
@@ -241,6 +258,13 @@ pub enum Response {
         username: String,
         device: DeviceEndpoint,
     },
+    /// A user's account key and the mailbox keys of each of their devices that takes letters.
+    Mailboxes {
+        account_key: Option<crate::trust::AccountKey>,
+        devices: Vec<crate::mailbox::SignedMailboxKeys>,
+    },
+    /// Letters waiting for this device, oldest first.
+    Deposits(Vec<crate::mailbox::Deposit>),
 }
 
 /// A group as its members see it.
@@ -361,6 +385,8 @@ pub enum Event {
     AccountKeyChanged { username: String },
     /// A new device claimed your link code: connect to it, check the code's secret, confirm with the user.
     LinkClaimed { link_id: [u8; 5], device: DeviceEndpoint },
+    /// Letters are waiting for this device: pick them up.
+    MailWaiting,
 }
 
 /// A failed request: the code is for programs, the message for people.
@@ -452,6 +478,12 @@ pub enum ErrorCode {
     UnknownLink,
     #[error("no such device: `peer devices` lists yours")]
     UnknownDevice,
+    #[error(
+        "this broker keeps no mailbox (it runs with --no-mailbox): messages wait on your device until both are online"
+    )]
+    MailboxOff,
+    #[error("the recipient's mailbox is full ({0}): the message waits on your device")]
+    MailboxFull(String),
 }
 
 #[cfg(test)]

@@ -165,6 +165,13 @@ impl Db {
             .bind(fingerprint)
             .execute(&mut *tx)
             .await?;
+        // Its letters go with it: a revoked device gets nothing more, waiting or new.
+        for q in [
+            sql!("DELETE FROM deposits WHERE username = ? AND device = ?"),
+            sql!("DELETE FROM mailbox_keys WHERE username = ? AND fingerprint = ?"),
+        ] {
+            sqlx::query(self.sql(q)).bind(username).bind(fingerprint).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -188,11 +195,15 @@ impl Db {
         sqlx::query(self.sql(sql!("DELETE FROM devices WHERE username = ?"))).bind(username).execute(&mut *tx).await?;
         // A device revoked under the old key stays revoked: it was cut off for a reason.
         self.insert_device(&mut tx, username, fingerprint, record, now).await?;
-        sqlx::query(self.sql(sql!("DELETE FROM tokens WHERE username = ? AND (device IS NULL OR device <> ?)")))
-            .bind(username)
-            .bind(fingerprint)
-            .execute(&mut *tx)
-            .await?;
+        for q in [
+            sql!("DELETE FROM tokens WHERE username = ? AND (device IS NULL OR device <> ?)"),
+            // Letters sealed to devices that are gone can never be opened; the resetting device's own keys
+            // stand (they are certified again under the new key when it next publishes them).
+            sql!("DELETE FROM deposits WHERE username = ? AND device <> ?"),
+            sql!("DELETE FROM mailbox_keys WHERE username = ? AND fingerprint <> ?"),
+        ] {
+            sqlx::query(self.sql(q)).bind(username).bind(fingerprint).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -5,7 +5,7 @@
 //!
 //! Queries are written once with `?` placeholders (`sql!`); `Db::sql` gives PostgreSQL `$n` instead, made
 //! once per query text on first use. Only types that every backend carries through `Any` are used:
-//! `i64`, `String`, `Option<String>`. DDL differs per backend, so each has its own migrations folder, embedded
+//! `i64`, `String`, `Option<String>`, and `Vec<u8>` for sealed letters (hex would double them). DDL differs per backend, so each has its own migrations folder, embedded
 //! in the binary and applied in order at start-up.
 
 /// A query text written once with `?` placeholders: `sql!("SELECT ... WHERE a = ?")`, for [`Db::sql`].
@@ -20,6 +20,7 @@ pub(crate) mod accounts;
 pub(crate) mod devices;
 pub(crate) mod friends;
 pub(crate) mod groups;
+pub(crate) mod mailbox;
 mod migrate;
 #[cfg(test)]
 mod parity;
@@ -69,18 +70,21 @@ const SQLITE: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_groups.sql"),
     include_str!("../../migrations/sqlite/0003_blocks.sql"),
     include_str!("../../migrations/sqlite/0004_devices.sql"),
+    include_str!("../../migrations/sqlite/0005_mailbox.sql"),
 ];
 const POSTGRES: &[&str] = &[
     include_str!("../../migrations/postgres/0001_accounts.sql"),
     include_str!("../../migrations/postgres/0002_groups.sql"),
     include_str!("../../migrations/postgres/0003_blocks.sql"),
     include_str!("../../migrations/postgres/0004_devices.sql"),
+    include_str!("../../migrations/postgres/0005_mailbox.sql"),
 ];
 const MYSQL: &[&str] = &[
     include_str!("../../migrations/mysql/0001_accounts.sql"),
     include_str!("../../migrations/mysql/0002_groups.sql"),
     include_str!("../../migrations/mysql/0003_blocks.sql"),
     include_str!("../../migrations/mysql/0004_devices.sql"),
+    include_str!("../../migrations/mysql/0005_mailbox.sql"),
 ];
 
 /// A cheap-to-clone handle on the pool.

@@ -30,6 +30,7 @@ async fn every_store_function_agrees_on_every_backend() {
         friends(&db).await;
         groups(&db).await;
         devices(&db).await;
+        mailbox(&db).await;
         db.pool.close().await;
     }
 }
@@ -247,4 +248,58 @@ async fn devices(db: &Db) {
     assert!(db.token("dt3").await.unwrap().is_some());
     assert_eq!(db.certify("dave", "k1", "f1", "r1", 14).await.unwrap(), Certified::OtherKey);
     assert_eq!(db.certify("dave", "k9", "f2", "r2", 14).await.unwrap(), Certified::Revoked, "still revoked");
+}
+
+async fn mailbox(db: &Db) {
+    use super::mailbox::{Deposited, Room};
+    assert!(add_user(db, "erin", "Erin").await);
+    db.certify("erin", "ek", "e1", "r1", 1).await.unwrap();
+    db.certify("erin", "ek", "e2", "r2", 2).await.unwrap();
+    assert!(db.publish_mailbox("erin", "e1", "m1").await.unwrap());
+    assert!(!db.publish_mailbox("erin", "e1", "m1").await.unwrap(), "the same keys again: no write");
+    assert!(db.publish_mailbox("erin", "e1", "m1b").await.unwrap());
+    assert!(db.publish_mailbox("erin", "e2", "m2").await.unwrap());
+    assert!(db.publish_mailbox("erin", "e9", "m9").await.unwrap(), "stored, but served only with a record");
+    assert_eq!(db.mailboxes("erin").await.unwrap(), (Some("ek".into()), vec!["m1b".into(), "m2".into()]));
+
+    let room = Room { count: 3, bytes: 10 };
+    // Every byte value survives the round trip (a sealed letter is random bytes).
+    let letter: Vec<u8> = (0..=255).collect();
+    let big = Room { count: 3, bytes: 1 << 20 };
+    assert_eq!(db.deposit("erin", "e1", "alice", &letter, big, 5).await.unwrap(), Deposited::Stored);
+    assert_eq!(db.deposit("erin", "e1", "bob", b"abcd", big, 6).await.unwrap(), Deposited::Stored);
+    assert_eq!(db.deposit("erin", "e2", "bob", b"xyz", room, 6).await.unwrap(), Deposited::Stored);
+    assert_eq!(db.deposit("erin", "e9", "bob", b"x", room, 6).await.unwrap(), Deposited::NoDevice);
+    assert_eq!(
+        db.deposit("erin", "e2", "bob", b"12345678", room, 7).await.unwrap(),
+        Deposited::Full { count: 1, bytes: 3 },
+        "over the bytes"
+    );
+    assert_eq!(
+        db.deposit("erin", "e1", "bob", b"z", Room { count: 2, bytes: 1 << 20 }, 7).await.unwrap(),
+        Deposited::Full { count: 2, bytes: 260 }
+    );
+    let got = db.pickup("e1", 0, 10).await.unwrap();
+    assert_eq!(got.iter().map(|r| (r.sender.as_str(), r.at)).collect::<Vec<_>>(), vec![("alice", 5), ("bob", 6)]);
+    assert_eq!(got[0].letter, letter);
+    assert_eq!(db.pickup("e1", got[0].id, 10).await.unwrap().len(), 1, "after an id");
+    assert_eq!(db.pickup("e1", 0, 1).await.unwrap().len(), 1, "limited");
+    assert_eq!(db.ack("e2", &[got[0].id]).await.unwrap(), 0, "another device's letter is not acknowledged");
+    assert_eq!(db.ack("e1", &[got[0].id]).await.unwrap(), 1);
+    assert_eq!(db.pickup("e1", 0, 10).await.unwrap().len(), 1);
+    assert_eq!(db.mailbox_usage().await.unwrap(), (2, 7));
+    assert_eq!(db.prune_deposits(6).await.unwrap(), 0);
+    assert_eq!(db.prune_deposits(7).await.unwrap(), 2);
+
+    // A revoked device's letters go with it; a key reset takes every other device's.
+    db.deposit("erin", "e2", "bob", b"1", big, 8).await.unwrap();
+    db.deposit("erin", "e1", "bob", b"2", big, 8).await.unwrap();
+    assert!(db.revoke_device("erin", "e2", "rev", 9).await.unwrap());
+    assert!(db.pickup("e2", 0, 10).await.unwrap().is_empty());
+    assert_eq!(db.mailboxes("erin").await.unwrap().1, vec!["m1b".to_string()]);
+    db.certify("erin", "ek", "e3", "r3", 10).await.unwrap();
+    db.deposit("erin", "e3", "bob", b"3", big, 10).await.unwrap();
+    db.reset_account_key("erin", "ek2", "e1", "r1c", 11).await.unwrap();
+    assert!(db.pickup("e3", 0, 10).await.unwrap().is_empty());
+    assert_eq!(db.pickup("e1", 0, 10).await.unwrap().len(), 1, "the resetting device keeps its letters");
 }

@@ -752,6 +752,31 @@ impl App {
                 self.set_state(&ConvKey::Friend(to), &id, "delivered");
                 Vec::new()
             }
+            AgentEvent::MessageSent { to, id, .. } => {
+                self.set_state(&ConvKey::Friend(to), &id, "sent");
+                Vec::new()
+            }
+            AgentEvent::MessageCopied { to, id, text, sent_at, delivered, at } => {
+                // Sent from another of this account's devices: shown as ours, without a bell.
+                let key = ConvKey::Friend(to);
+                self.touch_at(&key, at);
+                if self.open.as_ref() == Some(&key) && !self.lines.iter().any(|l| l.id.as_deref() == Some(id.as_str()))
+                {
+                    let me = self.status.as_ref().map(|s| s.username.clone()).unwrap_or_default();
+                    self.lines.push_back(Line {
+                        id: Some(id),
+                        pos: 0,
+                        at: sent_at,
+                        sender: me,
+                        text,
+                        own: true,
+                        state: Some(if delivered { "delivered" } else { "sent" }.to_string()),
+                        notice: false,
+                        token: 0,
+                    });
+                }
+                Vec::new()
+            }
             AgentEvent::MessageFailed { to, id, reason, .. } => {
                 self.set_state(&ConvKey::Friend(to), &id, &format!("failed: {reason}"));
                 Vec::new()
@@ -871,7 +896,8 @@ impl App {
             | Event::FriendDevices { .. }
             | Event::AccountKeyChanged { .. }
             | Event::DeviceRevoked { .. }
-            | Event::LinkClaimed { .. } => Vec::new(),
+            | Event::LinkClaimed { .. }
+            | Event::MailWaiting => Vec::new(),
         }
     }
 

@@ -16,6 +16,9 @@ pub(super) async fn send(home: &Home, to: &str, text: &str) -> Result<()> {
     shared::peer::check_text(text).map_err(|e| anyhow!(e))?;
     match control_call(home, ControlRequest::Send { to: to.to_string(), text: text.to_string() }).await? {
         ControlResponse::Sent { status: MessageStatus::Delivered, .. } => say!("delivered to {to}"),
+        ControlResponse::Sent { status: MessageStatus::Sent, .. } => say!(
+            "sent: sealed in {to}'s mailbox on the broker; delivered when their device comes online, even if this one is off"
+        ),
         ControlResponse::Sent { status: MessageStatus::Failed, detail, .. } => {
             bail!("not delivered: {}", detail.unwrap_or_default())
         }
@@ -100,6 +103,10 @@ pub(super) async fn send_quiet(home: &Home, to: &str, text: &str) -> Result<()> 
     shared::peer::check_text(text).map_err(|e| anyhow!(e))?;
     match control_call(home, ControlRequest::Send { to: to.to_string(), text: text.to_string() }).await? {
         ControlResponse::Sent { status: MessageStatus::Delivered, .. } => Ok(()),
+        ControlResponse::Sent { status: MessageStatus::Sent, .. } => {
+            say!("(sent: in {to}'s mailbox; delivered when their device comes online)");
+            Ok(())
+        }
         ControlResponse::Sent { status: MessageStatus::Failed, detail, .. } => {
             bail!("not delivered: {}", detail.unwrap_or_default())
         }

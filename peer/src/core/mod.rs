@@ -5,6 +5,7 @@
 
 pub(crate) mod grouplog;
 pub(crate) mod links;
+pub(crate) mod mailbox;
 pub(crate) mod outbox;
 pub(crate) mod session;
 pub(crate) mod transfer;

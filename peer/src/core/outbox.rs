@@ -6,7 +6,7 @@
 //! at the first one no device stored ([`settle`]) so that nothing overtakes it.
 
 use shared::peer::PeerAck;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Sends waiting per friend, and whether a delivery run is under way for each.
 pub(crate) struct Queues<T> {
@@ -108,14 +108,28 @@ pub(crate) struct Settlement {
     pub(crate) delivered: Vec<usize>,
     /// Refused for good, with why: retrying will not help.
     pub(crate) failed: Vec<(usize, String)>,
+    /// Stored by no device yet, but sealed in the mailbox of every device of the friend's that takes
+    /// letters.
+    pub(crate) sent: Vec<usize>,
     /// The first message that no device stored or refused: it and every one after it stay queued.
     pub(crate) queued_from: Option<usize>,
 }
 
+/// Which messages of a run went into whose mailbox.
+#[derive(Debug, Default)]
+pub(crate) struct Mail {
+    /// The friend's devices that take letters.
+    pub(crate) devices: Vec<[u8; 32]>,
+    /// (device, message index) for every message sealed into that device's mailbox.
+    pub(crate) deposited: HashSet<([u8; 32], usize)>,
+}
+
 /// Settles `count` messages sent in order from the answers of each device that was reached (each list in
-/// message order, possibly cut short). A message counts as delivered if any device stored it; otherwise
-/// refused if a device refused it; otherwise it is the gap, and nothing after it is settled.
-pub(crate) fn settle(count: usize, answers: &[Vec<PeerAck>]) -> Settlement {
+/// message order, possibly cut short) and what went into mailboxes. A message counts as delivered if any
+/// device stored it; otherwise refused if a device refused it; otherwise sent if every device that takes
+/// letters has it in its mailbox (there being at least one); otherwise it is the gap, and nothing after it
+/// is settled.
+pub(crate) fn settle(count: usize, answers: &[Vec<PeerAck>], mail: &Mail) -> Settlement {
     let mut out = Settlement::default();
     for i in 0..count {
         let mine = || answers.iter().filter_map(move |a| a.get(i));
@@ -126,6 +140,8 @@ pub(crate) fn settle(count: usize, answers: &[Vec<PeerAck>]) -> Settlement {
             _ => None,
         }) {
             out.failed.push((i, why));
+        } else if !mail.devices.is_empty() && mail.devices.iter().all(|d| mail.deposited.contains(&(*d, i))) {
+            out.sent.push(i);
         } else {
             out.queued_from = Some(i);
             break;
@@ -212,14 +228,33 @@ mod tests {
             },
         ];
         for c in cases {
-            let got = settle(c.count, &c.answers);
+            let got = settle(c.count, &c.answers, &Mail::default());
             let want = Settlement {
                 delivered: c.delivered,
                 failed: c.failed.into_iter().map(|(i, w)| (i, w.to_string())).collect(),
+                sent: vec![],
                 queued_from: c.queued_from,
             };
             assert_eq!(got, want, "{}", c.name);
         }
+    }
+
+    #[test]
+    fn the_mailbox_settles_what_no_device_took() {
+        let (a, b) = ([1; 32], [2; 32]);
+        let mail = |deposited: &[([u8; 32], usize)]| Mail {
+            devices: vec![a, b],
+            deposited: deposited.iter().copied().collect(),
+        };
+        // Device a took the first directly; both mailboxes have the second; only a's has the third.
+        let got = settle(3, &[vec![Stored]], &mail(&[(b, 0), (a, 1), (b, 1), (a, 2)]));
+        assert_eq!(got.delivered, vec![0]);
+        assert_eq!(got.sent, vec![1]);
+        assert_eq!(got.queued_from, Some(2), "in one mailbox of two: not sent, and it stops there");
+        // No device takes letters (an older agent, a broker without a mailbox): queued as before.
+        let none = settle(1, &[], &Mail { devices: vec![], deposited: HashSet::new() });
+        assert_eq!(none.queued_from, Some(0));
+        assert!(none.sent.is_empty());
     }
 
     fn sends<T>(items: Vec<T>, clean: bool) -> Option<Batch<T>> {

@@ -89,6 +89,8 @@ pub(crate) enum Effect {
     CheckKey(String),
     /// A new device claimed one of our link codes: connect to it and check its proof.
     Link([u8; 5], DeviceEndpoint),
+    /// Letters wait in this device's mailbox: pick them up.
+    Pickup,
     /// Store a group message in order (fetching any gap), then show it.
     Group(GroupMessage),
     /// Tell watchers.
@@ -144,6 +146,7 @@ impl Session {
                 fx.push(Effect::CheckKey(username.clone()));
             }
             Event::LinkClaimed { link_id, device } => return vec![Effect::Link(*link_id, device.clone())],
+            Event::MailWaiting => return vec![Effect::Pickup],
             Event::GroupMessage(m) => return vec![Effect::Group(m.clone())],
             Event::FriendRequest { .. }
             | Event::FriendProfile { .. }
