@@ -8,6 +8,8 @@
 //!   p99 latencies at the start and the end.
 //! - `bench link`: a device with 100,000 messages links a new one: time until the new device holds them
 //!   all, beside SQLite copying the same rows between two files.
+//! - `bench mailbox`: messages deposited for an offline device, then the device comes online: deposit
+//!   rate, the broker's bytes per message, time until all are stored, beside SQLite copying the same rows.
 //! - `bench tui`: the full-screen app in-process on a test backend: first frame, frame times, memory.
 //! - `bench presence`: users with 50 friends each come online; presence events/s and the delay from a
 //!   user's hello to each friend's event, beside a raw quinn request/response round trip.
@@ -22,6 +24,8 @@ mod client;
 mod files;
 #[cfg(unix)]
 mod link;
+#[cfg(unix)]
+mod mailbox;
 #[cfg(target_os = "linux")]
 mod nat;
 mod raw;
@@ -100,6 +104,14 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         messages: usize,
     },
+    /// Messages sealed into an offline friend's mailbox, then picked up when the friend comes online.
+    Mailbox {
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// Senders at once while depositing.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
     /// In the NAT lab (root): first message and file throughput, direct through NATs and relayed.
     Nat {
         #[arg(long, default_value = "256M", value_parser = shared::files::parse_size)]
@@ -158,6 +170,10 @@ fn main() -> Result<()> {
         Cmd::Files { size, dir } => rt.block_on(files::files_bench(size, dir)),
         #[cfg(unix)]
         Cmd::Link { messages } => rt.block_on(link::link_bench(messages)),
+        #[cfg(unix)]
+        Cmd::Mailbox { messages, concurrency } => rt.block_on(mailbox::mailbox_bench(messages, concurrency)),
+        #[cfg(not(unix))]
+        Cmd::Mailbox { .. } => anyhow::bail!("the mailbox bench drives the agent's Unix control socket"),
         #[cfg(not(unix))]
         Cmd::Link { .. } => anyhow::bail!("the link bench drives `peer devices link` on a Unix agent"),
         #[cfg(not(unix))]
@@ -188,6 +204,13 @@ pub(crate) struct Proc {
     pub(crate) addr: SocketAddr,
     pub(crate) fingerprint: String,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Proc {
+    /// The broker's data directory (none for the raw server).
+    pub(crate) fn data_dir(&self) -> Option<&std::path::Path> {
+        self._dir.as_ref().map(tempfile::TempDir::path)
+    }
 }
 
 impl Drop for Proc {
@@ -245,10 +268,16 @@ fn ready_line(child: &mut Child) -> Result<(SocketAddr, String)> {
 /// cheap argon2 parameters so that setting up thousands of users does not dominate the run; logins in the
 /// measured part use tokens and never hash.
 pub(crate) fn start_broker() -> Result<Proc> {
+    start_broker_with(&[])
+}
+
+/// [`start_broker`] with extra settings (environment variables).
+pub(crate) fn start_broker_with(env: &[(&str, &str)]) -> Result<Proc> {
     let dir = tempfile::tempdir()?;
     let mut child = Command::new(sibling("broker")?)
         .args(["--listen", "127.0.0.1:0", "--data"])
         .arg(dir.path())
+        .envs(env.iter().copied())
         .env("BROKER_ARGON2_MEMORY_KIB", "1024")
         .env("BROKER_ARGON2_ITERATIONS", "1")
         .env("BROKER_REGISTRATIONS_PER_IP_HOUR", "1000000")

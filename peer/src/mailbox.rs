@@ -294,9 +294,19 @@ impl Agent {
     async fn store_letters(&self, letters: Vec<Letter>) -> Result<Vec<(String, Vec<MessageId>)>> {
         let now = now_ms();
         let mut stored: Vec<(String, Vec<MessageId>)> = Vec::new();
+        // Consecutive letters of messages from one friend are stored together (a backlog of one-message
+        // letters costs a few statements, not one each); order is kept.
+        let mut merged: Vec<(String, LetterBody)> = Vec::new();
         for letter in letters {
-            let from = letter.from;
-            match letter.body {
+            match (merged.last_mut(), letter.body) {
+                (Some((from, LetterBody::Chat(chats))), LetterBody::Chat(more)) if *from == letter.from => {
+                    chats.extend(more);
+                }
+                (_, body) => merged.push((letter.from, body)),
+            }
+        }
+        for (from, body) in merged {
+            match body {
                 LetterBody::Chat(chats) => {
                     let rows: Vec<(String, String, i64)> =
                         chats.iter().map(|c| (c.id.to_string(), c.text.clone(), c.sent_at)).collect();
