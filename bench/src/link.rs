@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// A message of about 100 bytes, as `bench chat` sends.
 const TEXT: &str = "a message of about one hundred bytes, the size of an ordinary chat line, padded out to it ...";
 
-async fn open(path: &Path) -> Result<SqliteConnection> {
+pub(crate) async fn open(path: &Path) -> Result<SqliteConnection> {
     let url = format!("sqlite:{}?mode=rwc", path.display());
     Ok(SqliteConnection::connect(&url).await?)
 }
@@ -33,8 +33,8 @@ async fn fill(db: &Path, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// The floor: SQLite copying the same rows between two files.
-async fn sqlite_copy(from: &Path, dir: &Path) -> Result<Duration> {
+/// The floor: SQLite copying the same rows between two files (`dir/copy.db`).
+pub(crate) async fn sqlite_copy(from: &Path, dir: &Path) -> Result<Duration> {
     let to = dir.join("copy.db");
     let mut c = open(&to).await?;
     sqlx::query(

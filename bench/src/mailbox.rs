@@ -5,12 +5,13 @@
 //! same run: SQLite copying the same rows between two files.
 
 use crate::chat::{Agent, peer, socket, start_agent};
+use crate::link::open;
 use crate::stats::{ms, percentile};
 use crate::{Proc, sibling, start_broker_with};
 use anyhow::{Context, Result, bail};
 use shared::control::{ControlRequest, ControlResponse, MessageStatus};
 use shared::io::{read_frame, write_frame};
-use sqlx::{Connection, SqliteConnection};
+use sqlx::Connection;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -18,10 +19,6 @@ use std::time::{Duration, Instant};
 
 /// A message of about 100 bytes, as `bench chat` sends.
 const TEXT: &str = "a message of about one hundred bytes, the size of an ordinary chat line, padded out to it ...";
-
-async fn open(path: &Path) -> Result<SqliteConnection> {
-    Ok(SqliteConnection::connect(&format!("sqlite:{}?mode=rwc", path.display())).await?)
-}
 
 async fn count(db: &Path) -> Result<i64> {
     let mut c = open(db).await?;
@@ -135,24 +132,7 @@ pub(crate) async fn mailbox_bench(messages: usize, concurrency: usize) -> Result
     let _ = child.wait();
 
     // The floor of storing them: SQLite copying the same rows into a fresh file.
-    let copy = bob.home.path().join("copy.db");
-    let mut c = open(&copy).await?;
-    sqlx::query(
-        "CREATE TABLE messages (local_id INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, peer TEXT NOT NULL, \
-         outgoing INTEGER NOT NULL, text TEXT NOT NULL, sent_at INTEGER NOT NULL, stored_at INTEGER NOT NULL, \
-         status TEXT NOT NULL)",
-    )
-    .execute(&mut c)
-    .await?;
-    let t = Instant::now();
-    sqlx::query(sqlx::AssertSqlSafe(format!("ATTACH DATABASE '{}' AS old", bob_db.display()))).execute(&mut c).await?;
-    sqlx::query(
-        "INSERT INTO messages (id, peer, outgoing, text, sent_at, stored_at, status) \
-         SELECT id, peer, outgoing, text, sent_at, stored_at, status FROM old.messages ORDER BY local_id",
-    )
-    .execute(&mut c)
-    .await?;
-    let floor = t.elapsed();
+    let floor = crate::link::sqlite_copy(&bob_db, bob.home.path()).await?;
 
     let per_message = stored_bytes as f64 / messages as f64;
     println!("mailbox bench: {messages} messages of {} bytes to an offline device, {concurrency} senders", TEXT.len());
