@@ -632,6 +632,12 @@ pub fn letters() -> Vec<Signed<Letter>> {
         letter(LetterBody::Chat(vec![chat(), chat()])),
         letter(LetterBody::Copy { to: "carol".into(), chats: vec![chat()], delivered: true }),
         letter(LetterBody::Delivered(vec![shared::id::MessageId([3; 16])])),
+        letter(LetterBody::FileOffer(FileOffer {
+            id: shared::id::TransferId([4; 16]),
+            name: "a.pdf".into(),
+            size: 10,
+            hash: [6; 32],
+        })),
     ]
 }
 
@@ -640,6 +646,7 @@ fn variant_of_letter(l: &Signed<Letter>) -> &'static str {
         LetterBody::Chat(_) => "Chat",
         LetterBody::Copy { .. } => "Copy",
         LetterBody::Delivered(_) => "Delivered",
+        LetterBody::FileOffer(_) => "FileOffer",
     }
 }
 

@@ -174,6 +174,21 @@ impl Agent {
         }
     }
 
+    /// Leaves a file offer in the mailbox of each of the friend's devices (they are offline): they see it
+    /// and can accept it; the bytes go once both are online. `Err(why)`: it could not be left.
+    pub(crate) async fn mail_offer(&self, friend: &str, offer: shared::files::FileOffer) -> Result<(), String> {
+        let devices = self.mailboxes_of(friend).await?;
+        if devices.is_empty() {
+            return Err(format!("{friend} has no device that takes letters"));
+        }
+        for device in &devices {
+            if let (_, Some(why)) = self.post(friend, device, vec![LetterBody::FileOffer(offer.clone())]).await {
+                return Err(why);
+            }
+        }
+        Ok(())
+    }
+
     /// Tells every device of `friend`'s that these messages of theirs are stored here.
     async fn send_receipts(&self, friend: &str, ids: Vec<MessageId>) {
         let devices = match self.mailboxes_of(friend).await {
@@ -194,7 +209,7 @@ impl Agent {
     /// Picks up every letter waiting for this device: opens and checks each, stores what it says (a page
     /// at a time, de-duplicated by message id), acknowledges the page so the broker deletes it, and then
     /// sends receipts for the messages stored.
-    pub(crate) async fn pickup(&self) {
+    pub(crate) async fn pickup(self: &Arc<Self>) {
         let mut after = 0;
         let mut receipts: HashMap<String, Vec<MessageId>> = HashMap::new();
         let mut refreshed = HashSet::new();
@@ -291,7 +306,7 @@ impl Agent {
 
     /// Stores what a page of letters says; returns, per friend, the ids of their messages now stored here
     /// (for receipts: those stored before too, in case a receipt was lost).
-    async fn store_letters(&self, letters: Vec<Letter>) -> Result<Vec<(String, Vec<MessageId>)>> {
+    async fn store_letters(self: &Arc<Self>, letters: Vec<Letter>) -> Result<Vec<(String, Vec<MessageId>)>> {
         let now = now_ms();
         let mut stored: Vec<(String, Vec<MessageId>)> = Vec::new();
         // Consecutive letters of messages from one friend are stored together (a backlog of one-message
@@ -347,6 +362,12 @@ impl Agent {
                                 at: now,
                             });
                         }
+                    }
+                }
+                LetterBody::FileOffer(offer) => {
+                    // As if offered directly: recorded and shown; the bytes come once both are online.
+                    if let shared::peer::PeerAck::Refused(why) = self.on_offer(&from, offer).await {
+                        tracing::info!(friend = from, why, "a file offered by mail was refused");
                     }
                 }
                 LetterBody::Delivered(ids) => {

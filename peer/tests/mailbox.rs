@@ -145,3 +145,33 @@ fn without_a_mailbox_messages_wait_on_the_sender() {
     let _b = bob.up();
     wait_until("delivered once both are online", || statuses(&alice, "bob") == ["delivered"]);
 }
+
+/// A file offered while the friend is offline: the offer waits in their mailbox (the file never does), they
+/// accept it while the sender is away, and the bytes go once both are online.
+#[test]
+fn a_file_offer_waits_in_the_mailbox_and_the_file_follows() {
+    let broker = Broker::start(&Backend::Sqlite);
+    let Friends { alice, bob, agents: (mut a, mut b) } = Friends::start(&broker, &[], &[]);
+    assert!(b.stop());
+    wait_until("bob is offline", || offline(&alice, "bob"));
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("photo.jpg");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let out = alice.run(&["send-file", "bob", file.to_str().unwrap(), "--no-wait"]);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.contains("mailbox"), "{said}");
+    assert!(!contains(&broker_bytes(&broker), "photo.jpg"), "the broker cannot read the offer either");
+    assert!(a.stop());
+
+    let _b = bob.up();
+    let offered = || bob.json(&["files", "--json"]).as_array().unwrap().iter().any(|t| t["state"] == "offered");
+    wait_until("bob sees the offer", offered);
+    let dl = tempfile::tempdir().unwrap();
+    let id = bob.json(&["files", "--json"])[0]["id"].as_str().unwrap().to_string();
+    bob.ok(&["files", "accept", &id[..8], "--to", dl.path().to_str().unwrap()]);
+    let _a = alice.up();
+    wait_until("the file arrives once both are online", || {
+        std::fs::read(dl.path().join("photo.jpg")).is_ok_and(|got| got == data)
+    });
+}

@@ -74,6 +74,9 @@ pub enum LetterBody {
     Copy { to: String, chats: Vec<Chat>, delivered: bool },
     /// These messages from the recipient's user were stored on the writing device.
     Delivered(Vec<MessageId>),
+    /// A file offered while the recipient was offline (the file itself is never in a letter: it goes
+    /// directly, or relayed, once both are online and the recipient accepted it).
+    FileOffer(crate::files::FileOffer),
 }
 
 /// A letter waiting at the broker, as the recipient device picks it up.

@@ -117,8 +117,24 @@ fn enter_sends_to_the_open_conversation_and_the_answer_sets_its_state() {
         detail: Some("bob is offline".into()),
     }));
     assert_eq!(a.lines.back().unwrap().state.as_deref(), Some("queued: bob is offline"));
+    a.handle(Input::Event(AgentEvent::MessageSent { to: "bob".into(), id: "beef".into(), at: 1 }));
+    assert_eq!(a.lines.back().unwrap().state.as_deref(), Some("sent"), "in bob's mailbox");
     a.handle(Input::Event(AgentEvent::MessageDelivered { to: "bob".into(), id: "beef".into(), at: 1 }));
     assert_eq!(a.lines.back().unwrap().state.as_deref(), Some("delivered"));
+    // What this account sent from another device shows as ours, once, without a bell.
+    let copied = AgentEvent::MessageCopied {
+        to: "bob".into(),
+        id: "cafe".into(),
+        text: "from my phone".into(),
+        sent_at: 2,
+        delivered: false,
+        at: 3,
+    };
+    assert!(a.handle(Input::Event(copied.clone())).is_empty());
+    a.handle(Input::Event(copied));
+    let last = a.lines.back().unwrap();
+    assert!(last.own && last.text == "from my phone" && last.state.as_deref() == Some("sent"));
+    assert_eq!(a.lines.iter().filter(|l| l.id.as_deref() == Some("cafe")).count(), 1);
     // Up recalls what was sent.
     a.handle(key(KeyCode::Up));
     assert_eq!(a.input_text(), "hello world");

@@ -36,7 +36,7 @@ pub(super) async fn send(home: &Home, to: &str, text: &str) -> Result<()> {
 fn concerns(e: &AgentEvent, friend: &str) -> bool {
     match e {
         AgentEvent::MessageReceived { from, .. } => from == friend,
-        AgentEvent::MessageFailed { to, .. } => to == friend,
+        AgentEvent::MessageFailed { to, .. } | AgentEvent::MessageCopied { to, .. } => to == friend,
         AgentEvent::Broker { event: Event::Presence { username, .. }, .. } => username == friend,
         _ => false,
     }

@@ -59,7 +59,7 @@ pub(crate) enum Writer {
 /// account's other devices write copies of what they sent. Anything else is dropped.
 pub(crate) fn allowed(body: &LetterBody, writer: Writer) -> Result<(), &'static str> {
     match (body, writer) {
-        (LetterBody::Chat(_) | LetterBody::Delivered(_), Writer::Friend) => Ok(()),
+        (LetterBody::Chat(_) | LetterBody::Delivered(_) | LetterBody::FileOffer(_), Writer::Friend) => Ok(()),
         (LetterBody::Copy { .. }, Writer::OwnDevice) => Ok(()),
         (_, Writer::Other) => Err("from neither a friend nor another device of this account"),
         (LetterBody::Copy { .. }, Writer::Friend) => Err("a friend cannot write copies of this account's messages"),
@@ -122,5 +122,13 @@ mod tests {
         assert!(allowed(&chat, Writer::OwnDevice).is_err());
         assert!(allowed(&chat, Writer::Other).is_err());
         assert!(allowed(&receipt, Writer::Other).is_err());
+        let offer = LetterBody::FileOffer(shared::files::FileOffer {
+            id: shared::id::TransferId([1; 16]),
+            name: "a".into(),
+            size: 1,
+            hash: [0; 32],
+        });
+        assert!(allowed(&offer, Writer::Friend).is_ok());
+        assert!(allowed(&offer, Writer::OwnDevice).is_err(), "a transfer is between friends");
     }
 }

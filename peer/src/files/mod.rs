@@ -45,6 +45,16 @@ const CANCELLED: quinn::VarInt = quinn::VarInt::from_u32(2);
 /// How long a stream may take to answer a file frame.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The offer of an outgoing transfer, as it travels.
+fn offer_of(t: &Transfer) -> Result<FileOffer> {
+    Ok(FileOffer {
+        id: t.id.parse()?,
+        name: t.name.clone(),
+        size: t.size,
+        hash: from_hex(&t.hash).ok_or_else(|| anyhow!("transfer {} has a malformed hash recorded", t.id))?,
+    })
+}
+
 /// Options of `peer up` for incoming files.
 #[derive(Debug, Clone)]
 pub(crate) struct FilePolicy {
@@ -188,19 +198,29 @@ impl Agent {
         if rec.t.state == TransferState::Done {
             return Ok(rec.t);
         }
-        self.offer(&rec).await
+        let t = self.offer(&rec).await?;
+        if t.state != TransferState::Waiting {
+            return Ok(t);
+        }
+        // Not reachable: the offer (never the file) goes to their mailbox, so that they see it and can
+        // accept it while we are away; the bytes go once both are online.
+        match self.mail_offer(to, offer_of(&t)?).await {
+            Ok(()) => {
+                let why =
+                    format!("{to} is offline: the offer is in their mailbox; the file goes when you are both online");
+                self.settle(&t.id, TransferState::Waiting, Some(&why)).await
+            }
+            Err(why) => {
+                tracing::debug!(to, why, "the offer was not left in the mailbox");
+                Ok(t)
+            }
+        }
     }
 
     /// Offers (again) an outgoing transfer and records where the receiver stands.
     async fn offer(&self, rec: &Record) -> Result<Transfer> {
         let t = &rec.t;
-        let offer = FileOffer {
-            id: t.id.parse()?,
-            name: t.name.clone(),
-            size: t.size,
-            hash: from_hex(&t.hash).ok_or_else(|| anyhow!("transfer {} has a malformed hash recorded", t.id))?,
-        };
-        let (state, error) = match self.exchange(&t.peer, &PeerFrame::FileOffer(offer)).await {
+        let (state, error) = match self.exchange(&t.peer, &PeerFrame::FileOffer(offer_of(t)?)).await {
             Ok((_, _, PeerAck::Offer(OfferAnswer::Done))) => return self.record_done(&t.id, t.size, None).await,
             Ok((_, _, PeerAck::Offer(answer))) => rules::after_answer(&answer, &t.peer),
             Ok((_, _, PeerAck::Refused(why))) => (TransferState::Failed, Some(format!("{} refused it: {why}", t.peer))),
