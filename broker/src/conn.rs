@@ -122,7 +122,13 @@ impl Conn {
             self.ctx.relay.check_enabled()?;
             let open = async {
                 let Some(conn) = self.ctx.table.device_connection(&friend, &device) else {
-                    return Err(ErrorCode::RelayUnavailable(format!("{friend}'s device is not online")).into());
+                    let elsewhere = self.ctx.table.sessions(&friend).iter().any(|r| r.fingerprint == device);
+                    let why = if elsewhere {
+                        format!("{friend}'s device is served by another broker node; a relay needs both on one")
+                    } else {
+                        format!("{friend}'s device is not online")
+                    };
+                    return Err(ErrorCode::RelayUnavailable(why).into());
                 };
                 // The friend's side first, so that the answer says whether the relay really stands.
                 Ok(self.ctx.relay.open(&me, self.fingerprint, &conn).await?)

@@ -261,6 +261,11 @@ impl Groups {
     /// The member list, cached. Only ever called in the group's turn: membership changes drop the entry in
     /// the same turn, so a list read from the database can never be written back after a change to it.
     async fn members_of(&self, group_id: i64) -> Result<Arc<Vec<String>>> {
+        // In a cluster another node may change the members (a join served there): read them every time,
+        // inside the turn, so that a post never misses a member who joined before it was numbered.
+        if self.table.is_clustered() {
+            return Ok(Arc::new(self.db.member_names(group_id).await?));
+        }
         if let Some(m) = self.members.lock().get(&group_id) {
             return Ok(m.clone());
         }

@@ -19,6 +19,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod accounts;
+pub mod cluster;
 pub mod config_file;
 pub mod conn;
 pub mod devices;

@@ -70,6 +70,13 @@ struct Args {
     /// Bytes per second relayed for everyone together; 0: no limit.
     #[arg(long, env = "BROKER_RELAY_TOTAL_RATE", default_value = "100M", value_parser = shared::files::parse_size)]
     relay_total_rate: u64,
+    /// Join a cluster of brokers: the NATS server they share (e.g. nats://10.0.0.5:4222). Every node needs
+    /// the same --database (PostgreSQL or MySQL/MariaDB) and the same --identity.
+    #[arg(long, env = "BROKER_CLUSTER")]
+    cluster: Option<String>,
+    /// This node's id in the cluster (a number unique among the nodes; random if not given).
+    #[arg(long, env = "BROKER_NODE_ID")]
+    node_id: Option<u32>,
     /// Keep no mailbox: letters for offline devices are refused, and senders keep their messages until
     /// both sides are online (a pure rendezvous).
     #[arg(long, env = "BROKER_NO_MAILBOX")]
@@ -92,6 +99,14 @@ struct Args {
     /// Argon2id iterations (OWASP: 2).
     #[arg(long, env = "BROKER_ARGON2_ITERATIONS", default_value_t = 2)]
     argon2_iterations: u32,
+}
+
+/// A random node id (1 to 2^20), for a node started without `--node-id`.
+fn random_node_id() -> u32 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    (u32::from_le_bytes(b) % 0xF_FFFF) + 1
 }
 
 #[tokio::main]
@@ -135,6 +150,10 @@ async fn run() -> anyhow::Result<()> {
             user_rate: args.relay_user_rate,
             total_rate: args.relay_total_rate,
         },
+        cluster: args.cluster.map(|url| broker::cluster::ClusterConfig {
+            url,
+            node: u64::from(args.node_id.unwrap_or_else(random_node_id)),
+        }),
         mailbox: broker::mailbox::MailboxConfig {
             enabled: !args.no_mailbox,
             retention: Duration::from_secs(args.mailbox_retention_days * 86_400),

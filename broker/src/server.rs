@@ -34,6 +34,8 @@ pub struct Config {
     pub group_retention: crate::groups::Retention,
     pub relay: crate::relay::RelayConfig,
     pub mailbox: crate::mailbox::MailboxConfig,
+    /// Join a cluster of brokers over NATS (`--cluster`); `None`: one broker on its own.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Shared state of all connections.
@@ -50,11 +52,20 @@ pub struct Ctx {
 /// A broker bound and ready to serve.
 pub struct Broker {
     endpoint: quinn::Endpoint,
+    /// In a cluster: the NATS client, this node's id, and the queues the link task reads.
+    cluster: Option<ClusterParts>,
     ctx: Arc<Ctx>,
     db: Db,
     max_connections: usize,
     handshakes: Handshakes,
     pub fingerprint: certs::Fingerprint,
+}
+
+struct ClusterParts {
+    client: async_nats::Client,
+    node: u64,
+    out: tokio::sync::mpsc::UnboundedReceiver<crate::table::Outbound>,
+    events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
 }
 
 /// Handshakes that have begun but not finished: what a stranger can make the broker hold without ever
@@ -118,7 +129,19 @@ impl Broker {
             None => Identity::load_or_create(&cfg.data_dir, "broker", "p2pim-broker")?,
         };
         let db = Db::open(&cfg.database_url).await?;
-        let table = Arc::new(Table::default());
+        let (table, cluster) = match &cfg.cluster {
+            None => (Arc::new(Table::default()), None),
+            Some(c) => {
+                if db.backend == crate::store::Backend::Sqlite {
+                    anyhow::bail!(
+                        "--cluster needs a database every node shares: --database postgres://... or mysql://..."
+                    );
+                }
+                let (client, events) = crate::cluster::connect(c).await?;
+                let (tx, out) = tokio::sync::mpsc::unbounded_channel();
+                (Arc::new(Table::clustered(c.node, tx)), Some(ClusterParts { client, node: c.node, out, events }))
+            }
+        };
         let accounts = Accounts::new(
             db.clone(),
             cfg.hash_cost,
@@ -147,6 +170,7 @@ impl Broker {
         let endpoint = quinn::Endpoint::new(endpoint_config(&identity), Some(server), socket, runtime)?;
         Ok(Self {
             endpoint,
+            cluster,
             ctx: Arc::new(Ctx {
                 devices: crate::devices::Devices::new(db.clone(), table.clone(), accounts.clone()),
                 mailbox: crate::mailbox::Mailbox::new(db.clone(), table.clone(), cfg.mailbox),
@@ -171,9 +195,21 @@ impl Broker {
     /// Serves until `shutdown` resolves, then closes every connection, waits for their handlers, and closes
     /// the database last. Every task has an owner: the periodic jobs and the connection handlers are in
     /// `JoinSet`s held here (each connection owns its stream tasks in turn, see `conn::serve`).
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut background = tokio::task::JoinSet::new();
+        let leave = self.cluster.take().map(|c| {
+            let leave = (c.client.clone(), c.node);
+            background.spawn(crate::cluster::run(
+                self.ctx.clone(),
+                c.client,
+                self.fingerprint,
+                c.node,
+                c.out,
+                c.events,
+            ));
+            leave
+        });
         background.spawn({
             let db = self.db.clone();
             async move {
@@ -233,6 +269,9 @@ impl Broker {
             }
         }
         background.abort_all();
+        if let Some((client, node)) = &leave {
+            crate::cluster::leave(client, &self.fingerprint, *node).await;
+        }
         tracing::info!(online = self.ctx.table.len(), "shutting down");
         self.endpoint.close(quinn::VarInt::from_u32(0), b"broker shutting down");
         // Handlers finish what they were writing before the database goes (their connections are closed, so

@@ -132,16 +132,34 @@ impl Broker {
     /// to the others with `--identity`), each with its own data directory and port: brokers that serve the
     /// same users, for failover.
     pub fn start_sharing(backend: &Backend, n: usize) -> Vec<Self> {
+        Self::start_nodes(backend, n, |_| Vec::new())
+    }
+
+    /// Starts a cluster of `n` brokers (`--cluster`, node ids 1..=n) over one fresh database and the NATS
+    /// server of the run (`TEST_NATS_URL`, default `nats://127.0.0.1:4222`), presenting one identity.
+    pub fn start_cluster(backend: &Backend, n: usize) -> Vec<Self> {
+        let nats = nats_url();
+        Self::start_nodes(backend, n, |i| {
+            vec!["--cluster".into(), nats.clone(), "--node-id".into(), (i + 1).to_string()]
+        })
+    }
+
+    fn start_nodes(backend: &Backend, n: usize, extra: impl Fn(usize) -> Vec<String>) -> Vec<Self> {
         let data = tempfile::tempdir().unwrap();
         let db = TestDb::create(backend, data.path());
         let key = data.path().join("broker.key");
         let key = key.to_str().unwrap().to_string();
         let any = "127.0.0.1:0".parse().unwrap();
-        let (child, addr, fingerprint) = spawn_broker(data.path(), &db.url, any, &["--identity", &key]);
+        let args = |i: usize| [vec!["--identity".to_string(), key.clone()], extra(i)].concat();
+        let first = args(0);
+        let first_refs: Vec<&str> = first.iter().map(String::as_str).collect();
+        let (child, addr, fingerprint) = spawn_broker(data.path(), &db.url, any, &first_refs);
         let mut out = Vec::new();
-        for _ in 1..n {
+        for i in 1..n {
             let d = tempfile::tempdir().unwrap();
-            let (c, a, f) = spawn_broker(d.path(), &db.url, any, &["--identity", &key]);
+            let more = args(i);
+            let refs: Vec<&str> = more.iter().map(String::as_str).collect();
+            let (c, a, f) = spawn_broker(d.path(), &db.url, any, &refs);
             out.push(Self {
                 child: Some(c),
                 addr: a,
@@ -223,6 +241,11 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The NATS server cluster tests use.
+pub fn nats_url() -> String {
+    std::env::var("TEST_NATS_URL").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "nats://127.0.0.1:4222".into())
 }
 
 fn spawn_broker(data: &Path, db_url: &str, listen: SocketAddr, extra: &[&str]) -> (Child, SocketAddr, String) {

@@ -1,0 +1,337 @@
+//! Brokers in a cluster: nodes on one database (PostgreSQL or MariaDB) that tell each other, over NATS,
+//! which sessions each serves and carry each other's pushes, so that users on different nodes find each
+//! other, see each other's presence and get each other's events as on one broker.
+//!
+//! NATS core pub/sub only (at most once): every node publishes its sessions as they come and go on
+//! `p2pim.CLUSTER.all` (CLUSTER: from the identity every node presents), with a heartbeat every 2 s that carries how many it serves. A node that hears a count
+//! other than what it holds for that node twice in a row asks it for a snapshot (`Resync`), and a node that
+//! joins (or whose link to NATS comes back) says `Hello` and gets everyone's snapshot, so a lost message is
+//! repaired within seconds. A node silent for the idle timeout is taken out with its sessions, and each
+//! survivor tells its own sessions' friends. Pushes to sessions on another node go to that node's own
+//! subject (`p2pim.CLUSTER.node.ID`), naming the sessions, one message per node however many sessions.
+//!
+//! What stays with one node: the relay (both agents must be on the node that relays), link codes, and the
+//! turn that orders one group's fan-out (numbering is in the database, so order never forks; an agent that
+//! sees a gap fetches it, as after being offline).
+
+use crate::server::Ctx;
+use crate::store::now_ms;
+use crate::table::{Announced, Frame, Outbound};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use shared::proto::Event;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How often a node says it is alive (and how many sessions it serves).
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// Silence after which a node counts as gone: the same as an agent's idle timeout.
+const SILENT: Duration = crate::server::IDLE_TIMEOUT;
+/// Rows per snapshot message (well under NATS's 1 MB default payload).
+const SNAPSHOT_ROWS: usize = 2000;
+/// The subjects of one cluster: named after the identity its nodes share, so that clusters (or tests)
+/// that share a NATS server never hear each other.
+#[derive(Debug, Clone)]
+struct Subjects {
+    all: String,
+    prefix: String,
+}
+
+impl Subjects {
+    fn new(identity: &certs::Fingerprint) -> Self {
+        let name = &identity.to_string()[..16];
+        Self { all: format!("p2pim.{name}.all"), prefix: format!("p2pim.{name}.node.") }
+    }
+
+    fn node(&self, node: u64) -> String {
+        format!("{}{node}", self.prefix)
+    }
+}
+
+/// Joining a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub url: String,
+    /// This node's id (unique in the cluster; random if not set).
+    pub node: u64,
+}
+
+/// What nodes say to each other.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+enum Bus {
+    Hello {
+        node: u64,
+    },
+    Heartbeat {
+        node: u64,
+        sessions: u64,
+    },
+    Up {
+        node: u64,
+        session: Announced,
+    },
+    Down {
+        node: u64,
+        user: String,
+        session_id: u64,
+        at: i64,
+    },
+    /// One part of a node's sessions; `last` ends it, and then they replace what was known of that node.
+    Snapshot {
+        node: u64,
+        epoch: u64,
+        rows: Vec<Announced>,
+        last: bool,
+    },
+    /// The node is shutting down: take its sessions out now.
+    Bye {
+        node: u64,
+    },
+    /// To one node: send your snapshot.
+    Resync,
+    /// To one node: deliver this frame to these sessions of yours.
+    Push {
+        sessions: Vec<(String, u64)>,
+        frame: Vec<u8>,
+    },
+    /// To one node: these sessions of yours were revoked; close them after this frame.
+    Close {
+        user: String,
+        sessions: Vec<u64>,
+        frame: Option<Vec<u8>>,
+    },
+}
+
+fn encode(msg: &Bus) -> Option<Bytes> {
+    match shared::frame::encode_body(msg) {
+        Ok(b) => Some(Bytes::from(b)),
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode a cluster message");
+            None
+        }
+    }
+}
+
+/// Connects to NATS: the client, and the link's own events (reconnected, disconnected).
+pub async fn connect(
+    cfg: &ClusterConfig,
+) -> anyhow::Result<(async_nats::Client, mpsc::UnboundedReceiver<async_nats::Event>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("p2pim-broker-{}", cfg.node))
+        .event_callback(move |e| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e);
+            }
+        })
+        .connect(cfg.url.as_str())
+        .await
+        .map_err(|e| anyhow::anyhow!("--cluster {}: cannot reach NATS: {e}", cfg.url))?;
+    Ok((client, rx))
+}
+
+/// What this node knows of the others.
+#[derive(Default)]
+struct Peers {
+    heard: HashMap<u64, Instant>,
+    /// Heartbeats in a row whose count differed from what this node holds.
+    mismatched: HashMap<u64, u32>,
+    /// Snapshots being received, by node: their epoch and rows so far.
+    staging: HashMap<u64, (u64, Vec<Announced>)>,
+}
+
+/// The cluster link: runs until the broker stops.
+pub async fn run(
+    ctx: Arc<Ctx>,
+    client: async_nats::Client,
+    identity: certs::Fingerprint,
+    node: u64,
+    mut out: mpsc::UnboundedReceiver<Outbound>,
+    mut link_events: mpsc::UnboundedReceiver<async_nats::Event>,
+) {
+    let subjects = Subjects::new(&identity);
+    let (mut all, mut mine) =
+        match (client.subscribe(subjects.all.clone()).await, client.subscribe(subjects.node(node)).await) {
+            (Ok(a), Ok(m)) => (a, m),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cluster: cannot subscribe; this node serves only its own sessions");
+                return;
+            }
+        };
+    let link = Link { ctx, client, node, subjects, epoch: std::sync::atomic::AtomicU64::new(0) };
+    tracing::info!(node, "joined the cluster");
+    link.publish(&link.subjects.all, &Bus::Hello { node }).await;
+    link.snapshot().await;
+    let mut peers = Peers::default();
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            Some(o) = out.recv() => link.outbound(o).await,
+            Some(m) = all.next() => link.inbound(&mut peers, &m.payload).await,
+            Some(m) = mine.next() => link.inbound(&mut peers, &m.payload).await,
+            Some(e) = link_events.recv() => match e {
+                async_nats::Event::Connected => {
+                    // Back after NATS went away: the others may have dropped us, and we missed their news.
+                    tracing::info!(node, "cluster: connected to NATS again; resynchronising");
+                    link.publish(&link.subjects.all, &Bus::Hello { node }).await;
+                    link.snapshot().await;
+                }
+                async_nats::Event::Disconnected => tracing::warn!(node, "cluster: lost NATS; reconnecting"),
+                other => tracing::debug!(event = %other, "cluster link"),
+            },
+            _ = beat.tick() => {
+                link.publish(&link.subjects.all, &Bus::Heartbeat { node, sessions: link.ctx.table.len() as u64 }).await;
+                link.sweep(&mut peers).await;
+            }
+            else => break,
+        }
+    }
+}
+
+struct Link {
+    ctx: Arc<Ctx>,
+    client: async_nats::Client,
+    node: u64,
+    subjects: Subjects,
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+impl Link {
+    async fn publish(&self, subject: &str, msg: &Bus) {
+        let Some(bytes) = encode(msg) else { return };
+        if let Err(e) = self.client.publish(subject.to_string(), bytes).await {
+            tracing::warn!(error = %e, "cluster: could not publish");
+        }
+    }
+
+    /// Publishes every session this node serves, in parts.
+    async fn snapshot(&self) {
+        let rows = self.ctx.table.local_rows();
+        let epoch = self.epoch.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let parts: Vec<Vec<Announced>> =
+            if rows.is_empty() { vec![Vec::new()] } else { rows.chunks(SNAPSHOT_ROWS).map(<[_]>::to_vec).collect() };
+        let n = parts.len();
+        for (i, rows) in parts.into_iter().enumerate() {
+            self.publish(&self.subjects.all, &Bus::Snapshot { node: self.node, epoch, rows, last: i + 1 == n }).await;
+        }
+    }
+
+    async fn outbound(&self, o: Outbound) {
+        let node = self.node;
+        match o {
+            Outbound::Up(session) => self.publish(&self.subjects.all, &Bus::Up { node, session }).await,
+            Outbound::Down { user, session_id, at } => {
+                self.publish(&self.subjects.all, &Bus::Down { node, user, session_id, at }).await
+            }
+            Outbound::Push { node: to, sessions, frame } => {
+                self.publish(&self.subjects.node(to), &Bus::Push { sessions, frame: frame.to_vec() }).await;
+            }
+            Outbound::Close { node: to, user, sessions, frame } => {
+                let frame = frame.map(|f| f.to_vec());
+                self.publish(&self.subjects.node(to), &Bus::Close { user, sessions, frame }).await;
+            }
+        }
+    }
+
+    async fn inbound(&self, peers: &mut Peers, payload: &[u8]) {
+        let msg: Bus = match shared::frame::decode_body(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: a message that does not decode; ignored");
+                return;
+            }
+        };
+        let table = &self.ctx.table;
+        match msg {
+            Bus::Hello { node }
+            | Bus::Heartbeat { node, .. }
+            | Bus::Up { node, .. }
+            | Bus::Down { node, .. }
+            | Bus::Snapshot { node, .. }
+            | Bus::Bye { node }
+                if node == self.node => {}
+            Bus::Hello { node } => {
+                peers.heard.insert(node, Instant::now());
+                tracing::info!(node, "cluster: a node joined");
+                self.snapshot().await;
+            }
+            Bus::Heartbeat { node, sessions } => {
+                peers.heard.insert(node, Instant::now());
+                let held = table.remote_counts().get(&node).copied().unwrap_or(0);
+                let off = peers.mismatched.entry(node).or_default();
+                *off = if held == sessions { 0 } else { *off + 1 };
+                if *off >= 2 {
+                    *off = 0;
+                    self.publish(&self.subjects.node(node), &Bus::Resync).await;
+                }
+            }
+            Bus::Up { node, session } => {
+                peers.heard.insert(node, Instant::now());
+                table.insert_remote(node, session);
+            }
+            Bus::Down { user, session_id, at, .. } => {
+                table.remove_remote(&user, session_id, at);
+            }
+            Bus::Snapshot { node, epoch, rows, last } => {
+                peers.heard.insert(node, Instant::now());
+                let staged = peers.staging.entry(node).or_insert((epoch, Vec::new()));
+                if staged.0 != epoch {
+                    *staged = (epoch, Vec::new());
+                }
+                staged.1.extend(rows);
+                if last && let Some((_, rows)) = peers.staging.remove(&node) {
+                    let gone = table.replace_node(node, rows, now_ms());
+                    self.gone_offline(gone).await;
+                }
+            }
+            Bus::Bye { node } => {
+                tracing::info!(node, "cluster: a node left");
+                peers.heard.remove(&node);
+                let gone = table.drop_node(node, now_ms());
+                self.gone_offline(gone).await;
+            }
+            Bus::Resync => self.snapshot().await,
+            Bus::Push { sessions, frame } => table.deliver(&sessions, &Frame::from(frame)),
+            Bus::Close { user, sessions, frame } => table.close_sessions(&user, &sessions, frame.map(Frame::from)),
+        }
+    }
+
+    /// Takes out nodes silent for the idle timeout.
+    async fn sweep(&self, peers: &mut Peers) {
+        let silent: Vec<u64> =
+            peers.heard.iter().filter(|(_, at)| at.elapsed() > SILENT).map(|(node, _)| *node).collect();
+        for node in silent {
+            peers.heard.remove(&node);
+            peers.mismatched.remove(&node);
+            tracing::warn!(node, "cluster: a node went silent; its sessions are taken out");
+            let gone = self.ctx.table.drop_node(node, now_ms());
+            self.gone_offline(gone).await;
+        }
+    }
+
+    /// Users whose last device was on a node that went away (or that a snapshot no longer lists): this
+    /// node tells its own sessions of their friends (every survivor does the same for its own).
+    async fn gone_offline(&self, users: Vec<String>) {
+        let at = now_ms();
+        for user in users {
+            match self.ctx.friends.usernames(&user).await {
+                Ok(friends) => {
+                    let event = Event::Presence { username: user.clone(), online: false, at };
+                    self.ctx.table.push_local(friends.iter().map(String::as_str), &event);
+                }
+                Err(e) => tracing::warn!(error = %e, "cluster: could not tell friends a user went offline"),
+            }
+        }
+    }
+}
+
+/// Tells the cluster this node is leaving (at shutdown), so the others take its sessions out at once.
+pub async fn leave(client: &async_nats::Client, identity: &certs::Fingerprint, node: u64) {
+    if let Some(bytes) = encode(&Bus::Bye { node }) {
+        let _ = client.publish(Subjects::new(identity).all, bytes).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+    }
+}

@@ -1,0 +1,79 @@
+//! Brokers in a cluster (`--cluster` over NATS, one PostgreSQL or MariaDB database, one identity): users
+//! served by different nodes find each other, befriend, see each other's presence, chat directly, and share
+//! a group with one order; when a node dies its users' agents move to another node and carry on, and their
+//! friends see them offline and back.
+#![allow(clippy::disallowed_macros)] // test output, read by people debugging a test
+
+use testkit::{Backend, Broker, Peer, backends, texts, wait_until};
+
+#[test]
+fn users_on_different_nodes_talk_as_on_one_broker() {
+    let shared: Vec<Backend> = backends().into_iter().filter(|b| b.name() != "sqlite").collect();
+    assert!(!shared.is_empty(), "needs PostgreSQL or MariaDB (TEST_POSTGRES_URL / TEST_MYSQL_URL)");
+    for backend in shared {
+        eprintln!("backend: {}", backend.name());
+        cluster(&backend);
+    }
+}
+
+fn cluster(backend: &Backend) {
+    let mut nodes = Broker::start_cluster(backend, 3);
+    let addr: Vec<String> = nodes.iter().map(Broker::address).collect();
+    // Each user's agent starts on a node of its own and knows the others to fail over to.
+    let peer = |name: &str, first: usize| {
+        let mut p = Peer::new(&nodes[first]);
+        p.broker = (0..3).map(|i| addr[(first + i) % 3].clone()).collect::<Vec<_>>().join(",");
+        p.register(name, name);
+        p
+    };
+    let (alice, bob, carol) = (peer("alice", 0), peer("bob", 1), peer("carol", 2));
+    let _a = alice.up();
+    let _b = bob.up();
+    let _c = carol.up();
+    let bob_watch = bob.watch();
+    // The request goes from node 0 to bob on node 1; his accept comes back.
+    alice.befriend(&bob);
+    alice.befriend(&carol);
+    wait_until("bob sees alice online (she is on another node)", || {
+        bob.json(&["friends", "--json"])[0]["online"] == true
+    });
+    assert!(alice.ok(&["send", "bob", "across nodes"]).contains("delivered"), "{}", alice.agent_log());
+    assert!(bob.ok(&["send", "alice", "and back"]).contains("delivered"));
+    assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["across nodes", "and back"]);
+
+    // A group with a member on each node: everyone's log has one order.
+    let group = alice.ok(&["groups", "create", "g"]).split_whitespace().find_map(|w| w.parse::<i64>().ok()).unwrap();
+    let g = group.to_string();
+    for (who, p) in [("bob", &bob), ("carol", &carol)] {
+        alice.ok(&["groups", "invite", &g, who]);
+        p.ok(&["groups", "join", &g]);
+    }
+    std::thread::scope(|s| {
+        for (p, name) in [(&alice, "a"), (&bob, "b"), (&carol, "c")] {
+            let g = g.clone();
+            s.spawn(move || {
+                for i in 0..5 {
+                    p.ok(&["send", "--group", &g, &format!("{name}{i}")]);
+                }
+            });
+        }
+    });
+    let said = |p: &Peer| -> Vec<String> {
+        texts(&p.json(&["history", "--group", &g, "--json", "--limit", "100"]))
+            .into_iter()
+            .filter(|t| t.len() == 2)
+            .collect()
+    };
+    wait_until("every member has all fifteen", || [&alice, &bob, &carol].iter().all(|p| said(p).len() == 15));
+    assert_eq!(said(&alice), said(&bob), "one order");
+    assert_eq!(said(&bob), said(&carol), "one order");
+
+    // Node 0 dies: alice's agent moves on; bob sees her go and come back; chat carries on.
+    drop(bob_watch);
+    let bob_watch = bob.watch();
+    nodes[0].kill();
+    bob_watch.expect_event("friend_offline", "alice");
+    bob_watch.expect_event("friend_online", "alice");
+    assert!(alice.ok(&["send", "bob", "after the node died"]).contains("delivered"));
+    assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["across nodes", "and back", "after the node died"]);
+}
