@@ -324,6 +324,9 @@ impl Link {
                 }
                 Err(e) => tracing::warn!(error = %e, "cluster: could not tell friends a user went offline"),
             }
+            if let Err(e) = self.ctx.groups.announce_presence_here(&user, false, at).await {
+                tracing::warn!(error = %e, "cluster: could not tell fellow members a user went offline");
+            }
         }
     }
 }

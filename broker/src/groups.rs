@@ -258,6 +258,16 @@ impl Groups {
         Ok(())
     }
 
+    /// As [`Groups::announce_presence`], to the sessions this node serves only: every node of a cluster
+    /// does it for its own when a user's node went away.
+    pub async fn announce_presence_here(&self, user: &str, online: bool, at: i64) -> Result<()> {
+        for (group_id, member) in self.db.fellow_members(user).await? {
+            let event = Event::GroupPresence { group_id, username: user.to_string(), online, at };
+            self.table.push_local([member.as_str()], &event);
+        }
+        Ok(())
+    }
+
     /// The member list, cached. Only ever called in the group's turn: membership changes drop the entry in
     /// the same turn, so a list read from the database can never be written back after a change to it.
     async fn members_of(&self, group_id: i64) -> Result<Arc<Vec<String>>> {

@@ -96,6 +96,15 @@ impl Agent {
         {
             return Ok(keys.clone());
         }
+        // This device's own account key, checked before asking (an unlinked device has none: no request).
+        let own = if user == self.account.username {
+            match self.home.account_key().map_err(|e| e.to_string())? {
+                Some(k) => Some(k.public()),
+                None => return Err("this device is not linked to the account".into()),
+            }
+        } else {
+            None
+        };
         let (account_key, served) = match self.broker.forward(&Request::Mailboxes { username: user.to_string() }).await
         {
             ControlResponse::Broker(Response::Mailboxes { account_key, devices }) => (account_key, devices),
@@ -103,11 +112,8 @@ impl Agent {
             ControlResponse::Failed(e) => return Err(e.message),
             other => return Err(format!("unexpected answer: {other:?}")),
         };
-        let keys = if user == self.account.username {
-            let Some(mine) = self.home.account_key().map_err(|e| e.to_string())? else {
-                return Err("this device is not linked to the account".into());
-            };
-            rules::certified(user, &mine.public(), served, &HashSet::new()).0
+        let keys = if let Some(mine) = own {
+            rules::certified(user, &mine, served, &HashSet::new()).0
         } else {
             self.trust.admit_mailboxes(user, account_key, served).await.map_err(|e| e.to_string())??
         };

@@ -4,7 +4,7 @@
 //! friends see them offline and back.
 #![allow(clippy::disallowed_macros)] // test output, read by people debugging a test
 
-use testkit::{Backend, Broker, Peer, backends, texts, wait_until};
+use testkit::{Backend, Broker, Nats, Peer, backends, texts, wait_until};
 
 #[test]
 fn users_on_different_nodes_talk_as_on_one_broker() {
@@ -76,4 +76,44 @@ fn cluster(backend: &Backend) {
     bob_watch.expect_event("friend_online", "alice");
     assert!(alice.ok(&["send", "bob", "after the node died"]).contains("delivered"));
     assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["across nodes", "and back", "after the node died"]);
+}
+
+/// NATS restarts under a two-node cluster: the nodes reconnect and resynchronise (a user who came online
+/// while NATS was away is found), and chat across the nodes carries on.
+#[test]
+fn the_cluster_survives_a_nats_restart() {
+    let backend = backends().into_iter().find(|b| b.name() == "postgres").expect("needs TEST_POSTGRES_URL");
+    let mut nats = Nats::start();
+    let nodes = Broker::start_cluster_on(&backend, 2, &nats.url());
+    let addr: Vec<String> = nodes.iter().map(Broker::address).collect();
+    let peer = |name: &str, first: usize| {
+        let mut p = Peer::new(&nodes[first]);
+        p.broker = format!("{},{}", addr[first], addr[1 - first]);
+        p.register(name, name);
+        p
+    };
+    let (alice, bob, carol) = (peer("alice", 0), peer("bob", 1), peer("carol", 1));
+    let _a = alice.up();
+    let _b = bob.up();
+    alice.befriend(&bob);
+    assert!(alice.ok(&["send", "bob", "before"]).contains("delivered"));
+
+    let reconnected = || nodes[0].log().matches("connected to NATS again").count();
+    let before = reconnected();
+    nats.restart();
+    wait_until("node 0 is back on NATS", || reconnected() > before);
+    // Carol comes online on node 1 while node 0 may not have heard yet; she befriends alice on node 0.
+    let _c = carol.up();
+    alice.befriend(&carol);
+    wait_until("alice sees carol online across the nodes", || {
+        alice
+            .json(&["friends", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["username"] == "carol" && f["online"] == true)
+    });
+    assert!(alice.ok(&["send", "carol", "after the restart"]).contains("delivered"), "{}", alice.agent_log());
+    assert!(alice.ok(&["send", "bob", "after"]).contains("delivered"));
+    assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["before", "after"]);
 }

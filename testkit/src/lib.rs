@@ -13,7 +13,7 @@ pub use client::Client;
 pub use db::{Backend, TestDb, backends};
 pub use natlab::{Lab, SmallDisk};
 pub use proc::{
-    Agent, Broker, DetachedAgent, Friends, Peer, RelayedPair, WAIT, Watch, alice_and_bob, bin, nats_url, texts,
+    Agent, Broker, DetachedAgent, Friends, Nats, Peer, RelayedPair, WAIT, Watch, alice_and_bob, bin, nats_url, texts,
     wait_until,
 };
 

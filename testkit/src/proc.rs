@@ -138,7 +138,12 @@ impl Broker {
     /// Starts a cluster of `n` brokers (`--cluster`, node ids 1..=n) over one fresh database and the NATS
     /// server of the run (`TEST_NATS_URL`, default `nats://127.0.0.1:4222`), presenting one identity.
     pub fn start_cluster(backend: &Backend, n: usize) -> Vec<Self> {
-        let nats = nats_url();
+        Self::start_cluster_on(backend, n, &nats_url())
+    }
+
+    /// As [`Broker::start_cluster`], on the NATS server at `nats`.
+    pub fn start_cluster_on(backend: &Backend, n: usize, nats: &str) -> Vec<Self> {
+        let nats = nats.to_string();
         Self::start_nodes(backend, n, |i| {
             vec!["--cluster".into(), nats.clone(), "--node-id".into(), (i + 1).to_string()]
         })
@@ -240,6 +245,54 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A NATS server of a test's own (`nats-server` on a free loopback port), for faults no other test
+/// should feel: stopped and started again on the same port.
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Nats {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut n = Self { child: None, port };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian package nats-server; scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nats-server did not start on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it and starts it again on the same port.
+    pub fn restart(&mut self) {
+        kill(self.child.take());
+        self.spawn();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        kill(self.child.take());
     }
 }
 
