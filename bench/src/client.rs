@@ -103,11 +103,12 @@ pub(crate) async fn register_users(clients: &Clients, broker: &Proc, n: usize) -
     Ok(tokens)
 }
 
-/// Opens `count` connections with at most `concurrency` handshakes in flight; `then` runs on each.
+/// Opens `count` connections with at most `concurrency` handshakes in flight, connection `i` to
+/// `addrs[i % addrs.len()]` (brokers of a cluster, or one); `then` runs on each.
 async fn open_many<F, Fut>(
     clients: &Arc<Clients>,
     cfg: &quinn::ClientConfig,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     range: std::ops::Range<usize>,
     concurrency: usize,
     then: F,
@@ -123,6 +124,7 @@ where
     for i in range {
         let permit = sem.clone().acquire_owned().await?;
         let (clients, cfg, then) = (clients.clone(), cfg.clone(), then.clone());
+        let addr = addrs[i % addrs.len()];
         tasks.push(tokio::spawn(async move {
             let conn = clients.connect(i, &cfg, addr).await?;
             let conn = then(i, conn).await?;
@@ -150,13 +152,14 @@ pub(crate) async fn broker_bench(sessions: usize, concurrency: usize) -> Result<
     let n_raw = sessions.min(2_000);
     let raw_cfg = clients.config(&raw.fingerprint, raw::ALPN)?;
     // Warm-up (not counted): thread pools, allocator and caches on both sides.
-    let (warm, _) = open_many(&clients, &raw_cfg, raw.addr, 0..200, concurrency, |_, c| async move { Ok(c) }).await?;
+    let (warm, _) =
+        open_many(&clients, &raw_cfg, &[raw.addr], 0..200, concurrency, |_, c| async move { Ok(c) }).await?;
     for c in &warm {
         c.close(0u32.into(), b"done");
     }
     drop(warm);
     let (raw_conns, raw_time) =
-        open_many(&clients, &raw_cfg, raw.addr, 0..n_raw, concurrency, |_, c| async move { Ok(c) }).await?;
+        open_many(&clients, &raw_cfg, &[raw.addr], 0..n_raw, concurrency, |_, c| async move { Ok(c) }).await?;
     for c in &raw_conns {
         c.close(0u32.into(), b"done");
     }
@@ -178,10 +181,10 @@ pub(crate) async fn broker_bench(sessions: usize, concurrency: usize) -> Result<
         }
     };
     let first = sessions.min(1_000);
-    let (mut held, t_first) = open_many(&clients, &cfg, broker.addr, 0..first, concurrency, hello.clone()).await?;
+    let (mut held, t_first) = open_many(&clients, &cfg, &[broker.addr], 0..first, concurrency, hello.clone()).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_1k = broker.rss_kib().context("broker RSS")?;
-    let (rest, t_rest) = open_many(&clients, &cfg, broker.addr, first..sessions, concurrency, hello).await?;
+    let (rest, t_rest) = open_many(&clients, &cfg, &[broker.addr], first..sessions, concurrency, hello).await?;
     held.extend(rest);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_all = broker.rss_kib().context("broker RSS")?;
@@ -235,9 +238,30 @@ pub(crate) async fn raw_rtt(clients: &Clients, raw: &Proc, n: usize) -> Result<V
 pub(crate) async fn presence_bench(users: usize, friends: usize, concurrency: usize) -> Result<()> {
     let broker = start_broker()?;
     let raw = start_raw()?;
+    presence_over(&[broker], &raw, users, friends, concurrency).await.map(|_| ())
+}
+
+/// Presence's figures: events/s, and the p50 and p99 from a login to each friend's event.
+pub(crate) struct PresenceFigures {
+    pub(crate) events_per_s: f64,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+}
+
+/// The presence wave over `brokers` (one, or the nodes of a cluster: user `i` logs in to node
+/// `i % brokers.len()`, so most friends are on other nodes).
+pub(crate) async fn presence_over(
+    brokers: &[Proc],
+    raw: &Proc,
+    users: usize,
+    friends: usize,
+    concurrency: usize,
+) -> Result<PresenceFigures> {
+    let broker = &brokers[0];
+    let addrs: Vec<SocketAddr> = brokers.iter().map(|b| b.addr).collect();
     let clients = Arc::new(Clients::new()?);
     eprintln!("registering {users} users ...");
-    let tokens = Arc::new(register_users(&clients, &broker, users).await?);
+    let tokens = Arc::new(register_users(&clients, broker, users).await?);
     let cfg = clients.config(&broker.fingerprint, BROKER_ALPN)?;
 
     // Friendships: a ring where each user befriends the next friends/2 users (so everyone has `friends`).
@@ -252,7 +276,7 @@ pub(crate) async fn presence_bench(users: usize, friends: usize, concurrency: us
             }
         }
     };
-    let (setup, _) = open_many(&clients, &cfg, broker.addr, 0..users, 64, hello.clone()).await?;
+    let (setup, _) = open_many(&clients, &cfg, &addrs, 0..users, 64, hello.clone()).await?;
     let setup = Arc::new(setup);
     let half = friends / 2;
     let sem = Arc::new(Semaphore::new(64));
@@ -309,7 +333,7 @@ pub(crate) async fn presence_bench(users: usize, friends: usize, concurrency: us
         }
     };
     let start = Instant::now();
-    let (online, login_time) = open_many(&clients, &cfg, broker.addr, 0..users, concurrency, wave).await?;
+    let (online, login_time) = open_many(&clients, &cfg, &addrs, 0..users, concurrency, wave).await?;
     // Every friendship yields exactly one online event in one direction (the later of the two logs in
     // after the earlier is online) or two (snapshot + announce race); wait until the count settles.
     // Each friendship yields an event each way: the announcement to whoever was online first, and the
@@ -344,9 +368,12 @@ pub(crate) async fn presence_bench(users: usize, friends: usize, concurrency: us
     let span = last_event.duration_since(start);
     let rate = events as f64 / span.as_secs_f64();
     let (p50, p99) = (percentile(&mut delays, 50.0), percentile(&mut delays, 99.0));
-    let mut rtt = raw_rtt(&clients, &raw, 1_000).await?;
+    let mut rtt = raw_rtt(&clients, raw, 1_000).await?;
     let (r50, r99) = (percentile(&mut rtt, 50.0), percentile(&mut rtt, 99.0));
-    println!("presence bench: {users} users x {friends} friends, logins {concurrency} in flight");
+    println!(
+        "presence bench: {users} users x {friends} friends over {} broker node(s), logins {concurrency} in flight",
+        brokers.len()
+    );
     println!(
         "  presence events delivered: {events} (at least {expected} expected) in {:.2} s = {rate:.0} events/s",
         span.as_secs_f64()
@@ -356,7 +383,7 @@ pub(crate) async fn presence_bench(users: usize, friends: usize, concurrency: us
     println!(
         "{}",
         json!({
-            "bench": "presence", "users": users, "concurrency": concurrency, "friends": friends, "events": events, "events_per_s": rate,
+            "bench": "presence", "nodes": brokers.len(), "users": users, "concurrency": concurrency, "friends": friends, "events": events, "events_per_s": rate,
             "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,
             "raw_rtt_p50_ms": r50.as_secs_f64() * 1e3, "raw_rtt_p99_ms": r99.as_secs_f64() * 1e3,
         })
@@ -367,7 +394,7 @@ pub(crate) async fn presence_bench(users: usize, friends: usize, concurrency: us
     if events < expected {
         bail!("only {events} of {expected} presence events arrived");
     }
-    Ok(())
+    Ok(PresenceFigures { events_per_s: rate, p50, p99 })
 }
 
 /// `bench groups`: one group of `members` online members (simulated in this process), `senders` of them
@@ -404,7 +431,7 @@ pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize
             }
         }
     };
-    let (conns, _) = open_many(&clients, &cfg, broker.addr, 0..members, 16, online).await?;
+    let (conns, _) = open_many(&clients, &cfg, &[broker.addr], 0..members, 16, online).await?;
     let conns = Arc::new(conns);
 
     eprintln!("building a group of {members} ...");

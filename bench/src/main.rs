@@ -10,6 +10,8 @@
 //!   all, beside SQLite copying the same rows between two files.
 //! - `bench mailbox`: messages deposited for an offline device, then the device comes online: deposit
 //!   rate, the broker's bytes per message, time until all are stored, beside SQLite copying the same rows.
+//! - `bench cluster`: the presence wave on one broker and on three in a cluster (NATS, PostgreSQL), side by
+//!   side.
 //! - `bench tui`: the full-screen app in-process on a test backend: first frame, frame times, memory.
 //! - `bench presence`: users with 50 friends each come online; presence events/s and the delay from a
 //!   user's hello to each friend's event, beside a raw quinn request/response round trip.
@@ -20,6 +22,7 @@
 #[cfg(unix)]
 mod chat;
 mod client;
+mod cluster;
 #[cfg(unix)]
 mod files;
 #[cfg(unix)]
@@ -104,6 +107,16 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         messages: usize,
     },
+    /// Presence on one broker and on three in a cluster (needs PostgreSQL and NATS: BENCH_POSTGRES_URL,
+    /// BENCH_NATS_URL).
+    Cluster {
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        #[arg(long, default_value_t = 20)]
+        friends: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
     /// Messages sealed into an offline friend's mailbox, then picked up when the friend comes online.
     Mailbox {
         #[arg(long, default_value_t = 10_000)]
@@ -178,6 +191,9 @@ fn main() -> Result<()> {
         Cmd::Link { .. } => anyhow::bail!("the link bench drives `peer devices link` on a Unix agent"),
         #[cfg(not(unix))]
         Cmd::Files { .. } => anyhow::bail!("the files bench drives the agent's Unix control socket"),
+        Cmd::Cluster { users, friends, concurrency } => {
+            rt.block_on(cluster::cluster_bench(users, friends, concurrency))
+        }
         Cmd::Broker { sessions, concurrency } => rt.block_on(client::broker_bench(sessions, concurrency)),
         #[cfg(unix)]
         Cmd::Tui { messages, conversations, arrivals } => {
