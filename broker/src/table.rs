@@ -204,29 +204,40 @@ impl Table {
         first
     }
 
-    /// Replaces every row of `node` with `rows` (its snapshot); returns the users whose last device went.
+    /// Replaces every row of `node` with `rows` (its snapshot), in one step (no push in between finds a
+    /// user missing); returns the users whose last device went.
     pub fn replace_node(&self, node: u64, rows: Vec<Announced>, at: Millis) -> Vec<String> {
-        let gone = self.drop_node(node, at);
-        for a in rows {
-            self.insert_remote(node, a);
+        let mut t = self.inner.lock();
+        for rows in t.online.values_mut() {
+            rows.retain(|r| r.node() != Some(node));
         }
-        gone.into_iter().filter(|u| !self.presence(u).online).collect()
+        for a in rows {
+            t.online.entry(a.user.clone()).or_default().push(Row {
+                session_id: a.session_id,
+                observed: a.observed,
+                local: a.local,
+                fingerprint: Fingerprint(a.fingerprint),
+                connected_at: a.connected_at,
+                route: Route::Remote { node },
+            });
+        }
+        Self::take_empty(&mut t, at)
     }
 
     /// Takes every row of `node` out (it left, or went silent); returns the users left with no device.
     pub fn drop_node(&self, node: u64, at: Millis) -> Vec<String> {
         let mut t = self.inner.lock();
-        let mut gone = Vec::new();
-        t.online.retain(|user, rows| {
-            let before = rows.len();
+        for rows in t.online.values_mut() {
             rows.retain(|r| r.node() != Some(node));
-            if rows.is_empty() && before > 0 {
-                gone.push(user.clone());
-                return false;
-            }
-            true
-        });
+        }
+        Self::take_empty(&mut t, at)
+    }
+
+    /// Users with no row left: out of the table, last seen `at`.
+    fn take_empty(t: &mut Inner, at: Millis) -> Vec<String> {
+        let gone: Vec<String> = t.online.iter().filter(|(_, rows)| rows.is_empty()).map(|(u, _)| u.clone()).collect();
         for u in &gone {
+            t.online.remove(u);
             t.last_seen.insert(u.clone(), at);
         }
         gone
