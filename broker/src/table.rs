@@ -47,6 +47,18 @@ enum Route {
 }
 
 impl Row {
+    /// A session another node announced.
+    fn remote(node: u64, a: Announced) -> Self {
+        Self {
+            session_id: a.session_id,
+            observed: a.observed,
+            local: a.local,
+            fingerprint: Fingerprint(a.fingerprint),
+            connected_at: a.connected_at,
+            route: Route::Remote { node },
+        }
+    }
+
     /// The node that serves this session (`None`: this one).
     pub fn node(&self) -> Option<u64> {
         match self.route {
@@ -193,14 +205,7 @@ impl Table {
         let rows = t.online.entry(a.user.clone()).or_default();
         let first = rows.is_empty();
         rows.retain(|r| r.session_id != a.session_id);
-        rows.push(Row {
-            session_id: a.session_id,
-            observed: a.observed,
-            local: a.local,
-            fingerprint: Fingerprint(a.fingerprint),
-            connected_at: a.connected_at,
-            route: Route::Remote { node },
-        });
+        rows.push(Row::remote(node, a));
         first
     }
 
@@ -212,14 +217,7 @@ impl Table {
             rows.retain(|r| r.node() != Some(node));
         }
         for a in rows {
-            t.online.entry(a.user.clone()).or_default().push(Row {
-                session_id: a.session_id,
-                observed: a.observed,
-                local: a.local,
-                fingerprint: Fingerprint(a.fingerprint),
-                connected_at: a.connected_at,
-                route: Route::Remote { node },
-            });
+            t.online.entry(a.user.clone()).or_default().push(Row::remote(node, a));
         }
         Self::take_empty(&mut t, at)
     }
