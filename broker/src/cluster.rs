@@ -137,7 +137,9 @@ pub async fn connect(
 #[derive(Default)]
 struct Peers {
     heard: HashMap<u64, Instant>,
-    /// Heartbeats in a row whose count differed from what this node holds.
+    /// How many sessions each node last said it serves.
+    announced: HashMap<u64, u64>,
+    /// Checks in a row whose count differed from what this node holds.
     mismatched: HashMap<u64, u32>,
     /// Snapshots being received, by node: their epoch and rows so far.
     staging: HashMap<u64, (u64, Vec<Announced>)>,
@@ -258,15 +260,11 @@ impl Link {
                 tracing::info!(node, "cluster: a node joined");
                 self.snapshot().await;
             }
+            // Compared with what this node holds once per tick, for every node at once (`sweep`): one pass
+            // over the table however many nodes beat.
             Bus::Heartbeat { node, sessions } => {
                 peers.heard.insert(node, Instant::now());
-                let held = table.remote_counts().get(&node).copied().unwrap_or(0);
-                let off = peers.mismatched.entry(node).or_default();
-                *off = if held == sessions { 0 } else { *off + 1 };
-                if *off >= 2 {
-                    *off = 0;
-                    self.publish(&self.subjects.node(node), &Bus::Resync).await;
-                }
+                peers.announced.insert(node, sessions);
             }
             Bus::Up { node, session } => {
                 peers.heard.insert(node, Instant::now());
@@ -299,16 +297,32 @@ impl Link {
         }
     }
 
-    /// Takes out nodes silent for the idle timeout.
+    /// Takes out nodes silent for the idle timeout, and asks for the snapshot of any whose count disagrees.
     async fn sweep(&self, peers: &mut Peers) {
         let silent: Vec<u64> =
             peers.heard.iter().filter(|(_, at)| at.elapsed() > SILENT).map(|(node, _)| *node).collect();
         for node in silent {
             peers.heard.remove(&node);
             peers.mismatched.remove(&node);
+            peers.announced.remove(&node);
             tracing::warn!(node, "cluster: a node went silent; its sessions are taken out");
             let gone = self.ctx.table.drop_node(node, now_ms());
             self.gone_offline(gone).await;
+        }
+        // A node whose count disagrees with what this one holds twice in a row (not a message in flight)
+        // is asked for its snapshot.
+        let held = self.ctx.table.remote_counts();
+        let mut resync = Vec::new();
+        for (node, sessions) in &peers.announced {
+            let off = peers.mismatched.entry(*node).or_default();
+            *off = if held.get(node).copied().unwrap_or(0) == *sessions { 0 } else { *off + 1 };
+            if *off >= 2 {
+                *off = 0;
+                resync.push(*node);
+            }
+        }
+        for node in resync {
+            self.publish(&self.subjects.node(node), &Bus::Resync).await;
         }
     }
 

@@ -397,10 +397,12 @@ impl Table {
 
     /// Delivers a frame another node sent to sessions served here.
     pub fn deliver(&self, sessions: &[(String, u64)], frame: &Frame) {
-        for (user, session_id) in sessions {
-            let id = *session_id;
-            self.push_frames(std::iter::once(user.as_str()), frame, |r| r.session_id == id && r.node().is_none());
-        }
+        // One pass under the lock: session ids are unique across nodes, so the set of ids is enough.
+        let ids: std::collections::HashSet<u64> = sessions.iter().map(|(_, id)| *id).collect();
+        let mut users: Vec<&str> = sessions.iter().map(|(u, _)| u.as_str()).collect();
+        users.sort_unstable();
+        users.dedup();
+        self.push_frames(users, frame, |r| ids.contains(&r.session_id) && r.node().is_none());
     }
 
     /// Closes sessions served here that another node revoked, after `frame`.
