@@ -36,6 +36,8 @@ pub(crate) struct Agent {
     pub(crate) home: Home,
     pub(crate) account: Account,
     identity: Identity,
+    /// This device's key's fingerprint, computed once (letters and records name it many times).
+    fingerprint: certs::Fingerprint,
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) direct: Direct,
     /// Sends and retries per friend, each friend's delivered by one run at a time (order holds).
@@ -143,6 +145,7 @@ pub(crate) async fn run(
     let mail = crate::mailbox::Mail::load(&home)?;
     let agent = Arc::new(Agent {
         mail,
+        fingerprint: identity.fingerprint(),
         trust,
         links: crate::link::Offers::default(),
         home,
@@ -207,7 +210,7 @@ pub(crate) async fn run(
 impl Agent {
     /// This device's key.
     pub(crate) fn device_fingerprint(&self) -> certs::Fingerprint {
-        self.identity.fingerprint()
+        self.fingerprint
     }
 
     pub(crate) fn emit(&self, event: AgentEvent) {
@@ -320,7 +323,7 @@ impl Agent {
         };
         let record = key.sign(shared::trust::DeviceRecord {
             username: self.account.username.clone(),
-            fingerprint: self.identity.fingerprint().0,
+            fingerprint: self.fingerprint.0,
             name,
             created_at,
         });

@@ -175,9 +175,13 @@ impl Agent {
             tokio::join!(history::insert_outgoing(&self.home.db, &rows, at), self.deliver(friend, &pending));
         stored.map_err(|e| anyhow::anyhow!("could not store the message (it may have reached {friend}): {e}"))?;
         if let Ok(report) = &run {
-            // A refusal may have been recorded before the row existed.
+            // A refusal, or a seal into the friend's mailbox, may have been recorded before the row existed
+            // (left `sending`, it would be sealed again by the next retry).
             for id in report.failed.keys() {
                 history::set_status(&self.home.db, id, MessageStatus::Failed).await?;
+            }
+            if !report.sent.is_empty() {
+                history::set_status_many(&self.home.db, &report.sent, MessageStatus::Sent).await?;
             }
         }
         run
