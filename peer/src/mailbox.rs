@@ -381,6 +381,10 @@ impl Agent {
                     for id in history::mark_delivered(&self.home.db, &from, &ids).await? {
                         self.emit(AgentEvent::MessageDelivered { to: from.clone(), id, at: now });
                     }
+                    // A receipt means a device of theirs is online and emptied its mailbox: what still waits
+                    // for them here (refused while their mailbox was full, say) goes now, not at the next
+                    // periodic retry.
+                    self.retry_outbox(&from);
                 }
             }
         }
