@@ -222,7 +222,9 @@ impl Agent {
         loop {
             let addr = self.broker_addr();
             let span = tracing::info_span!("session", broker = %addr, id = tracing::field::Empty);
+            self.broker.connecting(true);
             let end = tracing::Instrument::instrument(self.session(addr), span).await;
+            self.broker.connecting(false);
             // A broker that could not be reached: the next one of several is tried (one that was up and
             // dropped is tried again first: it may have just restarted).
             if matches!(end, End::Failed(_)) && self.broker_addrs.len() > 1 {

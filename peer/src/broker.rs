@@ -9,16 +9,29 @@ use shared::control::{AgentStatus, ControlErrorCode as Code, ControlResponse};
 use shared::proto::Request;
 use std::net::SocketAddr;
 
+/// How long a request made while the agent is connecting waits for the session before it is refused. A
+/// user who signs up and adds a friend at once, or who runs `peer up --detach && peer friends add`, should
+/// not be told "not connected" because the first session is still being set up; a broker that is known to
+/// be unreachable (the agent is waiting to retry) refuses at once.
+const CONNECTING_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The broker session's state, shared by everything that asks the broker something.
 pub(crate) struct BrokerSession {
     /// The connection while a session is open (the relay opens streams on it too).
     link: BrokerLink,
     status: Mutex<AgentStatus>,
+    /// Whether an attempt to open a session is under way.
+    connecting: tokio::sync::watch::Sender<bool>,
 }
 
 impl BrokerSession {
     pub(crate) fn new(link: BrokerLink, status: AgentStatus) -> Self {
-        Self { link, status: Mutex::new(status) }
+        Self { link, status: Mutex::new(status), connecting: tokio::sync::watch::Sender::new(true) }
+    }
+
+    /// An attempt to open a session starts (`true`) or has ended, opened or not (`false`).
+    pub(crate) fn connecting(&self, yes: bool) {
+        self.connecting.send_replace(yes);
     }
 
     /// What `peer status` shows (without the live peer connections, which `Direct` knows).
@@ -42,6 +55,7 @@ impl BrokerSession {
             s.since = Some(at);
         }
         *self.link.lock() = Some(conn);
+        self.connecting(false);
     }
 
     /// The session ended.
@@ -63,7 +77,12 @@ impl BrokerSession {
     /// Sends `req` on the session and returns the broker's answer, or why there is none (typed, for the
     /// CLI's `--json`).
     pub(crate) async fn forward(&self, req: &Request) -> ControlResponse {
-        let conn = self.link.lock().clone();
+        let mut conn = self.link.lock().clone();
+        if conn.is_none() {
+            let mut connecting = self.connecting.subscribe();
+            let _ = tokio::time::timeout(CONNECTING_GRACE, connecting.wait_for(|c| !c)).await;
+            conn = self.link.lock().clone();
+        }
         let Some(conn) = conn else {
             return ControlResponse::failed(
                 Code::Offline,
