@@ -10,8 +10,8 @@
 //! survivor tells its own sessions' friends. Pushes to sessions on another node go to that node's own
 //! subject (`p2pim.CLUSTER.node.ID`), naming the sessions, one message per node however many sessions.
 //!
-//! What stays with one node: the relay (both agents must be on the node that relays), link codes, and the
-//! turn that orders one group's fan-out (numbering is in the database, so order never forks; an agent that
+//! Relays between agents on different nodes go through both nodes (see `nodes`). What stays with one
+//! node: link codes, and the turn that orders one group's fan-out (numbering is in the database, so order never forks; an agent that
 //! sees a gap fetches it, as after being offline).
 
 use crate::server::Ctx;
@@ -21,6 +21,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use shared::proto::Event;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -56,6 +57,9 @@ pub struct ClusterConfig {
     pub url: String,
     /// This node's id (unique in the cluster; random if not set).
     pub node: u64,
+    /// The address the other nodes reach this one at, for relays between nodes (`None`: the listening
+    /// address, unless that is every interface).
+    pub advertise: Option<std::net::SocketAddr>,
 }
 
 /// What nodes say to each other.
@@ -63,10 +67,12 @@ pub struct ClusterConfig {
 enum Bus {
     Hello {
         node: u64,
+        addr: Option<SocketAddr>,
     },
     Heartbeat {
         node: u64,
         sessions: u64,
+        addr: Option<SocketAddr>,
     },
     Up {
         node: u64,
@@ -163,9 +169,10 @@ pub async fn run(
                 return;
             }
         };
+    let addr = ctx.nodes.as_ref().and_then(|n| n.advertised);
     let link = Link { ctx, client, node, subjects, epoch: std::sync::atomic::AtomicU64::new(0) };
-    tracing::info!(node, "joined the cluster");
-    link.publish(&link.subjects.all, &Bus::Hello { node }).await;
+    tracing::info!(node, relay_addr = ?addr, "joined the cluster");
+    link.publish(&link.subjects.all, &Bus::Hello { node, addr }).await;
     link.snapshot().await;
     let mut peers = Peers::default();
     let mut beat = tokio::time::interval(HEARTBEAT);
@@ -178,14 +185,14 @@ pub async fn run(
                 async_nats::Event::Connected => {
                     // Back after NATS went away: the others may have dropped us, and we missed their news.
                     tracing::info!(node, "cluster: connected to NATS again; resynchronising");
-                    link.publish(&link.subjects.all, &Bus::Hello { node }).await;
+                    link.publish(&link.subjects.all, &Bus::Hello { node, addr }).await;
                     link.snapshot().await;
                 }
                 async_nats::Event::Disconnected => tracing::warn!(node, "cluster: lost NATS; reconnecting"),
                 other => tracing::debug!(event = %other, "cluster link"),
             },
             _ = beat.tick() => {
-                link.publish(&link.subjects.all, &Bus::Heartbeat { node, sessions: link.ctx.table.len() as u64 }).await;
+                link.publish(&link.subjects.all, &Bus::Heartbeat { node, sessions: link.ctx.table.len() as u64, addr }).await;
                 link.sweep(&mut peers).await;
             }
             else => break,
@@ -248,22 +255,24 @@ impl Link {
         };
         let table = &self.ctx.table;
         match msg {
-            Bus::Hello { node }
+            Bus::Hello { node, .. }
             | Bus::Heartbeat { node, .. }
             | Bus::Up { node, .. }
             | Bus::Down { node, .. }
             | Bus::Snapshot { node, .. }
             | Bus::Bye { node }
                 if node == self.node => {}
-            Bus::Hello { node } => {
+            Bus::Hello { node, addr } => {
                 peers.heard.insert(node, Instant::now());
+                self.learned(node, addr);
                 tracing::info!(node, "cluster: a node joined");
                 self.snapshot().await;
             }
             // Compared with what this node holds once per tick, for every node at once (`sweep`): one pass
             // over the table however many nodes beat.
-            Bus::Heartbeat { node, sessions } => {
+            Bus::Heartbeat { node, sessions, addr } => {
                 peers.heard.insert(node, Instant::now());
+                self.learned(node, addr);
                 peers.announced.insert(node, sessions);
             }
             Bus::Up { node, session } => {
@@ -288,12 +297,25 @@ impl Link {
             Bus::Bye { node } => {
                 tracing::info!(node, "cluster: a node left");
                 peers.heard.remove(&node);
+                self.forget(node);
                 let gone = table.drop_node(node, now_ms());
                 self.gone_offline(gone).await;
             }
             Bus::Resync => self.snapshot().await,
             Bus::Push { sessions, frame } => table.deliver(&sessions, &Frame::from(frame)),
             Bus::Close { user, sessions, frame } => table.close_sessions(&user, &sessions, frame.map(Frame::from)),
+        }
+    }
+
+    fn learned(&self, node: u64, addr: Option<SocketAddr>) {
+        if let Some(nodes) = &self.ctx.nodes {
+            nodes.learned(node, addr);
+        }
+    }
+
+    fn forget(&self, node: u64) {
+        if let Some(nodes) = &self.ctx.nodes {
+            nodes.forget(node);
         }
     }
 
@@ -306,6 +328,7 @@ impl Link {
             peers.mismatched.remove(&node);
             peers.announced.remove(&node);
             tracing::warn!(node, "cluster: a node went silent; its sessions are taken out");
+            self.forget(node);
             let gone = self.ctx.table.drop_node(node, now_ms());
             self.gone_offline(gone).await;
         }

@@ -69,7 +69,7 @@ pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
     while tasks.join_next().await.is_some() {}
 }
 
-fn device_fingerprint(quic: &quinn::Connection) -> Option<Fingerprint> {
+pub(crate) fn device_fingerprint(quic: &quinn::Connection) -> Option<Fingerprint> {
     let identity = quic.peer_identity()?;
     let certs = identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
     certs.first().map(|c| Fingerprint::of(c))
@@ -122,13 +122,24 @@ impl Conn {
             self.ctx.relay.check_enabled()?;
             let open = async {
                 let Some(conn) = self.ctx.table.device_connection(&friend, &device) else {
-                    let elsewhere = self.ctx.table.sessions(&friend).iter().any(|r| r.fingerprint == device);
-                    let why = if elsewhere {
-                        format!("{friend}'s device is served by another broker node; a relay needs both on one")
-                    } else {
-                        format!("{friend}'s device is not online")
-                    };
-                    return Err(ErrorCode::RelayUnavailable(why).into());
+                    // Served by another node of the cluster: relayed through it.
+                    let node = self
+                        .ctx
+                        .table
+                        .sessions(&friend)
+                        .iter()
+                        .find(|r| r.fingerprint == device)
+                        .and_then(|r| r.node());
+                    if let (Some(node), Some(nodes)) = (node, &self.ctx.nodes) {
+                        let ask = crate::nodes::NodeRelay {
+                            from_user: me.clone(),
+                            from_device: self.fingerprint.0,
+                            to_user: friend.clone(),
+                            to_device: device.0,
+                        };
+                        return Ok(nodes.open(node, &ask).await?);
+                    }
+                    return Err(ErrorCode::RelayUnavailable(format!("{friend}'s device is not online")).into());
                 };
                 // The friend's side first, so that the answer says whether the relay really stands.
                 Ok(self.ctx.relay.open(&me, self.fingerprint, &conn).await?)

@@ -28,6 +28,7 @@ pub mod friends;
 pub mod groups;
 pub mod lockout;
 pub mod mailbox;
+pub mod nodes;
 pub mod ratelimit;
 pub mod relay;
 pub mod server;

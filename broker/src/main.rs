@@ -77,6 +77,11 @@ struct Args {
     /// This node's id in the cluster (a number unique among the nodes; random if not given).
     #[arg(long, env = "BROKER_NODE_ID")]
     node_id: Option<u32>,
+    /// The address the other nodes of the cluster reach this one at (HOST:PORT of its --listen socket), for
+    /// relaying between agents on different nodes. Default: the --listen address, unless that is every
+    /// interface (0.0.0.0 or [::]), which other nodes cannot dial.
+    #[arg(long, env = "BROKER_CLUSTER_ADDR")]
+    cluster_addr: Option<SocketAddr>,
     /// Keep no mailbox: letters for offline devices are refused, and senders keep their messages until
     /// both sides are online (a pure rendezvous).
     #[arg(long, env = "BROKER_NO_MAILBOX")]
@@ -153,6 +158,7 @@ async fn run() -> anyhow::Result<()> {
         cluster: args.cluster.map(|url| broker::cluster::ClusterConfig {
             url,
             node: u64::from(args.node_id.unwrap_or_else(random_node_id)),
+            advertise: args.cluster_addr,
         }),
         mailbox: broker::mailbox::MailboxConfig {
             enabled: !args.no_mailbox,

@@ -47,6 +47,8 @@ pub struct Ctx {
     pub relay: crate::relay::Relay,
     pub devices: crate::devices::Devices,
     pub mailbox: crate::mailbox::Mailbox,
+    /// In a cluster: the other nodes, for relays between them.
+    pub nodes: Option<crate::nodes::Nodes>,
 }
 
 /// A broker bound and ready to serve.
@@ -152,7 +154,13 @@ impl Broker {
         let friends = Friends::new(db.clone(), table.clone());
         let groups =
             crate::groups::Groups::new(db.clone(), table.clone(), cfg.group_posts_per_second, cfg.group_retention);
-        let tls = certs::config::server(&identity, ClientPolicy::AnyDevice, &[shared::proto::BROKER_ALPN])?;
+        // Nodes of a cluster also reach each other here, with an ALPN of their own.
+        let alpn: &[&[u8]] = if cluster.is_some() {
+            &[shared::proto::BROKER_ALPN, crate::nodes::NODE_ALPN]
+        } else {
+            &[shared::proto::BROKER_ALPN]
+        };
+        let tls = certs::config::server(&identity, ClientPolicy::AnyDevice, alpn)?;
         let mut server =
             quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
         server.transport_config(Arc::new(transport()));
@@ -168,6 +176,22 @@ impl Broker {
         let socket = bound.socket;
         let runtime = quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime"))?;
         let endpoint = quinn::Endpoint::new(endpoint_config(&identity), Some(server), socket, runtime)?;
+        let nodes = match &cfg.cluster {
+            None => None,
+            Some(c) => {
+                let bound = endpoint.local_addr()?;
+                let advertised = c.advertise.or((!bound.ip().is_unspecified()).then_some(bound));
+                if advertised.is_none() {
+                    tracing::warn!(
+                        listen = %bound,
+                        "cluster: no address for relays between nodes (this node listens on every interface); \
+                         set --cluster-addr HOST:PORT, the address the other nodes reach this one at, or agents \
+                         on other nodes cannot be relayed to agents on this one"
+                    );
+                }
+                Some(crate::nodes::Nodes::new(endpoint.clone(), &identity, advertised)?)
+            }
+        };
         Ok(Self {
             endpoint,
             cluster,
@@ -179,6 +203,7 @@ impl Broker {
                 groups,
                 table,
                 relay: crate::relay::Relay::new(cfg.relay),
+                nodes,
             }),
             db,
             max_connections: cfg.max_connections,
@@ -256,6 +281,17 @@ impl Broker {
                     connections.spawn(
                         async move {
                             match handshake.complete().await {
+                                Ok(conn) if crate::nodes::alpn(&conn).as_deref() == Some(crate::nodes::NODE_ALPN) => {
+                                    let node = ctx.nodes.as_ref().is_some_and(|n| {
+                                        n.is_node(Some(crate::nodes::NODE_ALPN), crate::conn::device_fingerprint(&conn))
+                                    });
+                                    if node {
+                                        crate::nodes::serve(ctx, conn).await;
+                                    } else {
+                                        tracing::warn!("a connection asked to be a node without the cluster's identity");
+                                        conn.close(quinn::VarInt::from_u32(1), b"not a node of this cluster");
+                                    }
+                                }
                                 Ok(conn) => crate::conn::serve(ctx, conn).await,
                                 Err(e) => tracing::debug!(error = %e, "handshake failed"),
                             }
@@ -307,7 +343,7 @@ fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
 /// Modest windows: a broker session carries small frames, and 10,000 idle sessions must fit in little memory
 /// (windows are limits, not allocations). A relay stream needs a round trip's worth in flight to keep its
 /// speed; what a connection can make the broker hold is bounded by `receive_window`.
-fn transport() -> quinn::TransportConfig {
+pub(crate) fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
         IDLE_TIMEOUT.try_into().unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(15_000))),

@@ -75,3 +75,24 @@ async fn a_broker_that_does_not_relay_says_so() {
     let err = relay(&alice, "bob", [0; 32]).await.0;
     assert!(matches!(code(&err), ErrorCode::RelayUnavailable(m) if m.contains("does not relay")), "{err:?}");
 }
+
+/// Nodes of a cluster relay for each other over connections authenticated by the identity they share: a
+/// device that asks to be a node (the node ALPN) without that identity is turned away before it can open
+/// a relay to anyone.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_clusters_own_identity_may_connect_as_a_node() {
+    use std::sync::Arc;
+    let backend = testkit::backends().into_iter().find(|b| b.name() != "sqlite").expect("needs PostgreSQL or MariaDB");
+    let nodes = Broker::start_cluster(&backend, 1);
+    let stranger = certs::Identity::generate("not-a-node").unwrap();
+    let pin = certs::verify::ServerPin::Exact(nodes[0].fingerprint.parse().unwrap());
+    let tls = certs::config::client(&stranger, pin, &[b"p2pim-node/1"]).unwrap();
+    let cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint.connect_with(cfg, nodes[0].addr, "broker").unwrap().await.unwrap();
+    match conn.closed().await {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(&c.reason[..], b"not a node of this cluster"),
+        other => panic!("expected the node to close the connection, got {other:?}"),
+    }
+    assert!(nodes[0].log().contains("without the cluster's identity"), "{}", nodes[0].log());
+}

@@ -117,3 +117,40 @@ fn the_cluster_survives_a_nats_restart() {
     assert!(alice.ok(&["send", "bob", "after"]).contains("delivered"));
     assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["before", "after"]);
 }
+
+/// Two agents that can only be relayed (`--relay-only`), served by different nodes: the relay goes
+/// through both nodes (the requester's checks the friendship, the friend's opens the friend's side), and
+/// chat and a file get through end to end, as on one broker.
+#[test]
+fn agents_on_different_nodes_are_relayed_through_both() {
+    let backend = backends().into_iter().find(|b| b.name() != "sqlite").expect("needs PostgreSQL or MariaDB");
+    let nodes = Broker::start_cluster(&backend, 2);
+    let alice = Peer::registered(&nodes[0], "alice");
+    let bob = Peer::registered(&nodes[1], "bob");
+    let inbox = tempfile::tempdir().unwrap();
+    let _a = alice.up_with(&["--relay-only"]);
+    let _b = bob.up_with(&["--relay-only", "--auto-accept-files", inbox.path().to_str().unwrap()]);
+    alice.befriend(&bob);
+    wait_until("alice sees bob online (he is on the other node)", || {
+        alice.json(&["friends", "--json"])[0]["online"] == true
+    });
+
+    let out = alice.ok(&["send", "bob", "relayed across nodes"]);
+    assert!(out.contains("delivered"), "{out}\nalice's log:\n{}\nnode 0:\n{}", alice.agent_log(), nodes[0].log());
+    assert!(bob.ok(&["send", "alice", "and back"]).contains("delivered"));
+    assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["relayed across nodes", "and back"]);
+    let conn = alice.json(&["friends", "--json"])[0]["connections"][0].clone();
+    assert_eq!(conn["path"], "relayed", "{conn}");
+    assert_eq!(conn["remote_addr"], nodes[0].address().as_str(), "alice's packets go to her own node");
+
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("across-nodes.bin");
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let out = alice.ok(&["send-file", "bob", file.to_str().unwrap()]);
+    assert!(out.contains("verified"), "{out}");
+    assert_eq!(std::fs::read(inbox.path().join("across-nodes.bin")).unwrap(), data);
+    for node in &nodes {
+        assert!(node.log().contains("relay open"), "every node on the path relayed:\n{}", node.log());
+    }
+}

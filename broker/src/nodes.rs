@@ -1,0 +1,214 @@
+//! Relays between the nodes of a cluster. Two agents served by different nodes are relayed through both:
+//! the requester's node checks the friendship (as for any relay), then opens a stream to the node that
+//! serves the friend's device and names both ends; that node opens the friend's side as it would for a
+//! relay of its own, and each node splices its agent's stream with the stream between them. Bytes stay
+//! opaque (the agents' TLS runs end to end inside) and each node applies its caps and counts them.
+//!
+//! Nodes talk QUIC to each other on their ordinary listening socket with an ALPN of their own, and
+//! authenticate each other with the identity they share: a connection offering [`NODE_ALPN`] is served as
+//! a node only if its client certificate is that identity, which only the cluster's nodes hold. One
+//! connection per pair of nodes carries all their relays, one stream each; it is made on first use and
+//! again after it is lost. Each node announces the address the others reach it at in its heartbeats.
+
+use crate::server::Ctx;
+use certs::{Fingerprint, Identity};
+use parking_lot::Mutex;
+use shared::io::{read_frame, write_frame};
+use shared::proto::{ErrorCode, Response};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The ALPN of node-to-node connections (agents offer `shared::proto::BROKER_ALPN`).
+pub const NODE_ALPN: &[u8] = b"p2pim-node/1";
+/// Relays one pair of nodes may carry at once (each is one stream on their one connection).
+const MAX_RELAYS_PER_NODE: u32 = 10_000;
+/// What a node connection may have in flight towards this node, for all its relays together.
+const NODE_WINDOW: u32 = 16 * 1024 * 1024;
+/// The server name nodes dial each other by (their certificate is pinned by fingerprint, not by name).
+const SERVER_NAME: &str = "p2pim-broker";
+
+/// The first frame on a stream between nodes: a relay from `from`'s device to `to`'s, already checked
+/// (friends, relay enabled) by the node that opens it.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct NodeRelay {
+    pub from_user: String,
+    pub from_device: [u8; 32],
+    pub to_user: String,
+    pub to_device: [u8; 32],
+}
+
+/// What this node knows of the others' addresses, and its connections to them.
+pub struct Nodes {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    identity: Fingerprint,
+    /// Where this node says the others reach it (`None`: it cannot be relayed through from elsewhere).
+    pub advertised: Option<SocketAddr>,
+    addrs: Mutex<HashMap<u64, SocketAddr>>,
+    conns: Mutex<HashMap<u64, quinn::Connection>>,
+}
+
+impl Nodes {
+    pub fn new(endpoint: quinn::Endpoint, identity: &Identity, advertised: Option<SocketAddr>) -> anyhow::Result<Self> {
+        let tls =
+            certs::config::client(identity, certs::verify::ServerPin::Exact(identity.fingerprint()), &[NODE_ALPN])?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
+        let mut t = crate::server::transport();
+        t.stream_receive_window(quinn::VarInt::from_u32(1024 * 1024));
+        t.receive_window(quinn::VarInt::from_u32(NODE_WINDOW));
+        t.send_window(u64::from(NODE_WINDOW));
+        t.keep_alive_interval(Some(Duration::from_secs(5)));
+        client.transport_config(Arc::new(t));
+        Ok(Self {
+            endpoint,
+            client,
+            identity: identity.fingerprint(),
+            advertised,
+            addrs: Mutex::default(),
+            conns: Mutex::default(),
+        })
+    }
+
+    /// `node` says it is reached at `addr` (or at no address).
+    pub fn learned(&self, node: u64, addr: Option<SocketAddr>) {
+        let mut addrs = self.addrs.lock();
+        match addr {
+            Some(a) => {
+                if addrs.insert(node, a) != Some(a) {
+                    // A node that moved (restarted elsewhere) is dialled anew.
+                    self.conns.lock().remove(&node);
+                }
+            }
+            None => {
+                addrs.remove(&node);
+            }
+        }
+    }
+
+    /// `node` left the cluster.
+    pub fn forget(&self, node: u64) {
+        self.addrs.lock().remove(&node);
+        if let Some(c) = self.conns.lock().remove(&node) {
+            c.close(quinn::VarInt::from_u32(0), b"node left");
+        }
+    }
+
+    /// Opens a relay through `node` to a device it serves: the stream to that node once it has opened the
+    /// friend's side, or why not.
+    pub async fn open(
+        &self,
+        node: u64,
+        relay: &NodeRelay,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), ErrorCode> {
+        let unavailable = |why: String| ErrorCode::RelayUnavailable(why);
+        let conn = self.connection(node).await.map_err(unavailable)?;
+        let open = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            write_frame(&mut send, relay).await.map_err(|e| e.to_string())?;
+            match read_frame::<Response, _>(&mut recv).await.map_err(|e| e.to_string())? {
+                Some(Response::Ok) => Ok(Ok((send, recv))),
+                Some(Response::Error(e)) => Ok(Err(e.code)),
+                Some(other) => Err(format!("unexpected answer {other:?}")),
+                None => Err("the stream ended".to_string()),
+            }
+        };
+        // The other node waits up to OPEN_TIMEOUT for the friend's agent; this allows for the hop on top.
+        match tokio::time::timeout(shared::relay::OPEN_TIMEOUT + Duration::from_secs(2), open).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                tracing::warn!(node, error = %e, "cluster: relay through another node failed");
+                Err(unavailable(format!("the broker node serving {}'s device did not relay ({e})", relay.to_user)))
+            }
+            Err(_) => Err(unavailable(format!("the broker node serving {}'s device did not answer", relay.to_user))),
+        }
+    }
+
+    /// The connection to `node`: the live one, or a new one.
+    async fn connection(&self, node: u64) -> Result<quinn::Connection, String> {
+        if let Some(c) = self.conns.lock().get(&node).filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let addr = self.addrs.lock().get(&node).copied().ok_or_else(|| {
+            "the broker node serving that device announces no address for relays between nodes (its operator can \
+             set --cluster-addr)"
+                .to_string()
+        })?;
+        let connecting =
+            self.endpoint.connect_with(self.client.clone(), addr, SERVER_NAME).map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
+            .await
+            .map_err(|_| format!("the broker node at {addr} did not answer"))?
+            .map_err(|e| {
+                tracing::warn!(node, %addr, error = %e, "cluster: cannot connect to another node");
+                format!("cannot reach the broker node at {addr}: {e}")
+            })?;
+        tracing::info!(node, %addr, "cluster: connected to another node for relays");
+        // Two relays opened at once may both dial; the later one is kept, the other ends when its streams do.
+        self.conns.lock().insert(node, conn.clone());
+        Ok(conn)
+    }
+
+    /// Whether `quic` is another node of this cluster: it chose the node ALPN and holds the identity.
+    pub fn is_node(&self, alpn: Option<&[u8]>, fingerprint: Option<Fingerprint>) -> bool {
+        alpn == Some(NODE_ALPN) && fingerprint == Some(self.identity)
+    }
+}
+
+/// The ALPN a connection chose.
+pub fn alpn(quic: &quinn::Connection) -> Option<Vec<u8>> {
+    quic.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
+}
+
+/// Serves another node's connection: each stream it opens is one relay to a device this node serves.
+pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
+    quic.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(MAX_RELAYS_PER_NODE));
+    quic.set_receive_window(quinn::VarInt::from_u32(NODE_WINDOW));
+    tracing::info!(remote = %quic.remote_address(), "cluster: a node connected for relays");
+    let mut relays = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = quic.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    relays.spawn(relay(ctx.clone(), send, recv));
+                }
+                Err(e) => {
+                    tracing::debug!(reason = %e, "cluster: node connection ended");
+                    break;
+                }
+            },
+            Some(_) = relays.join_next(), if !relays.is_empty() => {}
+        }
+    }
+    while relays.join_next().await.is_some() {}
+}
+
+/// One relay asked for by another node: the friend's side is opened here, then the two are spliced.
+async fn relay(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let ask = match tokio::time::timeout(Duration::from_secs(10), read_frame::<NodeRelay, _>(&mut recv)).await {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return,
+    };
+    let theirs = async {
+        ctx.relay.check_enabled()?;
+        let device = Fingerprint(ask.to_device);
+        let Some(conn) = ctx.table.device_connection(&ask.to_user, &device) else {
+            return Err(ErrorCode::RelayUnavailable(format!("{}'s device is not online", ask.to_user)));
+        };
+        ctx.relay.open(&ask.from_user, Fingerprint(ask.from_device), &conn).await
+    };
+    let theirs = match theirs.await {
+        Ok(t) => t,
+        Err(code) => {
+            if write_frame(&mut send, &Response::from(code)).await.is_ok() {
+                let _ = send.finish();
+            }
+            return;
+        }
+    };
+    if write_frame(&mut send, &Response::Ok).await.is_err() {
+        return;
+    }
+    ctx.relay.splice(&ask.from_user, &ask.to_user, (send, recv), theirs).await;
+}
