@@ -10,8 +10,9 @@
 //! survivor tells its own sessions' friends. Pushes to sessions on another node go to that node's own
 //! subject (`p2pim.CLUSTER.node.ID`), naming the sessions, one message per node however many sessions.
 //!
-//! Relays between agents on different nodes go through both nodes (see `nodes`). What stays with one
-//! node: link codes, and the turn that orders one group's fan-out (numbering is in the database, so order never forks; an agent that
+//! Relays between agents on different nodes go through both nodes, and a link code claimed on a node that
+//! does not hold it is claimed by request on `p2pim.CLUSTER.claims` (see `nodes`). What stays with one
+//! node: the turn that orders one group's fan-out (numbering is in the database, so order never forks; an agent that
 //! sees a gap fetches it, as after being offline).
 
 use crate::server::Ctx;
@@ -30,6 +31,8 @@ use tokio::sync::mpsc;
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Silence after which a node counts as gone: the same as an agent's idle timeout.
 const SILENT: Duration = crate::server::IDLE_TIMEOUT;
+/// How long a claim of a link code held elsewhere waits for the node that holds it.
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
 /// Rows per snapshot message (well under NATS's 1 MB default payload).
 const SNAPSHOT_ROWS: usize = 2000;
 /// The subjects of one cluster: named after the identity its nodes share, so that clusters (or tests)
@@ -38,12 +41,19 @@ const SNAPSHOT_ROWS: usize = 2000;
 struct Subjects {
     all: String,
     prefix: String,
+    /// Link codes claimed on a node that does not hold them: a request every node hears, answered by
+    /// the one that holds the code.
+    claims: String,
 }
 
 impl Subjects {
     fn new(identity: &certs::Fingerprint) -> Self {
         let name = &identity.to_string()[..16];
-        Self { all: format!("p2pim.{name}.all"), prefix: format!("p2pim.{name}.node.") }
+        Self {
+            all: format!("p2pim.{name}.all"),
+            prefix: format!("p2pim.{name}.node."),
+            claims: format!("p2pim.{name}.claims"),
+        }
     }
 
     fn node(&self, node: u64) -> String {
@@ -108,6 +118,18 @@ enum Bus {
         sessions: Vec<u64>,
         frame: Option<Vec<u8>>,
     },
+    /// To every node (a request): a device claims this link code here; the node that holds it answers.
+    Claim {
+        link_id: [u8; 5],
+        device: [u8; 32],
+        observed: SocketAddr,
+        local: Vec<SocketAddr>,
+    },
+    /// The answer to `Claim`: whose code it was, and where the offering device is.
+    Claimed {
+        username: String,
+        device: shared::proto::DeviceEndpoint,
+    },
 }
 
 fn encode(msg: &Bus) -> Option<Bytes> {
@@ -161,14 +183,18 @@ pub async fn run(
     mut link_events: mpsc::UnboundedReceiver<async_nats::Event>,
 ) {
     let subjects = Subjects::new(&identity);
-    let (mut all, mut mine) =
-        match (client.subscribe(subjects.all.clone()).await, client.subscribe(subjects.node(node)).await) {
-            (Ok(a), Ok(m)) => (a, m),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::error!(error = %e, "cluster: cannot subscribe; this node serves only its own sessions");
-                return;
-            }
-        };
+    let subscribed = (
+        client.subscribe(subjects.all.clone()).await,
+        client.subscribe(subjects.node(node)).await,
+        client.subscribe(subjects.claims.clone()).await,
+    );
+    let (mut all, mut mine, mut claims) = match subscribed {
+        (Ok(a), Ok(m), Ok(c)) => (a, m, c),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            tracing::error!(error = %e, "cluster: cannot subscribe; this node serves only its own sessions");
+            return;
+        }
+    };
     let addr = ctx.nodes.as_ref().and_then(|n| n.advertised);
     let link = Link { ctx, client, node, subjects, epoch: std::sync::atomic::AtomicU64::new(0) };
     tracing::info!(node, relay_addr = ?addr, "joined the cluster");
@@ -181,6 +207,7 @@ pub async fn run(
             Some(o) = out.recv() => link.outbound(o).await,
             Some(m) = all.next() => link.inbound(&mut peers, &m.payload).await,
             Some(m) = mine.next() => link.inbound(&mut peers, &m.payload).await,
+            Some(m) = claims.next() => link.claim(m).await,
             Some(e) = link_events.recv() => match e {
                 async_nats::Event::Connected => {
                     // Back after NATS went away: the others may have dropped us, and we missed their news.
@@ -303,8 +330,23 @@ impl Link {
             }
             Bus::Resync => self.snapshot().await,
             Bus::Push { sessions, frame } => table.deliver(&sessions, &Frame::from(frame)),
+            Bus::Claim { .. } | Bus::Claimed { .. } => {}
             Bus::Close { user, sessions, frame } => table.close_sessions(&user, &sessions, frame.map(Frame::from)),
         }
+    }
+
+    /// Another node asks whether a link code is held here; answered only if it is (and is claimed by this).
+    async fn claim(&self, m: async_nats::Message) {
+        let (Some(reply), Ok(Bus::Claim { link_id, device, observed, local })) =
+            (m.reply, shared::frame::decode_body::<Bus>(&m.payload))
+        else {
+            return;
+        };
+        let Ok((username, device)) = self.ctx.devices.claim(link_id, certs::Fingerprint(device), observed, local)
+        else {
+            return;
+        };
+        self.publish(reply.as_str(), &Bus::Claimed { username, device }).await;
     }
 
     fn learned(&self, node: u64, addr: Option<SocketAddr>) {
@@ -365,6 +407,25 @@ impl Link {
                 tracing::warn!(error = %e, "cluster: could not tell fellow members a user went offline");
             }
         }
+    }
+}
+
+/// Claims a link code that another node holds (this one does not): whose code it is and where the offering
+/// device is, or `None` when no node answers in time (no such code, expired, or already claimed).
+pub async fn claim_elsewhere(
+    client: &async_nats::Client,
+    identity: &certs::Fingerprint,
+    link_id: [u8; 5],
+    device: certs::Fingerprint,
+    observed: SocketAddr,
+    local: Vec<SocketAddr>,
+) -> Option<(String, shared::proto::DeviceEndpoint)> {
+    let ask = encode(&Bus::Claim { link_id, device: device.0, observed, local })?;
+    let subject = Subjects::new(identity).claims;
+    let answer = tokio::time::timeout(CLAIM_WAIT, client.request(subject, ask)).await.ok()?.ok()?;
+    match shared::frame::decode_body(&answer.payload) {
+        Ok(Bus::Claimed { username, device }) => Some((username, device)),
+        _ => None,
     }
 }
 

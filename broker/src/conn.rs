@@ -331,7 +331,14 @@ impl Conn {
             Request::LinkClaim { link_id, mut local_addrs } => {
                 local_addrs.truncate(MAX_LOCAL_ADDRS);
                 let observed = self.quic.remote_address();
-                let (username, device) = ctx.devices.claim(link_id, self.fingerprint, observed, local_addrs)?;
+                let (username, device) =
+                    match ctx.devices.claim(link_id, self.fingerprint, observed, local_addrs.clone()) {
+                        // Offered through another node of the cluster: claimed there.
+                        Err(RequestError::User(ErrorCode::UnknownLink)) if let Some(nodes) = &ctx.nodes => {
+                            nodes.claim(link_id, self.fingerprint, observed, local_addrs).await?
+                        }
+                        other => other?,
+                    };
                 Response::LinkPeer { username, device }
             }
             Request::LinkToken { link_id } => {

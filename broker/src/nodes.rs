@@ -1,3 +1,6 @@
+//! What a node of a cluster asks of the others directly: relays between them, and link codes held by
+//! another node (claimed there over NATS request/reply, see `cluster`).
+//!
 //! Relays between the nodes of a cluster. Two agents served by different nodes are relayed through both:
 //! the requester's node checks the friendship (as for any relay), then opens a stream to the node that
 //! serves the friend's device and names both ends; that node opens the friend's side as it would for a
@@ -48,10 +51,17 @@ pub struct Nodes {
     pub advertised: Option<SocketAddr>,
     addrs: Mutex<HashMap<u64, SocketAddr>>,
     conns: Mutex<HashMap<u64, quinn::Connection>>,
+    /// The cluster's NATS client, for requests to whichever node holds something (a link code).
+    bus: async_nats::Client,
 }
 
 impl Nodes {
-    pub fn new(endpoint: quinn::Endpoint, identity: &Identity, advertised: Option<SocketAddr>) -> anyhow::Result<Self> {
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        identity: &Identity,
+        advertised: Option<SocketAddr>,
+        bus: async_nats::Client,
+    ) -> anyhow::Result<Self> {
         let tls =
             certs::config::client(identity, certs::verify::ServerPin::Exact(identity.fingerprint()), &[NODE_ALPN])?;
         let mut client = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
@@ -68,7 +78,21 @@ impl Nodes {
             advertised,
             addrs: Mutex::default(),
             conns: Mutex::default(),
+            bus,
         })
+    }
+
+    /// A link code that this node does not hold, claimed on whichever node does (see `cluster`).
+    pub async fn claim(
+        &self,
+        link_id: [u8; 5],
+        device: Fingerprint,
+        observed: SocketAddr,
+        local: Vec<SocketAddr>,
+    ) -> Result<(String, shared::proto::DeviceEndpoint), ErrorCode> {
+        crate::cluster::claim_elsewhere(&self.bus, &self.identity, link_id, device, observed, local)
+            .await
+            .ok_or(ErrorCode::UnknownLink)
     }
 
     /// `node` says it is reached at `addr` (or at no address).

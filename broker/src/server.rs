@@ -189,7 +189,9 @@ impl Broker {
                          on other nodes cannot be relayed to agents on this one"
                     );
                 }
-                Some(crate::nodes::Nodes::new(endpoint.clone(), &identity, advertised)?)
+                let bus =
+                    cluster.as_ref().map(|c| c.client.clone()).ok_or_else(|| anyhow::anyhow!("no NATS client"))?;
+                Some(crate::nodes::Nodes::new(endpoint.clone(), &identity, advertised, bus)?)
             }
         };
         Ok(Self {

@@ -154,3 +154,31 @@ fn agents_on_different_nodes_are_relayed_through_both() {
         assert!(node.log().contains("relay open"), "every node on the path relayed:\n{}", node.log());
     }
 }
+
+/// A device linked through another node than the one its account's existing device is on: the code is
+/// offered on node 0 and claimed on node 1 (the node that holds it answers over NATS), and the new device
+/// gets the history and then messages; a made-up code is still refused.
+#[test]
+fn a_device_links_through_another_node() {
+    let backend = backends().into_iter().find(|b| b.name() != "sqlite").expect("needs PostgreSQL or MariaDB");
+    let nodes = Broker::start_cluster(&backend, 2);
+    let alice = Peer::registered(&nodes[0], "alice");
+    let bob = Peer::registered(&nodes[0], "bob");
+    let _a = alice.up();
+    let _b = bob.up();
+    alice.befriend(&bob);
+    assert!(alice.ok(&["send", "bob", "before the link"]).contains("delivered"));
+
+    let mut laptop = Peer::new(&nodes[1]);
+    let out = laptop.link_from(&bob);
+    assert!(out.contains("linked"), "{out}\nnode 1:\n{}", nodes[1].log());
+    assert_eq!(texts(&laptop.json(&["history", "alice", "--json"])), ["before the link"]);
+    let _l = laptop.up();
+    let watch = laptop.watch();
+    assert!(alice.ok(&["send", "bob", "after the link"]).contains("delivered"));
+    watch.expect_event("message_received", "alice");
+
+    let phone = Peer::new(&nodes[1]);
+    let out = phone.run(&["link", "0000-0000-0000-0000", "--broker", &nodes[1].address()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such link code"), "{out:?}");
+}
