@@ -1,13 +1,19 @@
 //! `bench cluster`: the presence wave on one broker and on three brokers in a cluster (NATS between them,
 //! one PostgreSQL database for both runs' shapes), in the same run: users log in to node `i % n`, so most
 //! of each user's friends are on other nodes, and every presence event crosses NATS. Figures side by side
-//! with their ratio (target: cross-node within 2x of single-node).
+//! with their ratio (target: cross-node within 2x of single-node). Then, with real agents: a file relayed
+//! within one node and across two (ratio), and failover: a node killed under an agent that knows all three,
+//! until it is online on another and until its next message is delivered (target: < 5 s).
 
+use crate::chat::{Agent, peer, start_agent_via};
 use crate::client::{PresenceFigures, presence_over};
-use crate::stats::ms;
-use crate::{Proc, start_broker_with, start_raw};
-use anyhow::{Context, Result};
+use crate::stats::{ms, percentile};
+use crate::{Proc, sibling, start_broker_with, start_raw};
+use anyhow::{Context, Result, bail};
 use sqlx::Connection;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// A database of the run's own on the PostgreSQL server (`BENCH_POSTGRES_URL`), dropped at the end.
 struct Database {
@@ -49,6 +55,9 @@ fn start_nodes(db: &str, nats: &str, n: usize) -> Result<Vec<Proc>> {
             ("BROKER_DATABASE", db),
             ("BROKER_IDENTITY", identity.as_str()),
             ("BROKER_LOGIN_STRANGERS_PER_MINUTE", "1000000"),
+            // Relays unpaced, for the throughput figure.
+            ("BROKER_RELAY_USER_RATE", "0"),
+            ("BROKER_RELAY_TOTAL_RATE", "0"),
         ];
         if n > 1 {
             env.push(("BROKER_CLUSTER", nats));
@@ -59,6 +68,76 @@ fn start_nodes(db: &str, nats: &str, n: usize) -> Result<Vec<Proc>> {
     // The key directory must outlive the brokers' start only (each loaded the key by now).
     drop(key);
     Ok(out)
+}
+
+/// An agent registered at `first` and knowing every node of `nodes` (from `first` on), started with `extra`.
+fn agent_on(nodes: &[Proc], first: usize, name: &str, extra: &[&str]) -> Result<Agent> {
+    let brokers: Vec<String> = (0..nodes.len()).map(|i| nodes[(first + i) % nodes.len()].addr.to_string()).collect();
+    start_agent_via(&|| Ok(Command::new(sibling("peer")?)), &brokers.join(","), name, "127.0.0.1:0", extra)
+}
+
+fn befriend(a: &Agent, b: &Agent, names: (&str, &str)) -> Result<()> {
+    peer(a.home.path(), &["friends", "add", names.1], None)?;
+    peer(b.home.path(), &["friends", "accept", names.0], None)?;
+    Ok(())
+}
+
+/// `send-file` of `file` from an agent on node `from` to one on node `to`, both `--relay-only`: MB/s from
+/// start to verified.
+fn relayed_file(nodes: &[Proc], from: usize, to: usize, file: &Path, tag: &str) -> Result<f64> {
+    let inbox = tempfile::tempdir()?;
+    let (a, b) = (format!("ra{tag}"), format!("rb{tag}"));
+    let alice = agent_on(nodes, from, &a, &["--relay-only"])?;
+    let bob = agent_on(nodes, to, &b, &["--relay-only", "--auto-accept-files", &inbox.path().to_string_lossy()])?;
+    befriend(&alice, &bob, (&a, &b))?;
+    let out = peer(alice.home.path(), &["send", &b, "warm-up"], None)?;
+    if !out.contains("delivered") {
+        bail!("relayed message not delivered: {out}");
+    }
+    let t = Instant::now();
+    let out = peer(alice.home.path(), &["send-file", &b, &file.to_string_lossy()], None)?;
+    let took = t.elapsed();
+    if !out.contains("verified") {
+        bail!("relayed file not delivered: {out}");
+    }
+    Ok(std::fs::metadata(file)?.len() as f64 / 1e6 / took.as_secs_f64())
+}
+
+/// One failover: a fresh cluster of three, alice on node id 1 (knowing all three) and bob on node id 2;
+/// node 1 is killed. How long until alice's agent is online on another node, and until a message from her
+/// is delivered to bob.
+async fn failover_once(admin: &str, nats: &str, run: usize) -> Result<(Duration, Duration)> {
+    let db = Database::create(admin, &format!("failover{run}")).await?;
+    let result = async {
+        let mut nodes = start_nodes(&db.url(), nats, 3)?;
+        let alice = agent_on(&nodes, 0, "alice", &[])?;
+        let bob = agent_on(&nodes, 1, "bob", &[])?;
+        befriend(&alice, &bob, ("alice", "bob"))?;
+        if !peer(alice.home.path(), &["send", "bob", "before"], None)?.contains("delivered") {
+            bail!("message before the failover not delivered");
+        }
+        let killed = Instant::now();
+        drop(nodes.remove(0));
+        let deadline = killed + Duration::from_secs(60);
+        let online = loop {
+            let status: serde_json::Value =
+                serde_json::from_str(&peer(alice.home.path(), &["status", "--json"], None)?)?;
+            if status["online"] == true && status["session_id"].as_u64().is_some_and(|id| id >> 32 != 1) {
+                break killed.elapsed();
+            }
+            if Instant::now() > deadline {
+                bail!("alice's agent did not move to another node within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if !peer(alice.home.path(), &["send", "bob", "after"], None)?.contains("delivered") {
+            bail!("message after the failover not delivered");
+        }
+        Ok((online, killed.elapsed()))
+    }
+    .await;
+    db.drop_it().await;
+    result
 }
 
 pub(crate) async fn cluster_bench(users: usize, friends: usize, concurrency: usize) -> Result<()> {
@@ -75,6 +154,26 @@ pub(crate) async fn cluster_bench(users: usize, friends: usize, concurrency: usi
         db.drop_it().await;
         results.push((n, figures?));
     }
+    // Real agents: a relayed file within one node and across two, then failover.
+    let db = Database::create(&admin, "relay").await?;
+    let relayed = async {
+        let nodes = start_nodes(&db.url(), &nats, 3)?;
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("relayed.bin");
+        crate::files::random_file(&file, 64 << 20)?;
+        Ok::<_, anyhow::Error>((relayed_file(&nodes, 0, 0, &file, "1")?, relayed_file(&nodes, 0, 1, &file, "2")?))
+    }
+    .await;
+    db.drop_it().await;
+    let (within, across) = relayed?;
+    let mut online = Vec::new();
+    let mut delivered = Vec::new();
+    for run in 0..5 {
+        let (o, d) = failover_once(&admin, &nats, run).await?;
+        online.push(o);
+        delivered.push(d);
+    }
+
     let (one, three) = (&results[0].1, &results[1].1);
     println!("cluster bench: presence, {users} users x {friends} friends, PostgreSQL");
     for (n, f) in &results {
@@ -91,9 +190,27 @@ pub(crate) async fn cluster_bench(users: usize, friends: usize, concurrency: usi
         three.events_per_s / one.events_per_s
     );
     println!(
+        "  relayed 64 MiB file (agents --relay-only): within one node {within:.0} MB/s, across two nodes \
+         {across:.0} MB/s ({:.2}x)",
+        across / within
+    );
+    let (o50, o_max) = (percentile(&mut online.clone(), 50.0), *online.iter().max().unwrap_or(&Duration::ZERO));
+    let (d50, d_max) = (percentile(&mut delivered.clone(), 50.0), *delivered.iter().max().unwrap_or(&Duration::ZERO));
+    println!(
+        "  failover, node killed under an agent (5 runs): online on another node p50 {} max {}; next message \
+         delivered p50 {} max {} (target: < 5 s)",
+        ms(o50),
+        ms(o_max),
+        ms(d50),
+        ms(d_max)
+    );
+    println!(
         "{}",
         serde_json::json!({
             "bench": "cluster", "users": users, "friends": friends,
+            "relay_mb_s": {"within_one_node": within, "across_nodes": across},
+            "failover_ms": {"online": online.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
+                            "delivered": delivered.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>()},
             "one_node": {"events_per_s": one.events_per_s, "p50_ms": one.p50.as_secs_f64() * 1e3, "p99_ms": one.p99.as_secs_f64() * 1e3},
             "three_nodes": {"events_per_s": three.events_per_s, "p50_ms": three.p50.as_secs_f64() * 1e3, "p99_ms": three.p99.as_secs_f64() * 1e3},
             "p99_ratio": three.p99.as_secs_f64() / one.p99.as_secs_f64(),

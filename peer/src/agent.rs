@@ -225,13 +225,14 @@ impl Agent {
             self.broker.connecting(true);
             let end = tracing::Instrument::instrument(self.session(addr), span).await;
             self.broker.connecting(false);
-            // A broker that could not be reached: the next one of several is tried (one that was up and
-            // dropped is tried again first: it may have just restarted).
-            if matches!(end, End::Failed(_)) && self.broker_addrs.len() > 1 {
+            // A broker that could not be reached or went silent: the next one of several is tried (one that
+            // closed or reset the session is tried again first: it may have just restarted).
+            if end.moves_on() && self.broker_addrs.len() > 1 {
                 self.broker_at.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             match &end {
                 End::Lost(reason) => tracing::warn!(reason, "broker session lost; reconnecting"),
+                End::Silent(reason) => tracing::warn!(reason, "the broker went silent; reconnecting"),
                 End::Failed(reason) => tracing::warn!(reason, "cannot reach the broker; will retry"),
                 End::Fatal(_) => {}
             }
@@ -251,8 +252,8 @@ impl Agent {
     /// One broker session, from connect to loss.
     async fn session(self: &Arc<Self>, addr: SocketAddr) -> End {
         let pin = ServerPin::Exact(self.account.broker_fingerprint);
-        let patience = net::connect_patience(self.broker_addrs.len());
-        let conn = match net::connect_broker(&self.endpoint, &self.identity, addr, pin, patience).await {
+        let watch = net::Watch::for_brokers(self.broker_addrs.len());
+        let conn = match net::connect_broker(&self.endpoint, &self.identity, addr, pin, watch).await {
             Ok(c) => c,
             Err(e) if e.downcast_ref::<net::BrokerIdentityChanged>().is_some() => {
                 return End::Fatal(format!("{e:#}"));
@@ -282,7 +283,10 @@ impl Agent {
         // What waited in the mailbox is stored before any event is read, so before any friend's device is
         // admitted to connect directly: what was sent while we were away comes before what follows it.
         self.pickup().await;
-        let end = self.read_events(&conn).await;
+        let end = match self.read_events(&conn).await {
+            End::Lost(r) if matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut)) => End::Silent(r),
+            end => end,
+        };
         self.session_tasks.abort_all();
         let at = now_ms();
         self.broker.closed(at);

@@ -21,11 +21,39 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// The devices this agent will accept connections from (filled by broker lookups).
 pub(crate) type Allowed = Arc<RwLock<HashSet<Fingerprint>>>;
 
-fn transport() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(KEEP_ALIVE));
-    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(15_000))));
-    t
+/// How the agent watches its broker connection, by how many brokers it knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Watch {
+    /// How long a broker may take to answer a connection.
+    pub(crate) patience: Duration,
+    /// Silence after which the connection counts as dead (QUIC's idle timeout; the smaller of both sides').
+    pub(crate) idle: Duration,
+    /// Keep-alive period while nothing else is sent.
+    pub(crate) keep_alive: Duration,
+}
+
+impl Watch {
+    /// With one broker there is nowhere else to go: a lost broker is waited for patiently, and keep-alives
+    /// are rare (they cost every idle session a packet). With several (a standby or a cluster), a broker
+    /// host that dies is noticed within 3 s (a keep-alive every second, each lost one probed again by
+    /// QUIC's loss recovery, so a lossy link does not end a healthy session) and the next broker is tried
+    /// at once: failover within 5 s (`bench cluster`), for a packet a second per idle session, which is
+    /// what the operator chose by running more than one.
+    pub(crate) fn for_brokers(brokers: usize) -> Self {
+        if brokers > 1 {
+            Self { patience: Duration::from_secs(3), idle: Duration::from_secs(3), keep_alive: Duration::from_secs(1) }
+        } else {
+            Self { patience: Duration::from_secs(10), idle: Duration::from_secs(15), keep_alive: KEEP_ALIVE }
+        }
+    }
+
+    fn transport(self) -> quinn::TransportConfig {
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(self.keep_alive));
+        let idle = quinn::VarInt::from_u64(self.idle.as_millis() as u64).unwrap_or(quinn::VarInt::from_u32(15_000));
+        t.max_idle_timeout(Some(quinn::IdleTimeout::from(idle)));
+        t
+    }
 }
 
 /// The agent's endpoint, and the server settings for friends who arrive through the relay.
@@ -97,21 +125,16 @@ pub(crate) async fn resolve_all(brokers: &str) -> Result<Vec<SocketAddr>> {
     Ok(out)
 }
 
-/// How long a broker may take to answer a connection: the only one, or one of several (then the next is
-/// tried sooner, so that losing a broker host costs seconds).
-pub(crate) fn connect_patience(brokers: usize) -> Duration {
-    if brokers > 1 { Duration::from_secs(3) } else { Duration::from_secs(10) }
-}
-
-/// Connects to the broker, checking its certificate against `pin`, waiting at most `patience` for the
-/// handshake ([`connect_patience`]).
+/// Connects to the broker, checking its certificate against `pin`, waiting at most `watch.patience` for
+/// the handshake.
 pub(crate) async fn connect_broker(
     endpoint: &quinn::Endpoint,
     identity: &Identity,
     addr: SocketAddr,
     pin: ServerPin,
-    patience: Duration,
+    watch: Watch,
 ) -> Result<quinn::Connection> {
+    let patience = watch.patience;
     // An exact pin is watched, so that a changed identity is known by type (see `BrokerIdentityChanged`).
     let pin = match pin {
         ServerPin::Exact(fp) => ServerPin::watched(fp),
@@ -119,7 +142,7 @@ pub(crate) async fn connect_broker(
     };
     let tls = certs::config::client(identity, pin.clone(), &[BROKER_ALPN])?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
-    cfg.transport_config(Arc::new(transport()));
+    cfg.transport_config(Arc::new(watch.transport()));
     let connecting = endpoint.connect_with(cfg, addr, "p2pim-broker")?;
     match tokio::time::timeout(patience, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
@@ -173,7 +196,7 @@ pub(crate) async fn connect_first(
     for addr in addrs {
         let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
         let endpoint = quinn::Endpoint::client(bind)?;
-        match connect_broker(&endpoint, identity, *addr, pin.clone(), connect_patience(addrs.len())).await {
+        match connect_broker(&endpoint, identity, *addr, pin.clone(), Watch::for_brokers(addrs.len())).await {
             Ok(conn) => return Ok((endpoint, conn)),
             Err(e) if e.downcast_ref::<BrokerIdentityChanged>().is_some() => return Err(e),
             Err(e) => errors.push(format!("{e:#}")),

@@ -1,7 +1,7 @@
 //! Brokers in a cluster (`--cluster` over NATS, one PostgreSQL or MariaDB database, one identity): users
 //! served by different nodes find each other, befriend, see each other's presence, chat directly, and share
-//! a group with one order; when a node dies its users' agents move to another node and carry on, and their
-//! friends see them offline and back.
+//! a group with one order; when a node dies its users' agents move to another node within seconds and
+//! carry on.
 #![allow(clippy::disallowed_macros)] // test output, read by people debugging a test
 
 use testkit::{Backend, Broker, Nats, Peer, backends, texts, wait_until};
@@ -68,12 +68,16 @@ fn cluster(backend: &Backend) {
     assert_eq!(said(&alice), said(&bob), "one order");
     assert_eq!(said(&bob), said(&carol), "one order");
 
-    // Node 0 dies: alice's agent moves on; bob sees her go and come back; chat carries on.
+    // Node 0 dies: alice's agent notices within seconds and moves to another node (session ids carry the
+    // node's id in their high bits; node 0's is 1), usually before the other nodes have noticed the death,
+    // so bob may never see her offline; chat carries on.
     drop(bob_watch);
-    let bob_watch = bob.watch();
     nodes[0].kill();
-    bob_watch.expect_event("friend_offline", "alice");
-    bob_watch.expect_event("friend_online", "alice");
+    wait_until("alice's agent is on another node", || {
+        let s = alice.json(&["status", "--json"]);
+        s["online"] == true && s["session_id"].as_u64().is_some_and(|id| id >> 32 != 1)
+    });
+    wait_until("bob sees alice online", || bob.json(&["friends", "--json"])[0]["online"] == true);
     assert!(alice.ok(&["send", "bob", "after the node died"]).contains("delivered"));
     assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["across nodes", "and back", "after the node died"]);
 }

@@ -15,6 +15,9 @@ use std::time::Duration;
 pub(crate) enum End {
     /// It was up and then dropped: reconnect promptly.
     Lost(String),
+    /// It was up and then went silent (nothing heard within the idle timeout): the host may be gone, so
+    /// with several brokers the next is tried first; reconnect promptly.
+    Silent(String),
     /// It never came up: reconnect with growing delays.
     Failed(String),
     /// Reconnecting cannot help (the token was refused or revoked, the broker's identity changed).
@@ -24,8 +27,14 @@ pub(crate) enum End {
 impl End {
     pub(crate) fn reason(&self) -> &str {
         match self {
-            End::Lost(r) | End::Failed(r) | End::Fatal(r) => r,
+            End::Lost(r) | End::Silent(r) | End::Failed(r) | End::Fatal(r) => r,
         }
+    }
+
+    /// Whether the next session should go to the next of several brokers: this one never answered, or went
+    /// silent. One that closed or reset the session is tried again first: it is up (it may have restarted).
+    pub(crate) fn moves_on(&self) -> bool {
+        matches!(self, End::Failed(_) | End::Silent(_))
     }
 }
 
@@ -60,7 +69,7 @@ impl Reconnect {
     pub(crate) fn after(&mut self, end: &End, jitter: f64) -> Option<Duration> {
         match end {
             End::Fatal(_) => return None,
-            End::Lost(_) => self.backoff.reset(),
+            End::Lost(_) | End::Silent(_) => self.backoff.reset(),
             End::Failed(_) => {}
         }
         Some(self.backoff.next_delay(jitter))
@@ -202,6 +211,16 @@ mod tests {
         assert!(first < second && second < third, "{first:?} {second:?} {third:?}");
         assert_eq!(r.after(&End::Lost("reset".into()), 0.0), Some(first), "a session that was up resets the delay");
         assert_eq!(r.after(&End::Fatal("revoked".into()), 0.0), None);
+        r.after(&fail, 0.0);
+        assert_eq!(r.after(&End::Silent("timed out".into()), 0.0), Some(first), "so does one that went silent");
+    }
+
+    #[test]
+    fn a_broker_that_never_answered_or_went_silent_is_left_for_the_next() {
+        assert!(End::Failed("no answer".into()).moves_on());
+        assert!(End::Silent("timed out".into()).moves_on());
+        assert!(!End::Lost("reset".into()).moves_on(), "a broker that reset the session is up: try it again");
+        assert!(!End::Fatal("revoked".into()).moves_on());
     }
 
     #[test]
