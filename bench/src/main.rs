@@ -129,6 +129,13 @@ enum Cmd {
     Nat {
         #[arg(long, default_value = "256M", value_parser = shared::files::parse_size)]
         size: u64,
+        /// Instead: every pair of the lab's kinds of host (no NAT, port-preserving, symmetric, one LAN,
+        /// no WAN firewall, port-shifting, carrier-grade), the path each ends on and how soon.
+        #[arg(long)]
+        matrix: bool,
+        /// With --matrix: how long a pair that starts relayed is watched for a direct path.
+        #[arg(long, default_value_t = 35)]
+        watch_secs: u64,
     },
     /// A long mixed load: sessions held with churn, friend lookups and group posts; the broker's RSS over
     /// time and p99 latencies at the start and the end.
@@ -176,7 +183,8 @@ fn main() -> Result<()> {
         #[cfg(not(unix))]
         Cmd::Chat { .. } => anyhow::bail!("the chat bench drives the agent's Unix control socket"),
         #[cfg(target_os = "linux")]
-        Cmd::Nat { size } => rt.block_on(nat::nat_bench(size)),
+        Cmd::Nat { matrix: true, watch_secs, .. } => rt.block_on(nat::matrix_bench(watch_secs)),
+        Cmd::Nat { size, .. } => rt.block_on(nat::nat_bench(size)),
         #[cfg(not(target_os = "linux"))]
         Cmd::Nat { .. } => anyhow::bail!("the NAT lab needs Linux network namespaces"),
         #[cfg(unix)]

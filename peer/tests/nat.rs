@@ -96,6 +96,43 @@ fn symmetric_to_symmetric_is_relayed() {
     pair_through("c1", "c2", "relayed");
 }
 
+/// f1's NAT keeps one mapping per socket but not its port (the broker's view of f1's address is what a
+/// friend must dial, not the agent's own port).
+#[test]
+fn public_to_port_shifting_nat_is_direct() {
+    pair_through("a1", "f1", "direct");
+}
+
+#[test]
+fn port_shifting_to_port_preserving_is_direct() {
+    pair_through("f1", "b1", "direct");
+}
+
+/// Endpoint-independent mapping on one side is not enough when the other side is symmetric and the first
+/// side filters by address and port: f1 cannot know which port c1's NAT will use towards it.
+#[test]
+fn port_shifting_to_symmetric_is_relayed() {
+    pair_through("f1", "c1", "relayed");
+}
+
+/// Two NATs deep (a home router behind a carrier-grade NAT), both endpoint-independent: still direct.
+#[test]
+fn behind_a_carrier_grade_nat_is_direct() {
+    pair_through("g1", "b1", "direct");
+}
+
+#[test]
+fn carrier_grade_nat_to_port_shifting_nat_is_direct() {
+    pair_through("g1", "f1", "direct");
+}
+
+/// Two customers of one carrier: their only path to each other would be the carrier turning packets for
+/// its own public address back inside (hairpinning), which it does not; they are relayed, and it works.
+#[test]
+fn two_customers_of_a_carrier_without_hairpinning_are_relayed() {
+    pair_through("g1", "g2", "relayed");
+}
+
 /// The path of `who`'s first live connection to its one friend (`direct` or `relayed`).
 fn first_path(who: &Peer) -> serde_json::Value {
     who.json(&["friends", "--json"])[0]["connections"][0]["path"].clone()
@@ -206,4 +243,58 @@ fn a_relayed_pair_becomes_direct_when_a_path_opens() {
     assert!(alice.ok(&["send-file", "bob", file.to_str().unwrap()]).contains("verified"));
     assert_eq!(std::fs::read(inbox.path().join("after.bin")).unwrap(), data);
     assert!(alice.agent_log().contains("is direct now") || bob.agent_log().contains("is direct now"));
+}
+
+/// A transfer running on the relay when a direct path opens (the firewall goes away in the middle of it):
+/// the link moves to the direct path, and the transfer carries on from where it was rather than starting
+/// again (bob's agent resumes at a non-zero offset, and the broker relayed only part of the file); the file
+/// arrives whole and verified.
+#[test]
+fn a_transfer_on_the_relay_moves_to_a_direct_path_that_opens_and_carries_on() {
+    let lab = Lab::build();
+    let listen: SocketAddr = "203.0.113.1:7878".parse().unwrap();
+    // A slow relay, so that the transfer is still running when the direct path opens.
+    let broker = Broker::start_in(&lab.ns("broker"), listen, &["--relay-user-rate", "256K"]);
+    let alice = Peer::registered_in(&broker, "alice", &lab.ns("a1"));
+    let bob = Peer::registered_in(&broker, "bob", &lab.ns("a2"));
+    nft(&lab, "a1", BLOCK_A2);
+    let inbox = tempfile::tempdir().unwrap();
+    let _a = alice.up();
+    let _b = bob.up_with(&["--auto-accept-files", inbox.path().to_str().unwrap()]);
+    alice.befriend(&bob);
+    assert!(alice.ok(&["send", "bob", "one, through the relay"]).contains("delivered"));
+    assert_eq!(first_path(&alice), "relayed");
+
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("moving.bin");
+    let data: Vec<u8> = (0..16_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let sending = alice
+        .command(&["send-file", "bob", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    testkit::wait_until("bob has received part of the file through the relay", || {
+        bob.json(&["files", "--json"])
+            .as_array()
+            .is_some_and(|l| l.iter().any(|t| t["bytes"].as_u64().is_some_and(|b| b > 0)))
+    });
+    nft(&lab, "a1", "delete table inet block");
+    let out = sending.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("verified"), "{said}\nalice's log:\n{}", alice.agent_log());
+    assert_eq!(std::fs::read(inbox.path().join("moving.bin")).unwrap(), data);
+    assert_eq!(first_path(&alice), "direct");
+    // Bob's agent logs `offset=N` each time it starts receiving: once at 0, then again past it.
+    let offsets: Vec<u64> = bob
+        .agent_log()
+        .lines()
+        .filter_map(|l| l.split("offset=").nth(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    let resumed = offsets.len() >= 2 && offsets[0] == 0 && offsets[1..].iter().any(|&o| o > 0);
+    assert!(resumed, "bob's agent carried on from an offset ({offsets:?}):\n{}", bob.agent_log());
+    assert!(alice.ok(&["send", "bob", "two, direct"]).contains("delivered"));
+    assert_eq!(texts(&bob, "alice"), ["one, through the relay", "two, direct"]);
 }
