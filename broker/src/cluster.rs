@@ -173,9 +173,62 @@ struct Peers {
     staging: HashMap<u64, (u64, Vec<Announced>)>,
 }
 
+/// What to do about being cut off from NATS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// The other nodes have NATS and have taken this node's sessions out: send its users to them.
+    Isolate,
+    /// Serve sessions again (NATS is back, or it is down for every node, so no node is better placed).
+    Rejoin,
+}
+
+/// Whether this node should serve sessions, from its own link to NATS and what the database says of the
+/// others' (pure: time and the database's answer passed in). A node cut off from NATS for the idle timeout
+/// has been taken out by the others, so its users would be online to nobody but it: if other nodes still
+/// hear NATS, it is the one partitioned away and sends its users to them; if none does, NATS itself is
+/// down and every node keeps serving its own users as best it can.
+#[derive(Debug, Default)]
+struct Isolation {
+    cut_since: Option<Instant>,
+    isolated: bool,
+}
+
+impl Isolation {
+    /// The link to NATS came back or went away.
+    fn link(&mut self, up: bool, now: Instant) -> Option<Change> {
+        if up {
+            self.cut_since = None;
+            return std::mem::take(&mut self.isolated).then_some(Change::Rejoin);
+        }
+        self.cut_since.get_or_insert(now);
+        None
+    }
+
+    /// Whether it is time to ask the database about the others: cut off for the idle timeout.
+    fn due(&self, now: Instant) -> bool {
+        self.cut_since.is_some_and(|t| now.duration_since(t) >= SILENT)
+    }
+
+    /// What the database said: whether any other node heard NATS lately.
+    fn others(&mut self, hear_nats: bool) -> Option<Change> {
+        match (self.isolated, hear_nats) {
+            (false, true) => {
+                self.isolated = true;
+                Some(Change::Isolate)
+            }
+            (true, false) => {
+                self.isolated = false;
+                Some(Change::Rejoin)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The cluster link: runs until the broker stops.
 pub async fn run(
     ctx: Arc<Ctx>,
+    db: crate::store::Db,
     client: async_nats::Client,
     identity: certs::Fingerprint,
     node: u64,
@@ -201,6 +254,7 @@ pub async fn run(
     link.publish(&link.subjects.all, &Bus::Hello { node, addr }).await;
     link.snapshot().await;
     let mut peers = Peers::default();
+    let mut isolation = Isolation::default();
     let mut beat = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
@@ -211,16 +265,23 @@ pub async fn run(
             Some(e) = link_events.recv() => match e {
                 async_nats::Event::Connected => {
                     // Back after NATS went away: the others may have dropped us, and we missed their news.
+                    if isolation.link(true, Instant::now()) == Some(Change::Rejoin) {
+                        link.rejoin();
+                    }
                     tracing::info!(node, "cluster: connected to NATS again; resynchronising");
                     link.publish(&link.subjects.all, &Bus::Hello { node, addr }).await;
                     link.snapshot().await;
                 }
-                async_nats::Event::Disconnected => tracing::warn!(node, "cluster: lost NATS; reconnecting"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!(node, "cluster: lost NATS; reconnecting");
+                    isolation.link(false, Instant::now());
+                }
                 other => tracing::debug!(event = %other, "cluster link"),
             },
             _ = beat.tick() => {
                 link.publish(&link.subjects.all, &Bus::Heartbeat { node, sessions: link.ctx.table.len() as u64, addr }).await;
                 link.sweep(&mut peers).await;
+                link.check_isolation(&db, &mut isolation).await;
             }
             else => break,
         }
@@ -335,6 +396,53 @@ impl Link {
         }
     }
 
+    /// Records in the database that this node hears NATS, or, cut off for the idle timeout, asks it whether
+    /// the others do (see [`Isolation`]).
+    async fn check_isolation(&self, db: &crate::store::Db, isolation: &mut Isolation) {
+        let now = Instant::now();
+        if self.client.connection_state() == async_nats::connection::State::Connected {
+            if let Err(e) = db.node_heard_nats(self.node, now_ms()).await {
+                tracing::debug!(error = %e, "cluster: could not record hearing NATS");
+            }
+            return;
+        }
+        if !isolation.due(now) {
+            return;
+        }
+        let since = now_ms() - 3 * HEARTBEAT.as_millis() as i64;
+        let others = match db.nodes_hearing_nats(self.node, since).await {
+            Ok(n) => n > 0,
+            // Without the database either, nothing here can be served anyway; nothing to decide.
+            Err(_) => return,
+        };
+        match isolation.others(others) {
+            Some(Change::Isolate) => {
+                if let Some(n) = &self.ctx.nodes {
+                    n.set_isolated(true);
+                }
+                let closed =
+                    self.ctx.table.close_local(b"this broker node is cut off from its cluster; connect to another");
+                tracing::error!(
+                    node = self.node,
+                    sessions = closed,
+                    "cluster: cut off from NATS while other nodes have it; sending this node's users to them and \
+                     taking no session until NATS is back"
+                );
+            }
+            Some(Change::Rejoin) => {
+                tracing::warn!(node = self.node, "cluster: NATS is down for every node; serving sessions again");
+                self.rejoin();
+            }
+            None => {}
+        }
+    }
+
+    fn rejoin(&self) {
+        if let Some(n) = &self.ctx.nodes {
+            n.set_isolated(false);
+        }
+    }
+
     /// Another node asks whether a link code is held here; answered only if it is (and is claimed by this).
     async fn claim(&self, m: async_nats::Message) {
         let (Some(reply), Ok(Bus::Claim { link_id, device, observed, local })) =
@@ -434,5 +542,34 @@ pub async fn leave(client: &async_nats::Client, identity: &certs::Fingerprint, n
     if let Some(bytes) = encode(&Bus::Bye { node }) {
         let _ = client.publish(Subjects::new(identity).all, bytes).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_cut_off_while_others_hear_nats_sends_its_users_away_until_nats_is_back() {
+        let t0 = Instant::now();
+        let mut i = Isolation::default();
+        assert_eq!(i.link(false, t0), None);
+        assert!(!i.due(t0 + SILENT / 2), "a short blip decides nothing");
+        assert!(i.due(t0 + SILENT));
+        assert_eq!(i.others(true), Some(Change::Isolate));
+        assert_eq!(i.others(true), None, "once");
+        assert_eq!(i.link(true, t0 + SILENT * 2), Some(Change::Rejoin));
+        assert!(!i.due(t0 + SILENT * 3));
+    }
+
+    #[test]
+    fn when_nats_is_down_for_every_node_each_keeps_serving() {
+        let t0 = Instant::now();
+        let mut i = Isolation::default();
+        i.link(false, t0);
+        assert_eq!(i.others(false), None, "nobody hears NATS: stay");
+        assert_eq!(i.others(true), Some(Change::Isolate));
+        assert_eq!(i.others(false), Some(Change::Rejoin), "the others lost it too");
+        assert_eq!(i.link(true, t0), None, "not isolated: nothing to undo");
     }
 }

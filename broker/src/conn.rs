@@ -386,6 +386,11 @@ impl Conn {
         if *state != SessionState::Anonymous {
             return Err(ErrorCode::AlreadyInSession.into());
         }
+        // A node cut off from the rest of the cluster would serve a user whom every other node counts as
+        // offline: the agent is sent on to another node (it tries the next on any refusal but a bad token).
+        if self.ctx.nodes.as_ref().is_some_and(crate::nodes::Nodes::isolated) {
+            return Err(ErrorCode::Busy.into());
+        }
         let owner = self.ctx.accounts.check_token(token, self.fingerprint.0).await?;
         local_addrs.truncate(MAX_LOCAL_ADDRS);
         let events = self.quic.open_uni().await.map_err(|_| ErrorCode::Internal)?;

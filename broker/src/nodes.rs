@@ -53,6 +53,9 @@ pub struct Nodes {
     conns: Mutex<HashMap<u64, quinn::Connection>>,
     /// The cluster's NATS client, for requests to whichever node holds something (a link code).
     bus: async_nats::Client,
+    /// Cut off from NATS while the other nodes still have it: this node sends its users to them (see
+    /// `cluster::Isolation`), and takes no new session until it is back.
+    isolated: std::sync::atomic::AtomicBool,
 }
 
 impl Nodes {
@@ -79,7 +82,17 @@ impl Nodes {
             addrs: Mutex::default(),
             conns: Mutex::default(),
             bus,
+            isolated: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether this node is cut off from the cluster (it takes no session then).
+    pub fn isolated(&self) -> bool {
+        self.isolated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_isolated(&self, yes: bool) {
+        self.isolated.store(yes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A link code that this node does not hold, claimed on whichever node does (see `cluster`).

@@ -229,6 +229,7 @@ impl Broker {
             let leave = (c.client.clone(), c.node);
             background.spawn(crate::cluster::run(
                 self.ctx.clone(),
+                self.db.clone(),
                 c.client,
                 self.fingerprint,
                 c.node,

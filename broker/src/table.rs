@@ -259,6 +259,26 @@ impl Table {
             .collect()
     }
 
+    /// Closes the connection of every session served here, saying `why` (each is taken out of the table
+    /// as its connection ends, as for any lost session).
+    pub fn close_local(&self, why: &[u8]) -> usize {
+        let conns: Vec<quinn::Connection> = {
+            let t = self.inner.lock();
+            t.online
+                .values()
+                .flatten()
+                .filter_map(|r| match &r.route {
+                    Route::Local { conn, .. } => Some(conn.clone()),
+                    Route::Remote { .. } => None,
+                })
+                .collect()
+        };
+        for c in &conns {
+            c.close(quinn::VarInt::from_u32(4), why);
+        }
+        conns.len()
+    }
+
     /// How many rows each other node has here.
     pub fn remote_counts(&self) -> HashMap<u64, u64> {
         let mut out = HashMap::new();

@@ -186,3 +186,52 @@ fn a_device_links_through_another_node() {
     let out = phone.run(&["link", "0000-0000-0000-0000", "--broker", &nodes[1].address()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such link code"), "{out:?}");
 }
+
+/// A partition between one node and NATS (a cut TCP link; the node still has its agents and the
+/// database): after the idle timeout the other nodes have taken its sessions out, and the node, seeing in
+/// the database that they still hear NATS, sends its users to them and takes no session until NATS is
+/// back; its users carry on from another node, and once healed it serves again.
+#[test]
+fn a_node_cut_off_from_nats_sends_its_users_to_the_others() {
+    let backend = backends().into_iter().find(|b| b.name() == "postgres").expect("needs TEST_POSTGRES_URL");
+    let nats = testkit::nats_url();
+    let port: u16 = nats.rsplit(':').next().unwrap().parse().unwrap();
+    let cut = testkit::TcpCut::to(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let nodes = Broker::start_cluster_via(&backend, &[nats.clone(), format!("nats://{}", cut.addr())]);
+    let addr: Vec<String> = nodes.iter().map(Broker::address).collect();
+    let peer = |name: &str, first: usize| {
+        let mut p = Peer::new(&nodes[first]);
+        p.broker = format!("{},{}", addr[first], addr[1 - first]);
+        p.register(name, name);
+        p
+    };
+    let (alice, bob, carol) = (peer("alice", 0), peer("bob", 1), peer("carol", 1));
+    let _a = alice.up();
+    let _b = bob.up();
+    alice.befriend(&bob);
+    assert!(alice.ok(&["send", "bob", "before the cut"]).contains("delivered"));
+    let node_of = |p: &Peer| p.json(&["status", "--json"])["session_id"].as_u64().map(|id| id >> 32);
+    assert_eq!(node_of(&bob), Some(2));
+
+    cut.cut();
+    wait_until("node 2 sends its users away", || nodes[1].log().contains("cut off from NATS while other nodes"));
+    wait_until("bob's agent moved to node 1", || node_of(&bob) == Some(1));
+    wait_until("alice sees bob online", || alice.json(&["friends", "--json"])[0]["online"] == true);
+    assert!(alice.ok(&["send", "bob", "during the cut"]).contains("delivered"), "{}", alice.agent_log());
+    assert!(bob.ok(&["send", "alice", "from the other node"]).contains("delivered"));
+    assert_eq!(
+        texts(&bob.json(&["history", "alice", "--json"])),
+        ["before the cut", "during the cut", "from the other node"]
+    );
+    assert_eq!(nodes[1].log().matches("cut off from NATS while other nodes").count(), 1, "logged once");
+
+    let reconnected = || nodes[1].log().matches("connected to NATS again").count();
+    let before = reconnected();
+    cut.heal();
+    wait_until("node 2 is back on NATS", || reconnected() > before);
+    // It takes sessions again: carol, who lists it first, is served by it, and alice finds her.
+    let _c = carol.up();
+    assert_eq!(node_of(&carol), Some(2));
+    alice.befriend(&carol);
+    assert!(alice.ok(&["send", "carol", "after the heal"]).contains("delivered"));
+}

@@ -5,11 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod client;
+mod cut;
 pub mod db;
 pub mod natlab;
 mod proc;
 
 pub use client::Client;
+pub use cut::TcpCut;
 pub use db::{Backend, TestDb, backends};
 pub use natlab::{Lab, SmallDisk};
 pub use proc::{

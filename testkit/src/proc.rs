@@ -149,6 +149,14 @@ impl Broker {
         })
     }
 
+    /// As [`Broker::start_cluster`], node `i` reaching NATS at `nats[i]` (a test can put a [`crate::TcpCut`]
+    /// in one node's way).
+    pub fn start_cluster_via(backend: &Backend, nats: &[String]) -> Vec<Self> {
+        Self::start_nodes(backend, nats.len(), |i| {
+            vec!["--cluster".into(), nats[i].clone(), "--node-id".into(), (i + 1).to_string()]
+        })
+    }
+
     fn start_nodes(backend: &Backend, n: usize, extra: impl Fn(usize) -> Vec<String>) -> Vec<Self> {
         let data = tempfile::tempdir().unwrap();
         let db = TestDb::create(backend, data.path());

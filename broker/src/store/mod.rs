@@ -17,6 +17,7 @@ macro_rules! sql {
 }
 
 pub(crate) mod accounts;
+pub(crate) mod cluster;
 pub(crate) mod devices;
 pub(crate) mod friends;
 pub(crate) mod groups;
@@ -71,6 +72,7 @@ const SQLITE: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_blocks.sql"),
     include_str!("../../migrations/sqlite/0004_devices.sql"),
     include_str!("../../migrations/sqlite/0005_mailbox.sql"),
+    include_str!("../../migrations/sqlite/0006_cluster.sql"),
 ];
 const POSTGRES: &[&str] = &[
     include_str!("../../migrations/postgres/0001_accounts.sql"),
@@ -78,6 +80,7 @@ const POSTGRES: &[&str] = &[
     include_str!("../../migrations/postgres/0003_blocks.sql"),
     include_str!("../../migrations/postgres/0004_devices.sql"),
     include_str!("../../migrations/postgres/0005_mailbox.sql"),
+    include_str!("../../migrations/postgres/0006_cluster.sql"),
 ];
 const MYSQL: &[&str] = &[
     include_str!("../../migrations/mysql/0001_accounts.sql"),
@@ -85,6 +88,7 @@ const MYSQL: &[&str] = &[
     include_str!("../../migrations/mysql/0003_blocks.sql"),
     include_str!("../../migrations/mysql/0004_devices.sql"),
     include_str!("../../migrations/mysql/0005_mailbox.sql"),
+    include_str!("../../migrations/mysql/0006_cluster.sql"),
 ];
 
 /// A cheap-to-clone handle on the pool.

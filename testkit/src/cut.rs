@@ -1,0 +1,82 @@
+//! A TCP forwarder a test can cut and heal: a network partition between one process and a server (a
+//! broker node and NATS) on loopback, without namespaces. While cut, live connections are shut down and
+//! new ones are closed as soon as they are accepted, as a dead link would refuse them.
+
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub struct TcpCut {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpCut {
+    /// Forwards a new loopback port to `target`.
+    pub fn to(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let accept = {
+            let (cut, stop, live) = (cut.clone(), stop.clone(), live.clone());
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(client) = client else { continue };
+                    if cut.load(Ordering::Relaxed) {
+                        let _ = client.shutdown(Shutdown::Both);
+                        continue;
+                    }
+                    let Ok(server) = TcpStream::connect(target) else { continue };
+                    let pairs = [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())];
+                    live.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend([client, server]);
+                    for pair in pairs {
+                        if let (Ok(mut from), Ok(mut to)) = pair {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.flush();
+                                let _ = to.shutdown(Shutdown::Both);
+                            });
+                        }
+                    }
+                }
+            })
+        };
+        Self { addr, cut, stop, live, accept: Some(accept) }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Breaks every connection through it, and refuses new ones until [`TcpCut::heal`].
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+        for s in self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for TcpCut {
+    fn drop(&mut self) {
+        self.cut();
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accept loop so that it sees `stop`.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
