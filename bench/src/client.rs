@@ -402,10 +402,32 @@ pub(crate) async fn presence_over(
 pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize, rate: f64) -> Result<()> {
     let broker = start_broker()?;
     let raw = start_raw()?;
+    groups_over(&[broker], &raw, members, senders, messages, rate).await.map(|_| ())
+}
+
+/// Group fan-out's figures: deliveries/s, and the p50 and p99 from a post to each member's receipt.
+pub(crate) struct GroupFigures {
+    pub(crate) deliveries_per_s: f64,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+}
+
+/// One group's fan-out over `brokers` (one, or the nodes of a cluster: member `i` is online on node
+/// `i % brokers.len()`, so most deliveries of every post go to other nodes).
+pub(crate) async fn groups_over(
+    brokers: &[Proc],
+    raw: &Proc,
+    members: usize,
+    senders: usize,
+    messages: usize,
+    rate: f64,
+) -> Result<GroupFigures> {
+    let broker = &brokers[0];
     let clients = Arc::new(Clients::new()?);
     eprintln!("registering {members} users ...");
-    let tokens = Arc::new(register_users(&clients, &broker, members).await?);
+    let tokens = Arc::new(register_users(&clients, broker, members).await?);
     let cfg = clients.config(&broker.fingerprint, BROKER_ALPN)?;
+    let addrs: Vec<SocketAddr> = brokers.iter().map(|b| b.addr).collect();
 
     // Everyone online; each session counts the bench's posts it receives, with the time.
     let received: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
@@ -431,7 +453,7 @@ pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize
             }
         }
     };
-    let (conns, _) = open_many(&clients, &cfg, &[broker.addr], 0..members, 16, online).await?;
+    let (conns, _) = open_many(&clients, &cfg, &addrs, 0..members, 16, online).await?;
     let conns = Arc::new(conns);
 
     eprintln!("building a group of {members} ...");
@@ -500,11 +522,13 @@ pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize
     let mut delays: Vec<Duration> =
         received.iter().filter_map(|(seq, t)| sent.get(seq).map(|s| t.saturating_duration_since(*s))).collect();
     let (p50, p99) = (percentile(&mut delays, 50.0), percentile(&mut delays, 99.0));
-    let mut rtt = raw_rtt(&clients, &raw, 1_000).await?;
+    let mut rtt = raw_rtt(&clients, raw, 1_000).await?;
     let (r50, r99) = (percentile(&mut rtt, 50.0), percentile(&mut rtt, 99.0));
     let pace = if rate > 0.0 { format!("{rate} posts/s") } else { "as fast as answered".to_string() };
     println!(
-        "groups bench: 1 group of {members} online members, {senders} senders, {messages} posts of 100 bytes, {pace}"
+        "groups bench: 1 group of {members} online members on {} broker node(s), {senders} senders, {messages} posts \
+         of 100 bytes, {pace}",
+        brokers.len()
     );
     println!(
         "  deliveries: {deliveries} of {expected} in {:.2} s = {delivered_per_s:.0} deliveries/s",
@@ -518,7 +542,7 @@ pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize
     println!(
         "{}",
         json!({
-            "bench": "groups", "members": members, "senders": senders, "messages": messages, "rate": rate, "deliveries": deliveries,
+            "bench": "groups", "nodes": brokers.len(), "members": members, "senders": senders, "messages": messages, "rate": rate, "deliveries": deliveries,
             "deliveries_per_s": delivered_per_s, "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,
             "raw_rtt_p50_ms": r50.as_secs_f64() * 1e3, "raw_rtt_p99_ms": r99.as_secs_f64() * 1e3, "udp_drops": drops,
         })
@@ -526,5 +550,5 @@ pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize
     if deliveries < expected {
         bail!("only {deliveries} of {expected} deliveries arrived");
     }
-    Ok(())
+    Ok(GroupFigures { deliveries_per_s: delivered_per_s, p50, p99 })
 }

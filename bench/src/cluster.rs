@@ -1,12 +1,13 @@
 //! `bench cluster`: the presence wave on one broker and on three brokers in a cluster (NATS between them,
 //! one PostgreSQL database for both runs' shapes), in the same run: users log in to node `i % n`, so most
 //! of each user's friends are on other nodes, and every presence event crosses NATS. Figures side by side
-//! with their ratio (target: cross-node within 2x of single-node). Then, with real agents: a file relayed
+//! with their ratio (target: cross-node within 2x of single-node); the same for one group's fan-out with its
+//! members spread over the nodes. Then, with real agents: a file relayed
 //! within one node and across two (ratio), and failover: a node killed under an agent that knows all three,
 //! until it is online on another and until its next message is delivered (target: < 5 s).
 
 use crate::chat::{Agent, peer, start_agent_via};
-use crate::client::{PresenceFigures, presence_over};
+use crate::client::{GroupFigures, PresenceFigures, groups_over, presence_over};
 use crate::stats::{ms, percentile};
 use crate::{Proc, sibling, start_broker_with, start_raw};
 use anyhow::{Context, Result, bail};
@@ -14,6 +15,10 @@ use sqlx::Connection;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// The group fan-out part: one group of this many members, this many posts.
+const GROUP_MEMBERS: usize = 500;
+const GROUP_POSTS: usize = 200;
 
 /// A database of the run's own on the PostgreSQL server (`BENCH_POSTGRES_URL`), dropped at the end.
 struct Database {
@@ -154,6 +159,18 @@ pub(crate) async fn cluster_bench(users: usize, friends: usize, concurrency: usi
         db.drop_it().await;
         results.push((n, figures?));
     }
+    // One group whose members are spread over the nodes: every post numbered once (in the database) and
+    // delivered on every node.
+    let mut fanout: Vec<(usize, GroupFigures)> = Vec::new();
+    for n in [1, 3] {
+        let db = Database::create(&admin, &format!("g{n}")).await?;
+        let nodes = start_nodes(&db.url(), &nats, n)?;
+        let figures = groups_over(&nodes, &raw, GROUP_MEMBERS, 4, GROUP_POSTS, 0.0).await;
+        drop(nodes);
+        db.drop_it().await;
+        fanout.push((n, figures?));
+    }
+
     // Real agents: a relayed file within one node and across two, then failover.
     let db = Database::create(&admin, "relay").await?;
     let relayed = async {
@@ -189,6 +206,21 @@ pub(crate) async fn cluster_bench(users: usize, friends: usize, concurrency: usi
         three.p99.as_secs_f64() / one.p99.as_secs_f64(),
         three.events_per_s / one.events_per_s
     );
+    let (g1, g3) = (&fanout[0].1, &fanout[1].1);
+    println!("  group of {GROUP_MEMBERS}, {GROUP_POSTS} posts by 4 senders, members spread over the nodes:");
+    for (n, f) in &fanout {
+        println!(
+            "    {n} node(s): {:.0} deliveries/s, post -> member p50 {}  p99 {}",
+            f.deliveries_per_s,
+            ms(f.p50),
+            ms(f.p99)
+        );
+    }
+    println!(
+        "    3 nodes vs 1: p99 {:.2}x, deliveries/s {:.2}x (target: within 2x)",
+        g3.p99.as_secs_f64() / g1.p99.as_secs_f64(),
+        g3.deliveries_per_s / g1.deliveries_per_s
+    );
     println!(
         "  relayed 64 MiB file (agents --relay-only): within one node {within:.0} MB/s, across two nodes \
          {across:.0} MB/s ({:.2}x)",
@@ -209,6 +241,9 @@ pub(crate) async fn cluster_bench(users: usize, friends: usize, concurrency: usi
         serde_json::json!({
             "bench": "cluster", "users": users, "friends": friends,
             "relay_mb_s": {"within_one_node": within, "across_nodes": across},
+            "group_fanout": {"members": GROUP_MEMBERS, "posts": GROUP_POSTS,
+                "one_node": {"deliveries_per_s": g1.deliveries_per_s, "p50_ms": g1.p50.as_secs_f64() * 1e3, "p99_ms": g1.p99.as_secs_f64() * 1e3},
+                "three_nodes": {"deliveries_per_s": g3.deliveries_per_s, "p50_ms": g3.p50.as_secs_f64() * 1e3, "p99_ms": g3.p99.as_secs_f64() * 1e3}},
             "failover_ms": {"online": online.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
                             "delivered": delivered.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>()},
             "one_node": {"events_per_s": one.events_per_s, "p50_ms": one.p50.as_secs_f64() * 1e3, "p99_ms": one.p99.as_secs_f64() * 1e3},
