@@ -399,17 +399,68 @@ pub(crate) async fn presence_over(
 
 /// `bench groups`: one group of `members` online members (simulated in this process), `senders` of them
 /// posting `messages` in all; deliveries/s and the delay from a post being sent to each member receiving it.
-pub(crate) async fn groups_bench(members: usize, senders: usize, messages: usize, rate: f64) -> Result<()> {
-    let broker = start_broker()?;
+/// Each of `runs` rounds measures our broker and then, with the same load, the seed-shaped server.
+pub(crate) async fn groups_bench(
+    members: usize,
+    senders: usize,
+    messages: usize,
+    rate: f64,
+    runs: usize,
+) -> Result<()> {
+    let brokers = [start_broker()?];
     let raw = start_raw()?;
-    groups_over(&[broker], &raw, members, senders, messages, rate).await.map(|_| ())
+    let rig = GroupRig::build(&brokers, members).await?;
+    let mut rounds = Vec::new();
+    for round in 1..=runs.max(1) {
+        eprintln!("round {round} of {runs}");
+        let ours = rig.round(&brokers, &raw, senders, messages, rate).await?;
+        let seed = crate::seed::seed_groups(members, senders, messages, rate).await?;
+        rounds.push((ours, seed));
+    }
+    let spread = |f: &dyn Fn(&(GroupFigures, crate::seed::SeedFigures)) -> Option<f64>| {
+        let v: Vec<f64> = rounds.iter().filter_map(f).collect();
+        let (lo, hi) = (v.iter().copied().fold(f64::MAX, f64::min), v.iter().copied().fold(f64::MIN, f64::max));
+        if v.is_empty() {
+            "n/a".to_string()
+        } else if lo == hi {
+            format!("{lo:.1}")
+        } else {
+            format!("{lo:.1} - {hi:.1}")
+        }
+    };
+    println!("over {} round(s), ours beside the seed-shaped server (min - max):", rounds.len());
+    println!(
+        "  deliveries/s: ours {}, seed-shaped {}, ratio {}",
+        spread(&|r| Some(r.0.deliveries_per_s)),
+        spread(&|r| Some(r.1.deliveries_per_s)),
+        spread(&|r| Some(r.0.deliveries_per_s / r.1.deliveries_per_s)),
+    );
+    println!(
+        "  p50 ms: ours {}, seed-shaped {};  p99 ms: ours {}, seed-shaped {}",
+        spread(&|r| Some(ms_f(r.0.p50))),
+        spread(&|r| Some(ms_f(r.1.p50))),
+        spread(&|r| Some(ms_f(r.0.p99))),
+        spread(&|r| Some(ms_f(r.1.p99))),
+    );
+    println!(
+        "  server CPU per delivery, µs: ours {} (numbers, stores and encrypts each post), seed-shaped {}",
+        spread(&|r| r.0.cpu_us_per_delivery),
+        spread(&|r| r.1.cpu_us_per_delivery),
+    );
+    Ok(())
 }
 
-/// Group fan-out's figures: deliveries/s, and the p50 and p99 from a post to each member's receipt.
+fn ms_f(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Group fan-out's figures: deliveries/s, the p50 and p99 from a post to each member's receipt, and the
+/// brokers' CPU time per delivery.
 pub(crate) struct GroupFigures {
     pub(crate) deliveries_per_s: f64,
     pub(crate) p50: Duration,
     pub(crate) p99: Duration,
+    pub(crate) cpu_us_per_delivery: Option<f64>,
 }
 
 /// One group's fan-out over `brokers` (one, or the nodes of a cluster: member `i` is online on node
@@ -422,133 +473,173 @@ pub(crate) async fn groups_over(
     messages: usize,
     rate: f64,
 ) -> Result<GroupFigures> {
-    let broker = &brokers[0];
-    let clients = Arc::new(Clients::new()?);
-    eprintln!("registering {members} users ...");
-    let tokens = Arc::new(register_users(&clients, broker, members).await?);
-    let cfg = clients.config(&broker.fingerprint, BROKER_ALPN)?;
-    let addrs: Vec<SocketAddr> = brokers.iter().map(|b| b.addr).collect();
+    GroupRig::build(brokers, members).await?.round(brokers, raw, senders, messages, rate).await
+}
 
-    // Everyone online; each session counts the bench's posts it receives, with the time.
-    let received: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
-    let online = {
-        let (tokens, received) = (tokens.clone(), received.clone());
-        move |i: usize, conn: quinn::Connection| {
-            let (token, received) = (tokens[i].clone(), received.clone());
-            async move {
-                call(&conn, &Request::Hello { token, local_addrs: vec![] }).await?;
-                let c = conn.clone();
-                tokio::spawn(async move {
-                    let Ok(mut events) = c.accept_uni().await else { return };
-                    while let Ok(Some(ev)) = read_frame::<Event, _>(&mut events).await {
-                        if let Event::GroupMessage(m) = ev
-                            && !m.system
-                            && let Ok(mut r) = received.lock()
-                        {
-                            r.push((m.seq, Instant::now()));
+/// A group with all its members online, ready for rounds of posts.
+struct GroupRig {
+    clients: Arc<Clients>,
+    conns: Arc<Vec<quinn::Connection>>,
+    group_id: i64,
+    members: usize,
+    /// Each session's receipts of the bench's posts: (the post's number in the group, when).
+    received: Arc<Mutex<Vec<(i64, Instant)>>>,
+}
+
+impl GroupRig {
+    async fn build(brokers: &[Proc], members: usize) -> Result<Self> {
+        let broker = &brokers[0];
+        let clients = Arc::new(Clients::new()?);
+        eprintln!("registering {members} users ...");
+        let tokens = Arc::new(register_users(&clients, broker, members).await?);
+        let cfg = clients.config(&broker.fingerprint, BROKER_ALPN)?;
+        let addrs: Vec<SocketAddr> = brokers.iter().map(|b| b.addr).collect();
+
+        // Everyone online; each session counts the bench's posts it receives, with the time.
+        let received: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
+        let online = {
+            let (tokens, received) = (tokens.clone(), received.clone());
+            move |i: usize, conn: quinn::Connection| {
+                let (token, received) = (tokens[i].clone(), received.clone());
+                async move {
+                    call(&conn, &Request::Hello { token, local_addrs: vec![] }).await?;
+                    let c = conn.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut events) = c.accept_uni().await else { return };
+                        while let Ok(Some(ev)) = read_frame::<Event, _>(&mut events).await {
+                            if let Event::GroupMessage(m) = ev
+                                && !m.system
+                                && let Ok(mut r) = received.lock()
+                            {
+                                r.push((m.seq, Instant::now()));
+                            }
                         }
-                    }
-                });
-                Ok(conn)
-            }
-        }
-    };
-    let (conns, _) = open_many(&clients, &cfg, &addrs, 0..members, 16, online).await?;
-    let conns = Arc::new(conns);
-
-    eprintln!("building a group of {members} ...");
-    let Response::GroupCreated { group_id } = call(&conns[0], &Request::GroupCreate { name: "bench".into() }).await?
-    else {
-        bail!("group create")
-    };
-    let sem = Arc::new(Semaphore::new(16));
-    let mut tasks = Vec::new();
-    for i in 1..members {
-        let (conns, permit) = (conns.clone(), sem.clone().acquire_owned().await?);
-        tasks.push(tokio::spawn(async move {
-            call(&conns[0], &Request::FriendAdd { username: username(i), message: String::new() }).await?;
-            call(&conns[i], &Request::FriendAccept { username: username(0) }).await?;
-            call(&conns[0], &Request::GroupInvite { group_id, username: username(i) }).await?;
-            call(&conns[i], &Request::GroupJoin { group_id }).await?;
-            drop(permit);
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    eprintln!("{senders} senders posting {messages} messages ...");
-    let sent: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
-    let drops_before = crate::udp_rcvbuf_drops();
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for s in 0..senders {
-        let (conns, sent) = (conns.clone(), sent.clone());
-        tasks.push(tokio::spawn(async move {
-            for k in (s..messages).step_by(senders) {
-                if rate > 0.0 {
-                    // Paced: post k is due at k / rate seconds after the start.
-                    let due = start + Duration::from_secs_f64(k as f64 / rate);
-                    tokio::time::sleep_until(due.into()).await;
+                    });
+                    Ok(conn)
                 }
-                let t = Instant::now();
-                let req = Request::GroupPost { group_id, text: format!("{:0>100}", k) };
-                let Response::GroupPosted { seq } = call(&conns[s], &req).await? else { bail!("post") };
-                sent.lock().map_err(|_| anyhow!("poisoned"))?.insert(seq, t);
             }
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let expected = messages * members;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let n = received.lock().map_err(|_| anyhow!("poisoned"))?.len();
-        if n >= expected || Instant::now() > deadline {
-            break;
+        };
+        let (conns, _) = open_many(&clients, &cfg, &addrs, 0..members, 16, online).await?;
+        let conns = Arc::new(conns);
+
+        eprintln!("building a group of {members} ...");
+        let Response::GroupCreated { group_id } =
+            call(&conns[0], &Request::GroupCreate { name: "bench".into() }).await?
+        else {
+            bail!("group create")
+        };
+        let sem = Arc::new(Semaphore::new(16));
+        let mut tasks = Vec::new();
+        for i in 1..members {
+            let (conns, permit) = (conns.clone(), sem.clone().acquire_owned().await?);
+            tasks.push(tokio::spawn(async move {
+                call(&conns[0], &Request::FriendAdd { username: username(i), message: String::new() }).await?;
+                call(&conns[i], &Request::FriendAccept { username: username(0) }).await?;
+                call(&conns[0], &Request::GroupInvite { group_id, username: username(i) }).await?;
+                call(&conns[i], &Request::GroupJoin { group_id }).await?;
+                drop(permit);
+                Ok::<_, anyhow::Error>(())
+            }));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        for t in tasks {
+            t.await??;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok(Self { clients, conns, group_id, members, received })
     }
-    let drops = crate::udp_rcvbuf_drops().zip(drops_before).map(|(a, b)| a.saturating_sub(b));
-    let received = received.lock().map_err(|_| anyhow!("poisoned"))?.clone();
-    let sent = sent.lock().map_err(|_| anyhow!("poisoned"))?.clone();
-    let last = received.iter().map(|(_, t)| *t).max().unwrap_or(start);
-    let deliveries = received.len();
-    let delivered_per_s = deliveries as f64 / last.duration_since(start).as_secs_f64();
-    let mut delays: Vec<Duration> =
-        received.iter().filter_map(|(seq, t)| sent.get(seq).map(|s| t.saturating_duration_since(*s))).collect();
-    let (p50, p99) = (percentile(&mut delays, 50.0), percentile(&mut delays, 99.0));
-    let mut rtt = raw_rtt(&clients, raw, 1_000).await?;
-    let (r50, r99) = (percentile(&mut rtt, 50.0), percentile(&mut rtt, 99.0));
-    let pace = if rate > 0.0 { format!("{rate} posts/s") } else { "as fast as answered".to_string() };
-    println!(
-        "groups bench: 1 group of {members} online members on {} broker node(s), {senders} senders, {messages} posts \
-         of 100 bytes, {pace}",
-        brokers.len()
-    );
-    println!(
-        "  deliveries: {deliveries} of {expected} in {:.2} s = {delivered_per_s:.0} deliveries/s",
-        last.duration_since(start).as_secs_f64()
-    );
-    println!("  post sent -> member received: p50 {}  p99 {}", ms(p50), ms(p99));
-    if let Some(d) = drops {
-        println!("  UDP datagrams dropped by full receive buffers meanwhile (host-wide): {d}");
+
+    /// `senders` members post `messages` in all (paced at `rate` posts/s, or as fast as answered) and
+    /// every member's receipts are timed.
+    async fn round(
+        &self,
+        brokers: &[Proc],
+        raw: &Proc,
+        senders: usize,
+        messages: usize,
+        rate: f64,
+    ) -> Result<GroupFigures> {
+        let (members, group_id) = (self.members, self.group_id);
+        self.received.lock().map_err(|_| anyhow!("poisoned"))?.clear();
+        eprintln!("{senders} senders posting {messages} messages ...");
+        let sent: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+        let drops_before = crate::udp_rcvbuf_drops();
+        let broker_cpu = || brokers.iter().map(|b| crate::cpu_seconds(b.child.id())).sum::<Option<f64>>();
+        let cpu_before = broker_cpu();
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for s in 0..senders {
+            let (conns, sent) = (self.conns.clone(), sent.clone());
+            tasks.push(tokio::spawn(async move {
+                for k in (s..messages).step_by(senders) {
+                    if rate > 0.0 {
+                        // Paced: post k is due at k / rate seconds after the start.
+                        let due = start + Duration::from_secs_f64(k as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    let t = Instant::now();
+                    let req = Request::GroupPost { group_id, text: format!("{:0>100}", k) };
+                    let Response::GroupPosted { seq } = call(&conns[s], &req).await? else { bail!("post") };
+                    sent.lock().map_err(|_| anyhow!("poisoned"))?.insert(seq, t);
+                }
+                Ok::<_, anyhow::Error>(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let expected = messages * members;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let n = self.received.lock().map_err(|_| anyhow!("poisoned"))?.len();
+            if n >= expected || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cpu = broker_cpu().zip(cpu_before).map(|(a, b)| a - b);
+        let drops = crate::udp_rcvbuf_drops().zip(drops_before).map(|(a, b)| a.saturating_sub(b));
+        let received = self.received.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+        let sent = sent.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+        let last = received.iter().map(|(_, t)| *t).max().unwrap_or(start);
+        let deliveries = received.len();
+        let delivered_per_s = deliveries as f64 / last.duration_since(start).as_secs_f64();
+        let mut delays: Vec<Duration> =
+            received.iter().filter_map(|(seq, t)| sent.get(seq).map(|s| t.saturating_duration_since(*s))).collect();
+        let (p50, p99) = (percentile(&mut delays, 50.0), percentile(&mut delays, 99.0));
+        let cpu_us_per_delivery = cpu.map(|c| c * 1e6 / deliveries.max(1) as f64);
+        let mut rtt = raw_rtt(&self.clients, raw, 1_000).await?;
+        let (r50, r99) = (percentile(&mut rtt, 50.0), percentile(&mut rtt, 99.0));
+        let pace = if rate > 0.0 { format!("{rate} posts/s") } else { "as fast as answered".to_string() };
+        println!(
+            "groups bench: 1 group of {members} online members on {} broker node(s), {senders} senders, {messages} \
+             posts of 100 bytes, {pace}",
+            brokers.len()
+        );
+        println!(
+            "  deliveries: {deliveries} of {expected} in {:.2} s = {delivered_per_s:.0} deliveries/s",
+            last.duration_since(start).as_secs_f64()
+        );
+        println!("  post sent -> member received: p50 {}  p99 {}", ms(p50), ms(p99));
+        if let Some(c) = cpu_us_per_delivery {
+            println!("  the broker's CPU per delivery (posting, numbering, storing, encrypting, sending): {c:.2} µs");
+        }
+        if let Some(d) = drops {
+            println!("  UDP datagrams dropped by full receive buffers meanwhile (host-wide): {d}");
+        }
+        println!("  raw quinn 100-byte round trip: p50 {}  p99 {}", ms(r50), ms(r99));
+        println!(
+            "{}",
+            json!({
+                "bench": "groups", "nodes": brokers.len(), "members": members, "senders": senders, "messages": messages,
+                "rate": rate, "deliveries": deliveries, "deliveries_per_s": delivered_per_s,
+                "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,
+                "cpu_us_per_delivery": cpu_us_per_delivery, "raw_rtt_p50_ms": r50.as_secs_f64() * 1e3,
+                "raw_rtt_p99_ms": r99.as_secs_f64() * 1e3, "udp_drops": drops,
+            })
+        );
+        if deliveries < expected {
+            bail!("only {deliveries} of {expected} deliveries arrived");
+        }
+        Ok(GroupFigures { deliveries_per_s: delivered_per_s, p50, p99, cpu_us_per_delivery })
     }
-    println!("  raw quinn 100-byte round trip: p50 {}  p99 {}", ms(r50), ms(r99));
-    println!(
-        "{}",
-        json!({
-            "bench": "groups", "nodes": brokers.len(), "members": members, "senders": senders, "messages": messages, "rate": rate, "deliveries": deliveries,
-            "deliveries_per_s": delivered_per_s, "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,
-            "raw_rtt_p50_ms": r50.as_secs_f64() * 1e3, "raw_rtt_p99_ms": r99.as_secs_f64() * 1e3, "udp_drops": drops,
-        })
-    );
-    if deliveries < expected {
-        bail!("only {deliveries} of {expected} deliveries arrived");
-    }
-    Ok(GroupFigures { deliveries_per_s: delivered_per_s, p50, p99 })
 }

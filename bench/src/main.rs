@@ -32,6 +32,7 @@ mod mailbox;
 #[cfg(target_os = "linux")]
 mod nat;
 mod raw;
+mod seed;
 mod soak;
 mod stats;
 #[cfg(unix)]
@@ -83,6 +84,10 @@ enum Cmd {
         /// Posts per second in all (0: each sender posts as soon as its last post is answered).
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
+        /// Rounds of posts over the same group, each followed by the seed-shaped baseline with the same
+        /// load; the spread over the rounds is printed at the end.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
     },
     /// Two real agents chatting: round trip and sustained rate.
     Chat {
@@ -168,6 +173,9 @@ enum Cmd {
     /// A bare quinn server (the baseline); prints its address and certificate fingerprint.
     #[command(hide = true)]
     RawServer,
+    /// The seed's group server rebuilt (the `bench groups` baseline); prints its address.
+    #[command(hide = true)]
+    SeedServer,
 }
 
 fn main() -> Result<()> {
@@ -175,8 +183,9 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match args.cmd {
         Cmd::RawServer => rt.block_on(raw::serve()),
-        Cmd::Groups { members, senders, messages, rate } => {
-            rt.block_on(client::groups_bench(members, senders, messages, rate))
+        Cmd::SeedServer => seed::serve(),
+        Cmd::Groups { members, senders, messages, rate, runs } => {
+            rt.block_on(client::groups_bench(members, senders, messages, rate, runs))
         }
         #[cfg(unix)]
         Cmd::Chat { messages, concurrency } => rt.block_on(chat::chat_bench(messages, concurrency)),
@@ -258,6 +267,18 @@ pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time (user and system, all threads) a process has used so far, in seconds (Linux `/proc/PID/stat`,
+/// whose clock ticks are USER_HZ, 100 per second on every Linux ABI).
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after its closing parenthesis are plain.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, so 11 and 12 after the state (field 3).
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 /// UDP datagrams this host dropped because a socket's receive buffer was full (Linux `/proc/net/snmp`,
 /// all sockets): a drop costs QUIC a probe timeout, so a tail latency is read beside it.
 pub(crate) fn udp_rcvbuf_drops() -> Option<u64> {
@@ -278,7 +299,7 @@ pub(crate) fn sibling(name: &str) -> Result<std::path::PathBuf> {
 }
 
 /// Reads "... on ADDR fingerprint HEX" from the child's first stdout line.
-fn ready_line(child: &mut Child) -> Result<(SocketAddr, String)> {
+pub(crate) fn ready_line(child: &mut Child) -> Result<(SocketAddr, String)> {
     let stdout = child.stdout.take().context("no stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
