@@ -33,8 +33,12 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 const SILENT: Duration = crate::server::IDLE_TIMEOUT;
 /// How long a claim of a link code held elsewhere waits for the node that holds it.
 const CLAIM_WAIT: Duration = Duration::from_secs(2);
-/// Rows per snapshot message (well under NATS's 1 MB default payload).
-const SNAPSHOT_ROWS: usize = 2000;
+/// Largest cluster message either side accepts: NATS's default payload limit (1 MiB). Decoding counts
+/// what it would allocate, not only the bytes (bincode claims `len * size_of::<T>()` for a `Vec<T>`), so
+/// the parts below are sized by that.
+const BUS_LIMIT: usize = 1 << 20;
+/// What one snapshot part or one push may cost to decode: a quarter of the limit, so that any part fits.
+const PART_BUDGET: usize = BUS_LIMIT / 4;
 /// The subjects of one cluster: named after the identity its nodes share, so that clusters (or tests)
 /// that share a NATS server never hear each other.
 #[derive(Debug, Clone)]
@@ -132,14 +136,48 @@ enum Bus {
     },
 }
 
+fn bus_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<BUS_LIMIT>()
+}
+
 fn encode(msg: &Bus) -> Option<Bytes> {
-    match shared::frame::encode_body(msg) {
-        Ok(b) => Some(Bytes::from(b)),
+    match bincode::encode_to_vec(msg, bus_config()) {
+        Ok(b) if b.len() <= BUS_LIMIT => Some(Bytes::from(b)),
+        Ok(b) => {
+            tracing::error!(bytes = b.len(), "a cluster message over the limit; not sent");
+            None
+        }
         Err(e) => {
             tracing::error!(error = %e, "could not encode a cluster message");
             None
         }
     }
+}
+
+/// Reads one cluster message: the whole payload, within [`BUS_LIMIT`].
+fn decode(payload: &[u8]) -> Result<Bus, String> {
+    let (msg, used) = bincode::decode_from_slice(payload, bus_config()).map_err(|e| e.to_string())?;
+    if used != payload.len() {
+        return Err(format!("{} trailing bytes", payload.len() - used));
+    }
+    Ok(msg)
+}
+
+/// What a snapshot row costs to decode (see [`BUS_LIMIT`]).
+fn row_cost(row: &Announced) -> usize {
+    std::mem::size_of::<Announced>() + row.user.len() + row.local.len() * std::mem::size_of::<SocketAddr>()
+}
+
+/// What one addressee of a push costs to decode.
+fn addressee_cost((user, _): &(String, u64)) -> usize {
+    std::mem::size_of::<(String, u64)>() + user.len()
+}
+
+/// A node's sessions in snapshot parts, each within [`PART_BUDGET`] (one empty part when there are none, so
+/// that the others still replace what they knew).
+fn snapshot_parts(rows: Vec<Announced>) -> Vec<Vec<Announced>> {
+    let parts = shared::frame::pack(rows, PART_BUDGET, row_cost);
+    if parts.is_empty() { vec![Vec::new()] } else { parts }
 }
 
 /// Connects to NATS: the client, and the link's own events (reconnected, disconnected).
@@ -308,8 +346,7 @@ impl Link {
     async fn snapshot(&self) {
         let rows = self.ctx.table.local_rows();
         let epoch = self.epoch.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let parts: Vec<Vec<Announced>> =
-            if rows.is_empty() { vec![Vec::new()] } else { rows.chunks(SNAPSHOT_ROWS).map(<[_]>::to_vec).collect() };
+        let parts = snapshot_parts(rows);
         let n = parts.len();
         for (i, rows) in parts.into_iter().enumerate() {
             self.publish(&self.subjects.all, &Bus::Snapshot { node: self.node, epoch, rows, last: i + 1 == n }).await;
@@ -324,7 +361,10 @@ impl Link {
                 self.publish(&self.subjects.all, &Bus::Down { node, user, session_id, at }).await
             }
             Outbound::Push { node: to, sessions, frame } => {
-                self.publish(&self.subjects.node(to), &Bus::Push { sessions, frame: frame.to_vec() }).await;
+                // A big group's push to one node is split by addressees, each part carrying the frame.
+                for sessions in shared::frame::pack(sessions, PART_BUDGET, addressee_cost) {
+                    self.publish(&self.subjects.node(to), &Bus::Push { sessions, frame: frame.to_vec() }).await;
+                }
             }
             Outbound::Close { node: to, user, sessions, frame } => {
                 let frame = frame.map(|f| f.to_vec());
@@ -334,7 +374,7 @@ impl Link {
     }
 
     async fn inbound(&self, peers: &mut Peers, payload: &[u8]) {
-        let msg: Bus = match shared::frame::decode_body(payload) {
+        let msg: Bus = match decode(payload) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "cluster: a message that does not decode; ignored");
@@ -445,9 +485,7 @@ impl Link {
 
     /// Another node asks whether a link code is held here; answered only if it is (and is claimed by this).
     async fn claim(&self, m: async_nats::Message) {
-        let (Some(reply), Ok(Bus::Claim { link_id, device, observed, local })) =
-            (m.reply, shared::frame::decode_body::<Bus>(&m.payload))
-        else {
+        let (Some(reply), Ok(Bus::Claim { link_id, device, observed, local })) = (m.reply, decode(&m.payload)) else {
             return;
         };
         let Ok((username, device)) = self.ctx.devices.claim(link_id, certs::Fingerprint(device), observed, local)
@@ -531,7 +569,7 @@ pub async fn claim_elsewhere(
     let ask = encode(&Bus::Claim { link_id, device: device.0, observed, local })?;
     let subject = Subjects::new(identity).claims;
     let answer = tokio::time::timeout(CLAIM_WAIT, client.request(subject, ask)).await.ok()?.ok()?;
-    match shared::frame::decode_body(&answer.payload) {
+    match decode(&answer.payload) {
         Ok(Bus::Claimed { username, device }) => Some((username, device)),
         _ => None,
     }
@@ -560,6 +598,57 @@ mod tests {
         assert_eq!(i.others(true), None, "once");
         assert_eq!(i.link(true, t0 + SILENT * 2), Some(Change::Rejoin));
         assert!(!i.due(t0 + SILENT * 3));
+    }
+
+    fn busy_row(i: usize) -> Announced {
+        Announced {
+            user: format!("{i:0>32}"),
+            session_id: i as u64,
+            observed: "192.0.2.1:7878".parse().unwrap(),
+            local: vec!["[2001:db8::1]:7878".parse().unwrap(); 16],
+            fingerprint: [7; 32],
+            connected_at: 1,
+        }
+    }
+
+    #[test]
+    fn a_node_with_many_sessions_sends_a_snapshot_every_other_node_can_read() {
+        // Before: 2,000 rows a part, which decoding refused (a part of 1,000 short rows already did).
+        let rows: Vec<Announced> = (0..20_000).map(busy_row).collect();
+        let parts = snapshot_parts(rows.clone());
+        assert!(parts.len() > 1);
+        let mut back = Vec::new();
+        for (i, rows) in parts.into_iter().enumerate() {
+            let bytes = encode(&Bus::Snapshot { node: 1, epoch: 1, rows, last: false }).expect("within the limit");
+            let Ok(Bus::Snapshot { rows, .. }) = decode(&bytes) else { panic!("part {i} does not decode") };
+            back.extend(rows);
+        }
+        assert_eq!(back, rows, "every row, in order");
+        assert_eq!(snapshot_parts(Vec::new()), vec![Vec::<Announced>::new()], "an empty node still says so");
+    }
+
+    #[test]
+    fn a_push_to_a_big_group_on_another_node_arrives_whole() {
+        let sessions: Vec<(String, u64)> = (0..100_000).map(|i| (format!("{i:0>32}"), i)).collect();
+        let frame = vec![1u8; shared::frame::MAX_FRAME];
+        let mut back = Vec::new();
+        for part in shared::frame::pack(sessions.clone(), PART_BUDGET, addressee_cost) {
+            let bytes = encode(&Bus::Push { sessions: part, frame: frame.clone() }).expect("within the limit");
+            let Ok(Bus::Push { sessions, frame: f }) = decode(&bytes) else { panic!("a part does not decode") };
+            assert_eq!(f, frame);
+            back.extend(sessions);
+        }
+        assert_eq!(back, sessions);
+    }
+
+    #[test]
+    fn a_cluster_message_that_claims_more_than_the_limit_is_refused() {
+        // A push whose addressee count promises 2^40 entries: refused before anything is allocated.
+        let tag = encode(&Bus::Push { sessions: vec![], frame: vec![] }).unwrap()[0];
+        let mut hostile = vec![tag, 253];
+        hostile.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(decode(&hostile).is_err());
+        assert!(decode(&[]).is_err());
     }
 
     #[test]
