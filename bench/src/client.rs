@@ -139,6 +139,25 @@ where
     Ok((conns, start.elapsed()))
 }
 
+/// For [`open_many`]: connection `i` says hello with token `i`, and must be welcomed.
+fn token_hello(
+    tokens: Arc<Vec<String>>,
+) -> impl Fn(
+    usize,
+    quinn::Connection,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<quinn::Connection>> + Send>>
++ Clone {
+    move |i: usize, conn: quinn::Connection| {
+        let token = tokens[i].clone();
+        Box::pin(async move {
+            match call(&conn, &Request::Hello { token, local_addrs: vec![] }).await? {
+                Response::Welcome { .. } => Ok(conn),
+                other => bail!("hello: {other:?}"),
+            }
+        })
+    }
+}
+
 pub(crate) async fn broker_bench(sessions: usize, concurrency: usize) -> Result<()> {
     let broker = start_broker()?;
     let raw = start_raw()?;
@@ -168,18 +187,7 @@ pub(crate) async fn broker_bench(sessions: usize, concurrency: usize) -> Result<
 
     // The broker: fresh connection + hello with a token = one session.
     let cfg = clients.config(&broker.fingerprint, BROKER_ALPN)?;
-    let hello = {
-        let tokens = tokens.clone();
-        move |i: usize, conn: quinn::Connection| {
-            let token = tokens[i].clone();
-            async move {
-                match call(&conn, &Request::Hello { token, local_addrs: vec![] }).await? {
-                    Response::Welcome { .. } => Ok(conn),
-                    other => bail!("hello: {other:?}"),
-                }
-            }
-        }
-    };
+    let hello = token_hello(tokens.clone());
     let first = sessions.min(1_000);
     let (mut held, t_first) = open_many(&clients, &cfg, &[broker.addr], 0..first, concurrency, hello.clone()).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -216,6 +224,45 @@ pub(crate) async fn broker_bench(sessions: usize, concurrency: usize) -> Result<
         c.close(0u32.into(), b"done");
     }
     Ok(())
+}
+
+/// Idle sessions spread over brokers: how many are still held after an idle spell, and what they cost.
+pub(crate) struct SessionFigures {
+    pub(crate) alive: usize,
+    /// All brokers' RSS growth over the sessions, per session.
+    pub(crate) kib_per_session: f64,
+    /// Per broker: sessions it serves (user `i` on broker `i % n`) and its RSS in KiB at the end.
+    pub(crate) per_node: Vec<(usize, u64)>,
+}
+
+/// `sessions` users log in (user `i` to broker `i % brokers.len()`) and stay idle for 20 s, longer than
+/// the idle timeout, so that only sessions kept alive count.
+pub(crate) async fn sessions_over(
+    brokers: &[Proc],
+    clients: &Arc<Clients>,
+    tokens: &[String],
+    concurrency: usize,
+) -> Result<SessionFigures> {
+    let sessions = tokens.len();
+    let tokens = Arc::new(tokens.to_vec());
+    let cfg = clients.config(&brokers[0].fingerprint, BROKER_ALPN)?;
+    let addrs: Vec<SocketAddr> = brokers.iter().map(|b| b.addr).collect();
+    let rss = || brokers.iter().map(Proc::rss_kib).collect::<Option<Vec<u64>>>().context("broker RSS");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let base: u64 = rss()?.iter().sum();
+    let hello = token_hello(tokens.clone());
+    let (held, _) = open_many(clients, &cfg, &addrs, 0..sessions, concurrency, hello).await?;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let alive = held.iter().filter(|c| c.close_reason().is_none()).count();
+    let each = rss()?;
+    let n = brokers.len();
+    let per_node =
+        each.iter().enumerate().map(|(k, kib)| ((0..sessions).filter(|i| i % n == k).count(), *kib)).collect();
+    for c in &held {
+        c.close(0u32.into(), b"done");
+    }
+    let grown = each.iter().sum::<u64>().saturating_sub(base);
+    Ok(SessionFigures { alive, kib_per_session: grown as f64 / sessions as f64, per_node })
 }
 
 /// Round trips of 100-byte echoes against the raw server: the floor for any one-way-and-back message.

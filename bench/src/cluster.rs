@@ -7,7 +7,7 @@
 //! until it is online on another and until its next message is delivered (target: < 5 s).
 
 use crate::chat::{Agent, peer, start_agent_via};
-use crate::client::{GroupFigures, PresenceFigures, groups_over, presence_over};
+use crate::client::{groups_over, presence_over, sessions_over};
 use crate::stats::{ms, percentile};
 use crate::{Proc, sibling, start_broker_with, start_raw};
 use anyhow::{Context, Result, bail};
@@ -145,55 +145,72 @@ async fn failover_once(admin: &str, nats: &str, run: usize) -> Result<(Duration,
     result
 }
 
-pub(crate) async fn cluster_bench(users: usize, friends: usize, concurrency: usize) -> Result<()> {
+/// The parts of `bench cluster`, each run on its own fresh databases and nodes.
+pub(crate) const PARTS: [&str; 5] = ["presence", "sessions", "groups", "relay", "failover"];
+
+pub(crate) async fn cluster_bench(
+    users: usize,
+    friends: usize,
+    concurrency: usize,
+    sessions: usize,
+    only: &[String],
+) -> Result<()> {
     let admin = std::env::var("BENCH_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://p2pim_test:p2pim_test@127.0.0.1:5432/postgres".into());
     let nats = std::env::var("BENCH_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    if let Some(unknown) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
+        bail!("no part {unknown:?} in bench cluster; the parts are {}", PARTS.join(", "));
+    }
+    let wanted = |part: &str| only.is_empty() || only.iter().any(|p| p == part);
     let raw = start_raw()?;
-    let mut results: Vec<(usize, PresenceFigures)> = Vec::new();
-    for n in [1, 3] {
-        let db = Database::create(&admin, &format!("n{n}")).await?;
-        let nodes = start_nodes(&db.url(), &nats, n)?;
-        let figures = presence_over(&nodes, &raw, users, friends, concurrency).await;
-        drop(nodes);
-        db.drop_it().await;
-        results.push((n, figures?));
+    if wanted("presence") {
+        presence_part(&admin, &nats, &raw, users, friends, concurrency).await?;
     }
-    // One group whose members are spread over the nodes: every post numbered once (in the database) and
-    // delivered on every node.
-    let mut fanout: Vec<(usize, GroupFigures)> = Vec::new();
-    for n in [1, 3] {
-        let db = Database::create(&admin, &format!("g{n}")).await?;
-        let nodes = start_nodes(&db.url(), &nats, n)?;
-        let figures = groups_over(&nodes, &raw, GROUP_MEMBERS, 4, GROUP_POSTS, 0.0).await;
-        drop(nodes);
-        db.drop_it().await;
-        fanout.push((n, figures?));
+    if wanted("sessions") {
+        sessions_part(&admin, &nats, sessions, concurrency).await?;
     }
+    if wanted("groups") {
+        groups_part(&admin, &nats, &raw).await?;
+    }
+    if wanted("relay") {
+        relay_part(&admin, &nats).await?;
+    }
+    if wanted("failover") {
+        failover_part(&admin, &nats).await?;
+    }
+    Ok(())
+}
 
-    // Real agents: a relayed file within one node and across two, then failover.
-    let db = Database::create(&admin, "relay").await?;
-    let relayed = async {
-        let nodes = start_nodes(&db.url(), &nats, 3)?;
-        let dir = tempfile::tempdir()?;
-        let file = dir.path().join("relayed.bin");
-        crate::files::random_file(&file, 64 << 20)?;
-        Ok::<_, anyhow::Error>((relayed_file(&nodes, 0, 0, &file, "1")?, relayed_file(&nodes, 0, 1, &file, "2")?))
+/// Runs `f` on a fresh database with 1 node and then with 3, returning both results.
+async fn one_then_three<T, F, Fut>(admin: &str, nats: &str, tag: &str, mut f: F) -> Result<[T; 2]>
+where
+    F: FnMut(Vec<Proc>) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut out = Vec::new();
+    for n in [1, 3] {
+        let db = Database::create(admin, &format!("{tag}{n}")).await?;
+        let result = async { f(start_nodes(&db.url(), nats, n)?).await }.await;
+        db.drop_it().await;
+        out.push(result?);
     }
-    .await;
-    db.drop_it().await;
-    let (within, across) = relayed?;
-    let mut online = Vec::new();
-    let mut delivered = Vec::new();
-    for run in 0..5 {
-        let (o, d) = failover_once(&admin, &nats, run).await?;
-        online.push(o);
-        delivered.push(d);
-    }
+    out.try_into().map_err(|_| anyhow::anyhow!("two results"))
+}
 
-    let (one, three) = (&results[0].1, &results[1].1);
+async fn presence_part(
+    admin: &str,
+    nats: &str,
+    raw: &Proc,
+    users: usize,
+    friends: usize,
+    concurrency: usize,
+) -> Result<()> {
+    let [one, three] = one_then_three(admin, nats, "n", |nodes| async move {
+        presence_over(&nodes, raw, users, friends, concurrency).await
+    })
+    .await?;
     println!("cluster bench: presence, {users} users x {friends} friends, PostgreSQL");
-    for (n, f) in &results {
+    for (n, f) in [(1, &one), (3, &three)] {
         println!(
             "  {n} node(s): {:.0} events/s, login -> friend's event p50 {}  p99 {}",
             f.events_per_s,
@@ -206,14 +223,85 @@ pub(crate) async fn cluster_bench(users: usize, friends: usize, concurrency: usi
         three.p99.as_secs_f64() / one.p99.as_secs_f64(),
         three.events_per_s / one.events_per_s
     );
-    let (g1, g3) = (&fanout[0].1, &fanout[1].1);
-    println!("  group of {GROUP_MEMBERS}, {GROUP_POSTS} posts by 4 senders, members spread over the nodes:");
-    for (n, f) in &fanout {
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "cluster-presence", "users": users, "friends": friends,
+            "one_node": {"events_per_s": one.events_per_s, "p50_ms": one.p50.as_secs_f64() * 1e3, "p99_ms": one.p99.as_secs_f64() * 1e3},
+            "three_nodes": {"events_per_s": three.events_per_s, "p50_ms": three.p50.as_secs_f64() * 1e3, "p99_ms": three.p99.as_secs_f64() * 1e3},
+            "p99_ratio": three.p99.as_secs_f64() / one.p99.as_secs_f64(),
+        })
+    );
+    Ok(())
+}
+
+/// Idle sessions held on 1 node and spread over 3: how many, the memory each costs (all nodes' RSS growth
+/// over the sessions), and each node's share.
+async fn sessions_part(admin: &str, nats: &str, sessions: usize, concurrency: usize) -> Result<()> {
+    let mut figures = Vec::new();
+    for n in [1, 3] {
+        let db = Database::create(admin, &format!("s{n}")).await?;
+        let result = async {
+            // Accounts are made first, on nodes that are then restarted: signing up hashes passwords with
+            // argon2, whose freed memory would otherwise hide the sessions' cost on the node that did it.
+            let clients = std::sync::Arc::new(crate::client::Clients::new()?);
+            let tokens = {
+                let nodes = start_nodes(&db.url(), nats, n)?;
+                crate::client::register_users(&clients, &nodes[0], sessions).await?
+            };
+            let nodes = start_nodes(&db.url(), nats, n)?;
+            sessions_over(&nodes, &clients, &tokens, concurrency).await
+        }
+        .await;
+        db.drop_it().await;
+        figures.push(result?);
+    }
+    let (one, three) = (&figures[0], &figures[1]);
+    println!("cluster bench: {sessions} idle sessions");
+    for (n, f) in [(1, one), (3, three)] {
         println!(
-            "    {n} node(s): {:.0} deliveries/s, post -> member p50 {}  p99 {}",
+            "  {n} node(s): {} of {sessions} held after 20 s idle, {:.1} KiB per session over all nodes; per node: {}",
+            f.alive,
+            f.kib_per_session,
+            f.per_node
+                .iter()
+                .map(|(s, kib)| format!("{s} sessions, {} MiB", kib / 1024))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    println!(
+        "  3 nodes vs 1: memory per session {:.2}x (target: within 2x)",
+        three.kib_per_session / one.kib_per_session
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "cluster-sessions", "sessions": sessions,
+            "one_node": {"alive": one.alive, "kib_per_session": one.kib_per_session, "per_node": one.per_node},
+            "three_nodes": {"alive": three.alive, "kib_per_session": three.kib_per_session, "per_node": three.per_node},
+        })
+    );
+    Ok(())
+}
+
+/// One group whose members are spread over the nodes: every post numbered once (in the database) and
+/// delivered on every node.
+async fn groups_part(admin: &str, nats: &str, raw: &Proc) -> Result<()> {
+    let [g1, g3] = one_then_three(admin, nats, "g", |nodes| async move {
+        groups_over(&nodes, raw, GROUP_MEMBERS, 4, GROUP_POSTS, 0.0).await
+    })
+    .await?;
+    println!(
+        "cluster bench: a group of {GROUP_MEMBERS}, {GROUP_POSTS} posts by 4 senders, members spread over the nodes:"
+    );
+    for (n, f) in [(1, &g1), (3, &g3)] {
+        println!(
+            "    {n} node(s): {:.0} deliveries/s, post -> member p50 {}  p99 {}, {} µs of broker CPU per delivery",
             f.deliveries_per_s,
             ms(f.p50),
-            ms(f.p99)
+            ms(f.p99),
+            f.cpu_us_per_delivery.map_or("?".into(), |c| format!("{c:.1}"))
         );
     }
     println!(
@@ -222,15 +310,54 @@ pub(crate) async fn cluster_bench(users: usize, friends: usize, concurrency: usi
         g3.deliveries_per_s / g1.deliveries_per_s
     );
     println!(
-        "  relayed 64 MiB file (agents --relay-only): within one node {within:.0} MB/s, across two nodes \
-         {across:.0} MB/s ({:.2}x)",
+        "{}",
+        serde_json::json!({
+            "bench": "cluster-groups", "members": GROUP_MEMBERS, "posts": GROUP_POSTS,
+            "one_node": {"deliveries_per_s": g1.deliveries_per_s, "p50_ms": g1.p50.as_secs_f64() * 1e3, "p99_ms": g1.p99.as_secs_f64() * 1e3, "cpu_us_per_delivery": g1.cpu_us_per_delivery},
+            "three_nodes": {"deliveries_per_s": g3.deliveries_per_s, "p50_ms": g3.p50.as_secs_f64() * 1e3, "p99_ms": g3.p99.as_secs_f64() * 1e3, "cpu_us_per_delivery": g3.cpu_us_per_delivery},
+        })
+    );
+    Ok(())
+}
+
+/// Real agents: a relayed file within one node and across two.
+async fn relay_part(admin: &str, nats: &str) -> Result<()> {
+    let db = Database::create(admin, "relay").await?;
+    let relayed = async {
+        let nodes = start_nodes(&db.url(), nats, 3)?;
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("relayed.bin");
+        crate::files::random_file(&file, 64 << 20)?;
+        Ok::<_, anyhow::Error>((relayed_file(&nodes, 0, 0, &file, "1")?, relayed_file(&nodes, 0, 1, &file, "2")?))
+    }
+    .await;
+    db.drop_it().await;
+    let (within, across) = relayed?;
+    println!(
+        "cluster bench: relayed 64 MiB file (agents --relay-only): within one node {within:.0} MB/s, across two \
+         nodes {across:.0} MB/s ({:.2}x)",
         across / within
     );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "cluster-relay", "relay_mb_s": {"within_one_node": within, "across_nodes": across}})
+    );
+    Ok(())
+}
+
+async fn failover_part(admin: &str, nats: &str) -> Result<()> {
+    let mut online = Vec::new();
+    let mut delivered = Vec::new();
+    for run in 0..5 {
+        let (o, d) = failover_once(admin, nats, run).await?;
+        online.push(o);
+        delivered.push(d);
+    }
     let (o50, o_max) = (percentile(&mut online.clone(), 50.0), *online.iter().max().unwrap_or(&Duration::ZERO));
     let (d50, d_max) = (percentile(&mut delivered.clone(), 50.0), *delivered.iter().max().unwrap_or(&Duration::ZERO));
     println!(
-        "  failover, node killed under an agent (5 runs): online on another node p50 {} max {}; next message \
-         delivered p50 {} max {} (target: < 5 s)",
+        "cluster bench: failover, node killed under an agent (5 runs): online on another node p50 {} max {}; next \
+         message delivered p50 {} max {} (target: < 5 s)",
         ms(o50),
         ms(o_max),
         ms(d50),
@@ -239,16 +366,9 @@ pub(crate) async fn cluster_bench(users: usize, friends: usize, concurrency: usi
     println!(
         "{}",
         serde_json::json!({
-            "bench": "cluster", "users": users, "friends": friends,
-            "relay_mb_s": {"within_one_node": within, "across_nodes": across},
-            "group_fanout": {"members": GROUP_MEMBERS, "posts": GROUP_POSTS,
-                "one_node": {"deliveries_per_s": g1.deliveries_per_s, "p50_ms": g1.p50.as_secs_f64() * 1e3, "p99_ms": g1.p99.as_secs_f64() * 1e3},
-                "three_nodes": {"deliveries_per_s": g3.deliveries_per_s, "p50_ms": g3.p50.as_secs_f64() * 1e3, "p99_ms": g3.p99.as_secs_f64() * 1e3}},
+            "bench": "cluster-failover",
             "failover_ms": {"online": online.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
                             "delivered": delivered.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>()},
-            "one_node": {"events_per_s": one.events_per_s, "p50_ms": one.p50.as_secs_f64() * 1e3, "p99_ms": one.p99.as_secs_f64() * 1e3},
-            "three_nodes": {"events_per_s": three.events_per_s, "p50_ms": three.p50.as_secs_f64() * 1e3, "p99_ms": three.p99.as_secs_f64() * 1e3},
-            "p99_ratio": three.p99.as_secs_f64() / one.p99.as_secs_f64(),
         })
     );
     Ok(())

@@ -10,8 +10,8 @@
 //!   all, beside SQLite copying the same rows between two files.
 //! - `bench mailbox`: messages deposited for an offline device, then the device comes online: deposit
 //!   rate, the broker's bytes per message, time until all are stored, beside SQLite copying the same rows.
-//! - `bench cluster`: the presence wave on one broker and on three in a cluster (NATS, PostgreSQL), side by
-//!   side.
+//! - `bench cluster`: one broker beside three in a cluster (NATS, PostgreSQL): the presence wave, idle
+//!   sessions and memory, group fan-out, a relayed file across nodes, failover.
 //! - `bench tui`: the full-screen app in-process on a test backend: first frame, frame times, memory.
 //! - `bench presence`: users with 50 friends each come online; presence events/s and the delay from a
 //!   user's hello to each friend's event, beside a raw quinn request/response round trip.
@@ -112,8 +112,8 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         messages: usize,
     },
-    /// Presence on one broker and on three in a cluster (needs PostgreSQL and NATS: BENCH_POSTGRES_URL,
-    /// BENCH_NATS_URL).
+    /// One broker beside three in a cluster (needs PostgreSQL and NATS: BENCH_POSTGRES_URL, BENCH_NATS_URL):
+    /// presence, idle sessions and their memory, group fan-out, a relayed file, failover.
     Cluster {
         #[arg(long, default_value_t = 1_000)]
         users: usize,
@@ -121,6 +121,12 @@ enum Cmd {
         friends: usize,
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Idle sessions held in the sessions part.
+        #[arg(long, default_value_t = 3_000)]
+        sessions: usize,
+        /// Only these parts (comma-separated): presence, sessions, groups, relay, failover. Default: all.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Messages sealed into an offline friend's mailbox, then picked up when the friend comes online.
     Mailbox {
@@ -208,8 +214,8 @@ fn main() -> Result<()> {
         Cmd::Link { .. } => anyhow::bail!("the link bench drives `peer devices link` on a Unix agent"),
         #[cfg(not(unix))]
         Cmd::Files { .. } => anyhow::bail!("the files bench drives the agent's Unix control socket"),
-        Cmd::Cluster { users, friends, concurrency } => {
-            rt.block_on(cluster::cluster_bench(users, friends, concurrency))
+        Cmd::Cluster { users, friends, concurrency, sessions, only } => {
+            rt.block_on(cluster::cluster_bench(users, friends, concurrency, sessions, &only))
         }
         Cmd::Broker { sessions, concurrency } => rt.block_on(client::broker_bench(sessions, concurrency)),
         #[cfg(unix)]
