@@ -42,6 +42,8 @@ pub struct NodeRelay {
     pub to_device: [u8; 32],
 }
 
+impl shared::frame::Message for NodeRelay {}
+
 /// What this node knows of the others' addresses, and its connections to them.
 pub struct Nodes {
     endpoint: quinn::Endpoint,

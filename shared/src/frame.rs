@@ -1,15 +1,30 @@
 //! Frames: a 4-byte big-endian length, then that many bytes of bincode.
 //!
 //! The length is checked against [`MAX_FRAME`] before any buffer is sized from it, so a hostile length prefix
-//! costs the receiver nothing. Decoding is also limited to the frame's own bytes: bincode cannot be talked into
-//! allocating more than the frame holds: the types derive bincode's own `Encode`/`Decode` (the same bytes as
-//! its serde encoding, which the wire fixtures in `fuzz/tests` pin), whose decoder checks every declared
+//! costs the receiver nothing. Decoding is also limited ([`MAX_CLAIM`]): bincode cannot be talked into
+//! allocating more than that for one frame: the types derive bincode's own `Encode`/`Decode` (the same bytes
+//! as its serde encoding, which the wire fixtures in `fuzz/tests` pin), whose decoder checks every declared
 //! length against that limit before it allocates (serde's path would preallocate up to 1 MiB for a hostile
 //! element count).
 
 /// Largest frame body either side accepts. A 16 KiB chat message plus its envelope fits with room to spare;
 /// anything bulkier (files) travels as raw bytes on its own stream, never as a frame.
 pub const MAX_FRAME: usize = 64 * 1024;
+
+/// What decoding one frame of a [`Message::WIDE`] type may claim. bincode counts against its limit what
+/// decoding would allocate, not the bytes read: a `Vec<T>` of `n` claims `n * size_of::<T>()` before its
+/// elements (which claim their own fields again). A friends list that fits a frame easily (800 friends:
+/// 18 KiB) claims over 64 KiB; 16 frames' worth lets whatever fits in a frame decode.
+pub const MAX_CLAIM: usize = 16 * MAX_FRAME;
+
+/// A message that travels in frames, and how much decoding one may claim.
+pub trait Message: bincode::Decode<()> {
+    /// Whether only a party the reader already trusts sends it (the pinned broker's answers and events,
+    /// the local agent's answers to its own user), so that its lists may claim up to [`MAX_CLAIM`].
+    /// Everything a stranger or a friend can send stays held to [`MAX_FRAME`]: a hostile frame cannot make
+    /// its reader allocate more than twice what it sent.
+    const WIDE: bool = false;
+}
 
 /// Bytes of the length prefix.
 pub const HEADER_LEN: usize = 4;
@@ -85,13 +100,46 @@ pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
 }
 
 /// Decodes one frame body (without its header). The whole body must be one message.
-pub fn decode_body<T: bincode::Decode<()>>(body: &[u8]) -> Result<T, FrameError> {
-    let (msg, used) = bincode::decode_from_slice(body, config()).map_err(|e| FrameError::Malformed(e.to_string()))?;
+pub fn decode_body<T: Message>(body: &[u8]) -> Result<T, FrameError> {
+    let decoded = if T::WIDE {
+        bincode::decode_from_slice(body, bincode::config::standard().with_limit::<MAX_CLAIM>())
+    } else {
+        bincode::decode_from_slice(body, config())
+    };
+    let (msg, used) = decoded.map_err(|e| FrameError::Malformed(e.to_string()))?;
     if used != body.len() {
         return Err(FrameError::Trailing(body.len() - used));
     }
     Ok(msg)
 }
+
+// Who sends what, and so what decoding each may claim (see [`Message`]).
+// From the pinned broker, or from the local agent to its own user: lists (friends, members, history).
+impl Message for crate::proto::Response {
+    const WIDE: bool = true;
+}
+impl Message for crate::proto::Event {
+    const WIDE: bool = true;
+}
+impl Message for crate::control::ControlResponse {
+    const WIDE: bool = true;
+}
+// From anyone who can open a session or a stream (strangers, friends, other devices), or from a local
+// process: held to the frame.
+impl Message for crate::proto::Request {}
+impl Message for crate::control::ControlRequest {}
+impl Message for crate::peer::PeerFrame {}
+impl Message for crate::peer::PeerAck {}
+impl Message for crate::relay::RelayHello {}
+impl Message for crate::link::LinkFrame {}
+impl Message for crate::link::LinkReply {}
+impl<T: bincode::Decode<()>> Message for crate::trust::Signed<T> {}
+// Parts of the above that the wire fixtures (`fuzz/tests/wire.rs`) also decode alone.
+impl Message for crate::proto::ErrorCode {}
+impl Message for crate::files::OfferAnswer {}
+impl Message for crate::control::AgentEvent {}
+impl Message for crate::control::TransferState {}
+impl Message for crate::control::MessageStatus {}
 
 /// Sans-IO frame splitter: feed it bytes as they arrive, take whole frames out.
 ///
@@ -115,7 +163,7 @@ impl Decoder {
 
     /// Takes the next whole frame out, `Ok(None)` if more bytes are needed. An oversized length prefix is
     /// reported as soon as the header is in, before its body is waited for.
-    pub fn next_frame<T: bincode::Decode<()>>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn next_frame<T: Message>(&mut self) -> Result<Option<T>, FrameError> {
         let Some(header) = self.buf.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
@@ -180,6 +228,35 @@ mod tests {
             password: String::new(),
         };
         assert!(matches!(encode(&req), Err(FrameError::Malformed(_) | FrameError::TooLarge(_))));
+    }
+
+    /// The most entries of `item` that fit in one frame.
+    fn frame_full_of<T: Clone>(item: T, wrap: impl Fn(Vec<T>) -> Response) -> Response {
+        let mut n = 1024;
+        while encode(&wrap(vec![item.clone(); n * 2])).is_ok() {
+            n *= 2;
+        }
+        let (mut lo, mut hi) = (n, n * 2);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if encode(&wrap(vec![item.clone(); mid])).is_ok() { lo = mid } else { hi = mid }
+        }
+        wrap(vec![item; lo])
+    }
+
+    #[test]
+    fn any_list_that_fits_a_frame_decodes() {
+        // Before: decoding was limited to the frame's size, and a list costs more in memory than on the
+        // wire: 800 friends (18 KiB) did not decode. The smallest entries a broker can send, a frame full.
+        use crate::proto::{FriendInfo, GroupMember, UserInfo};
+        let user = UserInfo { username: "abc".into(), display_name: "a".into() };
+        let friend = FriendInfo { user: user.clone(), remark: None, online: false, since: None };
+        let member = GroupMember { user, owner: false, online: false };
+        for full in [frame_full_of(friend, Response::Friends), frame_full_of(member, Response::GroupMembers)] {
+            let body = encode_body(&full).unwrap();
+            assert!(body.len() > MAX_FRAME - 16, "the frame is full");
+            assert_eq!(decode_body::<Response>(&body).unwrap(), full);
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub enum IoError {
 
 /// Reads one frame. `Ok(None)` on a clean end of stream before any byte of a frame; an end inside a frame
 /// is [`FrameError::Truncated`]. The body buffer is sized only after the length passed the limit.
-pub async fn read_frame<T: bincode::Decode<()>, R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<T>, IoError> {
+pub async fn read_frame<T: frame::Message, R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<T>, IoError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
