@@ -109,7 +109,16 @@ impl Conn {
             Ok(Err(IoError::Io(_))) => return,
             Err(_) => ErrorCode::Malformed("no request within 10 s".into()).into(),
         };
-        if write_frame(&mut send, &response).await.is_ok() {
+        let written = match write_frame(&mut send, &response).await {
+            // An answer too big for one frame (a list far longer than any client asks for): the client
+            // gets an error rather than a stream that ends without an answer.
+            Err(IoError::Frame(e)) => {
+                tracing::warn!(error = %e, "an answer too large to send; answered with an internal error");
+                write_frame(&mut send, &Response::from(ErrorCode::Internal)).await
+            }
+            other => other,
+        };
+        if written.is_ok() {
             let _ = send.finish();
         }
     }
