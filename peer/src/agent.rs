@@ -180,6 +180,20 @@ pub(crate) async fn run(
     });
     agent.tasks.spawn({
         let agent = agent.clone();
+        let mut upgrades = agent.direct.upgrades();
+        async move {
+            // A fetch running over the relay moves to the direct path as soon as it stands.
+            loop {
+                match upgrades.recv().await {
+                    Ok(friend) => agent.files.moved(&friend),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }
+    });
+    agent.tasks.spawn({
+        let agent = agent.clone();
         async move {
             loop {
                 tokio::time::sleep(crate::chat::RETRY_EVERY).await;

@@ -131,6 +131,9 @@ pub(crate) struct Direct {
     paths: Mutex<HashMap<Fingerprint, PathRecord>>,
     /// The endpoint's socket, for packets that open our NAT before a punch (`open_nat`).
     opener: Option<std::net::UdpSocket>,
+    /// Friends whose relayed link was just replaced by a direct one: long streams on the relayed one (a
+    /// file being fetched) move over instead of waiting for it to close.
+    upgraded: tokio::sync::broadcast::Sender<String>,
 }
 
 /// See [`Direct::paths`].
@@ -185,6 +188,7 @@ impl Direct {
             tasks: Tasks::default(),
             paths: Mutex::default(),
             opener: p.opener,
+            upgraded: tokio::sync::broadcast::channel(64).0,
         }
     }
 
@@ -441,6 +445,11 @@ impl Direct {
         });
     }
 
+    /// Friends whose relayed link became direct, as it happens.
+    pub(crate) fn upgrades(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.upgraded.subscribe()
+    }
+
     /// The friend behind a device key.
     pub(crate) fn username_of(&self, fp: &Fingerprint) -> Option<String> {
         self.who.lock().get(fp).cloned()
@@ -465,6 +474,8 @@ impl Direct {
                     if new_wins && path(old) == Path::Relayed && path(&conn) == Path::Direct {
                         let friend = self.who.lock().get(&fp).cloned().unwrap_or_default();
                         tracing::info!(friend, "the relayed link to a friend is direct now");
+                        // Nobody listening (no transfer running) is fine.
+                        let _ = self.upgraded.send(friend);
                     }
                     let (winner, loser) = if new_wins { (conn.clone(), old.clone()) } else { (old.clone(), conn) };
                     self.tasks.spawn(async move {

@@ -295,6 +295,10 @@ fn a_transfer_on_the_relay_moves_to_a_direct_path_that_opens_and_carries_on() {
         .collect();
     let resumed = offsets.len() >= 2 && offsets[0] == 0 && offsets[1..].iter().any(|&o| o > 0);
     assert!(resumed, "bob's agent carried on from an offset ({offsets:?}):\n{}", bob.agent_log());
+    // It moved when the direct path stood, not when the relayed link was closed under it.
+    let log = bob.agent_log();
+    assert!(log.contains("the link is direct now; the transfer goes on over it"), "no move:\n{log}");
+    assert!(!log.contains("transfer interrupted"), "the transfer was cut, not moved:\n{log}");
     assert!(alice.ok(&["send", "bob", "two, direct"]).contains("delivered"));
     assert_eq!(texts(&bob, "alice"), ["one, through the relay", "two, direct"]);
 }

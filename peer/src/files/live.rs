@@ -11,6 +11,9 @@ pub(super) struct Signal {
     pub(super) halted: bool,
     /// Bumped when the friend comes online: a waiting retry goes at once.
     pub(super) kicks: u32,
+    /// Bumped when the link to the friend moved from the relay to a direct path: a fetch running over the
+    /// relay stops at a block boundary and goes on over the direct one.
+    pub(super) moves: u32,
 }
 
 /// A transfer whose bytes are moving (or whose retry is waiting) in this agent right now.
@@ -75,6 +78,13 @@ impl Live {
         }
     }
 
+    /// The link to `peer` is direct now: their running fetches move over to it.
+    pub(crate) fn moved(&self, peer: &str) {
+        for a in self.active.lock().values().filter(|a| a.peer == peer) {
+            a.signal.send_modify(|s| s.moves = s.moves.wrapping_add(1));
+        }
+    }
+
     pub(super) fn is_active(&self, id: &str) -> bool {
         self.active.lock().contains_key(id)
     }
@@ -91,6 +101,14 @@ impl Live {
 pub(super) async fn stopped(signal: &mut watch::Receiver<Signal>) -> Stop {
     let _ = signal.wait_for(|s| s.halted).await;
     Stop::Halted
+}
+
+/// A receiver's stop: halted, or the link moved since `moves` was read (see [`Signal::moves`]).
+pub(super) async fn stopped_or_moved(signal: &mut watch::Receiver<Signal>, moves: u32) -> Stop {
+    match signal.wait_for(|s| s.halted || s.moves != moves).await {
+        Ok(s) if !s.halted => Stop::Moved,
+        _ => Stop::Halted,
+    }
 }
 
 /// How often progress is reported to watchers, per transfer.

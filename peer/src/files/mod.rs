@@ -42,6 +42,9 @@ const CHUNKS_PER_READ: usize = 64;
 const CHUNKS_PER_BLOCK: usize = 512;
 /// Stream error code for a cancelled transfer.
 const CANCELLED: quinn::VarInt = quinn::VarInt::from_u32(2);
+/// A receiver stops a relayed stream with this when it fetches the rest over a direct path: the sender's
+/// run ends without recording anything (the new fetch takes the transfer over).
+const MOVED: quinn::VarInt = quinn::VarInt::from_u32(3);
 /// How long a stream may take to answer a file frame.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -73,6 +76,8 @@ enum Stop {
     /// Cancelled, or a newer run took over: whoever halted it recorded why (a cancel's reason, say), so
     /// this run leaves the records alone.
     Halted,
+    /// The receiver's link moved from the relay to a direct path: fetch again at once, over it.
+    Moved,
 }
 
 impl From<anyhow::Error> for Stop {
@@ -227,7 +232,7 @@ impl Agent {
             Ok((_, _, other)) => (TransferState::Waiting, Some(format!("unexpected answer: {other:?}"))),
             Err(Stop::Final(state, why)) => (state, Some(why)),
             Err(Stop::Later(why)) => (TransferState::Waiting, Some(why)),
-            Err(Stop::Halted) => return Ok(t.clone()),
+            Err(Stop::Halted | Stop::Moved) => return Ok(t.clone()),
         };
         if (state, error.as_deref()) == (t.state, t.error.as_deref()) {
             return Ok(t.clone());

@@ -24,6 +24,11 @@ impl Agent {
             let result = self.fetch_once(&id, &mut run).await;
             let outcome = match result {
                 Ok(()) | Err(Stop::Halted) => break,
+                Err(Stop::Moved) => {
+                    tracing::info!(id, "the link is direct now; the transfer goes on over it");
+                    backoff.reset();
+                    continue;
+                }
                 Err(Stop::Final(state, why)) => {
                     if let Ok(Some(rec)) = transfers::get(&self.home.db, &id).await {
                         discard_partial(&rec);
@@ -81,6 +86,9 @@ impl Agent {
         .map_err(|e| anyhow!("{e}"))?
         .with_context(|| format!("cannot open {}", partial.display()))?;
         bytes.store(have, Ordering::Relaxed);
+        // Read before the stream is opened: a move while it opens costs one needless restart, never a
+        // transfer left on the relay.
+        let moves = run.signal.borrow().moves;
         let (mut send, mut recv, ack) =
             self.exchange(&rec.t.peer, &PeerFrame::FileFetch { id: wire_id, offset: have }).await?;
         match ack {
@@ -120,8 +128,9 @@ impl Agent {
                             }
                             None => { eof = true; break; }
                         },
-                        stop = stopped(&mut run.signal) => {
-                            let _ = recv.stop(CANCELLED);
+                        stop = stopped_or_moved(&mut run.signal, moves) => {
+                            let code = if matches!(stop, Stop::Moved) { MOVED } else { CANCELLED };
+                            let _ = recv.stop(code);
                             return Err(stop);
                         }
                     }
@@ -200,7 +209,7 @@ impl Agent {
         self.files.finish(&id, &run);
         let bytes = run.bytes;
         let outcome = match result {
-            Ok(()) | Err(Stop::Halted) => Ok(()),
+            Ok(()) | Err(Stop::Halted | Stop::Moved) => Ok(()),
             Err(Stop::Later(why)) => {
                 tracing::info!(id, reason = why, "sending interrupted; the receiver resumes it");
                 self.interrupted(&id, bytes.load(Ordering::Relaxed), &why).await.map(|_| ())
@@ -279,7 +288,11 @@ impl Agent {
             let block = block.map_err(|e| Stop::Final(TransferState::Failed, format!("cannot read the file: {e}")))?;
             total += block.len() as u64;
             tokio::select! {
-                r = send.write_chunk(Bytes::from(block)) => r.map_err(|e| anyhow!("{e}"))?,
+                r = send.write_chunk(Bytes::from(block)) => r.map_err(|e| match e {
+                    // The receiver fetches the rest over a direct path; that run records what happens.
+                    quinn::WriteError::Stopped(code) if code == MOVED => Stop::Halted,
+                    e => anyhow!("{e}").into(),
+                })?,
                 stop = stopped(&mut run.signal) => {
                     let _ = send.reset(CANCELLED);
                     return Err(stop);
