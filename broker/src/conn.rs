@@ -185,6 +185,10 @@ impl Conn {
         match self.dispatch(req).await {
             Ok(r) => r,
             Err(RequestError::User(code)) => code.into(),
+            Err(RequestError::Db(e)) if e.is_unreachable() => {
+                self.ctx.db_health.failed(&e);
+                ErrorCode::Busy.into()
+            }
             Err(e) => {
                 tracing::error!(error = %e, "request failed");
                 ErrorCode::Internal.into()

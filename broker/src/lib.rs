@@ -26,6 +26,7 @@ pub mod devices;
 pub mod error;
 pub mod friends;
 pub mod groups;
+pub mod health;
 pub mod lockout;
 pub mod mailbox;
 pub mod nodes;

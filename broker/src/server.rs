@@ -49,6 +49,8 @@ pub struct Ctx {
     pub mailbox: crate::mailbox::Mailbox,
     /// In a cluster: the other nodes, for relays between them.
     pub nodes: Option<crate::nodes::Nodes>,
+    /// Whether the database answers (see `crate::health`).
+    pub db_health: crate::health::DbHealth,
 }
 
 /// A broker bound and ready to serve.
@@ -206,6 +208,7 @@ impl Broker {
                 table,
                 relay: crate::relay::Relay::new(cfg.relay),
                 nodes,
+                db_health: crate::health::DbHealth::default(),
             }),
             db,
             max_connections: cfg.max_connections,
@@ -237,6 +240,10 @@ impl Broker {
                 c.events,
             ));
             leave
+        });
+        background.spawn({
+            let (ctx, db) = (self.ctx.clone(), self.db.clone());
+            async move { ctx.db_health.watch(db).await }
         });
         background.spawn({
             let db = self.db.clone();

@@ -235,3 +235,59 @@ fn a_node_cut_off_from_nats_sends_its_users_to_the_others() {
     alice.befriend(&carol);
     assert!(alice.ok(&["send", "carol", "after the heal"]).contains("delivered"));
 }
+
+/// The database goes away under a running cluster (every connection to it broken, new ones refused, as in
+/// a restart) and comes back: friends keep chatting meanwhile (that is peer to peer), what needs the
+/// database fails with a clear error instead of being reported done, nobody is thrown offline, and once
+/// it is back everything works without restarting anything; nothing acknowledged is lost.
+#[test]
+fn the_cluster_rides_out_a_database_restart() {
+    let backend = backends().into_iter().find(|b| b.name() == "postgres").expect("needs TEST_POSTGRES_URL");
+    let url = std::env::var("TEST_POSTGRES_URL").unwrap();
+    let authority = url.split_once('@').unwrap().1.split_once('/').unwrap().0;
+    let server = std::net::ToSocketAddrs::to_socket_addrs(authority).unwrap().next().unwrap();
+    let db = testkit::TcpCut::to(server);
+    let nodes = Broker::start_cluster_db_through(&backend, 2, &db);
+    let addr: Vec<String> = nodes.iter().map(Broker::address).collect();
+    let peer = |name: &str, first: usize| {
+        let mut p = Peer::new(&nodes[first]);
+        p.broker = format!("{},{}", addr[first], addr[1 - first]);
+        p.register(name, name);
+        p
+    };
+    let (alice, bob) = (peer("alice", 0), peer("bob", 1));
+    let _a = alice.up();
+    let _b = bob.up();
+    alice.befriend(&bob);
+    assert!(alice.ok(&["send", "bob", "before"]).contains("delivered"));
+    let group = alice.ok(&["groups", "create", "g"]).split_whitespace().find_map(|w| w.parse::<i64>().ok()).unwrap();
+    let g = group.to_string();
+    alice.ok(&["groups", "invite", &g, "bob"]);
+    bob.ok(&["groups", "join", &g]);
+    alice.ok(&["send", "--group", &g, "posted before"]);
+
+    db.cut();
+    assert!(alice.ok(&["send", "bob", "during"]).contains("delivered"), "{}", alice.agent_log());
+    let refused = alice.run(&["send", "--group", &g, "posted during"]);
+    let said = format!("{}{}", String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
+    assert!(!refused.status.success(), "a post the broker could not store is not reported done: {said}");
+    assert!(said.contains("try again shortly"), "a clear answer: {said}");
+    for p in [&alice, &bob] {
+        assert_eq!(p.json(&["status", "--json"])["online"], true, "still online");
+    }
+
+    db.heal();
+    wait_until("group posts work again", || alice.run(&["send", "--group", &g, "posted after"]).status.success());
+    assert!(bob.ok(&["send", "alice", "after"]).contains("delivered"));
+    let posts = |p: &Peer| texts(&p.json(&["history", "--group", &g, "--json", "--limit", "100"]));
+    wait_until("bob has the post made after", || posts(&bob).iter().any(|t| t == "posted after"));
+    let seen: Vec<String> = posts(&bob).into_iter().filter(|t| t.starts_with("posted")).collect();
+    assert_eq!(seen, ["posted before", "posted after"], "one order, nothing acknowledged lost, nothing unacknowledged");
+    assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["before", "during", "after"]);
+    // Logged once when it went, once when it came back.
+    wait_until("node 1 logs the database's return", || nodes[0].log().contains("the database is reachable again"));
+    let log = nodes[0].log();
+    assert_eq!(log.matches("the database is unreachable").count(), 1, "{log}");
+    assert_eq!(log.matches("the database is reachable again").count(), 1, "{log}");
+    assert!(!log.contains("request failed"), "no internal errors: {log}");
+}

@@ -157,22 +157,50 @@ impl Broker {
         })
     }
 
+    /// As [`Broker::start_cluster`], every node reaching the database through `db` (a [`crate::TcpCut`] in
+    /// front of the database server, which a test cuts to stand for the database going down).
+    pub fn start_cluster_db_through(backend: &Backend, n: usize, db: &crate::TcpCut) -> Vec<Self> {
+        let nats = nats_url();
+        let through = db.addr().to_string();
+        Self::start_nodes_with(
+            backend,
+            n,
+            |i| vec!["--cluster".into(), nats.clone(), "--node-id".into(), (i + 1).to_string()],
+            |url| {
+                // scheme://user:pass@HOST:PORT/name: the authority's host and port go to the cut.
+                let (head, rest) = url.split_once('@').expect("a database URL with credentials");
+                let (_, tail) = rest.split_once('/').expect("a database URL with a name");
+                format!("{head}@{through}/{tail}")
+            },
+        )
+    }
+
     fn start_nodes(backend: &Backend, n: usize, extra: impl Fn(usize) -> Vec<String>) -> Vec<Self> {
+        Self::start_nodes_with(backend, n, extra, str::to_string)
+    }
+
+    fn start_nodes_with(
+        backend: &Backend,
+        n: usize,
+        extra: impl Fn(usize) -> Vec<String>,
+        db_url: impl Fn(&str) -> String,
+    ) -> Vec<Self> {
         let data = tempfile::tempdir().unwrap();
         let db = TestDb::create(backend, data.path());
+        let url = db_url(&db.url);
         let key = data.path().join("broker.key");
         let key = key.to_str().unwrap().to_string();
         let any = "127.0.0.1:0".parse().unwrap();
         let args = |i: usize| [vec!["--identity".to_string(), key.clone()], extra(i)].concat();
         let first = args(0);
         let first_refs: Vec<&str> = first.iter().map(String::as_str).collect();
-        let (child, addr, fingerprint) = spawn_broker(data.path(), &db.url, any, &first_refs);
+        let (child, addr, fingerprint) = spawn_broker(data.path(), &url, any, &first_refs);
         let mut out = Vec::new();
         for i in 1..n {
             let d = tempfile::tempdir().unwrap();
             let more = args(i);
             let refs: Vec<&str> = more.iter().map(String::as_str).collect();
-            let (c, a, f) = spawn_broker(d.path(), &db.url, any, &refs);
+            let (c, a, f) = spawn_broker(d.path(), &url, any, &refs);
             out.push(Self {
                 child: Some(c),
                 addr: a,

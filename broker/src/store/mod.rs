@@ -60,6 +60,22 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// The database could not be reached (restarting, a network cut, no connection free in time), as
+    /// opposed to refusing a statement.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Self::Sqlx(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+
     /// A primary-key or unique constraint refused the write (a duplicate).
     pub fn is_duplicate(&self) -> bool {
         matches!(self, Self::Sqlx(sqlx::Error::Database(e)) if e.is_unique_violation())
@@ -145,6 +161,12 @@ impl Db {
 
     /// SQLite only: copies the WAL back into the database without blocking writers (run every few seconds
     /// by the server, since automatic checkpoints are off). A no-op on the other backends.
+    /// Whether the database answers at all.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub async fn checkpoint(&self) -> Result<(), DbError> {
         if self.backend == Backend::Sqlite {
             sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&self.pool).await?;
