@@ -189,15 +189,16 @@ impl Nodes {
         Ok(conn)
     }
 
-    /// Whether `quic` is another node of this cluster: it chose the node ALPN and holds the identity.
-    pub fn is_node(&self, alpn: Option<&[u8]>, fingerprint: Option<Fingerprint>) -> bool {
-        alpn == Some(NODE_ALPN) && fingerprint == Some(self.identity)
+    /// Whether `quic` presents this cluster's own identity (as every node does).
+    pub fn is_ours(&self, quic: &quinn::Connection) -> bool {
+        crate::conn::device_fingerprint(quic) == Some(self.identity)
     }
 }
 
-/// The ALPN a connection chose.
-pub fn alpn(quic: &quinn::Connection) -> Option<Vec<u8>> {
-    quic.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
+/// Whether a connection chose the node ALPN: it asks to be served as another node of the cluster.
+pub fn asks_to_be_node(quic: &quinn::Connection) -> bool {
+    let alpn = quic.handshake_data().and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok());
+    alpn.and_then(|h| h.protocol).as_deref() == Some(NODE_ALPN)
 }
 
 /// Serves another node's connection: each stream it opens is one relay to a device this node serves.

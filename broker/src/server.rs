@@ -291,11 +291,8 @@ impl Broker {
                     connections.spawn(
                         async move {
                             match handshake.complete().await {
-                                Ok(conn) if crate::nodes::alpn(&conn).as_deref() == Some(crate::nodes::NODE_ALPN) => {
-                                    let node = ctx.nodes.as_ref().is_some_and(|n| {
-                                        n.is_node(Some(crate::nodes::NODE_ALPN), crate::conn::device_fingerprint(&conn))
-                                    });
-                                    if node {
+                                Ok(conn) if crate::nodes::asks_to_be_node(&conn) => {
+                                    if ctx.nodes.as_ref().is_some_and(|n| n.is_ours(&conn)) {
                                         crate::nodes::serve(ctx, conn).await;
                                     } else {
                                         tracing::warn!("a connection asked to be a node without the cluster's identity");

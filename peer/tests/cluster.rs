@@ -6,6 +6,14 @@
 
 use testkit::{Backend, Broker, Nats, Peer, backends, texts, wait_until};
 
+/// A user registered at node `first` whose agent knows every node, from that one on, to fail over to.
+fn user_on(nodes: &[Broker], first: usize, name: &str) -> Peer {
+    let mut p = Peer::new(&nodes[first]);
+    p.broker = (0..nodes.len()).map(|i| nodes[(first + i) % nodes.len()].address()).collect::<Vec<_>>().join(",");
+    p.register(name, name);
+    p
+}
+
 #[test]
 fn users_on_different_nodes_talk_as_on_one_broker() {
     let shared: Vec<Backend> = backends().into_iter().filter(|b| b.name() != "sqlite").collect();
@@ -18,14 +26,8 @@ fn users_on_different_nodes_talk_as_on_one_broker() {
 
 fn cluster(backend: &Backend) {
     let mut nodes = Broker::start_cluster(backend, 3);
-    let addr: Vec<String> = nodes.iter().map(Broker::address).collect();
     // Each user's agent starts on a node of its own and knows the others to fail over to.
-    let peer = |name: &str, first: usize| {
-        let mut p = Peer::new(&nodes[first]);
-        p.broker = (0..3).map(|i| addr[(first + i) % 3].clone()).collect::<Vec<_>>().join(",");
-        p.register(name, name);
-        p
-    };
+    let peer = |name: &str, first: usize| user_on(&nodes, first, name);
     let (alice, bob, carol) = (peer("alice", 0), peer("bob", 1), peer("carol", 2));
     let _a = alice.up();
     let _b = bob.up();
@@ -89,13 +91,7 @@ fn the_cluster_survives_a_nats_restart() {
     let backend = backends().into_iter().find(|b| b.name() == "postgres").expect("needs TEST_POSTGRES_URL");
     let mut nats = Nats::start();
     let nodes = Broker::start_cluster_on(&backend, 2, &nats.url());
-    let addr: Vec<String> = nodes.iter().map(Broker::address).collect();
-    let peer = |name: &str, first: usize| {
-        let mut p = Peer::new(&nodes[first]);
-        p.broker = format!("{},{}", addr[first], addr[1 - first]);
-        p.register(name, name);
-        p
-    };
+    let peer = |name: &str, first: usize| user_on(&nodes, first, name);
     let (alice, bob, carol) = (peer("alice", 0), peer("bob", 1), peer("carol", 1));
     let _a = alice.up();
     let _b = bob.up();
@@ -198,13 +194,7 @@ fn a_node_cut_off_from_nats_sends_its_users_to_the_others() {
     let port: u16 = nats.rsplit(':').next().unwrap().parse().unwrap();
     let cut = testkit::TcpCut::to(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     let nodes = Broker::start_cluster_via(&backend, &[nats.clone(), format!("nats://{}", cut.addr())]);
-    let addr: Vec<String> = nodes.iter().map(Broker::address).collect();
-    let peer = |name: &str, first: usize| {
-        let mut p = Peer::new(&nodes[first]);
-        p.broker = format!("{},{}", addr[first], addr[1 - first]);
-        p.register(name, name);
-        p
-    };
+    let peer = |name: &str, first: usize| user_on(&nodes, first, name);
     let (alice, bob, carol) = (peer("alice", 0), peer("bob", 1), peer("carol", 1));
     let _a = alice.up();
     let _b = bob.up();
@@ -248,13 +238,7 @@ fn the_cluster_rides_out_a_database_restart() {
     let server = std::net::ToSocketAddrs::to_socket_addrs(authority).unwrap().next().unwrap();
     let db = testkit::TcpCut::to(server);
     let nodes = Broker::start_cluster_db_through(&backend, 2, &db);
-    let addr: Vec<String> = nodes.iter().map(Broker::address).collect();
-    let peer = |name: &str, first: usize| {
-        let mut p = Peer::new(&nodes[first]);
-        p.broker = format!("{},{}", addr[first], addr[1 - first]);
-        p.register(name, name);
-        p
-    };
+    let peer = |name: &str, first: usize| user_on(&nodes, first, name);
     let (alice, bob) = (peer("alice", 0), peer("bob", 1));
     let _a = alice.up();
     let _b = bob.up();
