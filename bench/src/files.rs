@@ -80,11 +80,31 @@ async fn raw_blast(raw: &Proc, size: u64) -> Result<Duration> {
 /// (the same mutual TLS 1.3) to the raw server, which writes it to `dst` from a thread of its own in 1 MiB
 /// blocks and fsyncs; timed until the server has counted every byte on disk.
 async fn raw_file_copy(raw: &Proc, src: &Path, dst: &Path, size: u64) -> Result<Duration> {
+    raw_file_copy_via(raw, None, src, dst, size).await
+}
+
+/// [`raw_file_copy`], through `relay` (another raw server, which splices the stream to `raw`) if given.
+pub(crate) async fn raw_file_copy_via(
+    raw: &Proc,
+    relay: Option<&Proc>,
+    src: &Path,
+    dst: &Path,
+    size: u64,
+) -> Result<Duration> {
     let clients = crate::client::Clients::new()?;
-    let cfg = clients.config(&raw.fingerprint, crate::raw::FILE_ALPN)?;
-    let conn = clients.connect(0, &cfg, raw.addr).await?;
+    let (first, alpn) = match relay {
+        Some(r) => (r, crate::raw::RELAY_ALPN),
+        None => (raw, crate::raw::FILE_ALPN),
+    };
+    let cfg = clients.config(&first.fingerprint, alpn)?;
+    let conn = clients.connect(0, &cfg, first.addr).await?;
     let start = Instant::now();
     let (mut send, mut recv) = conn.open_bi().await?;
+    if relay.is_some() {
+        let target = format!("{} {}", raw.addr, raw.fingerprint);
+        send.write_all(&u16::try_from(target.len())?.to_be_bytes()).await?;
+        send.write_all(target.as_bytes()).await?;
+    }
     let path = dst.to_string_lossy().into_owned();
     send.write_all(&u16::try_from(path.len())?.to_be_bytes()).await?;
     send.write_all(path.as_bytes()).await?;

@@ -3,6 +3,8 @@
 //! - `bench broker`: token logins over fresh QUIC connections (sessions/s), broker RSS per idle session at
 //!   1,000 and 10,000 sessions, and bare mutual-TLS QUIC handshakes/s against a raw quinn server.
 //! - `bench files`: one file between two real agents (MB/s, peak RSS) beside a raw quinn single-stream blast.
+//! - `bench relay`: one file direct and relayed between two agents on loopback, beside raw quinn direct and
+//!   through a raw splicing relay.
 //! - `bench nat` (root, Linux): in the NAT lab, first message and file throughput, direct and relayed.
 //! - `bench soak`: a long mixed load (churn, lookups, group posts over 10,000 sessions): RSS over time and
 //!   p99 latencies at the start and the end.
@@ -32,6 +34,8 @@ mod mailbox;
 #[cfg(target_os = "linux")]
 mod nat;
 mod raw;
+#[cfg(unix)]
+mod relay;
 mod seed;
 mod soak;
 mod stats;
@@ -106,6 +110,14 @@ enum Cmd {
         /// Where the file is made and received (default: the system's temp directory).
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
+    },
+    /// One file between two real agents, direct and through the broker's relay, beside raw quinn direct and
+    /// through a raw splicing relay (the physical baseline of the extra hop), in the same run.
+    Relay {
+        #[arg(long, default_value = "256M", value_parser = shared::files::parse_size)]
+        size: u64,
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
     },
     /// A device with a long history links a new one: time until the new device holds all of it.
     Link {
@@ -204,6 +216,10 @@ fn main() -> Result<()> {
         Cmd::Nat { .. } => anyhow::bail!("the NAT lab needs Linux network namespaces"),
         #[cfg(unix)]
         Cmd::Files { size, dir } => rt.block_on(files::files_bench(size, dir)),
+        #[cfg(unix)]
+        Cmd::Relay { size, runs } => rt.block_on(relay::relay_bench(size, runs)),
+        #[cfg(not(unix))]
+        Cmd::Relay { .. } => anyhow::bail!("the relay bench drives `peer` on Unix"),
         #[cfg(unix)]
         Cmd::Link { messages } => rt.block_on(link::link_bench(messages)),
         #[cfg(unix)]

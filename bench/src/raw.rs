@@ -2,7 +2,9 @@
 //! [`ALPN`] it answers every bidirectional stream by echoing what it read; on [`SINK_ALPN`] it reads each
 //! stream to its end, discarding the bytes, and answers with their count (the file bench's blast); on
 //! [`FILE_ALPN`] it reads a path, then writes the stream's bytes to that file from a writer thread in 1 MiB
-//! blocks (syncing every 64 MiB, as the agent does), fsyncs it, and answers with the count (the file bench's physical baseline: disk to disk).
+//! blocks (syncing every 64 MiB, as the agent does), fsyncs it, and answers with the count (the file bench's physical baseline: disk to disk);
+//! on [`RELAY_ALPN`] it reads a target (another raw server's address and fingerprint), opens a
+//! [`FILE_ALPN`] stream to it and copies both ways, as the broker's relay does (the relay bench's baseline).
 
 use anyhow::Result;
 use certs::Identity;
@@ -12,13 +14,14 @@ use std::sync::Arc;
 pub(crate) const ALPN: &[u8] = b"bench-raw";
 pub(crate) const SINK_ALPN: &[u8] = b"bench-raw-sink";
 pub(crate) const FILE_ALPN: &[u8] = b"bench-raw-file";
+pub(crate) const RELAY_ALPN: &[u8] = b"bench-raw-relay";
 
 /// Block size of the raw file copy's reads and writes.
 pub(crate) const FILE_BLOCK: usize = 1 << 20;
 
 pub(crate) async fn serve() -> Result<()> {
     let identity = Identity::generate("raw")?;
-    let tls = certs::config::server(&identity, ClientPolicy::AnyDevice, &[ALPN, SINK_ALPN, FILE_ALPN])?;
+    let tls = certs::config::server(&identity, ClientPolicy::AnyDevice, &[ALPN, SINK_ALPN, FILE_ALPN, RELAY_ALPN])?;
     let server = quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
     let endpoint = crate::client::endpoint(Some(server))?;
     println!("raw listening on {} fingerprint {}", endpoint.local_addr()?, identity.fingerprint());
@@ -30,10 +33,14 @@ pub(crate) async fn serve() -> Result<()> {
                 .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
                 .and_then(|h| h.protocol)
                 .unwrap_or_default();
-            let (sink, file) = (alpn == SINK_ALPN, alpn == FILE_ALPN);
+            let (sink, file, relay) = (alpn == SINK_ALPN, alpn == FILE_ALPN, alpn == RELAY_ALPN);
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 tokio::spawn(async move {
-                    if file {
+                    if relay {
+                        if let Err(e) = relay_stream(send, recv).await {
+                            eprintln!("raw relay: {e:#}");
+                        }
+                    } else if file {
                         let total = receive_file(&mut recv).await.unwrap_or(0);
                         let _ = send.write_all(&total.to_be_bytes()).await;
                         let _ = send.finish();
@@ -53,6 +60,32 @@ pub(crate) async fn serve() -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The relay baseline: a target (u16 length, then "ADDR FINGERPRINT"), then everything copied both ways
+/// between this stream and a [`FILE_ALPN`] stream to the target, chunk by chunk, as the broker splices.
+async fn relay_stream(send: quinn::SendStream, mut recv: quinn::RecvStream) -> Result<()> {
+    let mut len = [0u8; 2];
+    recv.read_exact(&mut len).await?;
+    let mut target = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    recv.read_exact(&mut target).await?;
+    let target = String::from_utf8(target)?;
+    let (addr, fingerprint) = target.split_once(' ').ok_or_else(|| anyhow::anyhow!("no target"))?;
+    let clients = crate::client::Clients::new()?;
+    let cfg = clients.config(fingerprint, FILE_ALPN)?;
+    let conn = clients.connect(0, &cfg, addr.parse()?).await?;
+    let (their_send, their_recv) = conn.open_bi().await?;
+    tokio::join!(pump(recv, their_send), pump(their_recv, send));
+    Ok(())
+}
+
+async fn pump(mut from: quinn::RecvStream, mut to: quinn::SendStream) {
+    while let Ok(Some(chunk)) = from.read_chunk(usize::MAX, true).await {
+        if to.write_chunk(chunk.bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.finish();
 }
 
 /// The file baseline's receiving end: a path (u16 length, UTF-8), then the bytes, handed as they arrive to a

@@ -1,0 +1,85 @@
+//! `bench relay`: a file between two real agents on loopback, direct and through the broker's relay
+//! (`--relay-only`), beside the physical baseline of both in the same run: the same file disk to disk over
+//! one raw quinn stream, and over two raw quinn streams spliced by a raw relay process (what the broker
+//! does, without our end-to-end QUIC layer inside). The relayed / direct ratio of ours is read against the
+//! same ratio of the baseline: what an extra hop costs on this machine whatever the software.
+
+use crate::chat::{peer, start_agent_with};
+use crate::files::{random_file, raw_file_copy_via};
+use crate::{Proc, start_broker_with, start_raw};
+use anyhow::{Result, bail};
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+
+/// Our agents: `send-file` from start to verified, MB/s; `relayed` puts both agents on the relay only.
+fn ours(broker: &Proc, file: &Path, tag: &str, relayed: bool) -> Result<f64> {
+    let inbox = tempfile::tempdir()?;
+    let (a, b) = (format!("a{tag}"), format!("b{tag}"));
+    let only: &[&str] = if relayed { &["--relay-only"] } else { &[] };
+    let alice = start_agent_with(broker, &a, only)?;
+    let accept = inbox.path().to_string_lossy().into_owned();
+    let bob = start_agent_with(broker, &b, &[only, &["--auto-accept-files", &accept]].concat())?;
+    peer(alice.home.path(), &["friends", "add", &b], None)?;
+    peer(bob.home.path(), &["friends", "accept", &a], None)?;
+    if !peer(alice.home.path(), &["send", &b, "warm-up"], None)?.contains("delivered") {
+        bail!("the warm-up message was not delivered");
+    }
+    let t = Instant::now();
+    let out = peer(alice.home.path(), &["send-file", &b, &file.to_string_lossy()], None)?;
+    let took = t.elapsed();
+    if !out.contains("verified") {
+        bail!("the file was not delivered: {out}");
+    }
+    Ok(std::fs::metadata(file)?.len() as f64 / 1e6 / took.as_secs_f64())
+}
+
+pub(crate) async fn relay_bench(size: u64, runs: usize) -> Result<()> {
+    // Relays unpaced: the figure is the path's, not the broker's default caps.
+    let broker = start_broker_with(&[("BROKER_RELAY_USER_RATE", "0"), ("BROKER_RELAY_TOTAL_RATE", "0")])?;
+    let (raw, raw_relay) = (start_raw()?, start_raw()?);
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("payload.bin");
+    random_file(&file, size)?;
+    let copy = dir.path().join("raw-copy.bin");
+    let mb = size as f64 / 1e6;
+    let mut rows = Vec::new();
+    for run in 0..runs.max(1) {
+        let raw_direct = mb / raw_file_copy_via(&raw, None, &file, &copy, size).await?.as_secs_f64();
+        let raw_relayed = mb / raw_file_copy_via(&raw, Some(&raw_relay), &file, &copy, size).await?.as_secs_f64();
+        std::fs::remove_file(&copy)?;
+        let direct = ours(&broker, &file, &format!("d{run}"), false)?;
+        let relayed = ours(&broker, &file, &format!("r{run}"), true)?;
+        println!(
+            "relay bench, run {}: {} MB file on loopback: raw quinn direct {raw_direct:.0} MB/s, raw relayed \
+             {raw_relayed:.0} MB/s ({:.2}x); agents direct {direct:.0} MB/s, relayed {relayed:.0} MB/s ({:.2}x); \
+             ours relayed / raw relayed {:.2}x",
+            run + 1,
+            mb as u64,
+            raw_relayed / raw_direct,
+            relayed / direct,
+            relayed / raw_relayed
+        );
+        println!(
+            "{}",
+            json!({
+                "bench": "relay", "bytes": size, "raw_direct_mb_s": raw_direct, "raw_relayed_mb_s": raw_relayed,
+                "agents_direct_mb_s": direct, "agents_relayed_mb_s": relayed,
+                "raw_ratio": raw_relayed / raw_direct, "agents_ratio": relayed / direct,
+            })
+        );
+        rows.push((raw_relayed / raw_direct, relayed / direct));
+    }
+    let (raw_ratios, ours_ratios): (Vec<f64>, Vec<f64>) = rows.into_iter().unzip();
+    let span = |v: &[f64]| (v.iter().copied().fold(f64::MAX, f64::min), v.iter().copied().fold(f64::MIN, f64::max));
+    let (r, o) = (span(&raw_ratios), span(&ours_ratios));
+    println!(
+        "relayed / direct over {} run(s): raw quinn {:.2} - {:.2}x, agents {:.2} - {:.2}x",
+        raw_ratios.len(),
+        r.0,
+        r.1,
+        o.0,
+        o.1
+    );
+    Ok(())
+}
