@@ -105,7 +105,7 @@ pub(crate) async fn register_users(clients: &Clients, broker: &Proc, n: usize) -
 
 /// Opens `count` connections with at most `concurrency` handshakes in flight, connection `i` to
 /// `addrs[i % addrs.len()]` (brokers of a cluster, or one); `then` runs on each.
-async fn open_many<F, Fut>(
+pub(crate) async fn open_many<F, Fut>(
     clients: &Arc<Clients>,
     cfg: &quinn::ClientConfig,
     addrs: &[SocketAddr],
@@ -457,14 +457,17 @@ pub(crate) async fn groups_bench(
     let brokers = [start_broker()?];
     let raw = start_raw()?;
     let rig = GroupRig::build(&brokers, members).await?;
-    let mut rounds = Vec::new();
+    let fanout = crate::fanout::RawFanout::build(&raw, members).await?;
+    // Per round: ours, the seed-shaped server, raw quinn.
+    let mut rounds: Vec<[GroupFigures; 3]> = Vec::new();
     for round in 1..=runs.max(1) {
         eprintln!("round {round} of {runs}");
         let ours = rig.round(&brokers, &raw, senders, messages, rate).await?;
         let seed = crate::seed::seed_groups(members, senders, messages, rate).await?;
-        rounds.push((ours, seed));
+        let quic = fanout.round(&raw, senders, messages, rate).await?;
+        rounds.push([ours, seed, quic]);
     }
-    let spread = |f: &dyn Fn(&(GroupFigures, crate::seed::SeedFigures)) -> Option<f64>| {
+    let spread = |f: &dyn Fn(&[GroupFigures; 3]) -> Option<f64>| {
         let v: Vec<f64> = rounds.iter().filter_map(f).collect();
         let (lo, hi) = (v.iter().copied().fold(f64::MAX, f64::min), v.iter().copied().fold(f64::MIN, f64::max));
         if v.is_empty() {
@@ -475,24 +478,20 @@ pub(crate) async fn groups_bench(
             format!("{lo:.1} - {hi:.1}")
         }
     };
-    println!("over {} round(s), ours beside the seed-shaped server (min - max):", rounds.len());
+    println!("over {} round(s), ours beside the seed-shaped server and raw quinn (min - max):", rounds.len());
+    for (what, i) in [("ours", 0), ("seed-shaped", 1), ("raw quinn", 2)] {
+        println!(
+            "  {what}: {} deliveries/s, p50 {} ms, p99 {} ms, server CPU per delivery {} µs",
+            spread(&|r| Some(r[i].deliveries_per_s)),
+            spread(&|r| Some(ms_f(r[i].p50))),
+            spread(&|r| Some(ms_f(r[i].p99))),
+            spread(&|r| r[i].cpu_us_per_delivery),
+        );
+    }
     println!(
-        "  deliveries/s: ours {}, seed-shaped {}, ratio {}",
-        spread(&|r| Some(r.0.deliveries_per_s)),
-        spread(&|r| Some(r.1.deliveries_per_s)),
-        spread(&|r| Some(r.0.deliveries_per_s / r.1.deliveries_per_s)),
-    );
-    println!(
-        "  p50 ms: ours {}, seed-shaped {};  p99 ms: ours {}, seed-shaped {}",
-        spread(&|r| Some(ms_f(r.0.p50))),
-        spread(&|r| Some(ms_f(r.1.p50))),
-        spread(&|r| Some(ms_f(r.0.p99))),
-        spread(&|r| Some(ms_f(r.1.p99))),
-    );
-    println!(
-        "  server CPU per delivery, µs: ours {} (numbers, stores and encrypts each post), seed-shaped {}",
-        spread(&|r| r.0.cpu_us_per_delivery),
-        spread(&|r| r.1.cpu_us_per_delivery),
+        "  deliveries/s, ours / seed-shaped {}, ours / raw quinn {}",
+        spread(&|r| Some(r[0].deliveries_per_s / r[1].deliveries_per_s)),
+        spread(&|r| Some(r[0].deliveries_per_s / r[2].deliveries_per_s)),
     );
     Ok(())
 }
@@ -508,6 +507,65 @@ pub(crate) struct GroupFigures {
     pub(crate) p50: Duration,
     pub(crate) p99: Duration,
     pub(crate) cpu_us_per_delivery: Option<f64>,
+}
+
+impl GroupFigures {
+    /// A baseline round's figures from each receipt (post number, when) against when that post was sent
+    /// (`sent[k]`), counted from `start`, with the server's CPU seconds over the round; and the deliveries and
+    /// the seconds they took.
+    pub(crate) fn of_round(
+        received: &[(u64, Instant)],
+        sent: &[Option<Instant>],
+        start: Instant,
+        cpu: Option<f64>,
+    ) -> (Self, usize, f64) {
+        let deliveries = received.len();
+        let last = received.iter().map(|(_, t)| *t).max().unwrap_or(start);
+        let elapsed = last.duration_since(start).as_secs_f64();
+        let mut delays: Vec<Duration> = received
+            .iter()
+            .filter_map(|(k, t)| {
+                sent.get(usize::try_from(*k).ok()?).copied().flatten().map(|s| t.saturating_duration_since(s))
+            })
+            .collect();
+        let figures = Self {
+            deliveries_per_s: deliveries as f64 / elapsed,
+            p50: percentile(&mut delays, 50.0),
+            p99: percentile(&mut delays, 99.0),
+            cpu_us_per_delivery: cpu.map(|c| c * 1e6 / deliveries.max(1) as f64),
+        };
+        (figures, deliveries, elapsed)
+    }
+
+    /// Prints a baseline round (a line, then JSON named `bench`); fails if deliveries are missing.
+    pub(crate) fn report(
+        &self,
+        label: &str,
+        bench: &str,
+        (deliveries, expected, elapsed): (usize, usize, f64),
+        (members, senders, messages, rate): (usize, usize, usize, f64),
+    ) -> Result<()> {
+        let cpu = self.cpu_us_per_delivery;
+        println!(
+            "  {label}, same load: {deliveries} of {expected} in {elapsed:.2} s = {:.0} deliveries/s, p50 {}  p99 {}{}",
+            self.deliveries_per_s,
+            ms(self.p50),
+            ms(self.p99),
+            cpu.map(|c| format!(", {c:.2} µs of its CPU per delivery")).unwrap_or_default()
+        );
+        println!(
+            "{}",
+            json!({
+                "bench": bench, "members": members, "senders": senders, "messages": messages, "rate": rate,
+                "deliveries": deliveries, "deliveries_per_s": self.deliveries_per_s,
+                "p50_ms": self.p50.as_secs_f64() * 1e3, "p99_ms": self.p99.as_secs_f64() * 1e3, "cpu_us_per_delivery": cpu,
+            })
+        );
+        if deliveries < expected {
+            bail!("{label}: only {deliveries} of {expected} deliveries arrived");
+        }
+        Ok(())
+    }
 }
 
 /// One group's fan-out over `brokers` (one, or the nodes of a cluster: member `i` is online on node

@@ -25,6 +25,7 @@
 mod chat;
 mod client;
 mod cluster;
+mod fanout;
 #[cfg(unix)]
 mod files;
 #[cfg(unix)]

@@ -3,6 +3,9 @@
 //! stream to its end, discarding the bytes, and answers with their count (the file bench's blast); on
 //! [`FILE_ALPN`] it reads a path, then writes the stream's bytes to that file from a writer thread in 1 MiB
 //! blocks (syncing every 64 MiB, as the agent does), fsyncs it, and answers with the count (the file bench's physical baseline: disk to disk);
+//! on [`FANOUT_ALPN`] it opens a stream to the client, with one writer task, and copies every post (a
+//! bidirectional stream from any such client) to every such client's stream (the group bench's QUIC
+//! baseline: the same fan-out with nothing numbered, stored or checked);
 //! on [`RELAY_ALPN`] it reads a target (another raw server's address and fingerprint), opens a
 //! [`FILE_ALPN`] stream to it and copies both ways, as the broker's relay does (the relay bench's baseline).
 
@@ -15,17 +18,27 @@ pub(crate) const ALPN: &[u8] = b"bench-raw";
 pub(crate) const SINK_ALPN: &[u8] = b"bench-raw-sink";
 pub(crate) const FILE_ALPN: &[u8] = b"bench-raw-file";
 pub(crate) const RELAY_ALPN: &[u8] = b"bench-raw-relay";
+pub(crate) const FANOUT_ALPN: &[u8] = b"bench-raw-fanout";
+
+/// The fan-out members' writers: a post is queued to each.
+type Members = Arc<std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<bytes::Bytes>>>>;
 
 /// Block size of the raw file copy's reads and writes.
 pub(crate) const FILE_BLOCK: usize = 1 << 20;
 
 pub(crate) async fn serve() -> Result<()> {
     let identity = Identity::generate("raw")?;
-    let tls = certs::config::server(&identity, ClientPolicy::AnyDevice, &[ALPN, SINK_ALPN, FILE_ALPN, RELAY_ALPN])?;
+    let tls = certs::config::server(
+        &identity,
+        ClientPolicy::AnyDevice,
+        &[ALPN, SINK_ALPN, FILE_ALPN, RELAY_ALPN, FANOUT_ALPN],
+    )?;
     let server = quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
     let endpoint = crate::client::endpoint(Some(server))?;
     println!("raw listening on {} fingerprint {}", endpoint.local_addr()?, identity.fingerprint());
+    let members = Members::default();
     while let Some(incoming) = endpoint.accept().await {
+        let members = members.clone();
         tokio::spawn(async move {
             let Ok(conn) = incoming.await else { return };
             let alpn = conn
@@ -34,9 +47,25 @@ pub(crate) async fn serve() -> Result<()> {
                 .and_then(|h| h.protocol)
                 .unwrap_or_default();
             let (sink, file, relay) = (alpn == SINK_ALPN, alpn == FILE_ALPN, alpn == RELAY_ALPN);
+            let fanout = alpn == FANOUT_ALPN;
+            if fanout {
+                join_fanout(&conn, &members).await;
+            }
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let members = members.clone();
                 tokio::spawn(async move {
-                    if relay {
+                    if fanout {
+                        if let Ok(post) = recv.read_to_end(1024).await {
+                            let post = bytes::Bytes::from(post);
+                            if let Ok(list) = members.lock() {
+                                for m in list.iter() {
+                                    let _ = m.send(post.clone());
+                                }
+                            }
+                            let _ = send.write_all(b"k").await;
+                            let _ = send.finish();
+                        }
+                    } else if relay {
                         if let Err(e) = relay_stream(send, recv).await {
                             eprintln!("raw relay: {e:#}");
                         }
@@ -60,6 +89,33 @@ pub(crate) async fn serve() -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A fan-out member: a stream to it, written by a task of its own that sends whatever is queued in one
+/// write (as the broker's session writer does), and a byte on it at once so that the client sees the stream
+/// (and knows it is listed) before any post.
+async fn join_fanout(conn: &quinn::Connection, members: &Members) {
+    let Ok(mut stream) = conn.open_uni().await else { return };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
+    if let Ok(mut list) = members.lock() {
+        list.push(tx);
+    }
+    tokio::spawn(async move {
+        if stream.write_all(b"h").await.is_err() {
+            return;
+        }
+        let mut batch = Vec::new();
+        while let Some(post) = rx.recv().await {
+            batch.push(post);
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            if stream.write_all_chunks(&mut batch).await.is_err() {
+                return;
+            }
+            batch.clear();
+        }
+    });
 }
 
 /// The relay baseline: a target (u16 length, then "ADDR FINGERPRINT"), then everything copied both ways

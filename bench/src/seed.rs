@@ -7,10 +7,9 @@
 //! it to every other client itself, in turn, under the read lock. Nothing is authenticated, encrypted,
 //! numbered or stored, and a member who is offline simply misses the post.
 
-use crate::stats::{ms, percentile};
+use crate::client::GroupFigures;
 use crate::{Proc, cpu_seconds};
 use anyhow::{Context, Result, anyhow, bail};
-use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -83,20 +82,12 @@ fn post_number(p: &[u8; PACKET]) -> Option<i64> {
     std::str::from_utf8(&p[50..150]).ok()?.parse().ok()
 }
 
-/// The seed baseline's figures, for the ratio lines.
-pub(crate) struct SeedFigures {
-    pub(crate) deliveries_per_s: f64,
-    pub(crate) p50: Duration,
-    pub(crate) p99: Duration,
-    pub(crate) cpu_us_per_delivery: Option<f64>,
-}
-
 /// The same load as `groups_over` against the seed-shaped server: `members` connected, `senders` of them
 /// posting `messages` in all at `rate` posts/s (0: as fast as TCP takes them). The seed does not echo a
 /// post to its sender, so a post makes `members - 1` deliveries.
-pub(crate) async fn seed_groups(members: usize, senders: usize, messages: usize, rate: f64) -> Result<SeedFigures> {
+pub(crate) async fn seed_groups(members: usize, senders: usize, messages: usize, rate: f64) -> Result<GroupFigures> {
     let server = start()?;
-    let received: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
+    let received: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
     let probes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut writers = Vec::new();
     let mut readers = Vec::new();
@@ -110,7 +101,7 @@ pub(crate) async fn seed_groups(members: usize, senders: usize, messages: usize,
             while read.read_exact(&mut p).await.is_ok() {
                 if p[150] == PROBE {
                     probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                } else if let Some(k) = post_number(&p)
+                } else if let Some(k) = post_number(&p).and_then(|k| u64::try_from(k).ok())
                     && let Ok(mut r) = received.lock()
                 {
                     r.push((k, Instant::now()));
@@ -166,37 +157,14 @@ pub(crate) async fn seed_groups(members: usize, senders: usize, messages: usize,
     for r in readers {
         r.abort();
     }
-    let deliveries = received.len();
-    let last = received.iter().map(|(_, t)| *t).max().unwrap_or(start);
-    let elapsed = last.duration_since(start).as_secs_f64();
-    let deliveries_per_s = deliveries as f64 / elapsed;
-    let mut delays: Vec<Duration> = received
-        .iter()
-        .filter_map(|(k, t)| {
-            sent.get(usize::try_from(*k).ok()?).copied().flatten().map(|s| t.saturating_duration_since(s))
-        })
-        .collect();
-    let (p50, p99) = (percentile(&mut delays, 50.0), percentile(&mut delays, 99.0));
-    let cpu_us_per_delivery = cpu.map(|c| c * 1e6 / deliveries.max(1) as f64);
-    println!(
-        "  seed-shaped server (plain TCP, thread per client, 151-byte packets, nothing stored), same load: \
-         {deliveries} of {expected} in {elapsed:.2} s = {deliveries_per_s:.0} deliveries/s, p50 {}  p99 {}{}",
-        ms(p50),
-        ms(p99),
-        cpu_us_per_delivery.map(|c| format!(", {c:.2} µs of its CPU per delivery")).unwrap_or_default()
-    );
-    println!(
-        "{}",
-        json!({
-            "bench": "groups-seed", "members": members, "senders": senders, "messages": messages, "rate": rate,
-            "deliveries": deliveries, "deliveries_per_s": deliveries_per_s, "p50_ms": p50.as_secs_f64() * 1e3,
-            "p99_ms": p99.as_secs_f64() * 1e3, "cpu_us_per_delivery": cpu_us_per_delivery,
-        })
-    );
-    if deliveries < expected {
-        bail!("the seed-shaped server delivered only {deliveries} of {expected}");
-    }
-    Ok(SeedFigures { deliveries_per_s, p50, p99, cpu_us_per_delivery })
+    let (figures, deliveries, elapsed) = GroupFigures::of_round(&received, &sent, start, cpu);
+    figures.report(
+        "seed-shaped server (plain TCP, thread per client, 151-byte packets, nothing stored)",
+        "groups-seed",
+        (deliveries, expected, elapsed),
+        (members, senders, messages, rate),
+    )?;
+    Ok(figures)
 }
 
 #[cfg(test)]
