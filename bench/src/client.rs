@@ -168,7 +168,7 @@ pub(crate) async fn broker_bench(sessions: usize, concurrency: usize) -> Result<
     let rss_base = broker.rss_kib().context("broker RSS")?;
 
     // Baseline: bare mutual-TLS handshakes against the raw quinn server, same concurrency.
-    let n_raw = sessions.min(2_000);
+    let n_raw = sessions.min(5_000);
     let raw_cfg = clients.config(&raw.fingerprint, raw::ALPN)?;
     // Warm-up (not counted): thread pools, allocator and caches on both sides.
     let (warm, _) =
@@ -177,8 +177,13 @@ pub(crate) async fn broker_bench(sessions: usize, concurrency: usize) -> Result<
         c.close(0u32.into(), b"done");
     }
     drop(warm);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let raw_base = raw.rss_kib().context("raw server RSS")?;
     let (raw_conns, raw_time) =
         open_many(&clients, &raw_cfg, &[raw.addr], 0..n_raw, concurrency, |_, c| async move { Ok(c) }).await?;
+    // The memory baseline: the same mutual-TLS QUIC connections held idle by bare quinn, nothing else.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let raw_per_conn = raw.rss_kib().context("raw server RSS")?.saturating_sub(raw_base) as f64 / n_raw as f64;
     for c in &raw_conns {
         c.close(0u32.into(), b"done");
     }
@@ -211,6 +216,11 @@ pub(crate) async fn broker_bench(sessions: usize, concurrency: usize) -> Result<
         "  broker RSS: base {rss_base} KiB, at {first} sessions {rss_1k} KiB, at {sessions} sessions {rss_all} KiB, idle 20 s later {rss_idle} KiB"
     );
     println!("  broker memory per idle session: {per_1k:.1} KiB at {first}, {per_all:.1} KiB at {sessions}");
+    println!(
+        "  raw quinn server memory per idle connection (same TLS, nothing else): {raw_per_conn:.1} KiB at {n_raw}; \
+         broker per session / raw per connection {:.2}x",
+        per_all / raw_per_conn
+    );
     println!("  sessions still alive after 20 s idle: {alive}/{sessions}");
     println!(
         "{}",
@@ -218,6 +228,7 @@ pub(crate) async fn broker_bench(sessions: usize, concurrency: usize) -> Result<
             "bench": "broker", "sessions": sessions, "raw_handshakes_per_s": raw_rate, "sessions_per_s": rate,
             "ratio": rate / raw_rate, "rss_base_kib": rss_base, "rss_1k_kib": rss_1k, "rss_all_kib": rss_all,
             "rss_idle_kib": rss_idle, "kib_per_session_1k": per_1k, "kib_per_session_all": per_all, "alive": alive,
+            "raw_kib_per_connection": raw_per_conn, "raw_connections": n_raw,
         })
     );
     for c in &held {
