@@ -159,14 +159,14 @@ impl Db {
         Ok(db)
     }
 
-    /// SQLite only: copies the WAL back into the database without blocking writers (run every few seconds
-    /// by the server, since automatic checkpoints are off). A no-op on the other backends.
     /// Whether the database answers at all.
     pub async fn ping(&self) -> Result<(), DbError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
+    /// SQLite only: copies the WAL back into the database without blocking writers (run every few seconds
+    /// by the server, since automatic checkpoints are off). A no-op on the other backends.
     pub async fn checkpoint(&self) -> Result<(), DbError> {
         if self.backend == Backend::Sqlite {
             sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&self.pool).await?;
