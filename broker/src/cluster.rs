@@ -136,12 +136,8 @@ enum Bus {
     },
 }
 
-fn bus_config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<BUS_LIMIT>()
-}
-
 fn encode(msg: &Bus) -> Option<Bytes> {
-    match bincode::encode_to_vec(msg, bus_config()) {
+    match bincode::encode_to_vec(msg, bincode::config::standard()) {
         Ok(b) if b.len() <= BUS_LIMIT => Some(Bytes::from(b)),
         Ok(b) => {
             tracing::error!(bytes = b.len(), "a cluster message over the limit; not sent");
@@ -155,12 +151,8 @@ fn encode(msg: &Bus) -> Option<Bytes> {
 }
 
 /// Reads one cluster message: the whole payload, within [`BUS_LIMIT`].
-fn decode(payload: &[u8]) -> Result<Bus, String> {
-    let (msg, used) = bincode::decode_from_slice(payload, bus_config()).map_err(|e| e.to_string())?;
-    if used != payload.len() {
-        return Err(format!("{} trailing bytes", payload.len() - used));
-    }
-    Ok(msg)
+fn decode(payload: &[u8]) -> Result<Bus, shared::frame::FrameError> {
+    shared::frame::decode_within::<BUS_LIMIT, Bus>(payload)
 }
 
 /// What a snapshot row costs to decode (see [`BUS_LIMIT`]).

@@ -46,14 +46,11 @@ pub enum FrameError {
     Trailing(usize),
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_FRAME>()
-}
-
 /// Encodes `msg` as one frame (header included).
 pub fn encode<T: bincode::Encode>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; HEADER_LEN];
-    bincode::encode_into_std_write(msg, &mut out, config()).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    bincode::encode_into_std_write(msg, &mut out, bincode::config::standard())
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
     let body = out.len() - HEADER_LEN;
     if body > MAX_FRAME {
         return Err(FrameError::TooLarge(body));
@@ -101,14 +98,17 @@ pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
 
 /// Decodes one frame body (without its header). The whole body must be one message.
 pub fn decode_body<T: Message>(body: &[u8]) -> Result<T, FrameError> {
-    let decoded = if T::WIDE {
-        bincode::decode_from_slice(body, bincode::config::standard().with_limit::<MAX_CLAIM>())
-    } else {
-        bincode::decode_from_slice(body, config())
-    };
-    let (msg, used) = decoded.map_err(|e| FrameError::Malformed(e.to_string()))?;
-    if used != body.len() {
-        return Err(FrameError::Trailing(body.len() - used));
+    if T::WIDE { decode_within::<MAX_CLAIM, T>(body) } else { decode_within::<MAX_FRAME, T>(body) }
+}
+
+/// Decodes `bytes` as exactly one message, letting decoding claim at most `CLAIM` bytes (see
+/// [`MAX_CLAIM`]): [`decode_body`]'s work, for messages that travel outside frames with a limit of their
+/// own (the broker's cluster messages).
+pub fn decode_within<const CLAIM: usize, T: bincode::Decode<()>>(bytes: &[u8]) -> Result<T, FrameError> {
+    let config = bincode::config::standard().with_limit::<CLAIM>();
+    let (msg, used) = bincode::decode_from_slice(bytes, config).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(FrameError::Trailing(bytes.len() - used));
     }
     Ok(msg)
 }
