@@ -457,7 +457,8 @@ pub(crate) async fn presence_over(
 
 /// `bench groups`: one group of `members` online members (simulated in this process), `senders` of them
 /// posting `messages` in all; deliveries/s and the delay from a post being sent to each member receiving it.
-/// Each of `runs` rounds measures our broker and then, with the same load, the seed-shaped server.
+/// Each of `runs` rounds measures our broker and then, with the same load, the seed-shaped server and raw
+/// quinn's fan-out.
 pub(crate) async fn groups_bench(
     members: usize,
     senders: usize,
@@ -478,16 +479,10 @@ pub(crate) async fn groups_bench(
         let quic = fanout.round(&raw, senders, messages, rate).await?;
         rounds.push([ours, seed, quic]);
     }
-    let spread = |f: &dyn Fn(&[GroupFigures; 3]) -> Option<f64>| {
-        let v: Vec<f64> = rounds.iter().filter_map(f).collect();
-        let (lo, hi) = (v.iter().copied().fold(f64::MAX, f64::min), v.iter().copied().fold(f64::MIN, f64::max));
-        if v.is_empty() {
-            "n/a".to_string()
-        } else if lo == hi {
-            format!("{lo:.1}")
-        } else {
-            format!("{lo:.1} - {hi:.1}")
-        }
+    let spread = |f: &dyn Fn(&[GroupFigures; 3]) -> Option<f64>| match crate::stats::span(rounds.iter().filter_map(f)) {
+        None => "n/a".to_string(),
+        Some((lo, hi)) if lo == hi => format!("{lo:.1}"),
+        Some((lo, hi)) => format!("{lo:.1} - {hi:.1}"),
     };
     println!("over {} round(s), ours beside the seed-shaped server and raw quinn (min - max):", rounds.len());
     for (what, i) in [("ours", 0), ("seed-shaped", 1), ("raw quinn", 2)] {
@@ -521,24 +516,20 @@ pub(crate) struct GroupFigures {
 }
 
 impl GroupFigures {
-    /// A baseline round's figures from each receipt (post number, when) against when that post was sent
-    /// (`sent[k]`), counted from `start`, with the server's CPU seconds over the round; and the deliveries and
-    /// the seconds they took.
-    pub(crate) fn of_round(
-        received: &[(u64, Instant)],
-        sent: &[Option<Instant>],
+    /// A round's figures from each receipt (the post's key, when) against when that post was sent
+    /// (`sent_at(key)`), counted from `start`, with the server's CPU seconds over the round; and the
+    /// deliveries and the seconds they took.
+    pub(crate) fn of_round<K: Copy>(
+        received: &[(K, Instant)],
+        sent_at: impl Fn(K) -> Option<Instant>,
         start: Instant,
         cpu: Option<f64>,
     ) -> (Self, usize, f64) {
         let deliveries = received.len();
         let last = received.iter().map(|(_, t)| *t).max().unwrap_or(start);
         let elapsed = last.duration_since(start).as_secs_f64();
-        let mut delays: Vec<Duration> = received
-            .iter()
-            .filter_map(|(k, t)| {
-                sent.get(usize::try_from(*k).ok()?).copied().flatten().map(|s| t.saturating_duration_since(s))
-            })
-            .collect();
+        let mut delays: Vec<Duration> =
+            received.iter().filter_map(|(k, t)| sent_at(*k).map(|s| t.saturating_duration_since(s))).collect();
         let figures = Self {
             deliveries_per_s: deliveries as f64 / elapsed,
             p50: percentile(&mut delays, 50.0),
@@ -546,6 +537,11 @@ impl GroupFigures {
             cpu_us_per_delivery: cpu.map(|c| c * 1e6 / deliveries.max(1) as f64),
         };
         (figures, deliveries, elapsed)
+    }
+
+    /// For [`GroupFigures::of_round`]: when post `k` was sent, from a table indexed by post number.
+    pub(crate) fn sent_by_index(sent: &[Option<Instant>]) -> impl Fn(u64) -> Option<Instant> + '_ {
+        |k| sent.get(usize::try_from(k).ok()?).copied().flatten()
     }
 
     /// Prints a baseline round (a line, then JSON named `bench`); fails if deliveries are missing.
@@ -716,13 +712,9 @@ impl GroupRig {
         let drops = crate::udp_rcvbuf_drops().zip(drops_before).map(|(a, b)| a.saturating_sub(b));
         let received = self.received.lock().map_err(|_| anyhow!("poisoned"))?.clone();
         let sent = sent.lock().map_err(|_| anyhow!("poisoned"))?.clone();
-        let last = received.iter().map(|(_, t)| *t).max().unwrap_or(start);
-        let deliveries = received.len();
-        let delivered_per_s = deliveries as f64 / last.duration_since(start).as_secs_f64();
-        let mut delays: Vec<Duration> =
-            received.iter().filter_map(|(seq, t)| sent.get(seq).map(|s| t.saturating_duration_since(*s))).collect();
-        let (p50, p99) = (percentile(&mut delays, 50.0), percentile(&mut delays, 99.0));
-        let cpu_us_per_delivery = cpu.map(|c| c * 1e6 / deliveries.max(1) as f64);
+        let (figures, deliveries, elapsed) =
+            GroupFigures::of_round(&received, |seq| sent.get(&seq).copied(), start, cpu);
+        let GroupFigures { deliveries_per_s: delivered_per_s, p50, p99, cpu_us_per_delivery } = figures;
         let mut rtt = raw_rtt(&self.clients, raw, 1_000).await?;
         let (r50, r99) = (percentile(&mut rtt, 50.0), percentile(&mut rtt, 99.0));
         let pace = if rate > 0.0 { format!("{rate} posts/s") } else { "as fast as answered".to_string() };
@@ -731,10 +723,7 @@ impl GroupRig {
              posts of 100 bytes, {pace}",
             brokers.len()
         );
-        println!(
-            "  deliveries: {deliveries} of {expected} in {:.2} s = {delivered_per_s:.0} deliveries/s",
-            last.duration_since(start).as_secs_f64()
-        );
+        println!("  deliveries: {deliveries} of {expected} in {elapsed:.2} s = {delivered_per_s:.0} deliveries/s");
         println!("  post sent -> member received: p50 {}  p99 {}", ms(p50), ms(p99));
         if let Some(c) = cpu_us_per_delivery {
             println!("  the broker's CPU per delivery (posting, numbering, storing, encrypting, sending): {c:.2} µs");
@@ -756,6 +745,6 @@ impl GroupRig {
         if deliveries < expected {
             bail!("only {deliveries} of {expected} deliveries arrived");
         }
-        Ok(GroupFigures { deliveries_per_s: delivered_per_s, p50, p99, cpu_us_per_delivery })
+        Ok(figures)
     }
 }

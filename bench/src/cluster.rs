@@ -181,16 +181,17 @@ pub(crate) async fn cluster_bench(
     Ok(())
 }
 
-/// Runs `f` on a fresh database with 1 node and then with 3, returning both results.
-async fn one_then_three<T, F, Fut>(admin: &str, nats: &str, tag: &str, mut f: F) -> Result<[T; 2]>
+/// Runs `f` with 1 node and then with 3 (`f` gets a fresh database's URL and the node count, and starts
+/// the nodes itself), returning both results; each database is dropped after its run.
+async fn one_then_three<T, F, Fut>(admin: &str, tag: &str, mut f: F) -> Result<[T; 2]>
 where
-    F: FnMut(Vec<Proc>) -> Fut,
+    F: FnMut(String, usize) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
     let mut out = Vec::new();
     for n in [1, 3] {
         let db = Database::create(admin, &format!("{tag}{n}")).await?;
-        let result = async { f(start_nodes(&db.url(), nats, n)?).await }.await;
+        let result = f(db.url(), n).await;
         db.drop_it().await;
         out.push(result?);
     }
@@ -205,8 +206,8 @@ async fn presence_part(
     friends: usize,
     concurrency: usize,
 ) -> Result<()> {
-    let [one, three] = one_then_three(admin, nats, "n", |nodes| async move {
-        presence_over(&nodes, raw, users, friends, concurrency).await
+    let [one, three] = one_then_three(admin, "n", |url, n| async move {
+        presence_over(&start_nodes(&url, nats, n)?, raw, users, friends, concurrency).await
     })
     .await?;
     println!("cluster bench: presence, {users} users x {friends} friends, PostgreSQL");
@@ -238,27 +239,19 @@ async fn presence_part(
 /// Idle sessions held on 1 node and spread over 3: how many, the memory each costs (all nodes' RSS growth
 /// over the sessions), and each node's share.
 async fn sessions_part(admin: &str, nats: &str, sessions: usize, concurrency: usize) -> Result<()> {
-    let mut figures = Vec::new();
-    for n in [1, 3] {
-        let db = Database::create(admin, &format!("s{n}")).await?;
-        let result = async {
-            // Accounts are made first, on nodes that are then restarted: signing up hashes passwords with
-            // argon2, whose freed memory would otherwise hide the sessions' cost on the node that did it.
-            let clients = std::sync::Arc::new(crate::client::Clients::new()?);
-            let tokens = {
-                let nodes = start_nodes(&db.url(), nats, n)?;
-                crate::client::register_users(&clients, &nodes[0], sessions).await?
-            };
-            let nodes = start_nodes(&db.url(), nats, n)?;
-            sessions_over(&nodes, &clients, &tokens, concurrency).await
-        }
-        .await;
-        db.drop_it().await;
-        figures.push(result?);
-    }
-    let (one, three) = (&figures[0], &figures[1]);
+    let [one, three] = one_then_three(admin, "s", |url, n| async move {
+        // Accounts are made first, on nodes that are then restarted: signing up hashes passwords with
+        // argon2, whose freed memory would otherwise hide the sessions' cost on the node that did it.
+        let clients = std::sync::Arc::new(crate::client::Clients::new()?);
+        let tokens = {
+            let nodes = start_nodes(&url, nats, n)?;
+            crate::client::register_users(&clients, &nodes[0], sessions).await?
+        };
+        sessions_over(&start_nodes(&url, nats, n)?, &clients, &tokens, concurrency).await
+    })
+    .await?;
     println!("cluster bench: {sessions} idle sessions");
-    for (n, f) in [(1, one), (3, three)] {
+    for (n, f) in [(1, &one), (3, &three)] {
         println!(
             "  {n} node(s): {} of {sessions} held after 20 s idle, {:.1} KiB per session over all nodes; per node: {}",
             f.alive,
@@ -288,8 +281,8 @@ async fn sessions_part(admin: &str, nats: &str, sessions: usize, concurrency: us
 /// One group whose members are spread over the nodes: every post numbered once (in the database) and
 /// delivered on every node.
 async fn groups_part(admin: &str, nats: &str, raw: &Proc) -> Result<()> {
-    let [g1, g3] = one_then_three(admin, nats, "g", |nodes| async move {
-        groups_over(&nodes, raw, GROUP_MEMBERS, 4, GROUP_POSTS, 0.0).await
+    let [g1, g3] = one_then_three(admin, "g", |url, n| async move {
+        groups_over(&start_nodes(&url, nats, n)?, raw, GROUP_MEMBERS, 4, GROUP_POSTS, 0.0).await
     })
     .await?;
     println!(

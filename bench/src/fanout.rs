@@ -87,7 +87,8 @@ impl RawFanout {
         let cpu = crate::cpu_seconds(raw.child.id()).zip(cpu_before).map(|(a, b)| a - b);
         let received = self.received.lock().map_err(|_| anyhow!("poisoned"))?.clone();
         let sent = sent.lock().map_err(|_| anyhow!("poisoned"))?.clone();
-        let (figures, deliveries, elapsed) = GroupFigures::of_round(&received, &sent, start, cpu);
+        let (figures, deliveries, elapsed) =
+            GroupFigures::of_round(&received, GroupFigures::sent_by_index(&sent), start, cpu);
         figures.report(
             "raw quinn fan-out (one writer per member, nothing stored)",
             "groups-raw-quinn",

@@ -89,8 +89,8 @@ enum Cmd {
         /// Posts per second in all (0: each sender posts as soon as its last post is answered).
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
-        /// Rounds of posts over the same group, each followed by the seed-shaped baseline with the same
-        /// load; the spread over the rounds is printed at the end.
+        /// Rounds of posts over the same group, each followed by the seed-shaped server and raw quinn's
+        /// fan-out with the same load; the spread over the rounds is printed at the end.
         #[arg(long, default_value_t = 1)]
         runs: usize,
     },

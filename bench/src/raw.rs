@@ -105,22 +105,32 @@ async fn join_fanout(conn: &quinn::Connection, members: &Members) {
     let Ok(mut stream) = conn.open_uni().await else { return };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
     if let Ok(mut list) = members.lock() {
+        // Members whose connection ended (an earlier bench run) leave as the next one joins.
+        list.retain(|m| !m.is_closed());
         list.push(tx);
     }
+    let conn = conn.clone();
     tokio::spawn(async move {
-        if stream.write_all(b"h").await.is_err() {
-            return;
-        }
-        let mut batch = Vec::new();
-        while let Some(post) = rx.recv().await {
-            batch.push(post);
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
-            }
-            if stream.write_all_chunks(&mut batch).await.is_err() {
+        let writer = async {
+            if stream.write_all(b"h").await.is_err() {
                 return;
             }
-            batch.clear();
+            let mut batch = Vec::new();
+            while let Some(post) = rx.recv().await {
+                batch.push(post);
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                if stream.write_all_chunks(&mut batch).await.is_err() {
+                    return;
+                }
+                batch.clear();
+            }
+        };
+        // Ends with the connection too, so that its sender reads as closed and leaves the list.
+        tokio::select! {
+            () = writer => {}
+            _ = conn.closed() => {}
         }
     });
 }

@@ -6,6 +6,7 @@
 
 use crate::chat::{peer, start_agent_with};
 use crate::files::{random_file, raw_file_copy_via};
+use crate::stats::span;
 use crate::{Proc, start_broker_with, start_raw};
 use anyhow::{Result, bail};
 use serde_json::json;
@@ -70,16 +71,13 @@ pub(crate) async fn relay_bench(size: u64, runs: usize) -> Result<()> {
         );
         rows.push((raw_relayed / raw_direct, relayed / direct));
     }
+    let runs = rows.len();
     let (raw_ratios, ours_ratios): (Vec<f64>, Vec<f64>) = rows.into_iter().unzip();
-    let span = |v: &[f64]| (v.iter().copied().fold(f64::MAX, f64::min), v.iter().copied().fold(f64::MIN, f64::max));
-    let (r, o) = (span(&raw_ratios), span(&ours_ratios));
-    println!(
-        "relayed / direct over {} run(s): raw quinn {:.2} - {:.2}x, agents {:.2} - {:.2}x",
-        raw_ratios.len(),
-        r.0,
-        r.1,
-        o.0,
-        o.1
-    );
+    if let (Some(r), Some(o)) = (span(raw_ratios), span(ours_ratios)) {
+        println!(
+            "relayed / direct over {runs} run(s): raw quinn {:.2} - {:.2}x, agents {:.2} - {:.2}x",
+            r.0, r.1, o.0, o.1
+        );
+    }
     Ok(())
 }

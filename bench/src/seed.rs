@@ -157,7 +157,8 @@ pub(crate) async fn seed_groups(members: usize, senders: usize, messages: usize,
     for r in readers {
         r.abort();
     }
-    let (figures, deliveries, elapsed) = GroupFigures::of_round(&received, &sent, start, cpu);
+    let (figures, deliveries, elapsed) =
+        GroupFigures::of_round(&received, GroupFigures::sent_by_index(&sent), start, cpu);
     figures.report(
         "seed-shaped server (plain TCP, thread per client, 151-byte packets, nothing stored)",
         "groups-seed",

@@ -173,16 +173,23 @@ pub fn text_target(bytes: &[u8]) {
     let _ = shared::files::parse_size(&s);
 }
 
-/// The most one input of a frame target for `T` may allocate: twice what decoding one frame may claim.
-fn frame_limit<T: frame::Message>() -> usize {
-    2 * if T::WIDE { frame::MAX_CLAIM } else { MAX_FRAME }
+/// A frame target for `T`: its name, the decoder, its seeds, and the most one input may allocate (twice what
+/// decoding one frame of `T` may claim).
+fn frame_of<T>(name: &'static str, seeds: Vec<Vec<u8>>) -> (&'static str, Target, Vec<Vec<u8>>, usize)
+where
+    T: bincode::Encode + frame::Message + PartialEq + Debug,
+{
+    (name, frame_target::<T>, seeds, 2 * if T::WIDE { frame::MAX_CLAIM } else { MAX_FRAME })
 }
 
 /// Every target, by name, with the seeds it mutates and the most one input may allocate.
 pub fn targets() -> Vec<(&'static str, Target, Vec<Vec<u8>>, usize)> {
     use shared::control::{ControlRequest, ControlResponse};
+    use shared::link::{LinkFrame, LinkReply};
+    use shared::mailbox::SignedLetter;
     use shared::peer::{PeerAck, PeerFrame};
     use shared::proto::{Event, Request, Response};
+    use shared::relay::RelayHello;
     let all = samples::all();
     let seeds = |prefix: &str| -> Vec<Vec<u8>> {
         all.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(_, b)| b.clone()).collect()
@@ -199,52 +206,17 @@ pub fn targets() -> Vec<(&'static str, Target, Vec<Vec<u8>>, usize)> {
         .map(|s| s.as_bytes().to_vec())
         .collect();
     vec![
-        ("request", frame_target::<Request> as Target, seeds("Request::"), frame_limit::<Request>()),
-        (
-            "response",
-            frame_target::<Response>,
-            [seeds("Response::"), seeds("ErrorCode::")].concat(),
-            frame_limit::<Response>(),
-        ),
-        ("event", frame_target::<Event>, seeds("Event::"), frame_limit::<Event>()),
-        ("peer_frame", frame_target::<PeerFrame>, seeds("PeerFrame::"), frame_limit::<PeerFrame>()),
-        (
-            "peer_ack",
-            frame_target::<PeerAck>,
-            [seeds("PeerAck::"), seeds("OfferAnswer::")].concat(),
-            frame_limit::<PeerAck>(),
-        ),
-        ("control_request", frame_target::<ControlRequest>, seeds("ControlRequest::"), frame_limit::<ControlRequest>()),
-        (
-            "control_response",
-            frame_target::<ControlResponse>,
-            [seeds("ControlResponse::"), seeds("AgentEvent::")].concat(),
-            frame_limit::<ControlResponse>(),
-        ),
-        (
-            "relay_hello",
-            frame_target::<shared::relay::RelayHello>,
-            seeds("RelayHello::"),
-            frame_limit::<shared::relay::RelayHello>(),
-        ),
-        (
-            "link_frame",
-            frame_target::<shared::link::LinkFrame>,
-            seeds("LinkFrame::"),
-            frame_limit::<shared::link::LinkFrame>(),
-        ),
-        (
-            "link_reply",
-            frame_target::<shared::link::LinkReply>,
-            seeds("LinkReply::"),
-            frame_limit::<shared::link::LinkReply>(),
-        ),
-        (
-            "letter",
-            frame_target::<shared::mailbox::SignedLetter>,
-            seeds("Letter::"),
-            frame_limit::<shared::mailbox::SignedLetter>(),
-        ),
+        frame_of::<Request>("request", seeds("Request::")),
+        frame_of::<Response>("response", [seeds("Response::"), seeds("ErrorCode::")].concat()),
+        frame_of::<Event>("event", seeds("Event::")),
+        frame_of::<PeerFrame>("peer_frame", seeds("PeerFrame::")),
+        frame_of::<PeerAck>("peer_ack", [seeds("PeerAck::"), seeds("OfferAnswer::")].concat()),
+        frame_of::<ControlRequest>("control_request", seeds("ControlRequest::")),
+        frame_of::<ControlResponse>("control_response", [seeds("ControlResponse::"), seeds("AgentEvent::")].concat()),
+        frame_of::<RelayHello>("relay_hello", seeds("RelayHello::")),
+        frame_of::<LinkFrame>("link_frame", seeds("LinkFrame::")),
+        frame_of::<LinkReply>("link_reply", seeds("LinkReply::")),
+        frame_of::<SignedLetter>("letter", seeds("Letter::")),
         ("relay_packets", relay_target, relay_seed, 2 * MAX_FRAME),
         ("names_and_text", text_target, text_seeds, 2 * MAX_FRAME),
     ]

@@ -143,18 +143,13 @@ impl Broker {
 
     /// As [`Broker::start_cluster`], on the NATS server at `nats`.
     pub fn start_cluster_on(backend: &Backend, n: usize, nats: &str) -> Vec<Self> {
-        let nats = nats.to_string();
-        Self::start_nodes(backend, n, |i| {
-            vec!["--cluster".into(), nats.clone(), "--node-id".into(), (i + 1).to_string()]
-        })
+        Self::start_nodes(backend, n, |i| node_args(nats, i))
     }
 
     /// As [`Broker::start_cluster`], node `i` reaching NATS at `nats[i]` (a test can put a [`crate::TcpCut`]
     /// in one node's way).
     pub fn start_cluster_via(backend: &Backend, nats: &[String]) -> Vec<Self> {
-        Self::start_nodes(backend, nats.len(), |i| {
-            vec!["--cluster".into(), nats[i].clone(), "--node-id".into(), (i + 1).to_string()]
-        })
+        Self::start_nodes(backend, nats.len(), |i| node_args(&nats[i], i))
     }
 
     /// As [`Broker::start_cluster`], every node reaching the database through `db` (a [`crate::TcpCut`] in
@@ -165,7 +160,7 @@ impl Broker {
         Self::start_nodes_with(
             backend,
             n,
-            |i| vec!["--cluster".into(), nats.clone(), "--node-id".into(), (i + 1).to_string()],
+            |i| node_args(&nats, i),
             |url| {
                 // scheme://user:pass@HOST:PORT/name: the authority's host and port go to the cut.
                 let (head, rest) = url.split_once('@').expect("a database URL with credentials");
@@ -335,6 +330,11 @@ impl Drop for Nats {
 /// The NATS server cluster tests use.
 pub fn nats_url() -> String {
     std::env::var("TEST_NATS_URL").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "nats://127.0.0.1:4222".into())
+}
+
+/// The flags that make the broker node `i` (id `i + 1`) of a cluster on NATS at `nats`.
+fn node_args(nats: &str, i: usize) -> Vec<String> {
+    vec!["--cluster".into(), nats.to_string(), "--node-id".into(), (i + 1).to_string()]
 }
 
 fn spawn_broker(data: &Path, db_url: &str, listen: SocketAddr, extra: &[&str]) -> (Child, SocketAddr, String) {
