@@ -29,6 +29,31 @@ impl Drop for Agent {
     }
 }
 
+/// `a` (named `names.0`) asks `b` (`names.1`) to be friends, and `b` accepts.
+pub(crate) fn befriend(a: &Agent, b: &Agent, names: (&str, &str)) -> Result<()> {
+    peer(a.home.path(), &["friends", "add", names.1], None)?;
+    peer(b.home.path(), &["friends", "accept", names.0], None)?;
+    Ok(())
+}
+
+/// `alice` (named `names.0`) befriends `bob` (`names.1`, accepting files), sends a warm-up message, then
+/// `file`: MB/s from `send-file` starting to the file verified on bob's side.
+pub(crate) fn befriend_and_send_file(alice: &Agent, bob: &Agent, names: (&str, &str), file: &Path) -> Result<f64> {
+    let b = names.1;
+    befriend(alice, bob, names)?;
+    let out = peer(alice.home.path(), &["send", b, "warm-up"], None)?;
+    if !out.contains("delivered") {
+        bail!("the warm-up message was not delivered: {out}");
+    }
+    let t = Instant::now();
+    let out = peer(alice.home.path(), &["send-file", b, &file.to_string_lossy()], None)?;
+    let took = t.elapsed();
+    if !out.contains("verified") {
+        bail!("the file was not delivered: {out}");
+    }
+    Ok(std::fs::metadata(file)?.len() as f64 / 1e6 / took.as_secs_f64())
+}
+
 pub(crate) fn peer(home: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
     run_peer(Command::new(sibling("peer")?), home, args, stdin)
 }

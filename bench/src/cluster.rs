@@ -6,7 +6,7 @@
 //! within one node and across two (ratio), and failover: a node killed under an agent that knows all three,
 //! until it is online on another and until its next message is delivered (target: < 5 s).
 
-use crate::chat::{Agent, peer, start_agent_via};
+use crate::chat::{Agent, befriend, befriend_and_send_file, peer, start_agent_via};
 use crate::client::{groups_over, presence_over, sessions_over};
 use crate::stats::{ms, percentile};
 use crate::{Proc, sibling, start_broker_with, start_raw};
@@ -81,12 +81,6 @@ fn agent_on(nodes: &[Proc], first: usize, name: &str, extra: &[&str]) -> Result<
     start_agent_via(&|| Ok(Command::new(sibling("peer")?)), &brokers.join(","), name, "127.0.0.1:0", extra)
 }
 
-fn befriend(a: &Agent, b: &Agent, names: (&str, &str)) -> Result<()> {
-    peer(a.home.path(), &["friends", "add", names.1], None)?;
-    peer(b.home.path(), &["friends", "accept", names.0], None)?;
-    Ok(())
-}
-
 /// `send-file` of `file` from an agent on node `from` to one on node `to`, both `--relay-only`: MB/s from
 /// start to verified.
 fn relayed_file(nodes: &[Proc], from: usize, to: usize, file: &Path, tag: &str) -> Result<f64> {
@@ -94,18 +88,7 @@ fn relayed_file(nodes: &[Proc], from: usize, to: usize, file: &Path, tag: &str) 
     let (a, b) = (format!("ra{tag}"), format!("rb{tag}"));
     let alice = agent_on(nodes, from, &a, &["--relay-only"])?;
     let bob = agent_on(nodes, to, &b, &["--relay-only", "--auto-accept-files", &inbox.path().to_string_lossy()])?;
-    befriend(&alice, &bob, (&a, &b))?;
-    let out = peer(alice.home.path(), &["send", &b, "warm-up"], None)?;
-    if !out.contains("delivered") {
-        bail!("relayed message not delivered: {out}");
-    }
-    let t = Instant::now();
-    let out = peer(alice.home.path(), &["send-file", &b, &file.to_string_lossy()], None)?;
-    let took = t.elapsed();
-    if !out.contains("verified") {
-        bail!("relayed file not delivered: {out}");
-    }
-    Ok(std::fs::metadata(file)?.len() as f64 / 1e6 / took.as_secs_f64())
+    befriend_and_send_file(&alice, &bob, (&a, &b), file)
 }
 
 /// One failover: a fresh cluster of three, alice on node id 1 (knowing all three) and bob on node id 2;

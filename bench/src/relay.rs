@@ -4,14 +4,13 @@
 //! does, without our end-to-end QUIC layer inside). The relayed / direct ratio of ours is read against the
 //! same ratio of the baseline: what an extra hop costs on this machine whatever the software.
 
-use crate::chat::{peer, start_agent_with};
+use crate::chat::{befriend_and_send_file, start_agent_with};
 use crate::files::{random_file, raw_file_copy_via};
 use crate::stats::span;
 use crate::{Proc, start_broker_with, start_raw};
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde_json::json;
 use std::path::Path;
-use std::time::Instant;
 
 /// Our agents: `send-file` from start to verified, MB/s; `relayed` puts both agents on the relay only.
 fn ours(broker: &Proc, file: &Path, tag: &str, relayed: bool) -> Result<f64> {
@@ -21,18 +20,7 @@ fn ours(broker: &Proc, file: &Path, tag: &str, relayed: bool) -> Result<f64> {
     let alice = start_agent_with(broker, &a, only)?;
     let accept = inbox.path().to_string_lossy().into_owned();
     let bob = start_agent_with(broker, &b, &[only, &["--auto-accept-files", &accept]].concat())?;
-    peer(alice.home.path(), &["friends", "add", &b], None)?;
-    peer(bob.home.path(), &["friends", "accept", &a], None)?;
-    if !peer(alice.home.path(), &["send", &b, "warm-up"], None)?.contains("delivered") {
-        bail!("the warm-up message was not delivered");
-    }
-    let t = Instant::now();
-    let out = peer(alice.home.path(), &["send-file", &b, &file.to_string_lossy()], None)?;
-    let took = t.elapsed();
-    if !out.contains("verified") {
-        bail!("the file was not delivered: {out}");
-    }
-    Ok(std::fs::metadata(file)?.len() as f64 / 1e6 / took.as_secs_f64())
+    befriend_and_send_file(&alice, &bob, (&a, &b), file)
 }
 
 pub(crate) async fn relay_bench(size: u64, runs: usize) -> Result<()> {
