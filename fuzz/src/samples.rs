@@ -327,6 +327,7 @@ pub fn peer_frames() -> Vec<PeerFrame> {
         PeerFrame::FileFetch { id: shared::id::TransferId([4; 16]), offset: 5 },
         PeerFrame::FileCancel { id: shared::id::TransferId([4; 16]), declined: true, reason: s("no") },
         PeerFrame::FileResult { id: shared::id::TransferId([4; 16]), ok: false, reason: s("hash") },
+        PeerFrame::Search(search()),
     ]
 }
 
@@ -338,6 +339,7 @@ fn variant_of_peer_frame(f: &PeerFrame) -> &'static str {
         PeerFrame::FileFetch { .. } => "FileFetch",
         PeerFrame::FileCancel { .. } => "FileCancel",
         PeerFrame::FileResult { .. } => "FileResult",
+        PeerFrame::Search(_) => "Search",
     }
 }
 
@@ -347,7 +349,12 @@ pub fn peer_acks() -> Vec<PeerAck> {
         PeerAck::Refused("too long".into()),
         PeerAck::Batch(vec![PeerAck::Stored, PeerAck::Refused("x".into())]),
         PeerAck::Offer(OfferAnswer::Receiving { have: 9 }),
+        PeerAck::Search(search()),
     ]
+}
+
+fn search() -> shared::peer::Search {
+    shared::peer::Search { token: [7; 16], port_kept: true }
 }
 
 fn variant_of_peer_ack(a: &PeerAck) -> &'static str {
@@ -356,6 +363,7 @@ fn variant_of_peer_ack(a: &PeerAck) -> &'static str {
         PeerAck::Refused(_) => "Refused",
         PeerAck::Batch(_) => "Batch",
         PeerAck::Offer(_) => "Offer",
+        PeerAck::Search(_) => "Search",
     }
 }
 

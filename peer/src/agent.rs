@@ -25,6 +25,10 @@ const UPGRADE_SOON: std::time::Duration = std::time::Duration::from_secs(10);
 /// every failed attempt renews and which can make that router renumber the friend's packets.
 const UPGRADE_EVERY: std::time::Duration = std::time::Duration::from_secs(35);
 
+/// How long after a friend's device went relayed a search for a direct path may start: the direct attempts
+/// still under way get their time first.
+const SEARCH_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Events buffered for a slow `peer watch` before it starts missing some.
 const WATCH_BUFFER: usize = 1024;
 
@@ -396,17 +400,40 @@ impl Agent {
 
     /// Keeps trying, at a modest rate, to move friends reached through the relay onto a direct path: a NAT
     /// mapping that did not open at first (a router's state, a race of first packets, a network that
-    /// changed) often opens later, and a direct path costs the broker nothing and is faster.
+    /// changed) often opens later, and a direct path costs the broker nothing and is faster. Where the plain
+    /// attempt cannot work (a symmetric NAT facing one that filters by port), a search may (`searches`): it
+    /// starts soon after a friend's device goes relayed, and again at its own slower pace.
     async fn upgrade_relayed(self: Arc<Self>) {
-        for round in 0u32.. {
-            tokio::time::sleep(if round < 2 { UPGRADE_SOON } else { UPGRADE_EVERY }).await;
-            for (friend, fp) in self.direct.relayed() {
-                // A fresh lookup: current addresses, and the broker tells the friend's agent to try too.
-                self.direct.forget_devices(&friend);
-                let Ok(devices) = self.devices_of(&friend).await else { continue };
-                let Some(device) = devices.iter().find(|d| d.fingerprint == fp.0) else { continue };
-                // `Direct::keep` says so when a direct path replaces the relayed one.
-                self.direct.upgrade(&friend, device).await;
+        let mut round = 0u32;
+        let mut next = tokio::time::Instant::now() + UPGRADE_SOON;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => {
+                    round += 1;
+                    next = tokio::time::Instant::now() + if round < 2 { UPGRADE_SOON } else { UPGRADE_EVERY };
+                    for (friend, fp) in self.direct.relayed() {
+                        // A fresh lookup: current addresses, and the broker tells the friend's agent to try too.
+                        self.direct.forget_devices(&friend);
+                        let Ok(devices) = self.devices_of(&friend).await else { continue };
+                        let Some(device) = devices.iter().find(|d| d.fingerprint == fp.0) else { continue };
+                        // `Direct::keep` says so when a direct path replaces the relayed one.
+                        self.direct.upgrade(&friend, device).await;
+                        self.lead_search(&friend, fp, device).await;
+                    }
+                }
+                () = self.direct.went_relayed() => {
+                    // The direct attempts that lost to the relay may still complete: they get their time.
+                    tokio::time::sleep(SEARCH_AFTER).await;
+                    for (friend, fp) in self.direct.relayed() {
+                        if !self.may_lead_search(&fp) {
+                            continue;
+                        }
+                        let Ok(devices) = self.devices_of(&friend).await else { continue };
+                        if let Some(device) = devices.iter().find(|d| d.fingerprint == fp.0) {
+                            self.lead_search(&friend, fp, device).await;
+                        }
+                    }
+                }
             }
         }
     }

@@ -23,6 +23,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod search;
+
 /// A direct connection that carried no stream data this long is closed.
 pub(crate) const UNUSED: Duration = Duration::from_secs(60);
 /// A friend's agent silent this long (no keep-alive answered) is gone.
@@ -134,6 +136,10 @@ pub(crate) struct Direct {
     /// Friends whose relayed link was just replaced by a direct one: long streams on the relayed one (a
     /// file being fetched) move over instead of waiting for it to close.
     upgraded: tokio::sync::broadcast::Sender<String>,
+    /// When each device may next search for a direct path past the NATs (see [`crate::core::search`]).
+    searches: Mutex<crate::core::search::Pacer<Fingerprint>>,
+    /// Woken when a device's kept connection becomes a relayed one (see [`Direct::went_relayed`]).
+    went_relayed: tokio::sync::Notify,
 }
 
 /// See [`Direct::paths`].
@@ -189,6 +195,8 @@ impl Direct {
             paths: Mutex::default(),
             opener: p.opener,
             upgraded: tokio::sync::broadcast::channel(64).0,
+            searches: Mutex::default(),
+            went_relayed: tokio::sync::Notify::new(),
         }
     }
 
@@ -380,6 +388,9 @@ impl Direct {
         let now = crate::agent::now_ms();
         let mut paths = self.paths.lock();
         let r = paths.entry(fp).or_insert(PathRecord { path: now_on, since: now, upgrades: 0, fallbacks: 0 });
+        if now_on == Path::Relayed {
+            self.went_relayed.notify_one();
+        }
         if r.path != now_on {
             match now_on {
                 Path::Direct => r.upgrades += 1,
@@ -443,6 +454,12 @@ impl Direct {
             }
             !relayed
         });
+    }
+
+    /// Completes when a relayed connection was kept for a device (once for any number of them since the
+    /// last call): time to see whether a search could move it.
+    pub(crate) async fn went_relayed(&self) {
+        self.went_relayed.notified().await;
     }
 
     /// Friends whose relayed link became direct, as it happens.
@@ -585,7 +602,8 @@ impl Direct {
         }
     }
 
-    fn live(&self, fp: &Fingerprint) -> Option<quinn::Connection> {
+    /// The live connection to the device, if there is one.
+    pub(crate) fn live(&self, fp: &Fingerprint) -> Option<quinn::Connection> {
         self.conns.lock().get(fp).filter(|c| c.close_reason().is_none()).cloned()
     }
 

@@ -75,16 +75,23 @@ impl Agent {
     /// frames in order; each is committed and then acknowledged on the same stream, in the same order. A
     /// stream that opens with a file fetch carries that file's bytes back instead.
     async fn serve_streams(self: Arc<Self>, conn: quinn::Connection, friend: String) {
+        let Some(fp) = peer_fingerprint(&conn) else { return };
         let mut streams = tokio::task::JoinSet::new();
         while let Ok((send, recv)) = conn.accept_bi().await {
             while streams.try_join_next().is_some() {}
-            streams.spawn(self.clone().serve_stream(friend.clone(), send, recv));
+            streams.spawn(self.clone().serve_stream(friend.clone(), fp, send, recv));
         }
         // Let the streams already read finish their commits (their connection is gone, not their data).
         while streams.join_next().await.is_some() {}
     }
 
-    async fn serve_stream(self: Arc<Self>, friend: String, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    async fn serve_stream(
+        self: Arc<Self>,
+        friend: String,
+        fp: certs::Fingerprint,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
         let mut first = true;
         loop {
             let frame = match tokio::time::timeout(FRAME_TIMEOUT, read_frame::<PeerFrame, _>(&mut recv)).await {
@@ -96,7 +103,9 @@ impl Agent {
                 }
             };
             // Checked per frame, not once per connection: a friendship can end while its connection is open.
-            if matches!(frame, PeerFrame::Chat(_) | PeerFrame::ChatBatch(_)) && !self.direct.is_friend(&friend) {
+            if matches!(frame, PeerFrame::Chat(_) | PeerFrame::ChatBatch(_) | PeerFrame::Search(_))
+                && !self.direct.is_friend(&friend)
+            {
                 let _ = write_frame(&mut send, &PeerAck::Refused(format!("{friend} is not a friend"))).await;
                 break;
             }
@@ -115,6 +124,7 @@ impl Agent {
                 PeerFrame::FileFetch { .. } | PeerFrame::FileResult { .. } => {
                     Some(PeerAck::Refused("a file fetch must open its own stream".into()))
                 }
+                PeerFrame::Search(ask) => Some(self.join_search(&friend, fp, ask).await),
             };
             first = false;
             let Some(ack) = ack else {

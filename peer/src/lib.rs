@@ -28,6 +28,7 @@ mod output;
 mod password;
 mod reads;
 mod relay;
+mod searches;
 mod spawn;
 mod tasks;
 mod transfers;

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use testkit::{Broker, Lab, Peer};
 
 /// Two friends on lab hosts `x` and `y`: alice on `x` messages and sends a file to bob on `y`, bob answers;
-/// both see the path `expect` (`direct` or `relayed`) in `peer friends --json`.
+/// both see the path `expect` (`direct` or `relayed`) in `peer friends --json`. `searched`: the pair starts
+/// on the relay and a search for a direct path (`core::search`) moves it to a direct one, which then
+/// carries the rest.
 fn pair_through(x: &str, y: &str, expect: &str) {
     let lab = Lab::build();
     let listen: SocketAddr = "203.0.113.1:7878".parse().unwrap();
@@ -23,7 +25,20 @@ fn pair_through(x: &str, y: &str, expect: &str) {
     assert!(out.contains("delivered"), "{x}->{y}: {out}\nalice's log:\n{}", alice.agent_log());
     let history = bob.json(&["history", "alice", "--json"]);
     assert_eq!(history[0]["text"], format!("hello from {x} to {y}"));
+    let searched = expect == "searched";
+    if searched {
+        wait_for_direct(&alice, &bob);
+        let logs = alice.agent_log() + &bob.agent_log();
+        assert!(logs.contains("the search found a direct path"), "{logs}");
+    }
+    let expect = if searched { "direct" } else { expect };
     assert!(bob.ok(&["send", "alice", "and back"]).contains("delivered"));
+    if searched {
+        // Each once, in order, across the move.
+        assert_eq!(texts(&alice, "bob"), [format!("hello from {x} to {y}"), "and back".to_string()]);
+        let conn = alice.json(&["friends", "--json"])[0]["connections"][0].clone();
+        assert!(conn["upgrades"].as_u64().unwrap() >= 1, "{conn}");
+    }
 
     for (who, other) in [(&alice, "bob"), (&bob, "alice")] {
         let friends = who.json(&["friends", "--json"]);
@@ -47,7 +62,7 @@ fn pair_through(x: &str, y: &str, expect: &str) {
     assert_eq!(std::fs::read(inbox.path().join("across.bin")).unwrap(), data);
     if expect == "relayed" {
         assert!(broker.log().contains("relay open"), "the broker relayed");
-    } else {
+    } else if !searched {
         assert!(!broker.log().contains("relay open"), "nothing was relayed:\n{}", broker.log());
     }
 }
@@ -77,9 +92,12 @@ fn behind_the_same_nat_is_direct_over_the_lan() {
     pair_through("d1", "d2", "direct");
 }
 
+/// A symmetric NAT facing one that keeps ports but filters by address and port: c1's port towards b1
+/// cannot be known, so the plain punch fails and the pair starts on the relay; then c1 opens many ports
+/// towards b1 and b1 probes c1's public address until one is found, and the pair goes direct.
 #[test]
-fn port_preserving_to_symmetric_is_relayed() {
-    pair_through("b1", "c1", "relayed");
+fn port_preserving_to_symmetric_is_direct_after_a_search() {
+    pair_through("b1", "c1", "searched");
 }
 
 /// Home routers without a WAN firewall, two hops apart: an unsolicited packet that reaches a router leaves
@@ -108,11 +126,12 @@ fn port_shifting_to_port_preserving_is_direct() {
     pair_through("f1", "b1", "direct");
 }
 
-/// Endpoint-independent mapping on one side is not enough when the other side is symmetric and the first
-/// side filters by address and port: f1 cannot know which port c1's NAT will use towards it.
+/// Endpoint-independent mapping on one side facing a symmetric NAT, with filtering by address and port: f1
+/// cannot know which port c1's NAT will use towards it, so the plain punch fails; neither keeps its port, so
+/// each side both listens and probes, and f1's probes find one of c1's ports.
 #[test]
-fn port_shifting_to_symmetric_is_relayed() {
-    pair_through("f1", "c1", "relayed");
+fn port_shifting_to_symmetric_is_direct_after_a_search() {
+    pair_through("f1", "c1", "searched");
 }
 
 /// Two NATs deep (a home router behind a carrier-grade NAT), both endpoint-independent: still direct.
@@ -131,6 +150,22 @@ fn carrier_grade_nat_to_port_shifting_nat_is_direct() {
 #[test]
 fn two_customers_of_a_carrier_without_hairpinning_are_relayed() {
     pair_through("g1", "g2", "relayed");
+}
+
+/// Waits until both see a direct path to each other.
+fn wait_for_direct(alice: &Peer, bob: &Peer) {
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    while !(first_path(alice) == "direct" && first_path(bob) == "direct") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no direct path: alice sees {}, bob {}\nalice's log:\n{}\nbob's log:\n{}",
+            alice.json(&["friends", "--json"]),
+            bob.json(&["friends", "--json"]),
+            alice.agent_log(),
+            bob.agent_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// The path of `who`'s first live connection to its one friend (`direct` or `relayed`).
@@ -218,18 +253,7 @@ fn a_relayed_pair_becomes_direct_when_a_path_opens() {
     assert!(alice.ok(&["send", "bob", "one, through the relay"]).contains("delivered"));
     assert_eq!(path(&alice), "relayed", "the firewall leaves only the relay");
     nft("delete table inet block");
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    while !(path(&alice) == "direct" && path(&bob) == "direct") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no direct path: alice sees {}, bob {}\nalice's log:\n{}\nbob's log:\n{}",
-            alice.json(&["friends", "--json"]),
-            bob.json(&["friends", "--json"]),
-            alice.agent_log(),
-            bob.agent_log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_for_direct(&alice, &bob);
     let conn = alice.json(&["friends", "--json"])[0]["connections"][0].clone();
     assert!(conn["upgrades"].as_u64().unwrap() >= 1 && conn["path_since"].is_i64(), "{conn}");
     assert!(alice.ok(&["send", "bob", "two, direct"]).contains("delivered"));

@@ -46,6 +46,21 @@ pub enum PeerFrame {
     FileCancel { id: TransferId, declined: bool, reason: String },
     /// The receiver's verdict once it has every byte: the hash matched (and the file is in place), or not.
     FileResult { id: TransferId, ok: bool, reason: String },
+    /// Sent on a relayed connection: join a search for a direct path that the plain punch could not open
+    /// (a NAT that maps every destination to a new port, facing one that filters by address and port).
+    /// Answered with [`PeerAck::Search`] (joining now) or [`PeerAck::Refused`].
+    Search(Search),
+}
+
+/// One side of a search for a direct path (see [`PeerFrame::Search`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+pub struct Search {
+    /// Carried by every probe of this search, so that a probe is told from stray packets.
+    pub token: [u8; 16],
+    /// Whether the sender's NAT kept its port towards the broker (the broker saw the port the sender's
+    /// socket is bound to): a sign that it maps every destination the same way, so that the other side
+    /// need not guess its port.
+    pub port_kept: bool,
 }
 
 /// The receiver's answer.
@@ -59,6 +74,8 @@ pub enum PeerAck {
     Batch(Vec<PeerAck>),
     /// Where the receiver stands on an offered file.
     Offer(OfferAnswer),
+    /// Joining a [`PeerFrame::Search`]: the answerer's own side of it (the same token).
+    Search(Search),
 }
 
 /// Packs messages, in order, into as few frames as fit under the frame limit.

@@ -7,6 +7,7 @@ pub(crate) mod grouplog;
 pub(crate) mod links;
 pub(crate) mod mailbox;
 pub(crate) mod outbox;
+pub(crate) mod search;
 pub(crate) mod session;
 pub(crate) mod transfer;
 pub(crate) mod trust;
