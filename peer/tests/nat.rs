@@ -134,6 +134,19 @@ fn port_shifting_to_symmetric_is_direct_after_a_search() {
     pair_through("f1", "c1", "searched");
 }
 
+/// The search through two NATs deep on the probing side (a home router behind a carrier-grade NAT).
+#[test]
+fn symmetric_to_carrier_grade_nat_is_direct_after_a_search() {
+    pair_through("c1", "g1", "searched");
+}
+
+/// The search towards a router without a WAN firewall, two hops away: the listening side's opening packets
+/// die before they reach it, so they cannot make it renumber the probes.
+#[test]
+fn symmetric_to_a_router_without_a_firewall_is_direct_after_a_search() {
+    pair_through("c1", "e1", "searched");
+}
+
 /// Two NATs deep (a home router behind a carrier-grade NAT), both endpoint-independent: still direct.
 #[test]
 fn behind_a_carrier_grade_nat_is_direct() {
