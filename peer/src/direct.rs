@@ -140,6 +140,8 @@ pub(crate) struct Direct {
     searches: Mutex<crate::core::search::Pacer<Fingerprint>>,
     /// Woken when a device's kept connection becomes a relayed one (see [`Direct::went_relayed`]).
     went_relayed: tokio::sync::Notify,
+    /// Searches that may run at once, whoever leads them: each holds hundreds of sockets.
+    search_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// See [`Direct::paths`].
@@ -197,6 +199,7 @@ impl Direct {
             upgraded: tokio::sync::broadcast::channel(64).0,
             searches: Mutex::default(),
             went_relayed: tokio::sync::Notify::new(),
+            search_slots: Arc::new(tokio::sync::Semaphore::new(crate::core::search::AT_ONCE)),
         }
     }
 

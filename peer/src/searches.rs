@@ -28,6 +28,7 @@ impl Agent {
         }
         let Some(conn) = self.direct.live(&fp) else { return };
         let Some(mine) = self.port_kept() else { return };
+        let Some(slot) = self.direct.search_slot() else { return };
         let ask = Search { token: random_id(), port_kept: mine };
         let theirs = match tokio::time::timeout(ANSWER_WITHIN, ask_to_search(&conn, ask)).await {
             Ok(Ok(PeerAck::Search(theirs))) if theirs.token == ask.token => theirs,
@@ -45,7 +46,7 @@ impl Agent {
             }
             Err(_) => return,
         };
-        self.start_search(friend, fp, device.observed, ask.token, search::roles(mine, theirs.port_kept));
+        self.start_search(friend, fp, device.observed, ask.token, search::roles(mine, theirs.port_kept), slot);
     }
 
     /// Whether this side would lead a search with the device now: it is reached only through the relay, this
@@ -74,6 +75,9 @@ impl Agent {
         let Some(roles) = search::roles(mine, ask.port_kept) else {
             return PeerAck::Refused("both NATs keep their ports: a search would find nothing new".into());
         };
+        let Some(slot) = self.direct.search_slot() else {
+            return PeerAck::Refused("searching with other devices already; ask again later".into());
+        };
         let device = match self.devices_of(friend).await {
             Ok(devices) => devices.into_iter().find(|d| d.fingerprint == fp.0),
             Err(_) => None,
@@ -81,7 +85,7 @@ impl Agent {
         let Some(device) = device else {
             return PeerAck::Refused("the broker does not know where this device is".into());
         };
-        self.start_search(friend, fp, device.observed, ask.token, Some(roles));
+        self.start_search(friend, fp, device.observed, ask.token, Some(roles), slot);
         PeerAck::Search(Search { token: ask.token, port_kept: mine })
     }
 
@@ -92,11 +96,12 @@ impl Agent {
         at: std::net::SocketAddr,
         token: [u8; 16],
         roles: Option<search::Roles>,
+        slot: tokio::sync::OwnedSemaphorePermit,
     ) {
         let Some(roles) = roles else { return };
         let (agent, friend) = (self.clone(), friend.to_string());
         self.session_tasks.spawn_once(format!("search {fp}"), async move {
-            agent.direct.search(&friend, fp, at, token, roles).await;
+            agent.direct.search(&friend, fp, at, token, roles, slot).await;
         });
     }
 

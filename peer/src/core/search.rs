@@ -22,6 +22,9 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+/// Searches an agent runs at once (with different devices), each with its [`SOCKETS`]: a friend with many
+/// devices, or many friends relayed at once, cannot make it open thousands of sockets.
+pub(crate) const AT_ONCE: usize = 2;
 /// Sockets the listening side opens: ports on its NAT that a probe may find.
 pub(crate) const SOCKETS: usize = 256;
 /// The lowest port probed: NATs hand out ports above the well-known ones.

@@ -20,6 +20,11 @@ impl Direct {
         if joining { pacer.may_join(fp, Instant::now()) } else { pacer.may_lead(fp, Instant::now()) }
     }
 
+    /// A place for one more search, if fewer than [`crate::core::search::AT_ONCE`] run now; held until it ends.
+    pub(crate) fn search_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.search_slots.clone().try_acquire_owned().ok()
+    }
+
     /// Whether the device is reached through the relay only, now.
     pub(crate) fn is_relayed(&self, fp: &Fingerprint) -> bool {
         self.live(fp).is_some_and(|c| path(&c) == Path::Relayed)
@@ -27,8 +32,17 @@ impl Direct {
 
     /// Searches for a direct path to the device whose NAT's public address is `at` (the broker's view of
     /// it), playing `roles`, for at most [`SEARCH_FOR`] or until a direct path to it is kept, whichever side
-    /// opened it. Both sides run this at once, with the same `token`.
-    pub(crate) async fn search(&self, friend: &str, fp: Fingerprint, at: SocketAddr, token: [u8; 16], roles: Roles) {
+    /// opened it. Both sides run this at once, with the same `token`. `_slot` ([`Direct::search_slot`]) is
+    /// given back when it ends.
+    pub(crate) async fn search(
+        &self,
+        friend: &str,
+        fp: Fingerprint,
+        at: SocketAddr,
+        token: [u8; 16],
+        roles: Roles,
+        _slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         // Probes leave from the endpoint's socket, which is IPv4 (see `open_nat`).
         if self.relay_only || !at.is_ipv4() || (roles.probe && self.opener.is_none()) {
             return;
