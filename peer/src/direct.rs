@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod search;
+pub(crate) use search::Plan;
 
 /// A direct connection that carried no stream data this long is closed.
 pub(crate) const UNUSED: Duration = Duration::from_secs(60);

@@ -100,9 +100,8 @@ impl Agent {
     ) {
         let Some(roles) = roles else { return };
         let (agent, friend) = (self.clone(), friend.to_string());
-        self.session_tasks.spawn_once(format!("search {fp}"), async move {
-            agent.direct.search(&friend, fp, at, token, roles, slot).await;
-        });
+        let plan = crate::direct::Plan { friend, fp, at, token, roles };
+        self.session_tasks.spawn_once(format!("search {fp}"), async move { agent.direct.search(plan, slot).await });
     }
 
     /// Whether our NAT kept our port towards the broker (`None` while there is no session to tell).

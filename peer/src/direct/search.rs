@@ -10,6 +10,18 @@ use certs::Fingerprint;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+/// One search, as both sides agreed on it.
+pub(crate) struct Plan {
+    pub(crate) friend: String,
+    /// The friend's device.
+    pub(crate) fp: Fingerprint,
+    /// Its NAT's public address, as the broker sees it.
+    pub(crate) at: SocketAddr,
+    /// Carried by every probe.
+    pub(crate) token: [u8; 16],
+    pub(crate) roles: Roles,
+}
+
 /// A listening socket that a probe reached, and the address the probe came from.
 type Hit = (std::net::UdpSocket, SocketAddr);
 
@@ -30,26 +42,19 @@ impl Direct {
         self.live(fp).is_some_and(|c| path(&c) == Path::Relayed)
     }
 
-    /// Searches for a direct path to the device whose NAT's public address is `at` (the broker's view of
-    /// it), playing `roles`, for at most [`SEARCH_FOR`] or until a direct path to it is kept, whichever side
-    /// opened it. Both sides run this at once, with the same `token`. `_slot` ([`Direct::search_slot`]) is
-    /// given back when it ends.
-    pub(crate) async fn search(
-        &self,
-        friend: &str,
-        fp: Fingerprint,
-        at: SocketAddr,
-        token: [u8; 16],
-        roles: Roles,
-        _slot: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    /// Searches for a direct path to the plan's device, playing the plan's roles, for at most
+    /// [`SEARCH_FOR`] or until a direct path to it is kept, whichever side opened it. Both sides run this at
+    /// once, with the same token. `_slot` ([`Direct::search_slot`]) is given back when it ends.
+    pub(crate) async fn search(&self, plan: Plan, _slot: tokio::sync::OwnedSemaphorePermit) {
+        let (friend, fp) = (plan.friend.as_str(), plan.fp);
         // Probes leave from the endpoint's socket, which is IPv4 (see `open_nat`).
-        if self.relay_only || !at.is_ipv4() || (roles.probe && self.opener.is_none()) {
+        if self.relay_only || !plan.at.is_ipv4() || (plan.roles.probe && self.opener.is_none()) {
             return;
         }
         self.searches.lock().started(fp, Instant::now());
-        tracing::info!(friend, listen = roles.listen, probe = roles.probe, "searching for a direct path past the NATs");
-        match self.run_search(friend, fp, at, token, roles).await {
+        let (listen, probe) = (plan.roles.listen, plan.roles.probe);
+        tracing::info!(friend, listen, probe, "searching for a direct path past the NATs");
+        match self.run_search(&plan).await {
             Ok(true) => {
                 self.searches.lock().found(&fp);
                 tracing::info!(friend, "the search found a direct path");
@@ -59,14 +64,9 @@ impl Direct {
         }
     }
 
-    async fn run_search(
-        &self,
-        friend: &str,
-        fp: Fingerprint,
-        at: SocketAddr,
-        token: [u8; 16],
-        roles: Roles,
-    ) -> Result<bool> {
+    async fn run_search(&self, plan: &Plan) -> Result<bool> {
+        let Plan { friend, fp, at, token, roles } = plan;
+        let (fp, at, token) = (*fp, *at, *token);
         let probe = search::probe(&token);
         let (hits_tx, mut hits) = tokio::sync::mpsc::channel::<Hit>(SOCKETS);
         // Owned here: they stop listening when the search ends.
