@@ -460,6 +460,9 @@ impl Conn {
     }
 }
 
+/// The most an idle session's event writer keeps of its buffer between writes.
+const KEEP_EVENT_BUFFER: usize = 4 * 1024;
+
 async fn write_events(
     mut send: quinn::SendStream,
     mut rx: mpsc::Receiver<crate::table::Frame>,
@@ -485,6 +488,10 @@ async fn write_events(
         if send.write_all(&buf).await.is_err() {
             quic.close(quinn::VarInt::from_u32(2), b"event stream failed");
             return;
+        }
+        // A burst grows the buffer to 64 KiB; a session that goes quiet afterwards should not keep that.
+        if buf.capacity() > KEEP_EVENT_BUFFER {
+            buf = Vec::new();
         }
         if last {
             break;
