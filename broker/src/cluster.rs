@@ -31,6 +31,13 @@ use tokio::sync::mpsc;
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Silence after which a node counts as gone: the same as an agent's idle timeout.
 const SILENT: Duration = crate::server::IDLE_TIMEOUT;
+/// A node that has not heard its own heartbeat come back through NATS for this long does not hear NATS,
+/// whatever its client says: a link that went silent (a partition that drops packets rather than refusing
+/// them) keeps the client "connected" until its pings time out, minutes later.
+const ECHO_WITHIN: Duration = Duration::from_secs(3 * HEARTBEAT.as_secs());
+/// How long one publish may wait for the NATS client's buffer (full when the link has gone silent): the
+/// link's loop must go on beating and checking, not hang on one message.
+const PUBLISH_WITHIN: Duration = Duration::from_secs(1);
 /// How long a claim of a link code held elsewhere waits for the node that holds it.
 const CLAIM_WAIT: Duration = Duration::from_secs(2);
 /// Largest cluster message either side accepts: NATS's default payload limit (1 MiB). Decoding counts
@@ -199,6 +206,8 @@ struct Peers {
     announced: HashMap<u64, u64>,
     /// Checks in a row whose count differed from what this node holds.
     mismatched: HashMap<u64, u32>,
+    /// When this node's own last heartbeat came back through NATS.
+    echo: Option<Instant>,
     /// Snapshots being received, by node: their epoch and rows so far.
     staging: HashMap<u64, (u64, Vec<Announced>)>,
 }
@@ -221,6 +230,12 @@ enum Change {
 struct Isolation {
     cut_since: Option<Instant>,
     isolated: bool,
+}
+
+/// Whether a node hears NATS: its client is connected and its own heartbeat came back within
+/// [`ECHO_WITHIN`] (of `since`: the last echo, or when the link started).
+fn hears_nats(connected: bool, since: Instant, now: Instant) -> bool {
+    connected && now.saturating_duration_since(since) < ECHO_WITHIN
 }
 
 impl Isolation {
@@ -284,6 +299,7 @@ pub async fn run(
     link.publish(&link.subjects.all, &Bus::Hello { node, addr }).await;
     link.snapshot().await;
     let mut peers = Peers::default();
+    let started = Instant::now();
     let mut isolation = Isolation::default();
     let mut beat = tokio::time::interval(HEARTBEAT);
     loop {
@@ -311,7 +327,15 @@ pub async fn run(
             _ = beat.tick() => {
                 link.publish(&link.subjects.all, &Bus::Heartbeat { node, sessions: link.ctx.table.len() as u64, addr }).await;
                 link.sweep(&mut peers).await;
-                link.check_isolation(&db, &mut isolation).await;
+                let connected = link.client.connection_state() == async_nats::connection::State::Connected;
+                let hears = hears_nats(connected, peers.echo.unwrap_or(started), Instant::now());
+                if link.check_isolation(&db, &mut isolation, hears).await {
+                    // Its heartbeats went unheard while the link was silent: the others dropped us.
+                    link.rejoin();
+                    tracing::info!(node, "cluster: hearing NATS again; resynchronising");
+                    link.publish(&link.subjects.all, &Bus::Hello { node, addr }).await;
+                    link.snapshot().await;
+                }
             }
             else => break,
         }
@@ -329,8 +353,10 @@ struct Link {
 impl Link {
     async fn publish(&self, subject: &str, msg: &Bus) {
         let Some(bytes) = encode(msg) else { return };
-        if let Err(e) = self.client.publish(subject.to_string(), bytes).await {
-            tracing::warn!(error = %e, "cluster: could not publish");
+        match tokio::time::timeout(PUBLISH_WITHIN, self.client.publish(subject.to_string(), bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cluster: could not publish"),
+            Err(_) => tracing::debug!("cluster: NATS took no message for a second; dropped"),
         }
     }
 
@@ -375,6 +401,7 @@ impl Link {
         };
         let table = &self.ctx.table;
         match msg {
+            Bus::Heartbeat { node, .. } if node == self.node => peers.echo = Some(Instant::now()),
             Bus::Hello { node, .. }
             | Bus::Heartbeat { node, .. }
             | Bus::Up { node, .. }
@@ -428,24 +455,26 @@ impl Link {
         }
     }
 
-    /// Records in the database that this node hears NATS, or, cut off for the idle timeout, asks it whether
-    /// the others do (see [`Isolation`]).
-    async fn check_isolation(&self, db: &crate::store::Db, isolation: &mut Isolation) {
+    /// Records in the database that this node hears NATS (`hears`, see [`hears_nats`]), or, cut off for the
+    /// idle timeout, asks it whether the others do (see [`Isolation`]). `true` when this node had sent its
+    /// users away and hears NATS again: the caller rejoins.
+    async fn check_isolation(&self, db: &crate::store::Db, isolation: &mut Isolation, hears: bool) -> bool {
         let now = Instant::now();
-        if self.client.connection_state() == async_nats::connection::State::Connected {
+        if hears {
             if let Err(e) = db.node_heard_nats(self.node, now_ms()).await {
                 tracing::debug!(error = %e, "cluster: could not record hearing NATS");
             }
-            return;
+            return isolation.link(true, now) == Some(Change::Rejoin);
         }
+        isolation.link(false, now);
         if !isolation.due(now) {
-            return;
+            return false;
         }
         let since = now_ms() - 3 * HEARTBEAT.as_millis() as i64;
         let others = match db.nodes_hearing_nats(self.node, since).await {
             Ok(n) => n > 0,
             // Without the database either, nothing here can be served anyway; nothing to decide.
-            Err(_) => return,
+            Err(_) => return false,
         };
         match isolation.others(others) {
             Some(Change::Isolate) => {
@@ -467,6 +496,7 @@ impl Link {
             }
             None => {}
         }
+        false
     }
 
     fn rejoin(&self) {
@@ -590,6 +620,14 @@ mod tests {
         assert_eq!(i.others(true), None, "once");
         assert_eq!(i.link(true, t0 + SILENT * 2), Some(Change::Rejoin));
         assert!(!i.due(t0 + SILENT * 3));
+    }
+
+    #[test]
+    fn a_node_hears_nats_only_while_its_own_heartbeat_comes_back() {
+        let t0 = Instant::now();
+        assert!(hears_nats(true, t0, t0 + HEARTBEAT), "an echo a beat ago");
+        assert!(!hears_nats(true, t0, t0 + ECHO_WITHIN), "connected, but silent: a partition that drops packets");
+        assert!(!hears_nats(false, t0, t0), "the client knows it lost NATS");
     }
 
     fn busy_row(i: usize) -> Announced {

@@ -1,6 +1,8 @@
 //! A TCP forwarder a test can cut and heal: a network partition between one process and a server (a
-//! broker node and NATS) on loopback, without namespaces. While cut, live connections are shut down and
-//! new ones are closed as soon as they are accepted, as a dead link would refuse them.
+//! broker node and NATS) on loopback, without namespaces. Two kinds: [`TcpCut::cut`] shuts live
+//! connections down and closes new ones as soon as they are accepted, as a link that refuses would;
+//! [`TcpCut::silence`] keeps every connection up and drops what crosses it, as a link that loses packets
+//! would (nobody is told; only timeouts notice).
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -10,6 +12,7 @@ use std::sync::{Arc, Mutex};
 pub struct TcpCut {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    silent: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     live: Arc<Mutex<Vec<TcpStream>>>,
     accept: Option<std::thread::JoinHandle<()>>,
@@ -21,9 +24,10 @@ impl TcpCut {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let silent = Arc::new(AtomicBool::new(false));
         let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let accept = {
-            let (cut, stop, live) = (cut.clone(), stop.clone(), live.clone());
+            let (cut, stop, live, silent) = (cut.clone(), stop.clone(), live.clone(), silent.clone());
             std::thread::spawn(move || {
                 for client in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
@@ -38,18 +42,15 @@ impl TcpCut {
                     let pairs = [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())];
                     live.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend([client, server]);
                     for pair in pairs {
-                        if let (Ok(mut from), Ok(mut to)) = pair {
-                            std::thread::spawn(move || {
-                                let _ = std::io::copy(&mut from, &mut to);
-                                let _ = to.flush();
-                                let _ = to.shutdown(Shutdown::Both);
-                            });
+                        if let (Ok(from), Ok(to)) = pair {
+                            let silent = silent.clone();
+                            std::thread::spawn(move || forward(from, to, &silent));
                         }
                     }
                 }
             })
         };
-        Self { addr, cut, stop, live, accept: Some(accept) }
+        Self { addr, cut, silent, stop, live, accept: Some(accept) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -64,9 +65,31 @@ impl TcpCut {
         }
     }
 
+    /// Drops everything that crosses it from now on, keeping every connection up, until [`TcpCut::heal`].
+    pub fn silence(&self) {
+        self.silent.store(true, Ordering::Relaxed);
+    }
+
     pub fn heal(&self) {
         self.cut.store(false, Ordering::Relaxed);
+        self.silent.store(false, Ordering::Relaxed);
     }
+}
+
+/// Copies one direction until either side ends, dropping the bytes while `silent`.
+fn forward(mut from: TcpStream, mut to: TcpStream, silent: &AtomicBool) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match std::io::Read::read(&mut from, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !silent.load(Ordering::Relaxed) && to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.flush();
+    let _ = to.shutdown(Shutdown::Both);
 }
 
 impl Drop for TcpCut {
