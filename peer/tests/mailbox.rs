@@ -58,6 +58,8 @@ fn two_people_never_online_together_hold_a_conversation() {
         broker.restart();
 
         let b = bob.up();
+        // The agent counts as online as soon as its session opens; the pickup follows.
+        wait_until("bob picks up his letters", || texts(&history(&bob, "alice")).len() >= 3);
         assert_eq!(texts(&history(&bob, "alice")), ["one 一", "two", "three"], "all three, in order");
         let out = bob.ok(&["send", "alice", "got them"]);
         assert!(out.contains("sent"), "{out}");
