@@ -540,6 +540,26 @@ impl GroupFigures {
     }
 
     /// For [`GroupFigures::of_round`]: when post `k` was sent, from a table indexed by post number.
+    /// A baseline round's end: waits (at most 2 minutes) until `expected` receipts are in, then its figures
+    /// from the receipts against when each post (by index) was sent, with the server's CPU since
+    /// `cpu_before`. The receipts and send times as they stand then.
+    pub(crate) async fn of_baseline_round(
+        received: &Mutex<Vec<(u64, Instant)>>,
+        sent: &Mutex<Vec<Option<Instant>>>,
+        expected: usize,
+        (server, cpu_before): (u32, Option<f64>),
+        start: Instant,
+    ) -> Result<(Self, usize, f64)> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while received.lock().map_err(|_| anyhow!("poisoned"))?.len() < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cpu = crate::cpu_seconds(server).zip(cpu_before).map(|(a, b)| a - b);
+        let received = received.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+        let sent = sent.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+        Ok(Self::of_round(&received, Self::sent_by_index(&sent), start, cpu))
+    }
+
     pub(crate) fn sent_by_index(sent: &[Option<Instant>]) -> impl Fn(u64) -> Option<Instant> + '_ {
         |k| sent.get(usize::try_from(k).ok()?).copied().flatten()
     }

@@ -80,15 +80,9 @@ impl RawFanout {
             t.await??;
         }
         let expected = messages * self.members;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.received.lock().map_err(|_| anyhow!("poisoned"))?.len() < expected && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let cpu = crate::cpu_seconds(raw.child.id()).zip(cpu_before).map(|(a, b)| a - b);
-        let received = self.received.lock().map_err(|_| anyhow!("poisoned"))?.clone();
-        let sent = sent.lock().map_err(|_| anyhow!("poisoned"))?.clone();
         let (figures, deliveries, elapsed) =
-            GroupFigures::of_round(&received, GroupFigures::sent_by_index(&sent), start, cpu);
+            GroupFigures::of_baseline_round(&self.received, &sent, expected, (raw.child.id(), cpu_before), start)
+                .await?;
         figures.report(
             "raw quinn fan-out (one writer per member, nothing stored)",
             "groups-raw-quinn",

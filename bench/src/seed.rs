@@ -146,19 +146,12 @@ pub(crate) async fn seed_groups(members: usize, senders: usize, messages: usize,
         kept.push(t.await??);
     }
     let expected = messages * (members - 1);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while received.lock().map_err(|_| anyhow!("poisoned"))?.len() < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let cpu = cpu_seconds(server.child.id()).zip(cpu_before).map(|(a, b)| a - b);
-    let received = received.lock().map_err(|_| anyhow!("poisoned"))?.clone();
-    let sent = sent.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    let (figures, deliveries, elapsed) =
+        GroupFigures::of_baseline_round(&received, &sent, expected, (server.child.id(), cpu_before), start).await?;
     drop((kept, writers, server));
     for r in readers {
         r.abort();
     }
-    let (figures, deliveries, elapsed) =
-        GroupFigures::of_round(&received, GroupFigures::sent_by_index(&sent), start, cpu);
     figures.report(
         "seed-shaped server (plain TCP, thread per client, 151-byte packets, nothing stored)",
         "groups-seed",
