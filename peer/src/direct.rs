@@ -574,7 +574,7 @@ impl Direct {
     pub(crate) async fn punch(&self, username: &str, device: &DeviceEndpoint) {
         let fp = Fingerprint(device.fingerprint);
         // A relayed link is no reason to stay put: the friend may be trying to upgrade it (see `upgrade`).
-        if self.relay_only || self.live(&fp).is_some_and(|c| path(&c) == Path::Direct) {
+        if self.relay_only || self.live_on(&fp, Path::Direct) {
             return;
         }
         if let Err(e) = self.race_direct(username, device, CONNECT_TIMEOUT).await {
@@ -609,6 +609,11 @@ impl Direct {
     /// The live connection to the device, if there is one.
     pub(crate) fn live(&self, fp: &Fingerprint) -> Option<quinn::Connection> {
         self.conns.lock().get(fp).filter(|c| c.close_reason().is_none()).cloned()
+    }
+
+    /// Whether the live connection to the device takes this path.
+    fn live_on(&self, fp: &Fingerprint, on: Path) -> bool {
+        self.live(fp).is_some_and(|c| path(&c) == on)
     }
 
     fn client_config(&self, fp: Fingerprint) -> Result<quinn::ClientConfig> {

@@ -2,7 +2,7 @@
 //! [`crate::core::search`]). A search runs beside the relayed connection it may replace: what it finds is
 //! kept as any direct path is (`keep`), and the conversation moves over as it does after any upgrade.
 
-use super::{CONNECT_TIMEOUT, Direct, OPENING_TTL, Opened, path};
+use super::{CONNECT_TIMEOUT, Direct, OPENING_TTL, Opened};
 use crate::core::links::Path;
 use crate::core::search::{self, PROBES_PER_TICK, Ports, Roles, SEARCH_FOR, SOCKETS, TICK};
 use anyhow::{Result, anyhow};
@@ -39,7 +39,7 @@ impl Direct {
 
     /// Whether the device is reached through the relay only, now.
     pub(crate) fn is_relayed(&self, fp: &Fingerprint) -> bool {
-        self.live(fp).is_some_and(|c| path(&c) == Path::Relayed)
+        self.live_on(fp, Path::Relayed)
     }
 
     /// Searches for a direct path to the plan's device, playing the plan's roles, for at most
@@ -94,14 +94,14 @@ impl Direct {
                 },
                 _ = tick.tick() => {
                     // The friend's side may have found the path (its dial arrived at our endpoint).
-                    if self.live(&fp).is_some_and(|c| path(&c) == Path::Direct) {
+                    if self.live_on(&fp, Path::Direct) {
                         return Ok(true);
                     }
                     if roles.probe {
                         self.send_probes(at.ip(), &mut ports, &probe);
                     }
                 }
-                () = &mut deadline => return Ok(self.live(&fp).is_some_and(|c| path(&c) == Path::Direct)),
+                () = &mut deadline => return Ok(self.live_on(&fp, Path::Direct)),
             }
         }
     }
