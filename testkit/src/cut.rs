@@ -1,8 +1,9 @@
 //! A TCP forwarder a test can cut and heal: a network partition between one process and a server (a
 //! broker node and NATS) on loopback, without namespaces. Two kinds: [`TcpCut::cut`] shuts live
 //! connections down and closes new ones as soon as they are accepted, as a link that refuses would;
-//! [`TcpCut::silence`] keeps every connection up and drops what crosses it, as a link that loses packets
-//! would (nobody is told; only timeouts notice).
+//! [`TcpCut::silence`] keeps every connection up and holds what crosses it until [`TcpCut::heal`], as a
+//! link that loses every packet would: nobody is told, only timeouts notice, and what TCP was still
+//! resending arrives once the link is back.
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -65,7 +66,7 @@ impl TcpCut {
         }
     }
 
-    /// Drops everything that crosses it from now on, keeping every connection up, until [`TcpCut::heal`].
+    /// Holds everything that crosses it from now on, keeping every connection up, until [`TcpCut::heal`].
     pub fn silence(&self) {
         self.silent.store(true, Ordering::Relaxed);
     }
@@ -76,7 +77,8 @@ impl TcpCut {
     }
 }
 
-/// Copies one direction until either side ends, dropping the bytes while `silent`.
+/// Copies one direction until either side ends, holding the bytes while `silent` (once the buffer is
+/// held, nothing more is read, so the sender's own buffers fill as they would behind a dead link).
 fn forward(mut from: TcpStream, mut to: TcpStream, silent: &AtomicBool) {
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -84,7 +86,10 @@ fn forward(mut from: TcpStream, mut to: TcpStream, silent: &AtomicBool) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if !silent.load(Ordering::Relaxed) && to.write_all(&buf[..n]).is_err() {
+        while silent.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if to.write_all(&buf[..n]).is_err() {
             break;
         }
     }

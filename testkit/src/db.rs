@@ -50,12 +50,12 @@ pub struct TestDb {
 }
 
 /// Runs `fut` to completion on a thread of its own, so that it works from sync and async tests alike.
-fn block_on<F: std::future::Future<Output = ()> + Send + 'static>(fut: F) {
+fn block_on<T: Send + 'static, F: std::future::Future<Output = T> + Send + 'static>(fut: F) -> T {
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(fut)
     })
     .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 fn random_name() -> String {
@@ -115,6 +115,25 @@ impl TestDb {
     /// The same database for a second process; dropping it leaves the database to the first.
     pub fn shared(&self) -> Self {
         Self { url: self.url.clone(), admin_url: None, name: self.name.clone() }
+    }
+
+    /// The first column of what `sql` selects, as text, read on a connection of its own (what another
+    /// session sees: only what was committed).
+    pub fn column(&self, sql: &str) -> Vec<String> {
+        let (url, sql) = (self.url.clone(), sql.to_string());
+        block_on(async move {
+            let q = sqlx::AssertSqlSafe(sql);
+            if url.starts_with("sqlite") {
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query_scalar(q).fetch_all(&mut c).await.unwrap()
+            } else if url.starts_with("postgres") {
+                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::query_scalar(q).fetch_all(&mut c).await.unwrap()
+            } else {
+                let mut c = sqlx::MySqlConnection::connect(&url).await.unwrap();
+                sqlx::query_scalar(q).fetch_all(&mut c).await.unwrap()
+            }
+        })
     }
 
     /// Runs SQL statements against this database directly, behind the broker's back: what a tampered or

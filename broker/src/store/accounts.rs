@@ -2,6 +2,7 @@
 
 use super::{Db, DbError, created};
 use shared::proto::UserInfo;
+use sqlx::Connection as _;
 
 /// A user's public face as stored.
 #[derive(Clone, sqlx::FromRow)]
@@ -45,51 +46,63 @@ pub(crate) struct NewUser<'a> {
 impl Db {
     /// Stores a new account; `false` if the username is taken.
     pub(crate) async fn insert_user(&self, u: &NewUser<'_>) -> Result<bool, DbError> {
-        let res = sqlx::query(self.sql(sql!(
-            "INSERT INTO users (username, display_name, search_key, password_hash, created_at) VALUES (?, ?, ?, ?, ?)"
-        )))
-        .bind(u.username)
-        .bind(u.display_name)
-        .bind(u.search_key)
-        .bind(u.password_hash)
-        .bind(u.created_at)
-        .execute(&self.pool)
-        .await;
-        created(res)
+        self.run(async |c| {
+            let res = sqlx::query(self.sql(sql!(
+                "INSERT INTO users (username, display_name, search_key, password_hash, created_at) VALUES (?, ?, ?, ?, ?)"
+            )))
+            .bind(u.username)
+            .bind(u.display_name)
+            .bind(u.search_key)
+            .bind(u.password_hash)
+            .bind(u.created_at)
+            .execute(&mut *c)
+            .await;
+            created(res)
+        })
+        .await
     }
 
     /// A user's public face, if the user exists.
     pub(crate) async fn user(&self, username: &str) -> Result<Option<UserInfo>, DbError> {
-        let row: Option<UserRow> =
-            sqlx::query_as(self.sql(sql!("SELECT username, display_name FROM users WHERE username = ?")))
-                .bind(username)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(UserInfo::from))
+        self.run(async |c| {
+            let row: Option<UserRow> =
+                sqlx::query_as(self.sql(sql!("SELECT username, display_name FROM users WHERE username = ?")))
+                    .bind(username)
+                    .fetch_optional(&mut *c)
+                    .await?;
+            Ok(row.map(UserInfo::from))
+        })
+        .await
     }
 
     pub(crate) async fn password_hash(&self, username: &str) -> Result<Option<String>, DbError> {
-        Ok(sqlx::query_scalar(self.sql(sql!("SELECT password_hash FROM users WHERE username = ?")))
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?)
+        self.run(async |c| {
+            Ok(sqlx::query_scalar(self.sql(sql!("SELECT password_hash FROM users WHERE username = ?")))
+                .bind(username)
+                .fetch_optional(&mut *c)
+                .await?)
+        })
+        .await
     }
 
     /// Replaces a password and revokes every token of the user but `keep`, together.
     pub(crate) async fn set_password(&self, username: &str, hash: &str, keep: &str) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(self.sql(sql!("UPDATE users SET password_hash = ? WHERE username = ?")))
-            .bind(hash)
-            .bind(username)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(self.sql(sql!("DELETE FROM tokens WHERE username = ? AND token_hash <> ?")))
-            .bind(username)
-            .bind(keep)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.run(async |c| {
+            let mut tx = c.begin().await?;
+            sqlx::query(self.sql(sql!("UPDATE users SET password_hash = ? WHERE username = ?")))
+                .bind(hash)
+                .bind(username)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(self.sql(sql!("DELETE FROM tokens WHERE username = ? AND token_hash <> ?")))
+                .bind(username)
+                .bind(keep)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     pub(crate) async fn set_display_name(
@@ -98,13 +111,16 @@ impl Db {
         display_name: &str,
         search_key: &str,
     ) -> Result<(), DbError> {
-        sqlx::query(self.sql(sql!("UPDATE users SET display_name = ?, search_key = ? WHERE username = ?")))
-            .bind(display_name)
-            .bind(search_key)
-            .bind(username)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.run(async |c| {
+            sqlx::query(self.sql(sql!("UPDATE users SET display_name = ?, search_key = ? WHERE username = ?")))
+                .bind(display_name)
+                .bind(search_key)
+                .bind(username)
+                .execute(&mut *c)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     pub(crate) async fn insert_token(
@@ -115,36 +131,45 @@ impl Db {
         created_at: i64,
         expires_at: i64,
     ) -> Result<(), DbError> {
-        sqlx::query(self.sql(sql!(
-            "INSERT INTO tokens (token_hash, username, device, created_at, expires_at) VALUES (?, ?, ?, ?, ?)"
-        )))
-        .bind(token_hash)
-        .bind(username)
-        .bind(device)
-        .bind(created_at)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.run(async |c| {
+            sqlx::query(self.sql(sql!(
+                "INSERT INTO tokens (token_hash, username, device, created_at, expires_at) VALUES (?, ?, ?, ?, ?)"
+            )))
+            .bind(token_hash)
+            .bind(username)
+            .bind(device)
+            .bind(created_at)
+            .bind(expires_at)
+            .execute(&mut *c)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Who a token (by hash) belongs to, and until when.
     pub(crate) async fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, DbError> {
-        Ok(sqlx::query_as(self.sql(sql!(
-            "SELECT u.username, u.display_name, t.expires_at, t.device FROM tokens t JOIN users u ON u.username = t.username \
-             WHERE t.token_hash = ?"
-        )))
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
-        .await?)
+        self.run(async |c| {
+            Ok(sqlx::query_as(self.sql(sql!(
+                "SELECT u.username, u.display_name, t.expires_at, t.device FROM tokens t JOIN users u ON u.username = t.username \
+                 WHERE t.token_hash = ?"
+            )))
+            .bind(token_hash)
+            .fetch_optional(&mut *c)
+            .await?)
+        })
+        .await
     }
 
     pub(crate) async fn delete_token(&self, token_hash: &str) -> Result<(), DbError> {
-        sqlx::query(self.sql(sql!("DELETE FROM tokens WHERE token_hash = ?")))
-            .bind(token_hash)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.run(async |c| {
+            sqlx::query(self.sql(sql!("DELETE FROM tokens WHERE token_hash = ?")))
+                .bind(token_hash)
+                .execute(&mut *c)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Users whose search key matches `pattern` (a LIKE pattern escaped with `!`), but `me`, by username.
@@ -155,16 +180,19 @@ impl Db {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<UserInfo>, DbError> {
-        let rows: Vec<UserRow> = sqlx::query_as(self.sql(sql!(
-            "SELECT username, display_name FROM users WHERE search_key LIKE ? ESCAPE '!' AND username <> ? \
-             ORDER BY username LIMIT ? OFFSET ?"
-        )))
-        .bind(pattern)
-        .bind(me)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(UserInfo::from).collect())
+        self.run(async |c| {
+            let rows: Vec<UserRow> = sqlx::query_as(self.sql(sql!(
+                "SELECT username, display_name FROM users WHERE search_key LIKE ? ESCAPE '!' AND username <> ? \
+                 ORDER BY username LIMIT ? OFFSET ?"
+            )))
+            .bind(pattern)
+            .bind(me)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&mut *c)
+            .await?;
+            Ok(rows.into_iter().map(UserInfo::from).collect())
+        })
+        .await
     }
 }

@@ -26,10 +26,19 @@ mod migrate;
 #[cfg(test)]
 mod parity;
 
-use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool};
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How long one read or write (one statement or one transaction, waiting for a connection included) may
+/// take. A database that stops answering without closing anything (a partition that drops packets)
+/// would otherwise hold each request until TCP gives up, minutes later: past this the request is
+/// answered "busy, try again shortly" like any unreachable database, well inside the agent's own 20 s.
+/// Above SQLite's 5 s busy timeout, so that a write waiting for the lock gets SQLite's own answer.
+pub const DEADLINE: Duration = Duration::from_secs(6);
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +66,8 @@ pub enum DbError {
     Newer { found: usize, known: usize },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("the database did not answer within {} s", DEADLINE.as_secs())]
+    Deadline,
 }
 
 impl DbError {
@@ -72,7 +83,7 @@ impl DbError {
                     | sqlx::Error::PoolTimedOut
                     | sqlx::Error::PoolClosed
                     | sqlx::Error::WorkerCrashed
-            )
+            ) | Self::Deadline
         )
     }
 
@@ -161,17 +172,40 @@ impl Db {
 
     /// Whether the database answers at all.
     pub async fn ping(&self) -> Result<(), DbError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.run(async |c| {
+            sqlx::query("SELECT 1").execute(&mut *c).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// SQLite only: copies the WAL back into the database without blocking writers (run every few seconds
     /// by the server, since automatic checkpoints are off). A no-op on the other backends.
     pub async fn checkpoint(&self) -> Result<(), DbError> {
         if self.backend == Backend::Sqlite {
-            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&self.pool).await?;
+            self.run(async |c| {
+                sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut *c).await?;
+                Ok(())
+            })
+            .await?;
         }
         Ok(())
+    }
+
+    /// Every read and write goes through here: `work` gets a connection of its own and [`DEADLINE`] to
+    /// finish on it. Work that stops midway (past its deadline, or dropped with its request) closes the
+    /// connection instead of handing it back to the pool (see [`Abandonable`]).
+    pub(crate) async fn run<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let attempt = async {
+            let mut conn = Abandonable(Some(self.pool.acquire().await?));
+            let out = work(conn.get()).await;
+            conn.done();
+            out
+        };
+        tokio::time::timeout(DEADLINE, attempt).await.map_err(|_| DbError::Deadline)?
     }
 
     /// The query text for this backend: as written, or with numbered placeholders for PostgreSQL (made
@@ -180,6 +214,31 @@ impl Db {
         match self.backend {
             Backend::Postgres => q.numbered.get_or_init(|| numbered_placeholders(q.text)),
             Backend::Sqlite | Backend::MySql => q.text,
+        }
+    }
+}
+
+/// A pooled connection that is closed, not handed back, if the work on it stops midway. sqlx hands a
+/// connection back whatever state it is in: with a statement still in flight, and, if a `BEGIN` was
+/// cancelled before its answer, inside a transaction that sqlx does not know about, which the next
+/// statements on that connection would silently join and never commit.
+struct Abandonable(Option<PoolConnection<Any>>);
+
+impl Abandonable {
+    fn get(&mut self) -> &mut AnyConnection {
+        self.0.as_mut().expect("taken only by done or drop")
+    }
+
+    /// The work ran to its end (an error included, which sqlx cleans up after): back to the pool.
+    fn done(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Abandonable {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.0.take() {
+            conn.close_on_drop();
         }
     }
 }
@@ -252,6 +311,52 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `BEGIN` whose answer does not come (the link went silent) is abandoned at the deadline. sqlx
+    /// would hand that connection back to the pool, and once the link healed it would be inside a
+    /// transaction sqlx does not know of: the writes that reused it would be acknowledged and never
+    /// committed. Closed instead, every acknowledged write is there for another session to see.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn work_abandoned_midway_leaves_no_connection_inside_a_transaction() {
+        for backend in testkit::backends().into_iter().filter(|b| b.name() != "sqlite") {
+            let dir = tempfile::tempdir().unwrap();
+            let test_db = testkit::TestDb::create(&backend, dir.path());
+            let (head, rest) = test_db.url.split_once('@').unwrap();
+            let (authority, tail) = rest.split_once('/').unwrap();
+            let server = std::net::ToSocketAddrs::to_socket_addrs(authority).unwrap().next().unwrap();
+            let cut = testkit::TcpCut::to(server);
+            let db = Db::open(&format!("{head}@{}/{tail}", cut.addr())).await.unwrap();
+            let exec = |q: String| {
+                let db = db.clone();
+                async move {
+                    db.run(async |c| {
+                        sqlx::query(sqlx::AssertSqlSafe(q)).execute(&mut *c).await?;
+                        Ok(())
+                    })
+                    .await
+                }
+            };
+            exec("CREATE TABLE marks (n VARCHAR(8))".into()).await.unwrap();
+
+            let abandoned = db
+                .run(async |c| {
+                    cut.silence();
+                    let _tx = sqlx::Connection::begin(c).await?;
+                    Ok(())
+                })
+                .await;
+            assert!(matches!(abandoned, Err(DbError::Deadline)), "{}: {abandoned:?}", backend.name());
+            cut.heal();
+            // Room for the connection sqlx would have handed back to be idle again, and so be reused.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for n in 0..20 {
+                exec(format!("INSERT INTO marks (n) VALUES ('{n}')")).await.unwrap();
+            }
+            let seen = test_db.column("SELECT n FROM marks");
+            assert_eq!(seen.len(), 20, "{}: every acknowledged write committed: {seen:?}", backend.name());
+            db.pool.close().await;
+        }
+    }
 
     #[test]
     fn placeholders_numbered() {
