@@ -207,7 +207,55 @@ fn partition(break_link: fn(&testkit::TcpCut)) {
     let cut = testkit::TcpCut::to(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     let nodes = Broker::start_cluster_via(&backend, &[nats.clone(), format!("nats://{}", cut.addr())]);
     let peer = |name: &str, first: usize| user_on(&nodes, first, name);
-    let (alice, bob, carol) = (peer("alice", 0), peer("bob", 1), peer("carol", 1));
+    let users = [peer("alice", 0), peer("bob", 1), peer("carol", 1)];
+    partitioned(&nodes, users, || break_link(&cut), || cut.heal());
+}
+
+/// The same partition in the NAT lab, where packets really are lost: each node on a host of its own
+/// (a1, a2), NATS on a third (`broker`), the database reached from inside the lab through a forwarder,
+/// and the users behind NATs (b1, b2, d1). Every packet between node 2's host and NATS's is dropped, both
+/// ways (nftables on node 2's host); node 2 still reaches its agents and the database.
+#[test]
+fn a_node_partitioned_from_nats_in_the_lab_sends_its_users_to_the_others() {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    let backend = backends().into_iter().find(|b| b.name() == "postgres").expect("needs TEST_POSTGRES_URL");
+    let lab = testkit::Lab::build();
+    let nats_ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1));
+    let _nats = lab.spawn("broker", &["nats-server", "-a", "203.0.113.1", "-p", "4222"]);
+    let listens = || lab.succeeds("broker", &["bash", "-c", "exec 3<>/dev/tcp/203.0.113.1/4222"]);
+    wait_until("NATS listens in the lab", listens);
+    let url = std::env::var("TEST_POSTGRES_URL").unwrap();
+    let authority = url.split_once('@').unwrap().1.split_once('/').unwrap().0;
+    let server = std::net::ToSocketAddrs::to_socket_addrs(authority).unwrap().next().unwrap();
+    let hosts = [("a1", Ipv4Addr::new(203, 0, 113, 10)), ("a2", Ipv4Addr::new(203, 0, 113, 11))];
+    let forwarders: Vec<testkit::TcpCut> = hosts
+        .iter()
+        .map(|&(host, ip)| testkit::TcpCut::from(lab.listen_in(host, SocketAddr::from((ip, 5432))), server))
+        .collect();
+    let places: Vec<testkit::Node> = hosts
+        .iter()
+        .zip(&forwarders)
+        .map(|(&(host, ip), db)| testkit::Node {
+            netns: Some(lab.ns(host)),
+            listen: SocketAddr::from((ip, 7878)),
+            db: Some(db.addr()),
+        })
+        .collect();
+    let nodes = Broker::start_cluster_in(&backend, &places, "nats://203.0.113.1:4222");
+    let peer = |name: &str, first: usize, host: &str| {
+        let mut p = Peer::new(&nodes[first]);
+        p.netns = Some(lab.ns(host));
+        p.broker = [first, 1 - first].map(|i| nodes[i].address()).join(",");
+        p.register(name, name);
+        p
+    };
+    let users = [peer("alice", 0, "b1"), peer("bob", 1, "b2"), peer("carol", 1, "d1")];
+    partitioned(&nodes, users, || lab.partition("a2", nats_ip), || lab.reconnect("a2"));
+}
+
+/// Node 2 loses NATS (`cut`) and gets it back (`heal`): alice starts on node 1, bob and carol on node 2.
+fn partitioned(nodes: &[Broker], users: [Peer; 3], cut: impl Fn(), heal: impl Fn()) {
+    let [alice, bob, carol] = users;
     let _a = alice.up();
     let _b = bob.up();
     alice.befriend(&bob);
@@ -215,7 +263,7 @@ fn partition(break_link: fn(&testkit::TcpCut)) {
     let node_of = |p: &Peer| p.json(&["status", "--json"])["session_id"].as_u64().map(|id| id >> 32);
     assert_eq!(node_of(&bob), Some(2));
 
-    break_link(&cut);
+    cut();
     wait_until("node 2 sends its users away", || nodes[1].log().contains("cut off from NATS while other nodes"));
     wait_until("bob's agent moved to node 1", || node_of(&bob) == Some(1));
     wait_until("alice sees bob online", || alice.json(&["friends", "--json"])[0]["online"] == true);
@@ -233,7 +281,7 @@ fn partition(break_link: fn(&testkit::TcpCut)) {
         log.matches("connected to NATS again").count() + log.matches("hearing NATS again").count()
     };
     let before = back();
-    cut.heal();
+    heal();
     wait_until("node 2 is back on NATS", || back() > before);
     // It takes sessions again: carol, who lists it first, is served by it, and alice finds her.
     let _c = carol.up();

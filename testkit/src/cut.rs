@@ -22,19 +22,31 @@ pub struct TcpCut {
 impl TcpCut {
     /// Forwards a new loopback port to `target`.
     pub fn to(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::from(TcpListener::bind("127.0.0.1:0").unwrap(), target)
+    }
+
+    /// Forwards what `listener` accepts to `target` (a listener in a NAT lab host: `Lab::listen_in`).
+    pub fn from(listener: TcpListener, target: SocketAddr) -> Self {
         let addr = listener.local_addr().unwrap();
         let (cut, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let silent = Arc::new(AtomicBool::new(false));
         let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let accept = {
             let (cut, stop, live, silent) = (cut.clone(), stop.clone(), live.clone(), silent.clone());
+            // Polled, so that dropping it never has to connect to its address to wake it: from this
+            // process's namespace a NAT lab host's address is not reachable (and must not be tried).
+            listener.set_nonblocking(true).unwrap();
             std::thread::spawn(move || {
-                for client in listener.incoming() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Ok(client) = client else { continue };
+                while !stop.load(Ordering::Relaxed) {
+                    let client = match listener.accept() {
+                        Ok((client, _)) => client,
+                        // Nothing waiting (or a failed accept): look again shortly.
+                        Err(_) => {
+                            std::thread::sleep(std::time::Duration::from_millis(10));
+                            continue;
+                        }
+                    };
+                    let _ = client.set_nonblocking(false);
                     if cut.load(Ordering::Relaxed) {
                         let _ = client.shutdown(Shutdown::Both);
                         continue;
@@ -101,8 +113,6 @@ impl Drop for TcpCut {
     fn drop(&mut self) {
         self.cut();
         self.stop.store(true, Ordering::Relaxed);
-        // Wakes the accept loop so that it sees `stop`.
-        let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }

@@ -15,8 +15,8 @@ pub use cut::TcpCut;
 pub use db::{Backend, TestDb, backends};
 pub use natlab::{Lab, SmallDisk};
 pub use proc::{
-    Agent, Broker, DetachedAgent, Friends, Nats, Peer, RelayedPair, WAIT, Watch, alice_and_bob, bin, nats_url, texts,
-    wait_until,
+    Agent, Broker, DetachedAgent, Friends, Nats, Node, Peer, RelayedPair, WAIT, Watch, alice_and_bob, bin, nats_url,
+    texts, wait_until,
 };
 
 /// Password used for test accounts.

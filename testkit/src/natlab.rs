@@ -1,5 +1,6 @@
 //! The NAT lab (`scripts/natlab`) for tests: built when a test starts, torn down when it ends, pass or fail.
 
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,11 +33,81 @@ impl Lab {
     pub fn ns(&self, host: &str) -> String {
         format!("{}-{host}", self.prefix)
     }
+
+    /// A TCP listener on `addr` inside a lab host, owned by this process: what its accept loop then
+    /// connects to is reached from the machine itself (a socket stays in the namespace it was made in).
+    /// This is how a host of the lab reaches the machine's PostgreSQL, through a [`crate::TcpCut`].
+    #[allow(unsafe_code)] // setns(2) has no safe wrapper in std
+    pub fn listen_in(&self, host: &str, addr: SocketAddr) -> TcpListener {
+        let path = format!("/run/netns/{}", self.ns(host));
+        // A thread of its own enters the namespace and ends there, leaving every other thread where it was.
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: setns(2) on a valid open descriptor; it changes only this thread's network namespace.
+            let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns into {path}: {}", std::io::Error::last_os_error());
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("listen on {addr} in {path}: {e}"))
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// Runs `args` on a lab host and waits for it; panics, with its output, if it fails.
+    pub fn run(&self, host: &str, args: &[&str]) {
+        let out = Command::new("ip").args(["netns", "exec", &self.ns(host)]).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?} on {host}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Runs `args` on a lab host: whether it succeeded.
+    pub fn succeeds(&self, host: &str, args: &[&str]) -> bool {
+        let out = Command::new("ip").args(["netns", "exec", &self.ns(host)]).args(args).output().unwrap();
+        out.status.success()
+    }
+
+    /// Starts `args` on a lab host in the background, until the handle is dropped.
+    pub fn spawn(&self, host: &str, args: &[&str]) -> Running {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(host)])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Running(child)
+    }
+
+    /// Drops every packet between lab host `host` and address `other`, both ways, until
+    /// [`Lab::reconnect`]: a partition nobody is told of.
+    pub fn partition(&self, host: &str, other: IpAddr) {
+        let (o, table) = (other.to_string(), "partition");
+        self.run(host, &["nft", "add", "table", "inet", table]);
+        for (hook, dir) in [("input", "saddr"), ("output", "daddr")] {
+            let chain = format!("{{ type filter hook {hook} priority -10; }}");
+            self.run(host, &["nft", "add", "chain", "inet", table, hook, &chain]);
+            self.run(host, &["nft", "add", "rule", "inet", table, hook, "ip", dir, &o, "drop"]);
+        }
+    }
+
+    /// Ends what [`Lab::partition`] did on `host`.
+    pub fn reconnect(&self, host: &str) {
+        self.run(host, &["nft", "delete", "table", "inet", "partition"]);
+    }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = Command::new(script()).args(["down", &self.prefix]).status();
+    }
+}
+
+/// A process started on a lab host ([`Lab::spawn`]): killed and reaped when dropped.
+pub struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

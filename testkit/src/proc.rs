@@ -69,6 +69,15 @@ fn signal(child: &Child, sig: &str) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
 }
 
+/// Where [`Broker::start_cluster_in`] puts one node.
+pub struct Node {
+    /// The NAT lab host (network namespace) it runs on, if any.
+    pub netns: Option<String>,
+    pub listen: SocketAddr,
+    /// Where it reaches the database server instead of the server's own address (a forwarder).
+    pub db: Option<SocketAddr>,
+}
+
 /// A running broker with its own data directory and database.
 pub struct Broker {
     child: Option<Child>,
@@ -156,46 +165,45 @@ impl Broker {
     /// front of the database server, which a test cuts to stand for the database going down).
     pub fn start_cluster_db_through(backend: &Backend, n: usize, db: &crate::TcpCut) -> Vec<Self> {
         let nats = nats_url();
-        let through = db.addr().to_string();
-        Self::start_nodes_with(
-            backend,
-            n,
-            |i| node_args(&nats, i),
-            |url| {
-                // scheme://user:pass@HOST:PORT/name: the authority's host and port go to the cut.
-                let (head, rest) = url.split_once('@').expect("a database URL with credentials");
-                let (_, tail) = rest.split_once('/').expect("a database URL with a name");
-                format!("{head}@{through}/{tail}")
-            },
-        )
+        let any = "127.0.0.1:0".parse().unwrap();
+        let nodes: Vec<Node> = (0..n).map(|_| Node { netns: None, listen: any, db: Some(db.addr()) }).collect();
+        Self::start_nodes_with(backend, &nodes, |i| node_args(&nats, i))
+    }
+
+    /// As [`Broker::start_cluster`], on NATS at `nats`, each node where `nodes` puts it: on a NAT lab host,
+    /// reaching the database through a forwarder of the test's.
+    pub fn start_cluster_in(backend: &Backend, nodes: &[Node], nats: &str) -> Vec<Self> {
+        Self::start_nodes_with(backend, nodes, |i| node_args(nats, i))
     }
 
     fn start_nodes(backend: &Backend, n: usize, extra: impl Fn(usize) -> Vec<String>) -> Vec<Self> {
-        Self::start_nodes_with(backend, n, extra, str::to_string)
+        let any = "127.0.0.1:0".parse().unwrap();
+        let nodes: Vec<Node> = (0..n).map(|_| Node { netns: None, listen: any, db: None }).collect();
+        Self::start_nodes_with(backend, &nodes, extra)
     }
 
-    fn start_nodes_with(
-        backend: &Backend,
-        n: usize,
-        extra: impl Fn(usize) -> Vec<String>,
-        db_url: impl Fn(&str) -> String,
-    ) -> Vec<Self> {
+    fn start_nodes_with(backend: &Backend, nodes: &[Node], extra: impl Fn(usize) -> Vec<String>) -> Vec<Self> {
         let data = tempfile::tempdir().unwrap();
         let db = TestDb::create(backend, data.path());
-        let url = db_url(&db.url);
         let key = data.path().join("broker.key");
         let key = key.to_str().unwrap().to_string();
-        let any = "127.0.0.1:0".parse().unwrap();
-        let args = |i: usize| [vec!["--identity".to_string(), key.clone()], extra(i)].concat();
-        let first = args(0);
-        let first_refs: Vec<&str> = first.iter().map(String::as_str).collect();
-        let (child, addr, fingerprint) = spawn_broker(data.path(), &url, any, &first_refs);
         let mut out = Vec::new();
-        for i in 1..n {
-            let d = tempfile::tempdir().unwrap();
-            let more = args(i);
-            let refs: Vec<&str> = more.iter().map(String::as_str).collect();
-            let (c, a, f) = spawn_broker(d.path(), &url, any, &refs);
+        let mut first = Some(data);
+        for (i, node) in nodes.iter().enumerate() {
+            let url = match node.db {
+                // scheme://user:pass@HOST:PORT/name: the authority's host and port go to the forwarder.
+                Some(through) => {
+                    let (head, rest) = db.url.split_once('@').expect("a database URL with credentials");
+                    let (_, tail) = rest.split_once('/').expect("a database URL with a name");
+                    format!("{head}@{through}/{tail}")
+                }
+                None => db.url.clone(),
+            };
+            // The first node makes the identity; the others present it.
+            let d = first.take().unwrap_or_else(|| tempfile::tempdir().unwrap());
+            let args = [vec!["--identity".to_string(), key.clone()], extra(i)].concat();
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (c, a, f) = spawn_broker_in(node.netns.as_deref(), d.path(), &url, node.listen, &refs);
             out.push(Self {
                 child: Some(c),
                 addr: a,
@@ -205,7 +213,8 @@ impl Broker {
                 backend: backend.name(),
             });
         }
-        out.insert(0, Self { child: Some(child), addr, fingerprint, data, db, backend: backend.name() });
+        // The first node owns the database (dropping it drops the database).
+        out[0].db = db;
         out
     }
 
