@@ -221,7 +221,8 @@ impl Db {
 /// A pooled connection that is closed, not handed back, if the work on it stops midway. sqlx hands a
 /// connection back whatever state it is in: with a statement still in flight, and, if a `BEGIN` was
 /// cancelled before its answer, inside a transaction that sqlx does not know about, which the next
-/// statements on that connection would silently join and never commit.
+/// statements on that connection would silently join and never commit (sqlx issue 4393 at transact-rs,
+/// fixed after 0.9.0; closing also covers a plain statement abandoned in flight, which that fix does not).
 struct Abandonable(Option<PoolConnection<Any>>);
 
 impl Abandonable {
