@@ -11,7 +11,7 @@ use std::time::Duration;
 /// The messenger's rendezvous broker.
 ///
 /// Peers log in here, find their friends' addresses here (friends only), and get group chat from here;
-/// direct messages never pass through it, except relayed (end-to-end encrypted) when NAT blocks a direct path. With no arguments it listens on UDP 0.0.0.0:7878 and keeps everything (SQLite database, TLS
+/// direct messages never pass through it, except relayed (end-to-end encrypted) when NAT blocks a direct path. With no arguments it listens on UDP port 7878 of every address, IPv6 and IPv4 (`[::]:7878`; IPv4 alone where the system has no IPv6), and keeps everything (SQLite database, TLS
 /// identity) in ./broker-data. Open that UDP port in your firewall.
 ///
 /// Every flag can also be set in a TOML config file (`--config FILE`): one key per flag, with `_` for `-`
@@ -23,8 +23,9 @@ struct Args {
     /// A TOML config file; see above. Unknown keys and bad values stop the start, naming the file and key.
     #[arg(long, env = "BROKER_CONFIG")]
     config: Option<PathBuf>,
-    /// UDP address to listen on. Port 0 picks a free port (printed once ready).
-    #[arg(long, env = "BROKER_LISTEN", default_value = "0.0.0.0:7878")]
+    /// UDP address to listen on: `[::]:PORT` is IPv6 and IPv4 together, `0.0.0.0:PORT` IPv4 only. Port 0
+    /// picks a free port (printed once ready).
+    #[arg(long, env = "BROKER_LISTEN", default_value = "[::]:7878")]
     listen: SocketAddr,
     /// Directory for the broker's TLS identity and (by default) its SQLite database. Created 0700.
     #[arg(long, env = "BROKER_DATA", default_value = "broker-data")]

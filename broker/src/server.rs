@@ -166,7 +166,15 @@ impl Broker {
         let mut server =
             quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
         server.transport_config(Arc::new(transport()));
-        let bound = shared::udp::bind(cfg.listen)?;
+        let bound = match shared::udp::bind(cfg.listen) {
+            // `[::]` (the default) on a system without IPv6: IPv4 alone, rather than not at all.
+            Err(e) if cfg.listen.is_ipv6() && cfg.listen.ip().is_unspecified() => {
+                let v4 = std::net::SocketAddr::from(([0, 0, 0, 0], cfg.listen.port()));
+                tracing::info!(error = %e, "no IPv6 on this system; listening on IPv4 only");
+                shared::udp::bind(v4)?
+            }
+            other => other?,
+        };
         if bound.is_low() {
             tracing::warn!(
                 recv_buffer = bound.recv_buffer,

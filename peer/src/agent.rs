@@ -104,7 +104,7 @@ fn jitter() -> f64 {
 /// Runs the agent in the foreground until it is stopped (signal, `peer logout`) or its token is refused.
 pub(crate) async fn run(
     home: Home,
-    bind: SocketAddr,
+    bind: Option<SocketAddr>,
     policy: crate::files::FilePolicy,
     relay_only: bool,
 ) -> Result<()> {
@@ -114,6 +114,8 @@ pub(crate) async fn run(
     let identity = home.identity()?;
     let allowed = net::Allowed::default();
     let relays = Arc::new(crate::relay::Relays::default());
+    let broker_addrs = net::resolve_all(&account.broker).await?;
+    let bind = bind.unwrap_or_else(|| net::default_bind(&broker_addrs));
     let net::Bound { endpoint, relay_server, opener } =
         net::endpoint(&identity, bind, allowed.clone(), relays.clone())?;
     let broker_link = crate::direct::BrokerLink::default();
@@ -128,7 +130,6 @@ pub(crate) async fn run(
         relay_only,
         opener,
     });
-    let broker_addrs = net::resolve_all(&account.broker).await?;
     let broker_addr = broker_addrs[0];
     let status = AgentStatus {
         username: account.username.clone(),

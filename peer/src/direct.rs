@@ -374,10 +374,10 @@ impl Direct {
                     username: who.get(fp).cloned().unwrap_or_default(),
                     path: path(c).name().into(),
                     // Relayed: the broker's address, the one the packets travel to.
-                    remote_addr: match (relayed, self.broker.lock().as_ref()) {
+                    remote_addr: shared::udp::canonical(match (relayed, self.broker.lock().as_ref()) {
                         (true, Some(b)) => b.remote_address(),
                         _ => c.remote_address(),
-                    },
+                    }),
                     device_fingerprint: fp.to_string(),
                 }
             })

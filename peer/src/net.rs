@@ -223,21 +223,50 @@ pub(crate) async fn request(conn: &quinn::Connection, req: &Request) -> Result<R
         .map_err(|_| anyhow!("the broker did not answer within {} s", REQUEST_TIMEOUT.as_secs()))?
 }
 
+/// The agent's socket when `--bind` is not given: every IPv4 interface, or IPv6 and IPv4 together when a
+/// broker has an IPv6 address (an IPv4-only socket could not reach it).
+pub(crate) fn default_bind(brokers: &[SocketAddr]) -> SocketAddr {
+    if brokers.iter().any(SocketAddr::is_ipv6) { ([0u16; 8], 0).into() } else { ([0, 0, 0, 0], 0).into() }
+}
+
 /// The addresses a friend on our LAN could use: the interface address that routes towards the broker, with
-/// our endpoint's port. (Asks the OS for a route; sends nothing.)
+/// our endpoint's port; on a dual-stack socket, the other family's address too (towards a documentation
+/// address, so only when the machine has a route of that family at all), so that friends with IPv6 can
+/// reach us directly whatever the broker speaks. (Asks the OS for routes; sends nothing.)
 pub(crate) fn local_candidates(endpoint: &quinn::Endpoint, broker: SocketAddr) -> Vec<SocketAddr> {
     let Ok(bound) = endpoint.local_addr() else {
         return vec![];
     };
     if !bound.ip().is_unspecified() {
-        return vec![bound];
+        return vec![shared::udp::canonical(bound)];
     }
-    let probe_bind: SocketAddr = if broker.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    UdpSocket::bind(probe_bind)
-        .and_then(|s| {
-            s.connect(broker)?;
-            s.local_addr()
+    let broker = shared::udp::canonical(broker);
+    let mut towards = vec![broker];
+    if bound.is_ipv6() {
+        let other: SocketAddr =
+            if broker.is_ipv4() { "[2001:db8::1]:7878".parse() } else { "192.0.2.1:7878".parse() }.expect("an address");
+        towards.push(other);
+    }
+    towards
+        .into_iter()
+        .filter_map(|to| {
+            let probe_bind: SocketAddr = if to.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+            let local = UdpSocket::bind(probe_bind)
+                .and_then(|s| {
+                    s.connect(to)?;
+                    s.local_addr()
+                })
+                .ok()?;
+            Some(SocketAddr::new(local.ip(), bound.port())).filter(|a| reachable_by_others(a.ip()))
         })
-        .map(|a| vec![SocketAddr::new(a.ip(), bound.port())])
-        .unwrap_or_default()
+        .collect()
+}
+
+/// An address someone else could send to: not link-local (which needs a scope), unspecified or
+/// multicast. Loopback stays: a friend on the same machine uses it.
+fn reachable_by_others(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => !v6.is_unspecified() && !v6.is_unicast_link_local() && !v6.is_multicast(),
+    }
 }

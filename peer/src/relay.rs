@@ -28,9 +28,9 @@ const OUTBOUND_QUEUE: usize = 256;
 /// Bytes of packets received from relays and not yet taken by the endpoint; beyond that they are dropped.
 const INBOUND_BYTES: usize = 4 << 20;
 
-/// Whether an address is a relay stand-in.
+/// Whether an address is a relay stand-in (as given, or IPv4-mapped: a dual-stack endpoint sees it so).
 pub(crate) fn is_relay_addr(addr: &SocketAddr) -> bool {
-    matches!(addr, SocketAddr::V4(a) if a.ip().octets()[0] == 0)
+    matches!(shared::udp::canonical(*addr), SocketAddr::V4(a) if a.ip().octets()[0] == 0)
 }
 
 /// The relayed friends' stand-in addresses and queues, shared by the socket and the relay tasks.
@@ -126,7 +126,7 @@ impl Relays {
     /// Ends the relay link of a stand-in address (its connection closed).
     pub(crate) fn close(&self, addr: &SocketAddr) {
         if is_relay_addr(addr) {
-            self.out.lock().remove(addr);
+            self.out.lock().remove(&shared::udp::canonical(*addr));
         }
     }
 
@@ -136,7 +136,8 @@ impl Relays {
     }
 
     fn send(&self, to: &SocketAddr, contents: &[u8], segment: Option<usize>) {
-        let Some(tx) = self.out.lock().get(to).map(|(_, tx)| tx.clone()) else { return };
+        let to = shared::udp::canonical(*to);
+        let Some(tx) = self.out.lock().get(&to).map(|(_, tx)| tx.clone()) else { return };
         let size = segment.unwrap_or(contents.len()).max(1);
         for packet in contents.chunks(size) {
             // A full queue drops the packet, as a full socket buffer would.
@@ -149,11 +150,15 @@ impl Relays {
 pub(crate) struct RelaySocket {
     inner: Arc<dyn quinn::AsyncUdpSocket>,
     relays: Arc<Relays>,
+    /// The socket is IPv6 (dual-stack): quinn then knows every IPv4 address, stand-ins included, in its
+    /// IPv4-mapped form, and packets from the relay must come from that form to find their connection.
+    mapped: bool,
 }
 
 impl RelaySocket {
     pub(crate) fn new(inner: Arc<dyn quinn::AsyncUdpSocket>, relays: Arc<Relays>) -> Self {
-        Self { inner, relays }
+        let mapped = inner.local_addr().is_ok_and(|a| a.is_ipv6());
+        Self { inner, relays, mapped }
     }
 }
 
@@ -200,6 +205,12 @@ impl quinn::AsyncUdpSocket for RelaySocket {
                     continue;
                 }
                 bufs[filled][..packet.len()].copy_from_slice(&packet);
+                let from = match from {
+                    SocketAddr::V4(a) if self.mapped => {
+                        SocketAddr::V6(std::net::SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
+                    }
+                    other => other,
+                };
                 meta[filled] = quinn::udp::RecvMeta {
                     addr: from,
                     len: packet.len(),

@@ -29,10 +29,15 @@ impl Bound {
     }
 }
 
-/// Binds `addr` and asks for [`BUFFER`]-sized buffers; a smaller grant is not an error.
+/// Binds `addr` and asks for [`BUFFER`]-sized buffers; a smaller grant is not an error. `[::]` is bound
+/// dual-stack (IPv4 as well, its addresses seen as IPv4-mapped: [`canonical`] turns them back), on every
+/// system that has it, rather than per the system's default (IPv6 only on Windows and some BSDs).
 pub fn bind(addr: SocketAddr) -> io::Result<Bound> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        let _ = socket.set_only_v6(false);
+    }
     socket.bind(&addr.into())?;
     let _ = socket.set_recv_buffer_size(BUFFER);
     let _ = socket.set_send_buffer_size(BUFFER);
@@ -41,9 +46,35 @@ pub fn bind(addr: SocketAddr) -> io::Result<Bound> {
     Ok(Bound { socket: socket.into(), recv_buffer, send_buffer })
 }
 
+/// An address as people and the other side know it: an IPv4-mapped IPv6 address (how a dual-stack socket
+/// sees an IPv4 peer) as the IPv4 address it is.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapped_addresses_are_ipv4() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:9".parse().unwrap();
+        assert_eq!(canonical(mapped), "192.0.2.7:9".parse().unwrap());
+        let v6: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+    }
+
+    #[test]
+    fn unspecified_ipv6_is_dual_stack() {
+        let Ok(b) = bind("[::]:0".parse().unwrap()) else { return }; // a system without IPv6
+        let port = b.socket.local_addr().unwrap().port();
+        let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        v4.send_to(b"x", ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 4];
+        b.socket.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let (n, from) = b.socket.recv_from(&mut buf).unwrap();
+        assert_eq!((n, canonical(from)), (1, v4.local_addr().unwrap()));
+    }
 
     #[test]
     fn binds_and_reports_buffers() {

@@ -105,6 +105,14 @@ impl Broker {
         Self { child: Some(child), addr, fingerprint, data, db, backend: backend.name() }
     }
 
+    /// Starts a broker listening on `listen` (an IPv6 address: `[::1]:0`, or `[::]:0` for both families).
+    pub fn start_on(backend: &Backend, listen: &str) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let db = TestDb::create(backend, data.path());
+        let (child, addr, fingerprint) = spawn_broker(data.path(), &db.url, listen.parse().unwrap(), &[]);
+        Self { child: Some(child), addr, fingerprint, data, db, backend: backend.name() }
+    }
+
     /// Starts two brokers at the same moment on one fresh database (each with its own data directory and
     /// port): both run the migrations' start-up at once.
     pub fn start_pair(backend: &Backend) -> (Self, Self) {
@@ -568,7 +576,10 @@ impl Peer {
             std::fs::OpenOptions::new().create(true).append(true).open(self.home.path().join("agent.log")).unwrap();
         // In a lab host, every interface: the agent reports its LAN address as a candidate itself.
         let bind = if self.netns.is_some() { "0.0.0.0:0" } else { "127.0.0.1:0" };
-        let mut args = vec!["up", "--bind", bind];
+        let mut args = vec!["up"];
+        if !extra.contains(&"--bind") {
+            args.extend(["--bind", bind]);
+        }
         args.extend_from_slice(extra);
         let child = self
             .command(&args)
@@ -671,9 +682,15 @@ pub struct RelayedPair {
 
 impl RelayedPair {
     pub fn start(broker: &Broker) -> Self {
+        Self::start_with(broker, &[])
+    }
+
+    /// As [`RelayedPair::start`], with extra `peer up` options for both.
+    pub fn start_with(broker: &Broker, extra: &[&str]) -> Self {
         let inbox = tempfile::tempdir().unwrap();
-        let bob_up = ["--relay-only", "--auto-accept-files", inbox.path().to_str().unwrap()];
-        let Friends { alice, bob, agents } = Friends::start(broker, &["--relay-only"], &bob_up);
+        let alice_up = [&["--relay-only"], extra].concat();
+        let bob_up = [&["--relay-only", "--auto-accept-files", inbox.path().to_str().unwrap()], extra].concat();
+        let Friends { alice, bob, agents } = Friends::start(broker, &alice_up, &bob_up);
         Self { alice, bob, inbox, agents }
     }
 }

@@ -97,9 +97,11 @@ pub(crate) enum Cmd {
     },
     /// Run the agent in the foreground: stays online, reconnects by itself, serves the other commands.
     Up {
-        /// Local UDP address for the agent's one socket (broker session and friends' connections).
-        #[arg(long, env = "PEER_BIND", default_value = "0.0.0.0:0")]
-        bind: SocketAddr,
+        /// Local UDP address for the agent's one socket (broker session and friends' connections). By
+        /// default every interface on a port of the system's choosing: IPv4 (0.0.0.0:0), or IPv6 and IPv4
+        /// together ([::]:0) when a broker has an IPv6 address.
+        #[arg(long, env = "PEER_BIND")]
+        bind: Option<SocketAddr>,
         /// Accept every file friends send into this directory, without asking.
         #[arg(long, env = "PEER_AUTO_ACCEPT_FILES")]
         auto_accept_files: Option<PathBuf>,
