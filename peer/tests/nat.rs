@@ -11,14 +11,19 @@ use testkit::{Broker, Lab, Peer};
 /// on the relay and a search for a direct path (`core::search`) moves it to a direct one, which then
 /// carries the rest.
 fn pair_through(x: &str, y: &str, expect: &str) {
+    pair_through_with(x, y, expect, &[]);
+}
+
+/// [`pair_through`] with extra `peer up` options for both agents.
+fn pair_through_with(x: &str, y: &str, expect: &str, up: &[&str]) {
     let lab = Lab::build();
     let listen: SocketAddr = "203.0.113.1:7878".parse().unwrap();
     let broker = Broker::start_in(&lab.ns("broker"), listen, &[]);
     let alice = Peer::registered_in(&broker, "alice", &lab.ns(x));
     let bob = Peer::registered_in(&broker, "bob", &lab.ns(y));
     let inbox = tempfile::tempdir().unwrap();
-    let _a = alice.up();
-    let _b = bob.up_with(&["--auto-accept-files", inbox.path().to_str().unwrap()]);
+    let _a = alice.up_with(up);
+    let _b = bob.up_with(&[&["--auto-accept-files", inbox.path().to_str().unwrap()], up].concat());
     alice.befriend(&bob);
 
     let out = alice.ok(&["send", "bob", &format!("hello from {x} to {y}")]);
@@ -70,6 +75,20 @@ fn pair_through(x: &str, y: &str, expect: &str) {
 #[test]
 fn public_to_public_is_direct() {
     pair_through("a1", "a2", "direct");
+}
+
+/// Agents on dual-stack sockets (what an agent binds when its broker has an IPv6 address) behind IPv4
+/// NATs: every address reaches quinn IPv4-mapped, and the punch, the NAT opening before it (its hop limit
+/// set on an IPv6 socket) and the path shown work as on IPv4 sockets.
+#[test]
+fn dual_stack_agents_behind_port_preserving_nats_are_direct() {
+    pair_through_with("b1", "b2", "direct", &["--bind", "[::]:0"]);
+}
+
+/// The same with the search for a direct path, whose own sockets are IPv4.
+#[test]
+fn dual_stack_agents_search_past_a_symmetric_nat() {
+    pair_through_with("b1", "c1", "searched", &["--bind", "[::]:0"]);
 }
 
 #[test]
