@@ -270,3 +270,31 @@ fn reachable_by_others(ip: std::net::IpAddr) -> bool {
         std::net::IpAddr::V6(v6) => !v6.is_unspecified() && !v6.is_unicast_link_local() && !v6.is_multicast(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_socket_speaks_every_family_a_broker_has() {
+        let v4: SocketAddr = "192.0.2.7:7878".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::7]:7878".parse().unwrap();
+        assert_eq!(default_bind(&[v4]), "0.0.0.0:0".parse().unwrap());
+        assert_eq!(default_bind(&[v4, v6]), "[::]:0".parse().unwrap());
+    }
+
+    #[test]
+    fn link_local_addresses_are_not_offered() {
+        for (ip, offered) in [
+            ("192.0.2.7", true),
+            ("127.0.0.1", true),
+            ("169.254.1.1", false),
+            ("2001:db8::7", true),
+            ("::1", true),
+            ("fe80::1", false),
+            ("::", false),
+        ] {
+            assert_eq!(reachable_by_others(ip.parse().unwrap()), offered, "{ip}");
+        }
+    }
+}
