@@ -224,9 +224,7 @@ fn a_node_partitioned_from_nats_in_the_lab_sends_its_users_to_the_others() {
     let _nats = lab.spawn("broker", &["nats-server", "-a", "203.0.113.1", "-p", "4222"]);
     let listens = || lab.succeeds("broker", &["bash", "-c", "exec 3<>/dev/tcp/203.0.113.1/4222"]);
     wait_until("NATS listens in the lab", listens);
-    let url = std::env::var("TEST_POSTGRES_URL").unwrap();
-    let authority = url.split_once('@').unwrap().1.split_once('/').unwrap().0;
-    let server = std::net::ToSocketAddrs::to_socket_addrs(authority).unwrap().next().unwrap();
+    let server = testkit::db::server_of(&std::env::var("TEST_POSTGRES_URL").unwrap());
     let hosts = [("a1", Ipv4Addr::new(203, 0, 113, 10)), ("a2", Ipv4Addr::new(203, 0, 113, 11))];
     let forwarders: Vec<testkit::TcpCut> = hosts
         .iter()
@@ -311,9 +309,7 @@ fn the_cluster_rides_out_a_silent_database_link() {
 
 fn database_outage(break_link: fn(&testkit::TcpCut)) {
     let backend = backends().into_iter().find(|b| b.name() == "postgres").expect("needs TEST_POSTGRES_URL");
-    let url = std::env::var("TEST_POSTGRES_URL").unwrap();
-    let authority = url.split_once('@').unwrap().1.split_once('/').unwrap().0;
-    let server = std::net::ToSocketAddrs::to_socket_addrs(authority).unwrap().next().unwrap();
+    let server = testkit::db::server_of(&std::env::var("TEST_POSTGRES_URL").unwrap());
     let db = testkit::TcpCut::to(server);
     let nodes = Broker::start_cluster_db_through(&backend, 2, &db);
     let peer = |name: &str, first: usize| user_on(&nodes, first, name);

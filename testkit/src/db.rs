@@ -58,6 +58,21 @@ fn block_on<T: Send + 'static, F: std::future::Future<Output = T> + Send + 'stat
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
+/// The database server a `scheme://user:pass@HOST:PORT/name` URL names (where a [`crate::TcpCut`] in
+/// front of it forwards to).
+pub fn server_of(url: &str) -> std::net::SocketAddr {
+    let authority = url.split_once('@').expect("a database URL with credentials").1;
+    let authority = authority.split_once('/').expect("a database URL with a name").0;
+    std::net::ToSocketAddrs::to_socket_addrs(authority).unwrap().next().expect("the database host resolves")
+}
+
+/// The same URL reaching the server at `through` instead (a forwarder).
+pub fn url_through(url: &str, through: std::net::SocketAddr) -> String {
+    let (head, rest) = url.split_once('@').expect("a database URL with credentials");
+    let (_, tail) = rest.split_once('/').expect("a database URL with a name");
+    format!("{head}@{through}/{tail}")
+}
+
 fn random_name() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("t_{}_{}", std::process::id(), nanos % 1_000_000_000_000)

@@ -198,15 +198,7 @@ impl Broker {
         let mut out = Vec::new();
         let mut first = Some(data);
         for (i, node) in nodes.iter().enumerate() {
-            let url = match node.db {
-                // scheme://user:pass@HOST:PORT/name: the authority's host and port go to the forwarder.
-                Some(through) => {
-                    let (head, rest) = db.url.split_once('@').expect("a database URL with credentials");
-                    let (_, tail) = rest.split_once('/').expect("a database URL with a name");
-                    format!("{head}@{through}/{tail}")
-                }
-                None => db.url.clone(),
-            };
+            let url = node.db.map_or_else(|| db.url.clone(), |through| crate::db::url_through(&db.url, through));
             // The first node makes the identity; the others present it.
             let d = first.take().unwrap_or_else(|| tempfile::tempdir().unwrap());
             let args = [vec!["--identity".to_string(), key.clone()], extra(i)].concat();

@@ -322,11 +322,8 @@ mod tests {
         for backend in testkit::backends().into_iter().filter(|b| b.name() != "sqlite") {
             let dir = tempfile::tempdir().unwrap();
             let test_db = testkit::TestDb::create(&backend, dir.path());
-            let (head, rest) = test_db.url.split_once('@').unwrap();
-            let (authority, tail) = rest.split_once('/').unwrap();
-            let server = std::net::ToSocketAddrs::to_socket_addrs(authority).unwrap().next().unwrap();
-            let cut = testkit::TcpCut::to(server);
-            let db = Db::open(&format!("{head}@{}/{tail}", cut.addr())).await.unwrap();
+            let cut = testkit::TcpCut::to(testkit::db::server_of(&test_db.url));
+            let db = Db::open(&testkit::db::url_through(&test_db.url, cut.addr())).await.unwrap();
             let exec = |q: String| {
                 let db = db.clone();
                 async move {
