@@ -54,21 +54,26 @@ impl Lab {
 
     /// Runs `args` on a lab host and waits for it; panics, with its output, if it fails.
     pub fn run(&self, host: &str, args: &[&str]) {
-        let out = Command::new("ip").args(["netns", "exec", &self.ns(host)]).args(args).output().unwrap();
+        let out = self.on(host, args).output().unwrap();
         assert!(out.status.success(), "{args:?} on {host}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `args` as a command on a lab host.
+    fn on(&self, host: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(host)]).args(args);
+        c
     }
 
     /// Runs `args` on a lab host: whether it succeeded.
     pub fn succeeds(&self, host: &str, args: &[&str]) -> bool {
-        let out = Command::new("ip").args(["netns", "exec", &self.ns(host)]).args(args).output().unwrap();
-        out.status.success()
+        self.on(host, args).output().unwrap().status.success()
     }
 
     /// Starts `args` on a lab host in the background, until the handle is dropped.
     pub fn spawn(&self, host: &str, args: &[&str]) -> Running {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(host)])
-            .args(args)
+        let child = self
+            .on(host, args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
