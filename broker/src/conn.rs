@@ -206,7 +206,7 @@ impl Conn {
             }
         };
         let ctx = &self.ctx;
-        let from = shared::udp::canonical(self.quic.remote_address()).ip();
+        let from = self.remote().ip();
         Ok(match req {
             Request::Ping => Response::Pong,
             Request::RevokeToken { token } => {
@@ -346,7 +346,7 @@ impl Conn {
             }
             Request::LinkClaim { link_id, mut local_addrs } => {
                 local_addrs.truncate(MAX_LOCAL_ADDRS);
-                let observed = shared::udp::canonical(self.quic.remote_address());
+                let observed = self.remote();
                 let (username, device) =
                     match ctx.devices.claim(link_id, self.fingerprint, observed, local_addrs.clone()) {
                         // Offered through another node of the cluster: claimed there.
@@ -412,7 +412,7 @@ impl Conn {
         let events = self.quic.open_uni().await.map_err(|_| ErrorCode::Internal)?;
         let (tx, rx) = mpsc::channel(crate::table::EVENT_QUEUE);
         self.spawn(write_events(events, rx, self.quic.clone()));
-        let observed = shared::udp::canonical(self.quic.remote_address());
+        let observed = self.remote();
         let now = now_ms();
         let (session_id, first) = self.ctx.table.insert(
             &owner.user.username,
@@ -439,14 +439,15 @@ impl Conn {
         Ok(Response::Welcome { session_id, user: owner.user, observed_addr: observed })
     }
 
+    /// Where the agent's packets come from, as it and its friends know it (IPv4 as IPv4 on a dual-stack
+    /// socket): what is recorded, told and rate-limited.
+    fn remote(&self) -> std::net::SocketAddr {
+        shared::udp::canonical(self.quic.remote_address())
+    }
+
     /// Who this session is, for the device requests.
     fn caller<'a>(&self, user: &'a str, session_id: u64) -> crate::devices::Caller<'a> {
-        crate::devices::Caller {
-            user,
-            session_id,
-            device: self.fingerprint,
-            from: shared::udp::canonical(self.quic.remote_address()).ip(),
-        }
+        crate::devices::Caller { user, session_id, device: self.fingerprint, from: self.remote().ip() }
     }
 
     async fn go_offline(&self, user: &str, session_id: u64) {
