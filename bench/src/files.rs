@@ -80,27 +80,32 @@ async fn raw_blast(raw: &Proc, size: u64) -> Result<Duration> {
 /// (the same mutual TLS 1.3) to the raw server, which writes it to `dst` from a thread of its own in 1 MiB
 /// blocks and fsyncs; timed until the server has counted every byte on disk.
 async fn raw_file_copy(raw: &Proc, src: &Path, dst: &Path, size: u64) -> Result<Duration> {
-    raw_file_copy_via(raw, None, src, dst, size).await
+    raw_file_copy_via(raw, Via::Direct, src, dst, size).await
 }
 
-/// [`raw_file_copy`], through `relay` (another raw server, which splices the stream to `raw`) if given.
-pub(crate) async fn raw_file_copy_via(
-    raw: &Proc,
-    relay: Option<&Proc>,
-    src: &Path,
-    dst: &Path,
-    size: u64,
-) -> Result<Duration> {
+/// How the raw file copy reaches the raw server.
+#[derive(Clone, Copy)]
+pub(crate) enum Via<'a> {
+    Direct,
+    /// Another raw server, which splices the stream to the first (a stream relay).
+    Splice(&'a Proc),
+    /// A bare UDP forwarder (a datagram relay).
+    Forwarder(&'a Proc),
+}
+
+/// [`raw_file_copy`], reaching `raw` as `via` says.
+pub(crate) async fn raw_file_copy_via(raw: &Proc, via: Via<'_>, src: &Path, dst: &Path, size: u64) -> Result<Duration> {
     let clients = crate::client::Clients::new()?;
-    let (first, alpn) = match relay {
-        Some(r) => (r, crate::raw::RELAY_ALPN),
-        None => (raw, crate::raw::FILE_ALPN),
+    let (pin, alpn, addr) = match via {
+        Via::Splice(r) => (&r.fingerprint, crate::raw::RELAY_ALPN, r.addr),
+        Via::Forwarder(f) => (&raw.fingerprint, crate::raw::FILE_ALPN, f.addr),
+        Via::Direct => (&raw.fingerprint, crate::raw::FILE_ALPN, raw.addr),
     };
-    let cfg = clients.config(&first.fingerprint, alpn)?;
-    let conn = clients.connect(0, &cfg, first.addr).await?;
+    let cfg = clients.config(pin, alpn)?;
+    let conn = clients.connect(0, &cfg, addr).await?;
     let start = Instant::now();
     let (mut send, mut recv) = conn.open_bi().await?;
-    if relay.is_some() {
+    if matches!(via, Via::Splice(_)) {
         let target = format!("{} {}", raw.addr, raw.fingerprint);
         send.write_all(&u16::try_from(target.len())?.to_be_bytes()).await?;
         send.write_all(target.as_bytes()).await?;

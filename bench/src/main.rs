@@ -29,13 +29,14 @@ mod fanout;
 #[cfg(unix)]
 mod files;
 #[cfg(unix)]
+mod forward;
+#[cfg(unix)]
 mod link;
 #[cfg(unix)]
 mod mailbox;
 #[cfg(target_os = "linux")]
 mod nat;
 mod raw;
-#[cfg(unix)]
 mod relay;
 mod seed;
 mod soak;
@@ -192,6 +193,12 @@ enum Cmd {
     /// A bare quinn server (the baseline); prints its address and certificate fingerprint.
     #[command(hide = true)]
     RawServer,
+    /// A bare UDP forwarder to one server (the channel relay's baseline); prints its address.
+    #[command(hide = true)]
+    RawForwarder {
+        #[arg(long)]
+        to: SocketAddr,
+    },
     /// The seed's group server rebuilt (the `bench groups` baseline); prints its address.
     #[command(hide = true)]
     SeedServer,
@@ -202,6 +209,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match args.cmd {
         Cmd::RawServer => rt.block_on(raw::serve()),
+        Cmd::RawForwarder { to } => rt.block_on(forward::serve(to)),
         Cmd::SeedServer => seed::serve(),
         Cmd::Groups { members, senders, messages, rate, runs } => {
             rt.block_on(client::groups_bench(members, senders, messages, rate, runs))
@@ -361,6 +369,16 @@ pub(crate) fn start_broker_with(env: &[(&str, &str)]) -> Result<Proc> {
 /// Starts the raw quinn baseline server.
 pub(crate) fn start_raw() -> Result<Proc> {
     let mut child = Command::new(std::env::current_exe()?).arg("raw-server").stdout(Stdio::piped()).spawn()?;
+    let (addr, fingerprint) = ready_line(&mut child)?;
+    Ok(Proc { child, addr, fingerprint, _dir: None })
+}
+
+/// A bare UDP forwarder to `to` (see `forward`).
+pub(crate) fn start_forwarder(to: SocketAddr) -> Result<Proc> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["raw-forwarder", "--to", &to.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()?;
     let (addr, fingerprint) = ready_line(&mut child)?;
     Ok(Proc { child, addr, fingerprint, _dir: None })
 }

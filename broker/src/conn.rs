@@ -149,17 +149,21 @@ impl Conn {
                             to_user: friend.clone(),
                             to_device: device.0,
                         };
-                        return Ok(nodes.open(node, &ask).await?);
+                        return Ok((nodes.open(node, &ask).await?, None));
                     }
                     return Err(ErrorCode::RelayUnavailable(format!("{friend}'s device is not online")).into());
                 };
+                // Both agents here and speaking channels: a fast path beside the streams.
+                let pair = (crate::channels::speaks_channels(&self.quic) && crate::channels::speaks_channels(&conn))
+                    .then(|| self.ctx.channels.open((&me, &self.quic), (&friend, &conn)));
+                let theirs_id = pair.as_ref().map_or(0, |p| p.ids.1);
                 // The friend's side first, so that the answer says whether the relay really stands.
-                Ok(self.ctx.relay.open(&me, self.fingerprint, &conn).await?)
+                Ok((self.ctx.relay.open(&me, self.fingerprint, &conn, theirs_id).await?, pair))
             };
             let theirs = self.ctx.friends.while_friends(&me, &friend, open).await?;
             Ok::<_, RequestError>((me, theirs))
         };
-        let (me, theirs) = match checked.await {
+        let (me, (theirs, pair)) = match checked.await {
             Ok(ok) => ok,
             Err(e) => {
                 let resp = match e {
@@ -178,7 +182,17 @@ impl Conn {
         if write_frame(&mut send, &Response::Ok).await.is_err() {
             return;
         }
+        if crate::channels::speaks_channels(&self.quic) {
+            // Our channel id before any of the friend's bytes: the first record is the broker's.
+            let mut record = Vec::new();
+            shared::relay::encode_channel(pair.as_ref().map_or(0, |p| p.ids.0), &mut record);
+            if send.write_all(&record).await.is_err() {
+                return;
+            }
+        }
         self.ctx.relay.splice(&me, &friend, (send, recv), theirs).await;
+        // The channel goes with its streams.
+        drop(pair);
     }
 
     async fn handle(&self, req: Request) -> Response {

@@ -14,11 +14,13 @@
 //! - [`friends`]: the friend graph and presence announcements.
 //! - [`groups`]: groups, invitations, and the ordered, stored, fanned-out group message log.
 //! - [`relay`]: friends' QUIC packets carried between their agents when no direct path opens.
+//! - [`channels`]: the relay's fast path, plain datagrams beside the endpoint's socket.
 //! - [`store`]: all SQL: one storage layer over SQLite, PostgreSQL and MySQL/MariaDB (rows decoded by
 //!   column name), with per-backend migrations.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod accounts;
+pub mod channels;
 pub mod cluster;
 pub mod config_file;
 pub mod conn;

@@ -236,7 +236,7 @@ async fn relay(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: quinn::Recv
         let Some(conn) = ctx.table.device_connection(&ask.to_user, &device) else {
             return Err(ErrorCode::RelayUnavailable(format!("{}'s device is not online", ask.to_user)));
         };
-        ctx.relay.open(&ask.from_user, Fingerprint(ask.from_device), &conn).await
+        ctx.relay.open(&ask.from_user, Fingerprint(ask.from_device), &conn, 0).await
     };
     let theirs = match theirs.await {
         Ok(t) => t,

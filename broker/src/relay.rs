@@ -52,11 +52,27 @@ impl Bucket {
         s.0 -= n as f64;
         if s.0 >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-s.0 / self.rate) }
     }
+
+    /// Takes `n` bytes' worth only if they are there now: a datagram over the rate is dropped, not held.
+    fn try_take(&self, n: usize) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let mut s = self.state.lock();
+        let now = Instant::now();
+        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
+        s.1 = now;
+        if s.0 < n as f64 {
+            return false;
+        }
+        s.0 -= n as f64;
+        true
+    }
 }
 
 /// One user's relaying: their pace and what they relayed since the broker started.
 #[derive(Debug)]
-struct UserRelay {
+pub struct UserRelay {
     bucket: Bucket,
     relayed: AtomicU64,
 }
@@ -82,7 +98,7 @@ impl Relay {
         }
     }
 
-    fn user(&self, user: &str) -> Arc<UserRelay> {
+    pub(crate) fn user(&self, user: &str) -> Arc<UserRelay> {
         let mut users = self.users.lock();
         let new = || Arc::new(UserRelay { bucket: Bucket::new(self.cfg.user_rate), relayed: AtomicU64::new(0) });
         users.entry(user.to_string()).or_insert_with(new).clone()
@@ -93,19 +109,34 @@ impl Relay {
         self.user(user).relayed.load(Ordering::Relaxed)
     }
 
-    /// Opens the friend's side of a relay: a stream to their agent naming who is on the other end. A
-    /// friend's agent that takes no new stream (at its limit, or stuck) fails it rather than holding the
-    /// requester.
+    /// Whether `n` bytes of `account`'s channel datagrams fit both rates now (and counts them if so).
+    pub(crate) fn admit_datagrams(&self, account: &UserRelay, n: usize) -> bool {
+        if !(self.total.try_take(n) && account.bucket.try_take(n)) {
+            return false;
+        }
+        account.relayed.fetch_add(n as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// Opens the friend's side of a relay: a stream to their agent naming who is on the other end, then
+    /// (if their agent speaks channels) its channel id, 0 for none. A friend's agent that takes no new
+    /// stream (at its limit, or stuck) fails it rather than holding the requester.
     pub async fn open(
         &self,
         me: &str,
         my_device: Fingerprint,
         theirs: &quinn::Connection,
+        channel: u64,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), ErrorCode> {
         let open = async {
             let (mut send, recv) = theirs.open_bi().await.ok()?;
             let hello = RelayHello { username: me.to_string(), fingerprint: my_device.0 };
             shared::io::write_frame(&mut send, &hello).await.ok()?;
+            if crate::channels::speaks_channels(theirs) {
+                let mut record = Vec::new();
+                shared::relay::encode_channel(channel, &mut record);
+                send.write_all(&record).await.ok()?;
+            }
             Some((send, recv))
         };
         tokio::time::timeout(shared::relay::OPEN_TIMEOUT, open)
@@ -180,5 +211,14 @@ mod tests {
         let wait = b.take(500);
         assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500), "{wait:?}");
         assert_eq!(Bucket::new(0).take(usize::MAX), Duration::ZERO, "0 means no limit");
+    }
+
+    #[test]
+    fn datagrams_over_the_rate_are_dropped_not_owed() {
+        let b = Bucket::new(1000);
+        assert!(b.try_take(800));
+        assert!(!b.try_take(800), "only 200 left");
+        assert!(b.try_take(200));
+        assert!(Bucket::new(0).try_take(usize::MAX), "0 means no limit");
     }
 }

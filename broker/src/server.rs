@@ -44,7 +44,9 @@ pub struct Ctx {
     pub friends: Friends,
     pub groups: crate::groups::Groups,
     pub table: Arc<Table>,
-    pub relay: crate::relay::Relay,
+    pub relay: Arc<crate::relay::Relay>,
+    /// The relay's fast path, beside the endpoint's socket.
+    pub channels: Arc<crate::channels::Channels>,
     pub devices: crate::devices::Devices,
     pub mailbox: crate::mailbox::Mailbox,
     /// In a cluster: the other nodes, for relays between them.
@@ -158,9 +160,9 @@ impl Broker {
             crate::groups::Groups::new(db.clone(), table.clone(), cfg.group_posts_per_second, cfg.group_retention);
         // Nodes of a cluster also reach each other here, with an ALPN of their own.
         let alpn: &[&[u8]] = if cluster.is_some() {
-            &[shared::proto::BROKER_ALPN, crate::nodes::NODE_ALPN]
+            &[shared::proto::BROKER_ALPN_CHANNELS, shared::proto::BROKER_ALPN, crate::nodes::NODE_ALPN]
         } else {
-            &[shared::proto::BROKER_ALPN]
+            &[shared::proto::BROKER_ALPN_CHANNELS, shared::proto::BROKER_ALPN]
         };
         let tls = certs::config::server(&identity, ClientPolicy::AnyDevice, alpn)?;
         let mut server =
@@ -183,9 +185,13 @@ impl Broker {
                  (Linux: sysctl -w net.core.rmem_max=8388608 net.core.wmem_max=8388608) and restart"
             );
         }
-        let socket = bound.socket;
         let runtime = quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime"))?;
-        let endpoint = quinn::Endpoint::new(endpoint_config(&identity), Some(server), socket, runtime)?;
+        let relay = Arc::new(crate::relay::Relay::new(cfg.relay));
+        let channels = Arc::new(crate::channels::Channels::new(relay.clone()));
+        let socket =
+            Arc::new(crate::channels::ChannelSocket::new(runtime.wrap_udp_socket(bound.socket)?, channels.clone()));
+        let endpoint =
+            quinn::Endpoint::new_with_abstract_socket(endpoint_config(&identity), Some(server), socket, runtime)?;
         let nodes = match &cfg.cluster {
             None => None,
             Some(c) => {
@@ -214,7 +220,8 @@ impl Broker {
                 friends,
                 groups,
                 table,
-                relay: crate::relay::Relay::new(cfg.relay),
+                relay,
+                channels,
                 nodes,
                 db_health: crate::health::DbHealth::default(),
             }),
@@ -352,6 +359,8 @@ fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
     cid_key.copy_from_slice(&seed.as_ref()[..8]);
     let cid_key = u64::from_le_bytes(cid_key);
     cfg.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    // Agents then never clear QUIC's fixed bit towards us: a datagram without it is a relay channel's.
+    cfg.grease_quic_bit(false);
     cfg
 }
 

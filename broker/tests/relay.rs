@@ -96,3 +96,72 @@ async fn only_the_clusters_own_identity_may_connect_as_a_node() {
     }
     assert!(nodes[0].log().contains("without the cluster's identity"), "{}", nodes[0].log());
 }
+
+/// A relay between two agents that speak channels gets one: each side's first record is its channel id,
+/// datagrams with it go to the friend (their id rewritten to the friend's), probes come back to their
+/// sender. An id is good only from its owner's address: a stranger who learns one can neither inject
+/// through it nor get a probe answered. The channel ends with the relay's streams.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_channel_carries_datagrams_between_its_two_owners_only() {
+    use shared::relay::{HEADER, PROBE, channel_of, decode_channel, set_channel};
+    let broker = Broker::start(&Backend::Sqlite);
+    let (alice, mut alice_tap) = Client::session_with_channels(&broker, "alice").await;
+    let (bob, mut bob_tap) = Client::session_with_channels(&broker, "bob").await;
+    alice.call(&Request::FriendAdd { username: "bob".into(), message: String::new() }).await;
+    bob.ok(Request::FriendAccept { username: "alice".into() }).await;
+    let Response::Endpoints(devices) = alice.call(&Request::Lookup { username: "bob".into() }).await else {
+        panic!("lookup")
+    };
+
+    let (resp, mut a_send, mut a_recv) = relay(&alice, "bob", devices[0].fingerprint).await;
+    assert_eq!(resp, Response::Ok);
+    let mut record = [0u8; 10];
+    a_recv.read_exact(&mut record).await.unwrap();
+    let a_id = decode_channel(&record).expect("alice's channel");
+    let (mut b_send, mut b_recv) = bob.conn.accept_bi().await.unwrap();
+    read_frame::<RelayHello, _>(&mut b_recv).await.unwrap().unwrap();
+    b_recv.read_exact(&mut record).await.unwrap();
+    let b_id = decode_channel(&record).expect("bob's channel");
+    assert_ne!(a_id, b_id);
+
+    let datagram = |id: u64, payload: &[u8]| {
+        let mut d = PROBE.to_vec();
+        set_channel(&mut d, id);
+        d.extend_from_slice(payload);
+        d
+    };
+    // A stranger with alice's id, from another address: nothing comes of it (sent first, so that anything
+    // it caused would arrive before what follows).
+    let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    stranger.send_to(&datagram(a_id, b""), broker.addr).await.unwrap();
+    stranger.send_to(&datagram(a_id, b"injected"), broker.addr).await.unwrap();
+    // Bob's own id used by alice: not hers.
+    alice_tap.send(&datagram(b_id, b"not mine")).await;
+
+    alice_tap.send(&datagram(a_id, b"")).await;
+    assert_eq!(alice_tap.next().await, datagram(a_id, b""), "a probe comes back to its sender");
+    alice_tap.send(&datagram(a_id, b"hello bob")).await;
+    let got = bob_tap.next().await;
+    assert_eq!((channel_of(&got), &got[HEADER..]), (Some(b_id), &b"hello bob"[..]), "with bob's id");
+    bob_tap.send(&datagram(b_id, b"hello alice")).await;
+    assert_eq!(alice_tap.next().await, datagram(a_id, b"hello alice"));
+    assert_eq!(bob_tap.try_next(), None, "nothing else reached bob: not the stranger's, not the wrong id's");
+    let mut buf = [0u8; 64];
+    assert!(stranger.try_recv_from(&mut buf).is_err(), "the stranger's probe was not answered");
+
+    // The streams end: so does the channel, with what went through it counted.
+    a_send.finish().unwrap();
+    b_send.finish().unwrap();
+    assert!(b_recv.read_to_end(1024).await.unwrap().is_empty());
+    assert!(a_recv.read_to_end(1024).await.unwrap().is_empty());
+    tokio::task::block_in_place(|| {
+        testkit::wait_until("the channel's end is logged", || broker.log().contains("relay channel closed"))
+    });
+    let log = broker.log();
+    assert!(log.contains("sent=9 received=11"), "{log}");
+    alice_tap.send(&datagram(a_id, b"after the end")).await;
+    bob_tap.send(&datagram(b_id, b"")).await;
+    alice.call(&Request::Ping).await;
+    bob.call(&Request::Ping).await;
+    assert_eq!((alice_tap.try_next(), bob_tap.try_next()), (None, None), "an ended channel carries nothing");
+}

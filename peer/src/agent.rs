@@ -61,9 +61,10 @@ pub(crate) struct Agent {
     pub(crate) files: crate::files::Live,
     pub(crate) policy: crate::files::FilePolicy,
     /// Relay links on the broker connection, beside the UDP socket.
-    relays: Arc<crate::relay::Relays>,
+    pub(crate) relays: Arc<crate::relay::Relays>,
     /// How friends arriving through the relay are served (large packets).
     pub(crate) relay_server: Arc<quinn::ServerConfig>,
+    pub(crate) channel_server: Arc<quinn::ServerConfig>,
     /// Friends' pinned account keys: every device key the broker vouches for passes through it.
     pub(crate) trust: crate::trust::Trust,
     /// Link codes this device offered and the devices linking with them.
@@ -116,7 +117,7 @@ pub(crate) async fn run(
     let relays = Arc::new(crate::relay::Relays::default());
     let broker_addrs = net::resolve_all(&account.broker).await?;
     let bind = bind.unwrap_or_else(|| net::default_bind(&broker_addrs));
-    let net::Bound { endpoint, relay_server, opener } =
+    let net::Bound { endpoint, relay_server, channel_server, opener } =
         net::endpoint(&identity, bind, allowed.clone(), relays.clone())?;
     let broker_link = crate::direct::BrokerLink::default();
     let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -164,6 +165,7 @@ pub(crate) async fn run(
         broker: BrokerSession::new(broker_link, status),
         relays,
         relay_server,
+        channel_server,
         events,
         stop: Notify::new(),
         tasks: Tasks::default(),
@@ -447,13 +449,15 @@ impl Agent {
         while let Ok((send, mut recv)) = conn.accept_bi().await {
             while naming.try_join_next().is_some() {}
             let agent = self.clone();
+            let conn = conn.clone();
             naming.spawn(async move {
-                let hello = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    read_frame::<shared::relay::RelayHello, _>(&mut recv),
-                )
+                let hello = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                    let hello = read_frame::<shared::relay::RelayHello, _>(&mut recv).await.ok().flatten()?;
+                    let channel = crate::relay::read_channel(&conn, &mut recv).await.ok()?;
+                    Some((hello, channel))
+                })
                 .await;
-                let Ok(Ok(Some(hello))) = hello else { return };
+                let Ok(Some((hello, channel))) = hello else { return };
                 let fp = certs::Fingerprint(hello.fingerprint);
                 // Only a device key already checked against the friend's account key (announced with its
                 // record before the relay was asked for): the broker's word alone admits nobody.
@@ -461,8 +465,9 @@ impl Agent {
                     tracing::warn!(friend = hello.username, device = %fp, "a relay from a device not certified to us; refused");
                     return;
                 }
-                let addr = agent.relays.attach(fp, send, recv);
-                tracing::info!(friend = hello.username, %addr, "relay from a friend");
+                let channel_id = channel.as_ref().map(|c| c.id);
+                let addr = agent.relays.attach(fp, send, recv, channel);
+                tracing::info!(friend = hello.username, %addr, channel = ?channel_id, "relay from a friend");
             });
         }
     }

@@ -95,12 +95,21 @@ pub(crate) type BrokerLink = Arc<Mutex<Option<quinn::Connection>>>;
 /// processes on a relayed path (two agents, the broker) far fewer per-packet operations.
 pub(crate) const RELAY_MTU: u16 = 16 * 1024;
 
-/// The transport for relayed peer connections: as [`transport`], with large packets from the start.
-pub(crate) fn relay_transport() -> quinn::TransportConfig {
+/// Packet size on relayed connections whose link has a channel: each packet must fit one datagram to the
+/// broker with the channel's header, within what quinn discovers on any path (1452).
+pub(crate) const CHANNEL_MTU: u16 = 1452 - shared::relay::HEADER as u16;
+
+/// The transport for relayed peer connections: as [`transport`], with packets as large as the link takes:
+/// far beyond Ethernet's on a stream, a datagram's worth less the header on a channel.
+pub(crate) fn relay_transport(channel: bool) -> quinn::TransportConfig {
     let mut t = transport();
-    // Discovered (the first packets must be small: QUIC's handshake sizes), but up to far beyond Ethernet's.
+    // Discovered (the first packets must be small: QUIC's handshake sizes).
     let mut mtud = quinn::MtuDiscoveryConfig::default();
-    mtud.upper_bound(RELAY_MTU).interval(Duration::from_secs(60));
+    if channel {
+        mtud.upper_bound(CHANNEL_MTU);
+    } else {
+        mtud.upper_bound(RELAY_MTU).interval(Duration::from_secs(60));
+    }
     t.mtu_discovery_config(Some(mtud));
     t
 }
@@ -742,18 +751,23 @@ impl Direct {
                 write_frame(&mut send, &Request::Relay { username: username.to_string(), fingerprint: fp.0 }).await?;
                 // The broker answers once the friend's side stands, or after its own limit for that.
                 let answer_within = shared::relay::OPEN_TIMEOUT + Duration::from_secs(1);
-                match tokio::time::timeout(answer_within, read_frame::<Response, _>(&mut recv)).await {
-                    Ok(Ok(Some(Response::Ok))) => {}
-                    Ok(Ok(Some(Response::Error(e)))) => return Err(anyhow!("{}", e.message)),
-                    Ok(Ok(other)) => return Err(anyhow!("unexpected answer from the broker: {other:?}")),
-                    Ok(Err(e)) => return Err(e.into()),
-                    Err(_) => return Err(anyhow!("the broker did not answer")),
-                }
-                self.relays.attach(fp, send, recv)
+                let answer = async {
+                    match read_frame::<Response, _>(&mut recv).await {
+                        Ok(Some(Response::Ok)) => {}
+                        Ok(Some(Response::Error(e))) => return Err(anyhow!("{}", e.message)),
+                        Ok(other) => return Err(anyhow!("unexpected answer from the broker: {other:?}")),
+                        Err(e) => return Err(e.into()),
+                    }
+                    Ok(crate::relay::read_channel(&broker, &mut recv).await?)
+                };
+                let channel = tokio::time::timeout(answer_within, answer)
+                    .await
+                    .map_err(|_| anyhow!("the broker did not answer"))??;
+                self.relays.attach(fp, send, recv, channel)
             }
         };
         let mut cfg = self.client_config(fp)?;
-        cfg.transport_config(Arc::new(relay_transport()));
+        cfg.transport_config(Arc::new(relay_transport(self.relays.has_channel(&addr))));
         let connecting = self.endpoint.connect_with(cfg, addr, "p2pim-peer")?;
         let conn = tokio::time::timeout(RELAY_HANDSHAKE, connecting)
             .await

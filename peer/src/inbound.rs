@@ -31,7 +31,10 @@ impl Agent {
                     let Some(incoming) = incoming else { return };
                     let agent = self.clone();
                     conns.spawn(async move {
-                        let connecting = if crate::relay::is_relay_addr(&incoming.remote_address()) {
+                        let from = incoming.remote_address();
+                        let connecting = if agent.relays.has_channel(&from) {
+                            incoming.accept_with(agent.channel_server.clone())
+                        } else if crate::relay::is_relay_addr(&from) {
                             incoming.accept_with(agent.relay_server.clone())
                         } else {
                             incoming.accept()

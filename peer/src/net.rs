@@ -7,7 +7,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use certs::verify::{ClientPolicy, ServerPin};
 use certs::{Fingerprint, Identity};
 use shared::io::{read_frame, write_frame};
-use shared::proto::{BROKER_ALPN, PEER_ALPN, Request, Response};
+use shared::proto::{BROKER_ALPN, BROKER_ALPN_CHANNELS, PEER_ALPN, Request, Response};
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, RwLock};
@@ -60,6 +60,8 @@ impl Watch {
 pub(crate) struct Bound {
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) relay_server: Arc<quinn::ServerConfig>,
+    /// The same, for friends whose relay link has a channel (packets that fit a datagram).
+    pub(crate) channel_server: Arc<quinn::ServerConfig>,
     /// The same UDP socket, for the few short-lived packets that open our NAT before a punch
     /// ([`crate::direct::Direct`]'s `open_nat`).
     pub(crate) opener: Option<std::net::UdpSocket>,
@@ -80,8 +82,10 @@ pub(crate) fn endpoint(
     )?)?);
     let mut server = quinn::ServerConfig::with_crypto(tls.clone());
     server.transport_config(Arc::new(crate::direct::transport()));
-    let mut relay_server = quinn::ServerConfig::with_crypto(tls);
-    relay_server.transport_config(Arc::new(crate::direct::relay_transport()));
+    let mut relay_server = quinn::ServerConfig::with_crypto(tls.clone());
+    relay_server.transport_config(Arc::new(crate::direct::relay_transport(false)));
+    let mut channel_server = quinn::ServerConfig::with_crypto(tls);
+    channel_server.transport_config(Arc::new(crate::direct::relay_transport(true)));
     let socket = shared::udp::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?.socket;
     let opener = socket.try_clone().ok();
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
@@ -89,8 +93,11 @@ pub(crate) fn endpoint(
     // Friends may send packets this large: only relayed connections do (direct paths discover their MTU).
     let mut config = quinn::EndpointConfig::default();
     config.max_udp_payload_size(crate::direct::RELAY_MTU)?;
+    // Friends and brokers then never clear QUIC's fixed bit towards us: a datagram without it is a relay
+    // channel's (see `crate::relay`).
+    config.grease_quic_bit(false);
     let endpoint = quinn::Endpoint::new_with_abstract_socket(config, Some(server), socket, runtime)?;
-    Ok(Bound { endpoint, relay_server: Arc::new(relay_server), opener })
+    Ok(Bound { endpoint, relay_server: Arc::new(relay_server), channel_server: Arc::new(channel_server), opener })
 }
 
 /// Resolves a broker setting: `HOST:PORT` (a missing port means the default 7878), or several of them
@@ -140,7 +147,8 @@ pub(crate) async fn connect_broker(
         ServerPin::Exact(fp) => ServerPin::watched(fp),
         other => other,
     };
-    let tls = certs::config::client(identity, pin.clone(), &[BROKER_ALPN])?;
+    // Channels offered first; a broker without them answers in the protocol both have.
+    let tls = certs::config::client(identity, pin.clone(), &[BROKER_ALPN_CHANNELS, BROKER_ALPN])?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
     cfg.transport_config(Arc::new(watch.transport()));
     let connecting = endpoint.connect_with(cfg, addr, "p2pim-broker")?;

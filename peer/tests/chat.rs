@@ -215,7 +215,10 @@ fn relay_carries_chat_and_files_end_to_end() {
     let out = alice.ok(&["send-file", "bob", file.to_str().unwrap()]);
     assert!(out.contains("verified"), "{out}");
     assert_eq!(std::fs::read(inbox.path().join("relayed.bin")).unwrap(), data);
-    assert!(broker.log().contains("relay open"));
+    let log = broker.log();
+    assert!(log.contains("relay open"), "{log}");
+    // The packets took the fast path, datagrams beside the relay stream, not the stream alone.
+    assert!(log.contains("relay channel in use"), "{log}\n{}\n{}", alice.agent_log(), bob.agent_log());
 }
 
 /// A broker that does not relay says so; the message waits in the queue instead of vanishing.

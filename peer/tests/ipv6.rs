@@ -58,7 +58,8 @@ fn agents_on_dual_stack_sockets_are_relayed() {
     let (_src, file, data) = a_file();
     assert!(alice.ok(&["send-file", "bob", file.to_str().unwrap()]).contains("verified"));
     assert_eq!(std::fs::read(inbox.path().join("over-ipv6.bin")).unwrap(), data);
-    assert!(broker.log().contains("relay open"));
+    let log = broker.log();
+    assert!(log.contains("relay open") && log.contains("relay channel in use"), "{log}");
 }
 
 /// A broker on `[::]` serves both families on one socket: an agent on IPv6 and one on IPv4 (which cannot
@@ -85,4 +86,8 @@ fn a_dual_stack_broker_serves_ipv6_and_ipv4_agents() {
     assert!(alice.ok(&["send", "bob", "from IPv6"]).contains("delivered"), "{}", alice.agent_log());
     assert!(bob.ok(&["send", "alice", "from IPv4"]).contains("delivered"), "{}", bob.agent_log());
     assert_eq!(texts(&alice.json(&["history", "bob", "--json"])), ["from IPv6", "from IPv4"]);
+    // The relay's channel across the families: the broker sends to the IPv4 agent in the mapped form its
+    // socket knows it by.
+    let log = broker.log();
+    assert_eq!(log.matches("relay channel in use").count(), 2, "both ways:\n{log}");
 }

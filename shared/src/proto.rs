@@ -17,6 +17,10 @@ use std::net::SocketAddr;
 
 /// ALPN of a peer's session with the broker; the suffix is the protocol version.
 pub const BROKER_ALPN: &[u8] = b"p2pim-broker/1";
+/// The same protocol, with relay channels (see [`crate::relay`]): every relay stream begins with the
+/// broker's channel record. Agents offer it first and the broker prefers it; either side without it keeps
+/// to [`BROKER_ALPN`], on which nothing changed.
+pub const BROKER_ALPN_CHANNELS: &[u8] = b"p2pim-broker/2";
 /// ALPN of a direct connection between two peers.
 pub const PEER_ALPN: &[u8] = b"p2pim-peer/1";
 /// The broker's default UDP port.

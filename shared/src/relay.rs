@@ -10,6 +10,17 @@
 //!
 //! A reliable stream (as iroh's relays use) rather than datagrams, so that full-size QUIC packets fit
 //! whatever the broker path's MTU; the broker's flow control then bounds what it holds for a slow reader.
+//!
+//! The stream is also the relay's lifetime and its fallback. Where both agents speak
+//! [`crate::proto::BROKER_ALPN_CHANNELS`] and sit on the same broker, the relay has a fast path beside it: a
+//! *channel*, plain UDP datagrams between each agent's socket and the broker's, on the same 4-tuple as the
+//! agent's broker connection (so through the same NAT mapping, kept open by that connection). Each datagram
+//! is a [`HEADER`] (the tag byte, then the sender's channel id) and one QUIC packet; the broker checks that
+//! the id belongs to the address it came from, rewrites it to the friend's id and sends it on, with no
+//! stream, no second encryption, no second congestion controller. A stream carries packets of any size,
+//! a channel only what fits the path, so a relayed connection's packet size is chosen by whether it has a
+//! channel. On such a broker the first record on every relay stream is the broker's: the channel id (8
+//! bytes, 0 for none), written before the splice so that no friend can forge it.
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -27,6 +38,43 @@ pub struct RelayHello {
     pub username: String,
     /// The friend's device, as its TLS handshake with the broker showed it.
     pub fingerprint: [u8; 32],
+}
+
+/// First byte of a channel datagram. QUIC packets always have the fixed bit (0x40) set once an endpoint
+/// does not advertise `grease_quic_bit` (our agents and brokers do not), and long headers have 0x80 set:
+/// a first byte of 0 can only be ours.
+pub const TAG: u8 = 0;
+/// Bytes before the QUIC packet in a channel datagram: [`TAG`] and the channel id, big-endian.
+pub const HEADER: usize = 9;
+/// A channel datagram with nothing after the header is a probe: the broker sends it back to its sender,
+/// which then knows the channel works.
+pub const PROBE: [u8; HEADER] = [TAG, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// The channel id of a datagram, if it is a channel datagram.
+pub fn channel_of(datagram: &[u8]) -> Option<u64> {
+    match datagram {
+        [TAG, id @ ..] if id.len() >= 8 => Some(u64::from_be_bytes(id[..8].try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// Writes a datagram's header (in place: `datagram` starts with [`HEADER`] bytes for it).
+pub fn set_channel(datagram: &mut [u8], channel: u64) {
+    datagram[0] = TAG;
+    datagram[1..HEADER].copy_from_slice(&channel.to_be_bytes());
+}
+
+/// The record a broker speaking channels writes first on each relay stream: the channel id (0: none).
+pub fn encode_channel(channel: u64, out: &mut Vec<u8>) {
+    let _ = encode_packet(&channel.to_be_bytes(), out);
+}
+
+/// Reads that first record; `None` if the stream ended or it was not a channel record.
+pub fn decode_channel(record: &[u8]) -> Option<u64> {
+    match record {
+        [0, 8, id @ ..] if id.len() == 8 => Some(u64::from_be_bytes(id.try_into().ok()?)).filter(|&c| c != 0),
+        _ => None,
+    }
 }
 
 /// Appends one packet, framed, to `out`. Packets over [`MAX_PACKET`] are refused.
@@ -85,6 +133,24 @@ mod tests {
             }
             assert_eq!(back, packets, "chunks of {chunk}");
         }
+    }
+
+    #[test]
+    fn channel_headers_round_trip() {
+        let mut d = vec![0u8; HEADER + 3];
+        set_channel(&mut d, 0x0102_0304_0506_0708);
+        assert_eq!(channel_of(&d), Some(0x0102_0304_0506_0708));
+        assert_eq!(channel_of(&PROBE), Some(0));
+        assert_eq!(channel_of(&[0x40, 1, 2, 3, 4, 5, 6, 7, 8]), None, "a QUIC short header");
+        assert_eq!(channel_of(&[TAG, 1, 2]), None, "too short");
+        let mut rec = Vec::new();
+        encode_channel(7, &mut rec);
+        assert_eq!(rec.len(), 10);
+        assert_eq!(decode_channel(&rec), Some(7));
+        rec.clear();
+        encode_channel(0, &mut rec);
+        assert_eq!(decode_channel(&rec), None, "0 is no channel");
+        assert_eq!(decode_channel(&[0, 9, 1, 2, 3, 4, 5, 6, 7, 8]), None);
     }
 
     #[test]

@@ -46,6 +46,34 @@ pub fn bind(addr: SocketAddr) -> io::Result<Bound> {
     Ok(Bound { socket: socket.into(), recv_buffer, send_buffer })
 }
 
+/// The parts of `quinn::AsyncUdpSocket` that a socket wrapping another (in a field `inner`, an
+/// `Arc<dyn quinn::AsyncUdpSocket>`) passes straight through: everything but sending and receiving. For
+/// the relay's sockets, which take some datagrams out of what they receive (`quinn` is the caller's).
+#[macro_export]
+macro_rules! pass_through_udp_socket {
+    () => {
+        fn create_io_poller(self: std::sync::Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+            self.inner.clone().create_io_poller()
+        }
+
+        fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+            self.inner.local_addr()
+        }
+
+        fn max_transmit_segments(&self) -> usize {
+            self.inner.max_transmit_segments()
+        }
+
+        fn max_receive_segments(&self) -> usize {
+            self.inner.max_receive_segments()
+        }
+
+        fn may_fragment(&self) -> bool {
+            self.inner.may_fragment()
+        }
+    };
+}
+
 /// An address as people and the other side know it: an IPv4-mapped IPv6 address (how a dual-stack socket
 /// sees an IPv4 peer) as the IPv4 address it is.
 pub fn canonical(addr: SocketAddr) -> SocketAddr {

@@ -10,7 +10,7 @@ pub mod db;
 pub mod natlab;
 mod proc;
 
-pub use client::Client;
+pub use client::{Client, Tap};
 pub use cut::TcpCut;
 pub use db::{Backend, TestDb, backends};
 pub use natlab::{Lab, SmallDisk};

@@ -94,6 +94,15 @@ impl Lab {
         }
     }
 
+    /// Drops every packet leaving lab host `host` that matches an nftables expression (for example
+    /// `udp dport 7878 @ih,0,8 0`: the relay's channel datagrams), for the rest of the lab's life.
+    pub fn drop_outgoing(&self, host: &str, expr: &[&str]) {
+        let table = "dropping";
+        self.run(host, &["nft", "add", "table", "inet", table]);
+        self.run(host, &["nft", "add", "chain", "inet", table, "output", "{ type filter hook output priority -10; }"]);
+        self.run(host, &[&["nft", "add", "rule", "inet", table, "output"], expr, &["drop"]].concat());
+    }
+
     /// Ends what [`Lab::partition`] did on `host`.
     pub fn reconnect(&self, host: &str) {
         self.run(host, &["nft", "delete", "table", "inet", "partition"]);
