@@ -3,8 +3,8 @@
 //! - `bench broker`: token logins over fresh QUIC connections (sessions/s), broker RSS per idle session at
 //!   1,000 and 10,000 sessions, and bare mutual-TLS QUIC handshakes/s against a raw quinn server.
 //! - `bench files`: one file between two real agents (MB/s, peak RSS) beside a raw quinn single-stream blast.
-//! - `bench relay`: one file direct and relayed between two agents on loopback, beside raw quinn direct and
-//!   through a raw splicing relay.
+//! - `bench relay`: one file direct and relayed between two agents on loopback, beside raw quinn direct,
+//!   through a bare UDP forwarder and through a raw splicing relay.
 //! - `bench nat` (root, Linux): in the NAT lab, first message and file throughput, direct and relayed.
 //! - `bench soak`: a long mixed load (churn, lookups, group posts over 10,000 sessions): RSS over time and
 //!   p99 latencies at the start and the end.
@@ -113,8 +113,9 @@ enum Cmd {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
-    /// One file between two real agents, direct and through the broker's relay, beside raw quinn direct and
-    /// through a raw splicing relay (the physical baseline of the extra hop), in the same run.
+    /// One file between two real agents, direct and through the broker's relay, beside raw quinn direct,
+    /// through a bare UDP forwarder and through a raw splicing relay (the physical baseline of the extra
+    /// hop, as datagrams and as a stream), in the same run.
     Relay {
         #[arg(long, default_value = "256M", value_parser = shared::files::parse_size)]
         size: u64,
