@@ -6,6 +6,12 @@
 //! from the same socket, a whole receive batch in one send. Everything else goes to quinn untouched.
 //!
 //! A channel lives as long as its relay stream: [`Pair`] removes it when the splice ends.
+//!
+//! Across two nodes of a cluster each node holds half: its agent's end, and an end owned by its connection
+//! to the other node. Datagrams go agent → its node → the other node → the friend, each hop checked
+//! against the connection it must come from (nodes send from their listening sockets, where their
+//! connection to each other runs). The two halves learn each other's ids on the relay's stream between the
+//! nodes (`nodes`), as agents learn theirs on their relay streams.
 
 use crate::relay::{Relay, UserRelay};
 use parking_lot::{Mutex, RwLock};
@@ -18,14 +24,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
-/// One agent's end of a channel.
+/// Where an end's datagrams go.
+enum Peer {
+    /// Another end on this node: the friend's.
+    Local(u64),
+    /// An end on another node, reached through the connection to it.
+    Remote(quinn::Connection, u64),
+    /// Not known yet: the other node has not answered.
+    Unknown,
+}
+
+/// One end of a channel: an agent's, or (across nodes) the other node's.
 struct End {
-    /// Where its datagrams come from, as the socket sees it: its broker connection's address (followed
-    /// when the connection migrates).
+    /// Where its datagrams come from, as the socket sees it: its connection's address (followed when the
+    /// connection migrates).
     from: Mutex<SocketAddr>,
     conn: quinn::Connection,
-    /// The friend's end.
-    peer: u64,
+    peer: Peer,
+    /// Whose packets it carries.
     user: String,
     account: Arc<UserRelay>,
     /// Packet bytes it sent through the channel.
@@ -78,8 +94,7 @@ impl Drop for Pair {
 
 /// Whether an agent's broker session speaks channels.
 pub fn speaks_channels(conn: &quinn::Connection) -> bool {
-    let data = conn.handshake_data().and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok());
-    data.and_then(|h| h.protocol).as_deref() == Some(shared::proto::BROKER_ALPN_CHANNELS)
+    crate::conn::alpn(conn).as_deref() == Some(shared::proto::BROKER_ALPN_CHANNELS)
 }
 
 impl Channels {
@@ -89,6 +104,32 @@ impl Channels {
 
     /// A channel between two users' agents, each given as (username, broker connection).
     pub fn open(self: &Arc<Self>, a: (&str, &quinn::Connection), b: (&str, &quinn::Connection)) -> Pair {
+        self.pair(a, b, Peer::Local, Peer::Local)
+    }
+
+    /// This node's half of a channel across two nodes: `agent`'s end (its datagrams go to the other node
+    /// once [`Channels::join`] says with which id) and an end owned by `node`, the connection to the other
+    /// node, whose datagrams (the friend's, `node`'s user) go to the agent. The ids: the agent's, and the
+    /// one the other node is to send with.
+    pub fn open_half(self: &Arc<Self>, agent: (&str, &quinn::Connection), node: (&str, &quinn::Connection)) -> Pair {
+        self.pair(agent, node, |_| Peer::Unknown, Peer::Local)
+    }
+
+    /// The other node's id for a half opened here: the agent's datagrams go to it through `node`.
+    pub fn join(&self, half: &Pair, node: &quinn::Connection, id: u64) {
+        if let Some(end) = self.ends.write().get_mut(&half.ids.0) {
+            end.peer = Peer::Remote(node.clone(), id);
+        }
+    }
+
+    /// Two new ends with fresh ids, each given its peer from the other's id.
+    fn pair(
+        self: &Arc<Self>,
+        a: (&str, &quinn::Connection),
+        b: (&str, &quinn::Connection),
+        a_peer: impl FnOnce(u64) -> Peer,
+        b_peer: impl FnOnce(u64) -> Peer,
+    ) -> Pair {
         let mut ends = self.ends.write();
         let fresh = || loop {
             let id = random_id();
@@ -105,8 +146,8 @@ impl Channels {
             account: self.relay.user(user),
             sent: AtomicU64::new(0),
         };
-        ends.insert(ia, end(a, ib));
-        ends.insert(ib, end(b, ia));
+        ends.insert(ia, end(a, a_peer(ib)));
+        ends.insert(ib, end(b, b_peer(ia)));
         Pair { channels: self.clone(), ids: (ia, ib) }
     }
 
@@ -154,7 +195,14 @@ impl Channels {
             send(socket, from, run, stride);
             return;
         }
-        let Some(peer) = ends.get(&end.peer) else { return };
+        let (to, to_id) = match &end.peer {
+            Peer::Local(id) => match ends.get(id) {
+                Some(peer) => (*peer.from.lock(), *id),
+                None => return,
+            },
+            Peer::Remote(conn, id) => (conn.remote_address(), *id),
+            Peer::Unknown => return,
+        };
         let segments = run.len().div_ceil(stride);
         let bytes = run.len() - segments * HEADER;
         if !self.relay.admit_datagrams(&end.account, bytes) {
@@ -164,9 +212,8 @@ impl Channels {
             tracing::info!(user = end.user, "relay channel in use");
         }
         for segment in run.chunks_mut(stride) {
-            set_channel(segment, end.peer);
+            set_channel(segment, to_id);
         }
-        let to = *peer.from.lock();
         send(socket, to, run, stride);
     }
 }

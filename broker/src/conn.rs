@@ -69,6 +69,12 @@ pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
     while tasks.join_next().await.is_some() {}
 }
 
+/// The protocol a connection chose (its ALPN).
+pub(crate) fn alpn(quic: &quinn::Connection) -> Option<Vec<u8>> {
+    let data = quic.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?;
+    data.protocol
+}
+
 pub(crate) fn device_fingerprint(quic: &quinn::Connection) -> Option<Fingerprint> {
     let identity = quic.peer_identity()?;
     let certs = identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
@@ -149,7 +155,9 @@ impl Conn {
                             to_user: friend.clone(),
                             to_device: device.0,
                         };
-                        return Ok((nodes.open(node, &ask).await?, None));
+                        let agent =
+                            crate::channels::speaks_channels(&self.quic).then_some((&self.ctx.channels, &self.quic));
+                        return Ok(nodes.open(node, &ask, agent).await?);
                     }
                     return Err(ErrorCode::RelayUnavailable(format!("{friend}'s device is not online")).into());
                 };

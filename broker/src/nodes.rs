@@ -25,6 +25,10 @@ use std::time::Duration;
 
 /// The ALPN of node-to-node connections (agents offer `shared::proto::BROKER_ALPN`).
 pub const NODE_ALPN: &[u8] = b"p2pim-node/1";
+/// The same, where each relay stream also carries the two halves' channel ids (see `channels`): after
+/// the [`NodeRelay`] frame the opening node's record, after the answer `Ok` the other's (0: none). Offered
+/// first; a node without it keeps to [`NODE_ALPN`].
+pub const NODE_ALPN_CHANNELS: &[u8] = b"p2pim-node/2";
 /// Relays one pair of nodes may carry at once (each is one stream on their one connection).
 const MAX_RELAYS_PER_NODE: u32 = 10_000;
 /// What a node connection may have in flight towards this node, for all its relays together.
@@ -67,8 +71,11 @@ impl Nodes {
         advertised: Option<SocketAddr>,
         bus: async_nats::Client,
     ) -> anyhow::Result<Self> {
-        let tls =
-            certs::config::client(identity, certs::verify::ServerPin::Exact(identity.fingerprint()), &[NODE_ALPN])?;
+        let tls = certs::config::client(
+            identity,
+            certs::verify::ServerPin::Exact(identity.fingerprint()),
+            &[NODE_ALPN_CHANNELS, NODE_ALPN],
+        )?;
         let mut client = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
         let mut t = crate::server::transport();
         t.stream_receive_window(quinn::VarInt::from_u32(1024 * 1024));
@@ -135,23 +142,42 @@ impl Nodes {
     }
 
     /// Opens a relay through `node` to a device it serves: the stream to that node once it has opened the
-    /// friend's side, or why not.
+    /// friend's side, or why not. With `agent` (the asking agent's session, if it speaks channels), this
+    /// node's half of a channel too, if the other node makes its own.
     pub async fn open(
         &self,
         node: u64,
         relay: &NodeRelay,
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), ErrorCode> {
+        agent: Option<(&Arc<crate::channels::Channels>, &quinn::Connection)>,
+    ) -> Result<((quinn::SendStream, quinn::RecvStream), Option<crate::channels::Pair>), ErrorCode> {
         let unavailable = |why: String| ErrorCode::RelayUnavailable(why);
         let conn = self.connection(node).await.map_err(unavailable)?;
+        let channels = speaks_channels(&conn);
+        let half = agent
+            .filter(|_| channels)
+            .map(|(channels, agent)| channels.open_half((&relay.from_user, agent), (&relay.to_user, &conn)));
         let open = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             write_frame(&mut send, relay).await.map_err(|e| e.to_string())?;
-            match read_frame::<Response, _>(&mut recv).await.map_err(|e| e.to_string())? {
-                Some(Response::Ok) => Ok(Ok((send, recv))),
-                Some(Response::Error(e)) => Ok(Err(e.code)),
-                Some(other) => Err(format!("unexpected answer {other:?}")),
-                None => Err("the stream ended".to_string()),
+            if channels {
+                write_channel(&mut send, half.as_ref().map_or(0, |h| h.ids.1)).await.map_err(|e| e.to_string())?;
             }
+            match read_frame::<Response, _>(&mut recv).await.map_err(|e| e.to_string())? {
+                Some(Response::Ok) => {}
+                Some(Response::Error(e)) => return Ok(Err(e.code)),
+                Some(other) => return Err(format!("unexpected answer {other:?}")),
+                None => return Err("the stream ended".to_string()),
+            }
+            let theirs = if channels { read_channel(&mut recv).await.map_err(|e| e.to_string())? } else { None };
+            // Both halves stand, or neither (a half dropped is removed).
+            let half = match (half, theirs, agent) {
+                (Some(half), Some(id), Some((channels, _))) => {
+                    channels.join(&half, &conn, id);
+                    Some(half)
+                }
+                _ => None,
+            };
+            Ok(Ok(((send, recv), half)))
         };
         // The other node waits up to OPEN_TIMEOUT for the friend's agent; this allows for the hop on top.
         match tokio::time::timeout(shared::relay::OPEN_TIMEOUT + Duration::from_secs(2), open).await {
@@ -195,10 +221,26 @@ impl Nodes {
     }
 }
 
-/// Whether a connection chose the node ALPN: it asks to be served as another node of the cluster.
+/// Whether a connection chose a node ALPN: it asks to be served as another node of the cluster.
 pub fn asks_to_be_node(quic: &quinn::Connection) -> bool {
-    let alpn = quic.handshake_data().and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok());
-    alpn.and_then(|h| h.protocol).as_deref() == Some(NODE_ALPN)
+    matches!(crate::conn::alpn(quic).as_deref(), Some(NODE_ALPN | NODE_ALPN_CHANNELS))
+}
+
+/// Whether a connection between nodes carries channel ids on its relay streams.
+fn speaks_channels(quic: &quinn::Connection) -> bool {
+    crate::conn::alpn(quic).as_deref() == Some(NODE_ALPN_CHANNELS)
+}
+
+async fn write_channel(send: &mut quinn::SendStream, id: u64) -> Result<(), quinn::WriteError> {
+    let mut record = Vec::new();
+    shared::relay::encode_channel(id, &mut record);
+    send.write_all(&record).await
+}
+
+async fn read_channel(recv: &mut quinn::RecvStream) -> Result<Option<u64>, quinn::ReadExactError> {
+    let mut record = [0u8; 10];
+    recv.read_exact(&mut record).await?;
+    Ok(shared::relay::decode_channel(&record))
 }
 
 /// Serves another node's connection: each stream it opens is one relay to a device this node serves.
@@ -211,7 +253,7 @@ pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
         tokio::select! {
             accepted = quic.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    relays.spawn(relay(ctx.clone(), send, recv));
+                    relays.spawn(relay(ctx.clone(), quic.clone(), send, recv));
                 }
                 Err(e) => {
                     tracing::debug!(reason = %e, "cluster: node connection ended");
@@ -225,18 +267,29 @@ pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
 }
 
 /// One relay asked for by another node: the friend's side is opened here, then the two are spliced.
-async fn relay(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let ask = match tokio::time::timeout(Duration::from_secs(10), read_frame::<NodeRelay, _>(&mut recv)).await {
-        Ok(Ok(Some(r))) => r,
-        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return,
+async fn relay(ctx: Arc<Ctx>, node: quinn::Connection, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let channels = speaks_channels(&node);
+    let asked = async {
+        let ask = read_frame::<NodeRelay, _>(&mut recv).await.ok()??;
+        let id = if channels { read_channel(&mut recv).await.ok()? } else { None };
+        Some((ask, id))
     };
+    let Ok(Some((ask, their_id))) = tokio::time::timeout(Duration::from_secs(10), asked).await else { return };
+    let mut half = None;
     let theirs = async {
         ctx.relay.check_enabled()?;
         let device = Fingerprint(ask.to_device);
         let Some(conn) = ctx.table.device_connection(&ask.to_user, &device) else {
             return Err(ErrorCode::RelayUnavailable(format!("{}'s device is not online", ask.to_user)));
         };
-        ctx.relay.open(&ask.from_user, Fingerprint(ask.from_device), &conn, 0).await
+        // The other node's half stands and our agent speaks channels: our half, joined to theirs.
+        if let (Some(id), true) = (their_id, crate::channels::speaks_channels(&conn)) {
+            let h = ctx.channels.open_half((&ask.to_user, &conn), (&ask.from_user, &node));
+            ctx.channels.join(&h, &node, id);
+            half = Some(h);
+        }
+        let mine = half.as_ref().map_or(0, |h| h.ids.0);
+        ctx.relay.open(&ask.from_user, Fingerprint(ask.from_device), &conn, mine).await
     };
     let theirs = match theirs.await {
         Ok(t) => t,
@@ -250,5 +303,10 @@ async fn relay(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: quinn::Recv
     if write_frame(&mut send, &Response::Ok).await.is_err() {
         return;
     }
+    if channels && write_channel(&mut send, half.as_ref().map_or(0, |h| h.ids.1)).await.is_err() {
+        return;
+    }
     ctx.relay.splice(&ask.from_user, &ask.to_user, (send, recv), theirs).await;
+    // The channel goes with its streams.
+    drop(half);
 }

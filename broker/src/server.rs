@@ -160,7 +160,12 @@ impl Broker {
             crate::groups::Groups::new(db.clone(), table.clone(), cfg.group_posts_per_second, cfg.group_retention);
         // Nodes of a cluster also reach each other here, with an ALPN of their own.
         let alpn: &[&[u8]] = if cluster.is_some() {
-            &[shared::proto::BROKER_ALPN_CHANNELS, shared::proto::BROKER_ALPN, crate::nodes::NODE_ALPN]
+            &[
+                shared::proto::BROKER_ALPN_CHANNELS,
+                shared::proto::BROKER_ALPN,
+                crate::nodes::NODE_ALPN_CHANNELS,
+                crate::nodes::NODE_ALPN,
+            ]
         } else {
             &[shared::proto::BROKER_ALPN_CHANNELS, shared::proto::BROKER_ALPN]
         };

@@ -119,8 +119,8 @@ fn the_cluster_survives_a_nats_restart() {
 }
 
 /// Two agents that can only be relayed (`--relay-only`), served by different nodes: the relay goes
-/// through both nodes (the requester's checks the friendship, the friend's opens the friend's side), and
-/// chat and a file get through end to end, as on one broker.
+/// through both nodes (the requester's checks the friendship, the friend's opens the friend's side), its
+/// datagrams too, and chat and a file get through end to end, as on one broker.
 #[test]
 fn agents_on_different_nodes_are_relayed_through_both() {
     let backend = backends().into_iter().find(|b| b.name() != "sqlite").expect("needs PostgreSQL or MariaDB");
@@ -151,7 +151,11 @@ fn agents_on_different_nodes_are_relayed_through_both() {
     assert!(out.contains("verified"), "{out}");
     assert_eq!(std::fs::read(inbox.path().join("across-nodes.bin")).unwrap(), data);
     for node in &nodes {
-        assert!(node.log().contains("relay open"), "every node on the path relayed:\n{}", node.log());
+        let log = node.log();
+        assert!(log.contains("relay open"), "every node on the path relayed:\n{log}");
+        // The channel across the nodes (agent, node, node, agent) carried the packets, both ways: on each
+        // node, from its agent and from the other node.
+        assert_eq!(log.matches("relay channel in use").count(), 2, "{log}");
     }
 }
 

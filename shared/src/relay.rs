@@ -12,7 +12,7 @@
 //! whatever the broker path's MTU; the broker's flow control then bounds what it holds for a slow reader.
 //!
 //! The stream is also the relay's lifetime and its fallback. Where both agents speak
-//! [`crate::proto::BROKER_ALPN_CHANNELS`] and sit on the same broker, the relay has a fast path beside it: a
+//! [`crate::proto::BROKER_ALPN_CHANNELS`], the relay has a fast path beside it: a
 //! *channel*, plain UDP datagrams between each agent's socket and the broker's, on the same 4-tuple as the
 //! agent's broker connection (so through the same NAT mapping, kept open by that connection). Each datagram
 //! is a [`HEADER`] (the tag byte, then the sender's channel id) and one QUIC packet; the broker checks that
