@@ -19,7 +19,7 @@ use shared::relay::{HEADER, channel_of, set_channel};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
@@ -40,6 +40,9 @@ struct End {
     /// connection migrates).
     from: Mutex<SocketAddr>,
     conn: quinn::Connection,
+    /// Our address its connection came in on (on a host with several, datagrams to it must leave from
+    /// that one, or its NAT and its agent would not take them for ours).
+    local_ip: Option<IpAddr>,
     peer: Peer,
     /// Whose packets it carries.
     user: String,
@@ -141,6 +144,7 @@ impl Channels {
         let end = |(user, conn): (&str, &quinn::Connection), peer| End {
             from: Mutex::new(conn.remote_address()),
             conn: conn.clone(),
+            local_ip: conn.local_ip(),
             peer,
             user: user.to_string(),
             account: self.relay.user(user),
@@ -192,15 +196,15 @@ impl Channels {
         }
         if run.len() == HEADER {
             // A probe: back to its sender, who then knows the channel works.
-            send(socket, from, run, stride);
+            send(socket, (from, end.local_ip), run, stride);
             return;
         }
         let (to, to_id) = match &end.peer {
             Peer::Local(id) => match ends.get(id) {
-                Some(peer) => (*peer.from.lock(), *id),
+                Some(peer) => ((*peer.from.lock(), peer.local_ip), *id),
                 None => return,
             },
-            Peer::Remote(conn, id) => (conn.remote_address(), *id),
+            Peer::Remote(conn, id) => ((conn.remote_address(), conn.local_ip()), *id),
             Peer::Unknown => return,
         };
         let segments = run.len().div_ceil(stride);
@@ -218,9 +222,9 @@ impl Channels {
     }
 }
 
-/// Sends `stride`-sized segments in as few sends as the socket allows. A full socket drops them, as the
-/// network would.
-fn send(socket: &dyn quinn::AsyncUdpSocket, to: SocketAddr, data: &[u8], stride: usize) {
+/// Sends `stride`-sized segments to an address, from one of ours, in as few sends as the socket allows. A
+/// full socket drops them, as the network would.
+fn send(socket: &dyn quinn::AsyncUdpSocket, (to, from): (SocketAddr, Option<IpAddr>), data: &[u8], stride: usize) {
     let batch = socket.max_transmit_segments().max(1) * stride;
     for contents in data.chunks(batch) {
         let transmit = quinn::udp::Transmit {
@@ -228,7 +232,7 @@ fn send(socket: &dyn quinn::AsyncUdpSocket, to: SocketAddr, data: &[u8], stride:
             ecn: None,
             contents,
             segment_size: (contents.len() > stride).then_some(stride),
-            src_ip: None,
+            src_ip: from,
         };
         let _ = socket.try_send(&transmit);
     }

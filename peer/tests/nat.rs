@@ -156,6 +156,33 @@ fn a_relay_whose_channel_is_blocked_carries_on_over_its_stream() {
     assert!(!log.contains("relay channel in use"), "no datagram got through, and nothing was lost:\n{log}");
 }
 
+/// A broker host with two addresses, listening on all of them and reached at its second: the relay's
+/// datagrams must leave from the address each agent's connection came in on, or the agents' NATs (which
+/// know only that one) drop them and the channel never works.
+#[test]
+fn a_broker_reached_at_its_second_address_relays_through_its_channel() {
+    let lab = Lab::build();
+    lab.run("broker", &["ip", "addr", "add", "203.0.113.5/25", "dev", "wan"]);
+    let broker = Broker::start_in(&lab.ns("broker"), "0.0.0.0:7878".parse().unwrap(), &[]);
+    let on = |name: &str, host: &str| {
+        let mut p = Peer::new(&broker);
+        p.broker = "203.0.113.5:7878".to_string();
+        p.netns = Some(lab.ns(host));
+        p.register(name, name);
+        p
+    };
+    let (alice, bob) = (on("alice", "c1"), on("bob", "c2"));
+    let (_a, _b) = (alice.up(), bob.up());
+    alice.befriend(&bob);
+    let out = alice.ok(&["send", "bob", "through the second address"]);
+    assert!(out.contains("delivered"), "{out}\nalice's log:\n{}", alice.agent_log());
+    assert!(bob.ok(&["send", "alice", "and back"]).contains("delivered"));
+    let friends = alice.json(&["friends", "--json"]);
+    assert_eq!(friends[0]["connections"][0]["path"], "relayed", "{friends:#}");
+    let log = broker.log();
+    assert_eq!(log.matches("relay channel in use").count(), 2, "both ways, through the channel:\n{log}");
+}
+
 #[test]
 fn public_to_port_shifting_nat_is_direct() {
     pair_through("a1", "f1", "direct");
