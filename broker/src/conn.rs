@@ -311,6 +311,9 @@ impl Conn {
             }
             Request::GroupMembers { group_id } => Response::GroupMembers(ctx.groups.members(&me, group_id).await?),
             Request::Groups => Response::Groups(ctx.groups.list(&me).await?),
+            Request::GroupPostOnce { group_id, text, post_id } => {
+                Response::GroupPosted { seq: ctx.groups.post_once(&me, group_id, &text, post_id).await? }
+            }
             Request::GroupPost { group_id, text } => {
                 Response::GroupPosted { seq: ctx.groups.post(&me, group_id, &text).await? }
             }

@@ -45,6 +45,22 @@ pub struct Retention {
     pub max_age: Duration,
 }
 
+/// A message for a group's log: a member's post (with the sender's id for it, if it is to be stored at
+/// most once) or a notice of the broker's (`system`: joins, leaves, renames).
+struct Post<'a> {
+    sender: &'a str,
+    group_id: i64,
+    text: &'a str,
+    system: bool,
+    post_id: Option<&'a str>,
+}
+
+impl<'a> Post<'a> {
+    fn notice(sender: &'a str, group_id: i64, text: &'a str) -> Self {
+        Self { sender, group_id, text, system: true, post_id: None }
+    }
+}
+
 impl Groups {
     /// `posts_per_second`: what one member may post, summed over their groups, before getting
     /// [`ErrorCode::RateLimited`].
@@ -93,7 +109,7 @@ impl Groups {
     /// Joins on an invitation; the group sees a notice.
     pub async fn join(&self, me: &str, group_id: i64) -> Result<()> {
         self.change_members(group_id, self.add_invited(me, group_id)).await?;
-        self.post_as(me, group_id, &format!("{me} joined"), true).await?;
+        self.post_as(Post::notice(me, group_id, &format!("{me} joined"))).await?;
         Ok(())
     }
 
@@ -118,7 +134,7 @@ impl Groups {
         self.require_member(me, group_id).await?;
         let heir = self.change_members(group_id, self.remove_member(me, group_id)).await?;
         if heir.is_some() {
-            self.post_as(me, group_id, &format!("{me} left"), true).await?;
+            self.post_as(Post::notice(me, group_id, &format!("{me} left"))).await?;
         }
         Ok(())
     }
@@ -151,7 +167,14 @@ impl Groups {
     /// A member's post: numbered, stored, then delivered to every online member's devices.
     pub async fn post(&self, me: &str, group_id: i64, text: &str) -> Result<i64> {
         check_text(text).map_err(ErrorCode::InvalidText)?;
-        self.post_as(me, group_id, text, false).await
+        self.post_as(Post { sender: me, group_id, text, system: false, post_id: None }).await
+    }
+
+    /// [`Groups::post`] at most once: a post whose id the group already holds from `me` is answered with
+    /// the number it has (and pushed again, for a member who missed it: agents ignore repeats).
+    pub async fn post_once(&self, me: &str, group_id: i64, text: &str, post_id: [u8; 16]) -> Result<i64> {
+        check_text(text).map_err(ErrorCode::InvalidText)?;
+        self.post_as(Post { sender: me, group_id, text, system: false, post_id: Some(&hex::encode(post_id)) }).await
     }
 
     /// Owner only: removes `user`, who is told in the group's log and then gets nothing more.
@@ -164,7 +187,7 @@ impl Groups {
         // numbered after it.
         let gate = self.gate(group_id);
         let _turn = gate.lock().await;
-        self.post_in_turn(me, group_id, &format!("{user} was removed by {me}"), true).await?;
+        self.post_in_turn(Post::notice(me, group_id, &format!("{user} was removed by {me}"))).await?;
         let deleted = self.db.delete_member(group_id, user).await;
         self.members.lock().remove(&group_id);
         deleted?;
@@ -176,7 +199,7 @@ impl Groups {
         validate::display_name(name).map_err(|_| ErrorCode::InvalidText("group names are 1-64 characters".into()))?;
         self.require_owner(me, group_id).await?;
         self.db.rename_group(group_id, name).await?;
-        self.post_as(me, group_id, &format!("{me} renamed the group to {name}"), true).await?;
+        self.post_as(Post::notice(me, group_id, &format!("{me} renamed the group to {name}"))).await?;
         Ok(())
     }
 
@@ -187,14 +210,14 @@ impl Groups {
             return Err(ErrorCode::NotMember.into());
         }
         self.db.set_group_owner(group_id, user).await?;
-        self.post_as(me, group_id, &format!("{me} made {user} the owner"), true).await?;
+        self.post_as(Post::notice(me, group_id, &format!("{me} made {user} the owner"))).await?;
         Ok(())
     }
 
     /// Owner only: the members are told, then the group and everything in it is deleted.
     pub async fn disband(&self, me: &str, group_id: i64) -> Result<()> {
         self.require_owner(me, group_id).await?;
-        self.post_as(me, group_id, &format!("{me} disbanded the group"), true).await?;
+        self.post_as(Post::notice(me, group_id, &format!("{me} disbanded the group"))).await?;
         let delete = async { Ok(self.db.delete_group(group_id).await?) };
         self.change_members(group_id, delete).await?;
         tracing::info!(group = group_id, owner = me, "group disbanded");
@@ -217,14 +240,15 @@ impl Groups {
     /// Numbers, stores and fans out a message in the group's turn. A member's post (`!system`) is checked
     /// against the member list read in that same turn (someone removed a moment ago can no longer post),
     /// then against the sender's post rate.
-    async fn post_as(&self, sender: &str, group_id: i64, text: &str, system: bool) -> Result<i64> {
-        let gate = self.gate(group_id);
+    async fn post_as(&self, post: Post<'_>) -> Result<i64> {
+        let gate = self.gate(post.group_id);
         let _turn = gate.lock().await;
-        self.post_in_turn(sender, group_id, text, system).await
+        self.post_in_turn(post).await
     }
 
     /// [`Groups::post_as`] for a caller that holds the group's turn.
-    async fn post_in_turn(&self, sender: &str, group_id: i64, text: &str, system: bool) -> Result<i64> {
+    async fn post_in_turn(&self, post: Post<'_>) -> Result<i64> {
+        let Post { sender, group_id, text, system, post_id } = post;
         let members = self.members_of(group_id).await?;
         if !system {
             if !members.iter().any(|m| m == sender) {
@@ -236,8 +260,9 @@ impl Groups {
                 .map_err(|retry_after_secs| ErrorCode::RateLimited { retry_after_secs })?;
         }
         let at = now_ms();
-        let new = NewMessage { group_id, sender, system, text, at, keep: self.retention.max_messages };
-        let seq = self.db.append_message(&new).await?.ok_or(ErrorCode::UnknownGroup)?;
+        let new = NewMessage { group_id, sender, system, text, at, keep: self.retention.max_messages, post_id };
+        let stored = self.db.append_message(&new).await?.ok_or(ErrorCode::UnknownGroup)?;
+        let (seq, at) = (stored.seq, stored.at);
         let event = Event::GroupMessage(GroupMessage {
             group_id,
             seq,

@@ -216,3 +216,69 @@ async fn retention_keeps_the_newest_messages() {
     let seqs: Vec<i64> = kept.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, [3, 4, 5]);
 }
+
+/// A post sent again with its id (its answer was lost: the broker busy past its deadline, the connection
+/// cut) is answered with the number it already has and stored once, even when the copies race each other
+/// on two nodes of a cluster; the same id from another member, or another id, is a post of its own. No
+/// number is skipped by a repeat.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_post_sent_again_with_its_id_is_stored_once() {
+    for backend in backends() {
+        eprintln!("backend: {}", backend.name());
+        // Two nodes where the backend can be shared (the copies race across them), else one broker.
+        let nodes =
+            if backend.name() == "sqlite" { vec![Broker::start(&backend)] } else { Broker::start_cluster(&backend, 2) };
+        let alice = Client::session(&nodes[0], "alice", true).await;
+        let bob = Client::session(&nodes[0], "bob", true).await;
+        befriend(&alice, "alice", &bob, "bob").await;
+        let Response::GroupCreated { group_id: g } = alice.call(&Request::GroupCreate { name: "once".into() }).await
+        else {
+            panic!()
+        };
+        alice.ok(Request::GroupInvite { group_id: g, username: "bob".into() }).await;
+        bob.ok(Request::GroupJoin { group_id: g }).await;
+        let alice_elsewhere = Client::session(nodes.last().unwrap(), "alice", false).await;
+
+        let post = |c: &Client, text: &str, id: u8| {
+            let req = Request::GroupPostOnce { group_id: g, text: text.into(), post_id: [id; 16] };
+            let conn = c.conn.clone();
+            async move {
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                write_frame(&mut send, &req).await.unwrap();
+                send.finish().unwrap();
+                match read_frame::<Response, _>(&mut recv).await.unwrap().unwrap() {
+                    Response::GroupPosted { seq } => seq,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        // The copies race each other (spawned at once, half of them through the other node).
+        let tasks: Vec<_> = [&alice, &alice_elsewhere, &alice, &alice_elsewhere]
+            .into_iter()
+            .map(|c| tokio::spawn(post(c, "hello", 1)))
+            .collect();
+        let mut copies = Vec::new();
+        for t in tasks {
+            copies.push(t.await.unwrap());
+        }
+        assert!(copies.iter().all(|&s| s == copies[0]), "one number for every copy: {copies:?}");
+        let bobs = post(&bob, "hello", 1).await;
+        let other = post(&alice, "hello", 2).await;
+        assert_eq!(
+            (bobs, other),
+            (copies[0] + 1, copies[0] + 2),
+            "the same id from bob, another id: posts of their own"
+        );
+        assert_eq!(post(&alice_elsewhere, "hello", 1).await, copies[0], "still the same, later");
+
+        let Response::GroupMessages(all) =
+            bob.call(&Request::GroupSync { group_id: g, after_seq: 0, limit: 100 }).await
+        else {
+            panic!()
+        };
+        let texts: Vec<(i64, &str)> = all.iter().map(|m| (m.seq, m.text.as_str())).collect();
+        assert_eq!(texts, [(1, "bob joined"), (2, "hello"), (3, "hello"), (4, "hello")], "stored once each");
+        let Response::Groups(list) = bob.call(&Request::Groups).await else { panic!() };
+        assert_eq!(list[0].last_seq, 4, "no number skipped by a repeat");
+    }
+}

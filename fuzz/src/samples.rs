@@ -132,6 +132,7 @@ pub fn requests() -> Vec<Request> {
         Request::Deposit { username: s("bob"), device: [9; 32], blob: vec![1, 2, 3] },
         Request::Pickup { after: 4, limit: 100 },
         Request::MailboxAck { ids: vec![5, 6] },
+        Request::GroupPostOnce { group_id: 7, text: s("hello"), post_id: [4; 16] },
     ]
 }
 

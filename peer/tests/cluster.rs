@@ -338,13 +338,30 @@ fn database_outage(break_link: fn(&testkit::TcpCut)) {
         assert_eq!(p.json(&["status", "--json"])["online"], true, "still online");
     }
 
+    // A post that waits out the end of the outage: not confirmed, tried again with its id, and stored
+    // once the database answers, once.
+    let said_by = tempfile::NamedTempFile::new().unwrap();
+    let mut across = alice
+        .command(&["send", "--group", &g, "posted across the heal"])
+        .stdout(std::process::Stdio::null())
+        .stderr(said_by.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let said = || std::fs::read_to_string(said_by.path()).unwrap_or_default();
+    wait_until("the post was not confirmed and is tried again", || said().contains("trying again"));
     db.heal();
+    assert!(across.wait().unwrap().success(), "stored once the database answers: {}", said());
+
     wait_until("group posts work again", || alice.run(&["send", "--group", &g, "posted after"]).status.success());
     assert!(bob.ok(&["send", "alice", "after"]).contains("delivered"));
     let posts = |p: &Peer| texts(&p.json(&["history", "--group", &g, "--json", "--limit", "100"]));
     wait_until("bob has the post made after", || posts(&bob).iter().any(|t| t == "posted after"));
     let seen: Vec<String> = posts(&bob).into_iter().filter(|t| t.starts_with("posted")).collect();
-    assert_eq!(seen, ["posted before", "posted after"], "one order, nothing acknowledged lost, nothing unacknowledged");
+    assert_eq!(
+        seen,
+        ["posted before", "posted across the heal", "posted after"],
+        "one order, nothing acknowledged lost, nothing unacknowledged, nothing twice"
+    );
     assert_eq!(texts(&bob.json(&["history", "alice", "--json"])), ["before", "during", "after"]);
     // Logged once when it went, once when it came back.
     wait_until("node 1 logs the database's return", || nodes[0].log().contains("the database is reachable again"));
@@ -355,5 +372,9 @@ fn database_outage(break_link: fn(&testkit::TcpCut)) {
     // What the database itself holds, read on a session of its own: what was acknowledged, and only that.
     let stored = nodes[0].db.column(&format!("SELECT text FROM group_messages WHERE group_id = {group} ORDER BY seq"));
     let stored: Vec<&String> = stored.iter().filter(|t| t.starts_with("posted")).collect();
-    assert_eq!(stored, ["posted before", "posted after"], "committed, and nothing refused was stored");
+    assert_eq!(
+        stored,
+        ["posted before", "posted across the heal", "posted after"],
+        "committed (once), and nothing refused was stored"
+    );
 }

@@ -145,6 +145,10 @@ pub enum Request {
     Pickup { after: i64, limit: u32 },
     /// These letters are stored on this device: the broker deletes them.
     MailboxAck { ids: Vec<i64> },
+    /// [`Request::GroupPost`], at most once: a post whose id (the sender's, random) the group already holds
+    /// from this sender is answered with its sequence number and not stored again. So a post whose answer
+    /// was lost (the broker busy past its deadline, the connection cut) can be sent again safely.
+    GroupPostOnce { group_id: i64, text: String, post_id: [u8; 16] },
 }
 
 impl Request {
@@ -199,6 +203,7 @@ impl Request {
             Self::Deposit { .. } => "deposit",
             Self::Pickup { .. } => "pickup",
             Self::MailboxAck { .. } => "mailbox_ack",
+            Self::GroupPostOnce { .. } => "group_post_once",
         }
     }
 }

@@ -59,6 +59,17 @@ pub(crate) struct NewMessage<'a> {
     pub(crate) at: i64,
     /// Keep at most this many of the group's newest messages.
     pub(crate) keep: i64,
+    /// The sender's id for the post (hex), if it is to be stored at most once.
+    pub(crate) post_id: Option<&'a str>,
+}
+
+/// A message in the group's log: its number and time, and whether it was stored just now (or was there
+/// already, with the same post id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Appended {
+    pub(crate) seq: i64,
+    pub(crate) at: i64,
+    pub(crate) new: bool,
 }
 
 /// Deletes every row of a group, children first.
@@ -405,20 +416,38 @@ impl Db {
 
     /// Numbers and stores a message, and trims the log to `keep`, together; its number, or `None` if the
     /// group is gone.
-    pub(crate) async fn append_message(&self, m: &NewMessage<'_>) -> Result<Option<i64>, DbError> {
+    pub(crate) async fn append_message(&self, m: &NewMessage<'_>) -> Result<Option<Appended>, DbError> {
         self.run(async |c| {
             let mut tx = c.begin().await?;
+            // The group's row first: it holds every other post to the group (on any node) until this one
+            // commits, so the look-up below sees a post with the same id that committed meanwhile.
             sqlx::query(self.sql(sql!("UPDATE chat_groups SET last_seq = last_seq + 1 WHERE id = ?")))
                 .bind(m.group_id)
                 .execute(&mut *tx)
                 .await?;
+            if let Some(post_id) = m.post_id {
+                let stored: Option<(i64, i64)> = sqlx::query_as(self.sql(sql!(
+                    "SELECT seq, created_at FROM group_messages WHERE group_id = ? AND sender = ? AND post_id = ?"
+                )))
+                .bind(m.group_id)
+                .bind(m.sender)
+                .bind(post_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some((seq, at)) = stored {
+                    // Sent again: the number it has, and no new one (the increment is undone).
+                    tx.rollback().await?;
+                    return Ok(Some(Appended { seq, at, new: false }));
+                }
+            }
             let seq: Option<i64> = sqlx::query_scalar(self.sql(sql!("SELECT last_seq FROM chat_groups WHERE id = ?")))
                 .bind(m.group_id)
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(seq) = seq else { return Ok(None) };
             sqlx::query(self.sql(sql!(
-                "INSERT INTO group_messages (group_id, seq, sender, system, text, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+                "INSERT INTO group_messages (group_id, seq, sender, system, text, created_at, post_id) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)"
             )))
             .bind(m.group_id)
             .bind(seq)
@@ -426,6 +455,7 @@ impl Db {
             .bind(i64::from(m.system))
             .bind(m.text)
             .bind(m.at)
+            .bind(m.post_id)
             .execute(&mut *tx)
             .await?;
             if seq > m.keep {
@@ -436,7 +466,7 @@ impl Db {
                     .await?;
             }
             tx.commit().await?;
-            Ok(Some(seq))
+            Ok(Some(Appended { seq, at: m.at, new: true }))
         })
         .await
     }

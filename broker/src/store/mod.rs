@@ -100,6 +100,7 @@ const SQLITE: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_devices.sql"),
     include_str!("../../migrations/sqlite/0005_mailbox.sql"),
     include_str!("../../migrations/sqlite/0006_cluster.sql"),
+    include_str!("../../migrations/sqlite/0007_group_post_ids.sql"),
 ];
 const POSTGRES: &[&str] = &[
     include_str!("../../migrations/postgres/0001_accounts.sql"),
@@ -108,6 +109,7 @@ const POSTGRES: &[&str] = &[
     include_str!("../../migrations/postgres/0004_devices.sql"),
     include_str!("../../migrations/postgres/0005_mailbox.sql"),
     include_str!("../../migrations/postgres/0006_cluster.sql"),
+    include_str!("../../migrations/postgres/0007_group_post_ids.sql"),
 ];
 const MYSQL: &[&str] = &[
     include_str!("../../migrations/mysql/0001_accounts.sql"),
@@ -116,6 +118,7 @@ const MYSQL: &[&str] = &[
     include_str!("../../migrations/mysql/0004_devices.sql"),
     include_str!("../../migrations/mysql/0005_mailbox.sql"),
     include_str!("../../migrations/mysql/0006_cluster.sql"),
+    include_str!("../../migrations/mysql/0007_group_post_ids.sql"),
 ];
 
 /// A cheap-to-clone handle on the pool.

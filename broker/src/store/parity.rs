@@ -160,6 +160,7 @@ async fn groups(db: &Db) {
         text,
         at,
         keep,
+        post_id: None,
     };
     for (at, text) in [(102, "before bob"), (110, "one"), (111, "two"), (112, "three")] {
         db.append_message(&post(at, text, 10)).await.unwrap();
@@ -173,7 +174,10 @@ async fn groups(db: &Db) {
     assert_eq!(db.messages_since(g, "alice", 0, 10).await.unwrap().len(), 4);
     assert_eq!(db.messages_since(g, "bob", 3, 10).await.unwrap().len(), 1);
     assert_eq!(db.messages_since(g, "alice", 0, 1).await.unwrap()[0].seq, 1, "limited, oldest first");
-    assert_eq!(db.append_message(&post(113, "four", 3)).await.unwrap(), Some(5));
+    let four = db.append_message(&NewMessage { post_id: Some("00ff"), ..post(113, "four", 3) }).await.unwrap();
+    assert_eq!(four, Some(super::groups::Appended { seq: 5, at: 113, new: true }));
+    let again = db.append_message(&NewMessage { post_id: Some("00ff"), ..post(120, "four", 3) }).await.unwrap();
+    assert_eq!(again, Some(super::groups::Appended { seq: 5, at: 113, new: false }), "the same post id: stored once");
     assert_eq!(
         texts(db.messages_since(g, "alice", 0, 10).await.unwrap()),
         [(3, "two".into()), (4, "three".into()), (5, "four".into())],

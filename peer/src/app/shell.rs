@@ -269,9 +269,8 @@ pub async fn run_action(store: &Store, action: Action) -> Option<Input> {
             Ok(other) => Input::Reply(Reply::Failed { token, why: format!("unexpected answer: {other:?}") }),
             Err(e) => Input::Reply(Reply::Failed { token, why: format!("{e:#}") }),
         },
-        Action::Post { token, group, text } => match broker(home, Request::GroupPost { group_id: group, text }).await {
-            Ok(Response::GroupPosted { seq }) => Input::Reply(Reply::Posted { token, seq }),
-            Ok(other) => Input::Reply(Reply::Failed { token, why: format!("unexpected answer: {other:?}") }),
+        Action::Post { token, group, text } => match crate::cli::post_once(home, group, &text, || {}).await {
+            Ok(seq) => Input::Reply(Reply::Posted { token, seq }),
             Err(e) => Input::Reply(Reply::Failed { token, why: format!("{e:#}") }),
         },
         Action::MarkRead(key) => {

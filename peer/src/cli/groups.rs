@@ -1,13 +1,63 @@
 //! `peer groups`, group posts and line-mode group chat.
 
 use super::*;
+use shared::proto::ErrorCode;
+
+/// How long a group post whose fate is unknown is sent again (with its id: it is stored at most once).
+const POST_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
 
 pub(super) async fn group_post(home: &Home, group_id: i64, text: &str) -> Result<i64> {
+    post_once(home, group_id, text, || note!("the broker did not confirm the post yet; trying again")).await
+}
+
+/// Posts to a group at most once, and says so only once it is stored. The post carries a random id
+/// kept over every try: a post whose answer was lost (the broker busy past its deadline, the connection
+/// cut, no answer in time) is sent again for up to [`POST_PATIENCE`] without ever appearing twice.
+/// `retrying` is called before each further try.
+pub(crate) async fn post_once(home: &Home, group_id: i64, text: &str, retrying: impl Fn()) -> Result<i64> {
     shared::peer::check_text(text).map_err(|e| anyhow!(e))?;
-    match broker_call(home, Request::GroupPost { group_id, text: text.to_string() }).await? {
-        Response::GroupPosted { seq } => Ok(seq),
-        other => bail!("unexpected answer from the broker: {other:?}"),
+    let post_id = crate::agent::random_id();
+    let once = Request::GroupPostOnce { group_id, text: text.to_string(), post_id };
+    let give_up = tokio::time::Instant::now() + POST_PATIENCE;
+    let mut pause = std::time::Duration::from_millis(500);
+    let mut first = true;
+    loop {
+        let answer = match broker_call(home, once.clone()).await {
+            // A broker from before posts with ids: the plain post, once (nothing is sent again).
+            Err(e) if first && refused_as(&e, |c| matches!(c, ErrorCode::Malformed(_))) => {
+                broker_call(home, Request::GroupPost { group_id, text: text.to_string() }).await
+            }
+            other => other,
+        };
+        first = false;
+        match answer {
+            Ok(Response::GroupPosted { seq }) => return Ok(seq),
+            Ok(other) => bail!("unexpected answer from the broker: {other:?}"),
+            Err(e) if fate_unknown(&e) && tokio::time::Instant::now() + pause < give_up => {
+                retrying();
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(4));
+            }
+            Err(e) => {
+                return Err(e.context(
+                    "the post is not confirmed (`peer history --group ID` shows whether it arrived; sent again, it \
+                     may appear twice)",
+                ));
+            }
+        }
     }
+}
+
+fn refused_as(e: &anyhow::Error, code: impl Fn(&ErrorCode) -> bool) -> bool {
+    e.chain().filter_map(|c| c.downcast_ref::<BrokerRefused>()).any(|BrokerRefused(b)| code(&b.code))
+}
+
+/// Whether a failed post may have been stored after all, or may be stored by trying again: the broker was
+/// busy (its database did not answer in time), or the agent lost or never got its answer.
+fn fate_unknown(e: &anyhow::Error) -> bool {
+    let agent = e.chain().filter_map(|c| c.downcast_ref::<ControlError>());
+    refused_as(e, |c| matches!(c, ErrorCode::Busy))
+        || agent.into_iter().any(|c| matches!(c.code, ControlErrorCode::Offline | ControlErrorCode::Other))
 }
 
 pub(super) async fn groups(home: &Home, args: GroupsArgs) -> Result<()> {

@@ -17,6 +17,7 @@ use devices::{devices, export_key, link, link_from_backup, reset_key, verify};
 pub(crate) use files::default_download_dir;
 use files::{files, send_file};
 use friends::friends;
+pub(crate) use groups::post_once;
 use groups::{group_chat, group_post, groups};
 
 use crate::control;
