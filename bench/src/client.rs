@@ -709,7 +709,10 @@ impl GroupRig {
                         tokio::time::sleep_until(due.into()).await;
                     }
                     let t = Instant::now();
-                    let req = Request::GroupPost { group_id, text: format!("{:0>100}", k) };
+                    // As the agents post: with an id, stored at most once.
+                    let mut post_id = [0u8; 16];
+                    post_id[..8].copy_from_slice(&(k as u64).to_be_bytes());
+                    let req = Request::GroupPostOnce { group_id, text: format!("{:0>100}", k), post_id };
                     let Response::GroupPosted { seq } = call(&conns[s], &req).await? else { bail!("post") };
                     sent.lock().map_err(|_| anyhow!("poisoned"))?.insert(seq, t);
                 }

@@ -220,7 +220,9 @@ pub(crate) async fn soak_bench(c: SoakConfig) -> Result<()> {
         let g = i % groups.len();
         let Some(conn) = s.session(g * GROUP_SIZE) else { return Ok(()) };
         let t = Instant::now();
-        let req = Request::GroupPost { group_id: groups[g], text: format!("{:0>100}", i) };
+        let mut post_id = [0u8; 16];
+        post_id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let req = Request::GroupPostOnce { group_id: groups[g], text: format!("{:0>100}", i), post_id };
         match call(&conn, &req).await {
             Ok(Response::GroupPosted { seq }) => {
                 s.posted.lock().map_err(|_| anyhow!("poisoned"))?.insert((groups[g], seq), t);
