@@ -52,6 +52,9 @@ const PROBES: [std::time::Duration; 6] = {
     ]
 };
 
+/// After [`PROBES`], how often a link whose channel has not answered probes again.
+const REPROBE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A link's channel: its id, and the broker's address as the socket sends to it.
 #[derive(Debug)]
 pub(crate) struct Channel {
@@ -129,7 +132,10 @@ impl Relays {
                 let start = tokio::time::Instant::now();
                 let mut datagram = shared::relay::PROBE;
                 set_channel(&mut datagram, ch.id);
-                for at in PROBES {
+                // The first ones close together, then one now and then: a link whose first probes were all
+                // lost on the way moves to its channel later rather than never.
+                let later = std::iter::successors(Some(PROBES[PROBES.len() - 1] + REPROBE), |t| Some(*t + REPROBE));
+                for at in PROBES.into_iter().chain(later) {
                     tokio::time::sleep_until(start + at).await;
                     if ch.confirmed.load(Ordering::Relaxed) {
                         break;

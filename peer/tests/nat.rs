@@ -4,7 +4,7 @@
 //! root): without them these tests fail, saying so, rather than pass without having run.
 
 use std::net::SocketAddr;
-use testkit::{Broker, Lab, Peer};
+use testkit::{Broker, Lab, Peer, wait_until};
 
 /// Two friends on lab hosts `x` and `y`: alice on `x` messages and sends a file to bob on `y`, bob answers;
 /// both see the path `expect` (`direct` or `relayed`) in `peer friends --json`. `searched`: the pair starts
@@ -154,6 +154,41 @@ fn a_relay_whose_channel_is_blocked_carries_on_over_its_stream() {
     }
     let log = pair_in(&lab, "c1", "c2", "relayed", &[]);
     assert!(!log.contains("relay channel in use"), "no datagram got through, and nothing was lost:\n{log}");
+}
+
+/// A relay whose channel's first probes were all lost (its datagrams dropped for a while) moves to the
+/// channel once they get through: a link probes again now and then.
+#[test]
+fn a_relay_moves_to_its_channel_once_its_datagrams_get_through() {
+    let lab = Lab::build();
+    let channel_datagrams = ["udp", "dport", "7878", "@ih,0,8", "0"];
+    for host in ["c1", "c2"] {
+        lab.drop_outgoing(host, &channel_datagrams);
+    }
+    let broker = Broker::start_in(&lab.ns("broker"), "203.0.113.1:7878".parse().unwrap(), &[]);
+    let alice = Peer::registered_in(&broker, "alice", &lab.ns("c1"));
+    let bob = Peer::registered_in(&broker, "bob", &lab.ns("c2"));
+    let (_a, _b) = (alice.up(), bob.up());
+    alice.befriend(&bob);
+    assert!(alice.ok(&["send", "bob", "over the stream"]).contains("delivered"), "{}", alice.agent_log());
+    assert!(!broker.log().contains("relay channel in use"), "the datagrams were dropped:\n{}", broker.log());
+    // Every one of the first, close-together probes lost (six per link), and only then the way cleared:
+    // what finds the channel now is a later probe.
+    wait_until("each agent's first probes are all lost", || ["c1", "c2"].iter().all(|h| lab.dropped(h) >= 6));
+    for host in ["c1", "c2"] {
+        lab.stop_dropping(host);
+    }
+    wait_until("both links probe again and find their channel", || {
+        alice.agent_log().contains("relay channel works") && bob.agent_log().contains("relay channel works")
+    });
+    assert!(alice.ok(&["send", "bob", "over the channel"]).contains("delivered"));
+    assert!(bob.ok(&["send", "alice", "and back"]).contains("delivered"));
+    wait_until("the channel carries the packets both ways", || {
+        broker.log().matches("relay channel in use").count() == 2
+    });
+    let history = bob.json(&["history", "alice", "--json"]);
+    let texts: Vec<&str> = history.as_array().unwrap().iter().filter_map(|m| m["text"].as_str()).collect();
+    assert_eq!(texts, ["over the stream", "over the channel", "and back"], "each once, in order");
 }
 
 /// A broker host with two addresses, listening on all of them and reached at its second: the relay's

@@ -100,7 +100,20 @@ impl Lab {
         let table = "dropping";
         self.run(host, &["nft", "add", "table", "inet", table]);
         self.run(host, &["nft", "add", "chain", "inet", table, "output", "{ type filter hook output priority -10; }"]);
-        self.run(host, &[&["nft", "add", "rule", "inet", table, "output"], expr, &["drop"]].concat());
+        self.run(host, &[&["nft", "add", "rule", "inet", table, "output"], expr, &["counter", "drop"]].concat());
+    }
+
+    /// How many packets [`Lab::drop_outgoing`] has dropped on `host` so far.
+    pub fn dropped(&self, host: &str) -> u64 {
+        let out = self.on(host, &["nft", "list", "table", "inet", "dropping"]).output().unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let words: Vec<&str> = listing.split_whitespace().collect();
+        words.windows(3).find(|w| w[0] == "counter" && w[1] == "packets").and_then(|w| w[2].parse().ok()).unwrap_or(0)
+    }
+
+    /// Ends what [`Lab::drop_outgoing`] did on `host`.
+    pub fn stop_dropping(&self, host: &str) {
+        self.run(host, &["nft", "delete", "table", "inet", "dropping"]);
     }
 
     /// Ends what [`Lab::partition`] did on `host`.
