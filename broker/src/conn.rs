@@ -192,9 +192,7 @@ impl Conn {
         }
         if crate::channels::speaks_channels(&self.quic) {
             // Our channel id before any of the friend's bytes: the first record is the broker's.
-            let mut record = Vec::new();
-            shared::relay::encode_channel(pair.as_ref().map_or(0, |p| p.ids.0), &mut record);
-            if send.write_all(&record).await.is_err() {
+            if shared::io::write_channel(&mut send, pair.as_ref().map_or(0, |p| p.ids.0)).await.is_err() {
                 return;
             }
         }

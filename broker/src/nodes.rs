@@ -160,7 +160,7 @@ impl Nodes {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             write_frame(&mut send, relay).await.map_err(|e| e.to_string())?;
             if channels {
-                write_channel(&mut send, half.as_ref().map_or(0, |h| h.ids.1)).await.map_err(|e| e.to_string())?;
+                shared::io::write_channel(&mut send, half.as_ref().map_or(0, |h| h.ids.1)).await.map_err(|e| e.to_string())?;
             }
             match read_frame::<Response, _>(&mut recv).await.map_err(|e| e.to_string())? {
                 Some(Response::Ok) => {}
@@ -168,7 +168,7 @@ impl Nodes {
                 Some(other) => return Err(format!("unexpected answer {other:?}")),
                 None => return Err("the stream ended".to_string()),
             }
-            let theirs = if channels { read_channel(&mut recv).await.map_err(|e| e.to_string())? } else { None };
+            let theirs = if channels { shared::io::read_channel(&mut recv).await.map_err(|e| e.to_string())? } else { None };
             // Both halves stand, or neither (a half dropped is removed).
             let half = match (half, theirs, agent) {
                 (Some(half), Some(id), Some((channels, _))) => {
@@ -231,18 +231,6 @@ fn speaks_channels(quic: &quinn::Connection) -> bool {
     crate::conn::alpn(quic).as_deref() == Some(NODE_ALPN_CHANNELS)
 }
 
-async fn write_channel(send: &mut quinn::SendStream, id: u64) -> Result<(), quinn::WriteError> {
-    let mut record = Vec::new();
-    shared::relay::encode_channel(id, &mut record);
-    send.write_all(&record).await
-}
-
-async fn read_channel(recv: &mut quinn::RecvStream) -> Result<Option<u64>, quinn::ReadExactError> {
-    let mut record = [0u8; 10];
-    recv.read_exact(&mut record).await?;
-    Ok(shared::relay::decode_channel(&record))
-}
-
 /// Serves another node's connection: each stream it opens is one relay to a device this node serves.
 pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
     quic.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(MAX_RELAYS_PER_NODE));
@@ -271,7 +259,7 @@ async fn relay(ctx: Arc<Ctx>, node: quinn::Connection, mut send: quinn::SendStre
     let channels = speaks_channels(&node);
     let asked = async {
         let ask = read_frame::<NodeRelay, _>(&mut recv).await.ok()??;
-        let id = if channels { read_channel(&mut recv).await.ok()? } else { None };
+        let id = if channels { shared::io::read_channel(&mut recv).await.ok()? } else { None };
         Some((ask, id))
     };
     let Ok(Some((ask, their_id))) = tokio::time::timeout(Duration::from_secs(10), asked).await else { return };
@@ -303,7 +291,7 @@ async fn relay(ctx: Arc<Ctx>, node: quinn::Connection, mut send: quinn::SendStre
     if write_frame(&mut send, &Response::Ok).await.is_err() {
         return;
     }
-    if channels && write_channel(&mut send, half.as_ref().map_or(0, |h| h.ids.1)).await.is_err() {
+    if channels && shared::io::write_channel(&mut send, half.as_ref().map_or(0, |h| h.ids.1)).await.is_err() {
         return;
     }
     ctx.relay.splice(&ask.from_user, &ask.to_user, (send, recv), theirs).await;

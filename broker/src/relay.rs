@@ -133,9 +133,7 @@ impl Relay {
             let hello = RelayHello { username: me.to_string(), fingerprint: my_device.0 };
             shared::io::write_frame(&mut send, &hello).await.ok()?;
             if crate::channels::speaks_channels(theirs) {
-                let mut record = Vec::new();
-                shared::relay::encode_channel(channel, &mut record);
-                send.write_all(&record).await.ok()?;
+                shared::io::write_channel(&mut send, channel).await.ok()?;
             }
             Some((send, recv))
         };

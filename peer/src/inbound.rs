@@ -175,6 +175,6 @@ impl Agent {
 }
 
 /// The application protocol a connection agreed on.
-fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+pub(crate) fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     conn.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
 }

@@ -294,14 +294,12 @@ impl Relays {
 pub(crate) async fn read_channel(
     broker: &quinn::Connection,
     recv: &mut quinn::RecvStream,
-) -> Result<Option<Arc<Channel>>, quinn::ReadExactError> {
-    let alpn = broker.handshake_data().and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok());
-    if alpn.and_then(|h| h.protocol).as_deref() != Some(shared::proto::BROKER_ALPN_CHANNELS) {
+) -> io::Result<Option<Arc<Channel>>> {
+    if crate::inbound::alpn(broker).as_deref() != Some(shared::proto::BROKER_ALPN_CHANNELS) {
         return Ok(None);
     }
-    let mut record = [0u8; 10];
-    recv.read_exact(&mut record).await?;
-    Ok(shared::relay::decode_channel(&record).map(|id| Channel::new(id, broker.remote_address())))
+    let id = shared::io::read_channel(recv).await?;
+    Ok(id.map(|id| Channel::new(id, broker.remote_address())))
 }
 
 /// How the endpoint knows an IPv4 address: IPv4-mapped on a dual-stack socket.

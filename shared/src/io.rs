@@ -33,6 +33,21 @@ pub async fn read_frame<T: frame::Message, R: AsyncRead + Unpin>(r: &mut R) -> R
     Ok(Some(frame::decode_body(&body)?))
 }
 
+/// Writes the channel record that opens a relay stream on a broker speaking channels (see
+/// [`crate::relay`]): the channel id, 0 for none.
+pub async fn write_channel<W: AsyncWrite + Unpin>(w: &mut W, channel: u64) -> std::io::Result<()> {
+    let mut record = Vec::new();
+    crate::relay::encode_channel(channel, &mut record);
+    w.write_all(&record).await
+}
+
+/// Reads that record: the channel, if there is one.
+pub async fn read_channel<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<u64>> {
+    let mut record = [0u8; 10];
+    r.read_exact(&mut record).await?;
+    Ok(crate::relay::decode_channel(&record))
+}
+
 /// Writes one frame and flushes it.
 pub async fn write_frame<T: bincode::Encode, W: AsyncWrite + Unpin>(w: &mut W, msg: &T) -> Result<(), IoError> {
     let bytes = frame::encode(msg)?;
