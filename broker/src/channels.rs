@@ -15,7 +15,7 @@
 
 use crate::relay::{Relay, UserRelay};
 use parking_lot::{Mutex, RwLock};
-use shared::relay::{HEADER, channel_of, set_channel};
+use shared::relay::{HEADER, Received, TAG, channel_of, set_channel};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -275,20 +275,19 @@ impl quinn::AsyncUdpSocket for ChannelSocket {
         for (buf, m) in bufs.iter_mut().zip(meta.iter_mut()).take(n) {
             let stride = m.stride.max(1);
             let data = &mut buf[..m.len];
-            let channel = |s: &[u8]| s.first() == Some(&shared::relay::TAG);
-            if !data.chunks(stride).any(channel) {
-                continue;
-            }
-            if data.chunks(stride).all(channel) {
-                self.channels.forward(m.addr, data, stride, &*self.inner);
-                // Nothing left for quinn in this one.
-                m.len = 0;
-            } else {
-                // A receive that mixes the two (the kernel coalesces by address, not content): the channel
-                // datagrams one by one. quinn then drops them, as packets without QUIC's fixed bit.
-                for segment in data.chunks_mut(stride).filter(|s| channel(s)) {
-                    let len = segment.len();
-                    self.channels.forward(m.addr, segment, len, &*self.inner);
+            match shared::relay::received(data, stride) {
+                Received::Quic => {}
+                Received::Channel => {
+                    self.channels.forward(m.addr, data, stride, &*self.inner);
+                    // Nothing left for quinn in this one.
+                    m.len = 0;
+                }
+                Received::Mixed => {
+                    // The channel datagrams one by one; quinn then drops them, lacking QUIC's fixed bit.
+                    for segment in data.chunks_mut(stride).filter(|s| s.first() == Some(&TAG)) {
+                        let len = segment.len();
+                        self.channels.forward(m.addr, segment, len, &*self.inner);
+                    }
                 }
             }
         }

@@ -160,7 +160,9 @@ impl Nodes {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             write_frame(&mut send, relay).await.map_err(|e| e.to_string())?;
             if channels {
-                shared::io::write_channel(&mut send, half.as_ref().map_or(0, |h| h.ids.1)).await.map_err(|e| e.to_string())?;
+                shared::io::write_channel(&mut send, half.as_ref().map_or(0, |h| h.ids.1))
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             match read_frame::<Response, _>(&mut recv).await.map_err(|e| e.to_string())? {
                 Some(Response::Ok) => {}
@@ -168,7 +170,8 @@ impl Nodes {
                 Some(other) => return Err(format!("unexpected answer {other:?}")),
                 None => return Err("the stream ended".to_string()),
             }
-            let theirs = if channels { shared::io::read_channel(&mut recv).await.map_err(|e| e.to_string())? } else { None };
+            let theirs =
+                if channels { shared::io::read_channel(&mut recv).await.map_err(|e| e.to_string())? } else { None };
             // Both halves stand, or neither (a half dropped is removed).
             let half = match (half, theirs, agent) {
                 (Some(half), Some(id), Some((channels, _))) => {

@@ -243,11 +243,11 @@ impl Relays {
     fn receive(&self, buf: &mut [u8], meta: &mut quinn::udp::RecvMeta, mapped: bool) {
         let stride = meta.stride.max(1);
         let data = &mut buf[..meta.len];
-        let ours = |s: &[u8]| s.first() == Some(&TAG);
-        if !data.chunks(stride).any(ours) {
-            return;
-        }
-        let all = data.chunks(stride).all(ours);
+        let all = match shared::relay::received(data, stride) {
+            shared::relay::Received::Quic => return,
+            shared::relay::Received::Channel => true,
+            shared::relay::Received::Mixed => false,
+        };
         let channels = self.channels.lock();
         let find = |seg: &[u8]| {
             let (addr, ch) = channels.get(&channel_of(seg)?)?;
@@ -255,10 +255,9 @@ impl Relays {
         };
         // The usual case: a batch of packets from one friend, stripped in place and kept a batch.
         if all && stride > HEADER {
-            let first = find(data);
-            let same = first.is_some()
-                && data.chunks(stride).all(|s| s.len() > HEADER && channel_of(s) == first.map(|(_, c)| c.id));
-            if let (true, Some((addr, _))) = (same, first) {
+            let batch = find(data)
+                .filter(|(_, ch)| data.chunks(stride).all(|s| s.len() > HEADER && channel_of(s) == Some(ch.id)));
+            if let Some((addr, _)) = batch {
                 let segments = data.len().div_ceil(stride);
                 for i in 0..segments {
                     let from = i * stride + HEADER;
@@ -273,7 +272,7 @@ impl Relays {
             }
         }
         // Anything else: one datagram at a time, probes answered, packets queued for the endpoint.
-        for seg in data.chunks(stride).filter(|s| ours(s)) {
+        for seg in data.chunks(stride).filter(|s| s.first() == Some(&TAG)) {
             let Some((addr, ch)) = find(seg) else { continue };
             if seg.len() == HEADER {
                 ch.confirmed.store(true, Ordering::Relaxed);

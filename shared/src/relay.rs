@@ -64,6 +64,34 @@ pub fn set_channel(datagram: &mut [u8], channel: u64) {
     datagram[1..HEADER].copy_from_slice(&channel.to_be_bytes());
 }
 
+/// What one receive from a socket holds (`stride`-sized datagrams, as the kernel coalesces them by sender,
+/// not by content): channel datagrams, QUIC packets, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// No channel datagram: all for QUIC.
+    Quic,
+    /// Channel datagrams only.
+    Channel,
+    /// Both: the channel datagrams are to be taken one by one (QUIC drops them, lacking its fixed bit).
+    Mixed,
+}
+
+/// Sorts one receive (see [`Received`]).
+pub fn received(data: &[u8], stride: usize) -> Received {
+    let ours = |s: &[u8]| s.first() == Some(&TAG);
+    let (mut any, mut all) = (false, true);
+    for datagram in data.chunks(stride.max(1)) {
+        let tagged = ours(datagram);
+        any |= tagged;
+        all &= tagged;
+    }
+    match (any, all) {
+        (false, _) => Received::Quic,
+        (true, true) => Received::Channel,
+        (true, false) => Received::Mixed,
+    }
+}
+
 /// The record a broker speaking channels writes first on each relay stream: the channel id (0: none).
 pub fn encode_channel(channel: u64, out: &mut Vec<u8>) {
     let _ = encode_packet(&channel.to_be_bytes(), out);
@@ -151,6 +179,17 @@ mod tests {
         encode_channel(0, &mut rec);
         assert_eq!(decode_channel(&rec), None, "0 is no channel");
         assert_eq!(decode_channel(&[0, 9, 1, 2, 3, 4, 5, 6, 7, 8]), None);
+    }
+
+    #[test]
+    fn receives_are_sorted_by_what_they_hold() {
+        let quic = [0x40u8, 1, 2, 3];
+        let ours = [TAG, 1, 2, 3];
+        assert_eq!(received(&quic, 4), Received::Quic);
+        assert_eq!(received(&[], 4), Received::Quic);
+        assert_eq!(received(&[ours, ours].concat(), 4), Received::Channel);
+        assert_eq!(received(&[quic, ours].concat(), 4), Received::Mixed);
+        assert_eq!(received(&[ours, quic].concat(), 8), Received::Channel, "one datagram: its first byte");
     }
 
     #[test]
