@@ -22,18 +22,15 @@ pub(crate) async fn post_once(home: &Home, group_id: i64, text: &str, retrying: 
     let mut pause = std::time::Duration::from_millis(500);
     let mut first = true;
     loop {
-        let answer = match broker_call(home, once.clone()).await {
-            // A broker from before posts with ids: the plain post, once (nothing is sent again).
+        match broker_call(home, once.clone()).await {
+            Ok(answer) => return posted(answer),
+            // A broker from before posts with ids: the plain post, once. Without an id it is never sent
+            // again (that could post it twice), so its answer is the end of it.
             Err(e) if first && refused_as(&e, |c| matches!(c, ErrorCode::Malformed(_))) => {
-                broker_call(home, Request::GroupPost { group_id, text: text.to_string() }).await
+                return posted(broker_call(home, Request::GroupPost { group_id, text: text.to_string() }).await?);
             }
-            other => other,
-        };
-        first = false;
-        match answer {
-            Ok(Response::GroupPosted { seq }) => return Ok(seq),
-            Ok(other) => bail!("unexpected answer from the broker: {other:?}"),
             Err(e) if fate_unknown(&e) && tokio::time::Instant::now() + pause < give_up => {
+                first = false;
                 retrying();
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(std::time::Duration::from_secs(4));
@@ -45,6 +42,14 @@ pub(crate) async fn post_once(home: &Home, group_id: i64, text: &str, retrying: 
                 ));
             }
         }
+    }
+}
+
+/// A post's number from the broker's answer.
+fn posted(answer: Response) -> Result<i64> {
+    match answer {
+        Response::GroupPosted { seq } => Ok(seq),
+        other => bail!("unexpected answer from the broker: {other:?}"),
     }
 }
 
