@@ -10,7 +10,7 @@ use shared::proto::{ErrorCode, Event, Request, Response};
 use shared::session::SessionState;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::Mutex;
 use tracing::Instrument;
 
 /// How long a request stream may take to deliver its one frame.
@@ -61,7 +61,8 @@ pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
     }
     let state = std::mem::replace(&mut *conn.state.lock().await, SessionState::Closed);
     if let SessionState::Online { user, session_id } = state {
-        conn.go_offline(&user, session_id).await;
+        // Boxed: its database calls would otherwise size the future an idle session holds all its life.
+        Box::pin(conn.go_offline(&user, session_id)).await;
     }
     // The connection is gone, so its streams end by themselves; they are waited for (not aborted) so that a
     // request half-way through its writes (a group post's fan-out) finishes them.
@@ -433,7 +434,7 @@ impl Conn {
         let owner = self.ctx.accounts.check_token(token, self.fingerprint.0).await?;
         local_addrs.truncate(MAX_LOCAL_ADDRS);
         let events = self.quic.open_uni().await.map_err(|_| ErrorCode::Internal)?;
-        let (tx, rx) = mpsc::channel(crate::table::EVENT_QUEUE);
+        let (tx, rx) = crate::queue::queue(crate::table::EVENT_QUEUE);
         self.spawn(write_events(events, rx, self.quic.clone()));
         let observed = self.remote();
         let now = now_ms();
@@ -492,11 +493,7 @@ impl Conn {
 /// The most an idle session's event writer keeps of its buffer between writes.
 const KEEP_EVENT_BUFFER: usize = 4 * 1024;
 
-async fn write_events(
-    mut send: quinn::SendStream,
-    mut rx: mpsc::Receiver<crate::table::Frame>,
-    quic: quinn::Connection,
-) {
+async fn write_events(mut send: quinn::SendStream, mut rx: crate::queue::Receiver, quic: quinn::Connection) {
     let mut buf = Vec::new();
     let mut last = false;
     while let Some(frame) = rx.recv().await {
@@ -507,11 +504,11 @@ async fn write_events(
         last = frame.is_empty();
         while buf.len() < 64 * 1024 && !last {
             match rx.try_recv() {
-                Ok(more) => {
+                Some(more) => {
                     last = more.is_empty();
                     buf.extend_from_slice(&more);
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         if send.write_all(&buf).await.is_err() {

@@ -32,6 +32,7 @@ pub mod health;
 pub mod lockout;
 pub mod mailbox;
 pub mod nodes;
+pub mod queue;
 pub mod ratelimit;
 pub mod relay;
 pub mod server;

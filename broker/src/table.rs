@@ -41,7 +41,7 @@ pub struct Row {
 #[derive(Debug, Clone)]
 enum Route {
     /// Here: its event queue and connection.
-    Local { events: mpsc::Sender<Frame>, conn: quinn::Connection },
+    Local { events: crate::queue::Sender, conn: quinn::Connection },
     /// On another node of the cluster.
     Remote { node: u64 },
 }
@@ -177,7 +177,7 @@ impl Table {
         local: Vec<SocketAddr>,
         fingerprint: Fingerprint,
         connected_at: Millis,
-        events: mpsc::Sender<Frame>,
+        events: crate::queue::Sender,
         conn: quinn::Connection,
     ) -> (u64, bool) {
         let mut t = self.inner.lock();
@@ -397,7 +397,7 @@ impl Table {
                 for row in rows.iter().filter(|r| pick(r)) {
                     match &row.route {
                         Route::Local { events, conn } => {
-                            if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(frame.clone()) {
+                            if let Err(crate::queue::PushError::Full) = events.try_send(frame.clone()) {
                                 tracing::warn!(
                                     user,
                                     session = row.session_id,
