@@ -146,7 +146,10 @@ impl Db {
             create_sqlite_file(&url)?;
         }
         let max = if backend == Backend::Sqlite { 4 } else { 16 };
-        let mut opts = AnyPoolOptions::new().max_connections(max);
+        // A wait for a pooled connection past sqlx's threshold (2 s) is logged at debug, not once per request
+        // at warn: a login storm queues thousands at once, and an unreachable database is logged once by
+        // `health` with what it means. Requests that wait too long end at `DEADLINE` as "busy".
+        let mut opts = AnyPoolOptions::new().max_connections(max).acquire_slow_level(log::LevelFilter::Debug);
         if backend == Backend::Sqlite {
             // WAL with NORMAL sync: commits survive a crash of the broker (not of the OS, for the last
             // moment), and a login costs no fsync. Foreign keys are off by default in SQLite.
