@@ -125,7 +125,7 @@ impl Handshake {
 /// as its future's largest state. So the states that are live only for a moment (the handshake, a node's
 /// link, and in `conn::serve` going offline) are boxed: the cell stays the size of the idle state, not of the
 /// handshake's (2.4 KiB per session before, heaptrack on `bench broker`). The handshake comes boxed too: a
-/// future keeps its arguments in its first state, and a `quinn::Incoming` is ~0.5 KiB.
+/// future keeps its arguments in its first state, and a `quinn::Incoming` is ~0.4 KiB.
 async fn connection(ctx: Arc<Ctx>, handshake: Box<Handshake>) {
     match Box::pin(handshake.complete()).await {
         Ok(conn) if crate::nodes::asks_to_be_node(&conn) => {
