@@ -450,6 +450,7 @@ pub fn control_responses() -> Vec<ControlResponse> {
             path: s("direct"),
             remote_addr: addr(),
             device_fingerprint: s("ef"),
+            relay: None,
         }],
     };
     vec![

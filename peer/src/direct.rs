@@ -388,6 +388,7 @@ impl Direct {
                         _ => c.remote_address(),
                     }),
                     device_fingerprint: fp.to_string(),
+                    relay: relayed.then(|| self.relays.carrier(&c.remote_address()).into()),
                 }
             })
             .collect();

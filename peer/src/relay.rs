@@ -214,6 +214,14 @@ impl Relays {
         self.out.lock().iter().find(|(_, l)| l.device == *device && !l.tx.is_closed()).map(|(a, _)| *a)
     }
 
+    /// What carries a relayed connection's packets now, for `peer status`: `channel` once a probe came back
+    /// on the link's channel, else `stream`.
+    pub(crate) fn carrier(&self, addr: &SocketAddr) -> &'static str {
+        let out = self.out.lock();
+        let channel = out.get(&shared::udp::canonical(*addr)).and_then(|l| l.channel.as_ref());
+        if channel.is_some_and(|c| c.confirmed.load(Ordering::Relaxed)) { "channel" } else { "stream" }
+    }
+
     /// Whether the link of a stand-in address has a channel (its connection's packets must then fit one
     /// datagram to the broker).
     pub(crate) fn has_channel(&self, addr: &SocketAddr) -> bool {

@@ -32,6 +32,9 @@ pub(crate) struct Connection<'a> {
     pub(crate) path: &'a str,
     pub(crate) remote_addr: String,
     pub(crate) device_fingerprint: &'a str,
+    /// On a relayed path: `channel` or `stream` (see `PeerLink::relay`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) relay: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) path_since: Option<Millis>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,6 +50,7 @@ impl<'a> Connection<'a> {
             path: &l.path,
             remote_addr: l.remote_addr.to_string(),
             device_fingerprint: &l.device_fingerprint,
+            relay: l.relay.as_deref(),
             path_since: h.map(|h| h.since),
             upgrades: h.map(|h| h.upgrades),
             fallbacks: h.map(|h| h.fallbacks),

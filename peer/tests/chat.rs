@@ -219,6 +219,11 @@ fn relay_carries_chat_and_files_end_to_end() {
     assert!(log.contains("relay open"), "{log}");
     // The packets took the fast path, datagrams beside the relay stream, not the stream alone.
     assert!(log.contains("relay channel in use"), "{log}\n{}\n{}", alice.agent_log(), bob.agent_log());
+    // And the users can see which: `friends --json` and `status` name the channel.
+    wait_until("alice's agent reports the channel", || {
+        alice.json(&["friends", "--json"])[0]["connections"][0]["relay"] == "channel"
+    });
+    wait_until("bob's status names the channel", || bob.ok(&["status"]).contains("alice via relayed (channel) path"));
 }
 
 /// A broker that does not relay says so; the message waits in the queue instead of vanishing.

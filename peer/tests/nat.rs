@@ -172,6 +172,8 @@ fn a_relay_moves_to_its_channel_once_its_datagrams_get_through() {
     alice.befriend(&bob);
     assert!(alice.ok(&["send", "bob", "over the stream"]).contains("delivered"), "{}", alice.agent_log());
     assert!(!broker.log().contains("relay channel in use"), "the datagrams were dropped:\n{}", broker.log());
+    let relay_of = |p: &Peer| p.json(&["friends", "--json"])[0]["connections"][0]["relay"].clone();
+    assert_eq!(relay_of(&alice), "stream", "the user sees the relay ride its stream");
     // Every one of the first, close-together probes lost (six per link), and only then the way cleared:
     // what finds the channel now is a later probe.
     wait_until("each agent's first probes are all lost", || ["c1", "c2"].iter().all(|h| lab.dropped(h) >= 6));
@@ -181,6 +183,9 @@ fn a_relay_moves_to_its_channel_once_its_datagrams_get_through() {
     wait_until("both links probe again and find their channel", || {
         alice.agent_log().contains("relay channel works") && bob.agent_log().contains("relay channel works")
     });
+    assert_eq!(relay_of(&alice), "channel", "and then its channel");
+    let status = bob.ok(&["status"]);
+    assert!(status.contains("via relayed (channel) path"), "{status}");
     assert!(alice.ok(&["send", "bob", "over the channel"]).contains("delivered"));
     assert!(bob.ok(&["send", "alice", "and back"]).contains("delivered"));
     wait_until("the channel carries the packets both ways", || {

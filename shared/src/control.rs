@@ -302,10 +302,24 @@ pub struct AgentStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct PeerLink {
     pub username: String,
-    /// `direct` (a QUIC connection between the two agents); relayed paths will say `relayed`.
+    /// `direct` (a QUIC connection between the two agents) or `relayed` (through the broker).
     pub path: String,
     pub remote_addr: SocketAddr,
     pub device_fingerprint: String,
+    /// On a relayed path, what carries its packets through the broker: `channel` (plain datagrams the broker
+    /// forwards, the fast path) or `stream` (inside the agent's own broker connection, where the channel's
+    /// datagrams do not get through, or before its probe has come back).
+    pub relay: Option<String>,
+}
+
+impl PeerLink {
+    /// The path as a person reads it: `direct`, `relayed (channel)` or `relayed (stream)`.
+    pub fn describe(&self) -> String {
+        match &self.relay {
+            Some(via) => format!("{} ({via})", self.path),
+            None => self.path.clone(),
+        }
+    }
 }
 
 /// An event as `peer watch` prints it.

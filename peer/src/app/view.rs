@@ -134,7 +134,7 @@ fn draw_header(app: &App, f: &mut Frame<'_>, area: Rect) {
                     let link = app.status.as_ref().and_then(|s| s.peers.iter().find(|p| &p.username == u));
                     let presence = if conv.and_then(|c| c.online) == Some(true) { "online" } else { "offline" };
                     match link {
-                        Some(l) => format!("{presence}, {} path", l.path),
+                        Some(l) => format!("{presence}, {} path", l.describe()),
                         None => presence.to_string(),
                     }
                 }

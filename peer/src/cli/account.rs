@@ -162,7 +162,7 @@ pub(super) async fn status(home: &Home, json: bool) -> Result<()> {
     let locals: Vec<String> = s.local_addrs.iter().map(ToString::to_string).collect();
     say!("local:     {}", locals.join(", "));
     for p in &s.peers {
-        say!("peer:      {} via {} path to {}", p.username, p.path, p.remote_addr);
+        say!("peer:      {} via {} path to {}", p.username, p.describe(), p.remote_addr);
     }
     Ok(())
 }

@@ -588,17 +588,27 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// What to do when the running agent and this command do not understand each other: after an upgrade, the
+/// agent started before it is still the old program (the control protocol carries no version of its own).
+const OTHER_VERSION: &str =
+    "the running agent may be from another version of peer: restart it with `peer down`, then `peer up --detach`";
+
 /// One request to the agent; the agent's refusal becomes this command's error, a [`ControlError`] (whose
 /// code `--json` prints).
 pub(crate) async fn control_call(home: &Home, req: ControlRequest) -> Result<ControlResponse> {
     let mut stream = connect_agent(home).await?;
     write_frame(&mut stream, &req).await?;
-    match read_frame::<ControlResponse, _>(&mut stream).await? {
+    let answer = match read_frame::<ControlResponse, _>(&mut stream).await {
+        Err(shared::io::IoError::Frame(e)) => bail!("the agent's answer cannot be read ({e}); {OTHER_VERSION}"),
+        other => other?,
+    };
+    match answer {
         Some(ControlResponse::Failed(e)) => Err(e.into()),
         // An agent from before typed errors.
         Some(ControlResponse::Error(message)) => Err(ControlError { code: ControlErrorCode::Other, message }.into()),
         Some(resp) => Ok(resp),
-        None => bail!("the agent closed the connection without answering"),
+        // An agent closes a control connection whose request it cannot read, as one from a newer `peer` is.
+        None => bail!("the agent closed the connection without answering; {OTHER_VERSION}"),
     }
 }
 
