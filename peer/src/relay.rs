@@ -68,6 +68,11 @@ impl Channel {
     pub(crate) fn new(id: u64, broker: SocketAddr) -> Arc<Self> {
         Arc::new(Self { id, broker, confirmed: AtomicBool::new(false) })
     }
+
+    /// A probe came back: the channel carries the link's packets.
+    fn works(&self) -> bool {
+        self.confirmed.load(Ordering::Relaxed)
+    }
 }
 
 /// One relay link.
@@ -75,6 +80,13 @@ struct Link {
     device: Fingerprint,
     tx: mpsc::Sender<Bytes>,
     channel: Option<Arc<Channel>>,
+}
+
+impl Link {
+    /// The channel, once it works.
+    fn working_channel(&self) -> Option<&Arc<Channel>> {
+        self.channel.as_ref().filter(|c| c.works())
+    }
 }
 
 /// The relayed friends' stand-in addresses and queues, shared by the socket and the relay tasks.
@@ -137,7 +149,7 @@ impl Relays {
                 let later = std::iter::successors(Some(PROBES[PROBES.len() - 1] + REPROBE), |t| Some(*t + REPROBE));
                 for at in PROBES.into_iter().chain(later) {
                     tokio::time::sleep_until(start + at).await;
-                    if ch.confirmed.load(Ordering::Relaxed) {
+                    if ch.works() {
                         break;
                     }
                     let _ = socket.try_send(&datagram_to(ch.broker, &datagram, None));
@@ -218,8 +230,8 @@ impl Relays {
     /// on the link's channel, else `stream`.
     pub(crate) fn carrier(&self, addr: &SocketAddr) -> &'static str {
         let out = self.out.lock();
-        let channel = out.get(&shared::udp::canonical(*addr)).and_then(|l| l.channel.as_ref());
-        if channel.is_some_and(|c| c.confirmed.load(Ordering::Relaxed)) { "channel" } else { "stream" }
+        let works = out.get(&shared::udp::canonical(*addr)).and_then(Link::working_channel).is_some();
+        if works { "channel" } else { "stream" }
     }
 
     /// Whether the link of a stand-in address has a channel (its connection's packets must then fit one
@@ -234,9 +246,9 @@ impl Relays {
         let tx = {
             let out = self.out.lock();
             let link = out.get(&to)?;
-            match &link.channel {
-                Some(ch) if ch.confirmed.load(Ordering::Relaxed) => return Some(ch.clone()),
-                _ => link.tx.clone(),
+            match link.working_channel() {
+                Some(ch) => return Some(ch.clone()),
+                None => link.tx.clone(),
             }
         };
         let size = segment.unwrap_or(contents.len()).max(1);
