@@ -35,10 +35,11 @@ pub(crate) async fn serve() -> Result<()> {
     )?;
     let mut server =
         quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
-    // The broker's stream limits (quinn sets aside state for every stream a client may open), so that an
-    // idle connection here costs what the broker's transport makes it cost, and nothing of ours.
+    // The broker's stream limits (quinn sets aside state for every stream a client may open: the broker
+    // allows 7 for requests, `broker::server::REQUEST_STREAMS`, plus one per relay while it stands), so that
+    // an idle connection here costs what the broker's transport makes it cost, and nothing of ours.
     let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(32));
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(7));
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     server.transport_config(Arc::new(transport));
     let endpoint = crate::client::endpoint(Some(server))?;

@@ -2,7 +2,7 @@
 //! connection table from `Hello` until the connection ends.
 
 use crate::error::RequestError;
-use crate::server::Ctx;
+use crate::server::{Ctx, stream_limit};
 use crate::store::now_ms;
 use certs::Fingerprint;
 use shared::io::{IoError, read_frame, write_frame};
@@ -17,6 +17,10 @@ use tracing::Instrument;
 const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most local addresses an agent may announce.
 const MAX_LOCAL_ADDRS: usize = 16;
+/// Relays one device may hold through the broker at once (one per friend's device it cannot reach
+/// directly). Each holds a stream and two copy buffers, so there is a limit, and it is said, not hit as a
+/// stall.
+pub(crate) const MAX_RELAYS_PER_DEVICE: u32 = 64;
 
 /// State shared by the streams of one connection.
 struct Conn {
@@ -28,6 +32,8 @@ struct Conn {
     token_hash: parking_lot::Mutex<Option<String>>,
     /// The connection's tasks (its request streams and its event writer): they end with it.
     tasks: parking_lot::Mutex<tokio::task::JoinSet<()>>,
+    /// Relays standing or being set up on this connection: each adds one to its stream limit.
+    relays: parking_lot::Mutex<u32>,
     /// The connection's span (remote address, then user): its tasks log inside it.
     span: tracing::Span,
 }
@@ -45,6 +51,7 @@ pub async fn serve(ctx: Arc<Ctx>, quic: quinn::Connection) {
         state: Mutex::new(SessionState::Anonymous),
         token_hash: parking_lot::Mutex::default(),
         tasks: parking_lot::Mutex::default(),
+        relays: parking_lot::Mutex::default(),
         span: tracing::Span::current(),
     });
     loop {
@@ -80,6 +87,18 @@ pub(crate) fn device_fingerprint(quic: &quinn::Connection) -> Option<Fingerprint
     let identity = quic.peer_identity()?;
     let certs = identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
     certs.first().map(|c| Fingerprint::of(c))
+}
+
+/// One relay counted on its connection; dropping it takes the extra stream back.
+struct RelayHold<'a>(&'a Conn);
+
+impl Drop for RelayHold<'_> {
+    fn drop(&mut self) {
+        let mut relays = self.0.relays.lock();
+        *relays = relays.saturating_sub(1);
+        // Lowering takes effect as streams end: quinn never revokes a stream it already allowed.
+        self.0.quic.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(stream_limit(*relays)));
+    }
 }
 
 impl Conn {
@@ -130,9 +149,26 @@ impl Conn {
         }
     }
 
+    /// Counts a relay on this connection for as long as the hold lives, and gives the agent a stream more
+    /// meanwhile ([`stream_limit`]), so that the relay's stream is not one of the streams its requests need.
+    fn hold_relay(&self) -> Result<RelayHold<'_>, ErrorCode> {
+        let mut relays = self.relays.lock();
+        if *relays >= MAX_RELAYS_PER_DEVICE {
+            return Err(ErrorCode::RelayUnavailable(format!(
+                "this device already holds {MAX_RELAYS_PER_DEVICE} relays through the broker, its limit; \
+                 one must end first"
+            )));
+        }
+        *relays += 1;
+        self.quic.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(stream_limit(*relays)));
+        Ok(RelayHold(self))
+    }
+
     /// A relay to a friend's device: checked, answered, then spliced until either side ends.
     async fn relay(&self, friend: String, device: Fingerprint, mut send: quinn::SendStream, recv: quinn::RecvStream) {
         let checked = async {
+            // Counted from the start: a relay still being set up holds its stream too.
+            let hold = self.hold_relay()?;
             let me = {
                 let state = self.state.lock().await;
                 state.admits(&Request::Relay { username: friend.clone(), fingerprint: device.0 })?;
@@ -170,9 +206,9 @@ impl Conn {
                 Ok((self.ctx.relay.open(&me, self.fingerprint, &conn, theirs_id).await?, pair))
             };
             let theirs = self.ctx.friends.while_friends(&me, &friend, open).await?;
-            Ok::<_, RequestError>((me, theirs))
+            Ok::<_, RequestError>((me, theirs, hold))
         };
-        let (me, (theirs, pair)) = match checked.await {
+        let (me, (theirs, pair), hold) = match checked.await {
             Ok(ok) => ok,
             Err(e) => {
                 let resp = match e {
@@ -198,8 +234,9 @@ impl Conn {
             }
         }
         self.ctx.relay.splice(&me, &friend, (send, recv), theirs).await;
-        // The channel goes with its streams.
+        // The channel goes with its streams, and the stream limit comes back down.
         drop(pair);
+        drop(hold);
     }
 
     async fn handle(&self, req: Request) -> Response {

@@ -169,8 +169,20 @@ impl Relay {
     async fn pump(&self, user: &str, mut from: quinn::RecvStream, mut to: quinn::SendStream) -> u64 {
         let account = self.user(user);
         let mut copied = 0u64;
+        // The side we write to may stop reading while the side we read from is quiet: that ends this
+        // direction too, or a friend who says nothing would keep the relay (and its place in the
+        // requester's limit) standing after the requester let go of it.
+        let stopped = to.stopped();
+        tokio::pin!(stopped);
         loop {
-            let chunk = match from.read_chunk(CHUNK, true).await {
+            let read = tokio::select! {
+                read = from.read_chunk(CHUNK, true) => read,
+                _ = &mut stopped => {
+                    let _ = from.stop(quinn::VarInt::from_u32(0));
+                    break;
+                }
+            };
+            let chunk = match read {
                 Ok(Some(c)) => c.bytes,
                 Ok(None) => {
                     let _ = to.finish();

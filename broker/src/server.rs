@@ -376,6 +376,28 @@ fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
     cfg
 }
 
+/// Streams an agent may have open to the broker at once for its requests. quinn keeps a slot, in two hash
+/// maps, for every stream the other side may open, for the whole life of the connection: 7 fills hashbrown's
+/// 8-bucket tables, where 32 took 64 buckets (~2.3 KiB more per idle session, measured). Requests are short,
+/// and one over the limit waits in the agent for a stream to end. A relay holds its stream as long as it
+/// stands, so each relay raises its connection's limit while it does (`conn::RelayHold`): relays never use
+/// up the requests' streams.
+pub(crate) const REQUEST_STREAMS: u32 = 7;
+
+/// The stream limit for a connection holding `relays` relays: room for all of them and still
+/// [`REQUEST_STREAMS`] for requests. quinn tells the agent about new room only once more than an eighth of
+/// the limit has piled up unannounced (to save packets), so up to `limit / 8` of it may be room the agent
+/// does not know of yet; the limit is raised by that much more. Without it, an agent whose relays left
+/// fewer free streams than that eighth would wait for a stream forever.
+pub(crate) fn stream_limit(relays: u32) -> u32 {
+    let needed = REQUEST_STREAMS + relays;
+    let mut limit = needed;
+    while limit - limit / 8 < needed {
+        limit += 1;
+    }
+    limit
+}
+
 /// Modest windows: a broker session carries small frames, and 10,000 idle sessions must fit in little memory
 /// (windows are limits, not allocations). A relay stream needs a round trip's worth in flight to keep its
 /// speed; what a connection can make the broker hold is bounded by `receive_window`.
@@ -384,7 +406,7 @@ pub(crate) fn transport() -> quinn::TransportConfig {
     t.max_idle_timeout(Some(
         IDLE_TIMEOUT.try_into().unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(15_000))),
     ));
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(32));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(REQUEST_STREAMS));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     t.stream_receive_window(quinn::VarInt::from_u32(1024 * 1024));
     t.receive_window(quinn::VarInt::from_u32(2 * 1024 * 1024));
@@ -404,6 +426,17 @@ mod tests {
     /// The size of the future an async function returns, without calling it.
     fn future_size<A, B, F: std::future::Future>(_: impl FnOnce(A, B) -> F) -> usize {
         std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn the_stream_limit_leaves_requests_room_the_agent_knows_of() {
+        assert_eq!(stream_limit(0), REQUEST_STREAMS, "an idle session's limit fills hashbrown's 8 buckets");
+        for relays in 0..=crate::conn::MAX_RELAYS_PER_DEVICE {
+            let limit = stream_limit(relays);
+            // Held back by quinn until more than an eighth of the limit is unannounced.
+            let unannounced = limit / 8;
+            assert!(limit - unannounced - relays >= REQUEST_STREAMS, "{relays} relays, limit {limit}");
+        }
     }
 
     #[test]

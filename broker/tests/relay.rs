@@ -4,6 +4,7 @@
 use shared::io::{read_frame, write_frame};
 use shared::proto::{ErrorCode, Request, Response};
 use shared::relay::RelayHello;
+use std::time::Duration;
 use testkit::{Backend, Broker, Client};
 
 /// Asks for a relay on a stream of its own; the answer and the stream.
@@ -164,4 +165,58 @@ async fn a_relay_channel_carries_datagrams_between_its_two_owners_only() {
     alice.call(&Request::Ping).await;
     bob.call(&Request::Ping).await;
     assert_eq!((alice_tap.try_next(), bob_tap.try_next()), (None, None), "an ended channel carries nothing");
+}
+
+/// A relay holds its stream for as long as it stands, and the broker gives the agent one more stream for
+/// each: a device with many relays open still gets its requests answered (they no longer wait for a stream
+/// that never ends). Past the per-device limit a relay is refused with the reason, and one ending frees
+/// its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn relays_do_not_use_up_a_devices_request_streams_and_their_limit_is_said() {
+    const LIMIT: usize = 64;
+    let broker = Broker::start(&Backend::Sqlite);
+    let alice = Client::session(&broker, "alice", true).await;
+    let bob = Client::session(&broker, "bob", true).await;
+    alice.call(&Request::FriendAdd { username: "bob".into(), message: String::new() }).await;
+    bob.ok(Request::FriendAccept { username: "alice".into() }).await;
+    let Response::Endpoints(devices) = alice.call(&Request::Lookup { username: "bob".into() }).await else {
+        panic!("lookup")
+    };
+    let bob_device = devices[0].fingerprint;
+
+    let mut held = Vec::new();
+    for i in 0..LIMIT {
+        let (resp, send, recv) = tokio::time::timeout(Duration::from_secs(10), relay(&alice, "bob", bob_device))
+            .await
+            .unwrap_or_else(|_| panic!("a stream for relay {i}"));
+        assert_eq!(resp, Response::Ok, "relay {i}");
+        held.push((send, recv));
+    }
+    // Every relay's stream is still open, and requests are answered beside them.
+    for _ in 0..20 {
+        let answer = tokio::time::timeout(Duration::from_secs(10), alice.call(&Request::Friends))
+            .await
+            .expect("an answer beside the relays");
+        assert!(matches!(answer, Response::Friends(_)), "{answer:?}");
+    }
+    let refused = relay(&alice, "bob", bob_device).await.0;
+    assert!(matches!(code(&refused), ErrorCode::RelayUnavailable(m) if m.contains("64 relays")), "{refused:?}");
+
+    // One relay ends: alice lets go of both halves while bob stays quiet on his. The broker ends the
+    // splice (her side stopped reading), and a new relay fits again.
+    drop(held.pop());
+    let again = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (resp, send, recv) = relay(&alice, "bob", bob_device).await;
+            if resp == Response::Ok {
+                break (send, recv);
+            }
+            // The broker lets the relay go just after its streams end.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a relay once one ended");
+    held.push(again);
+    assert!(matches!(alice.call(&Request::Friends).await, Response::Friends(_)));
 }
