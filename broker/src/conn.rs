@@ -113,7 +113,7 @@ impl Drop for RelayHold<'_> {
         let mut relays = self.0.relays.lock();
         *relays = relays.saturating_sub(1);
         // Lowering takes effect as streams end: quinn never revokes a stream it already allowed.
-        self.0.quic.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(stream_limit(*relays)));
+        self.0.set_stream_limit(*relays);
     }
 }
 
@@ -175,8 +175,14 @@ impl Conn {
             )));
         }
         *relays += 1;
-        self.quic.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(stream_limit(*relays)));
+        self.set_stream_limit(*relays);
         Ok(RelayHold(self))
+    }
+
+    /// The stream limit for this many relays; called under the count's lock, so that two relays ending at
+    /// once cannot leave a stale limit.
+    fn set_stream_limit(&self, relays: u32) {
+        self.quic.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(stream_limit(relays)));
     }
 
     /// A relay to a friend's device: checked, answered, then spliced until either side ends.

@@ -176,6 +176,8 @@ impl Relay {
         tokio::pin!(stopped);
         loop {
             let read = tokio::select! {
+                // The read first: the stop is looked at (a lock on the connection) only while it waits.
+                biased;
                 read = from.read_chunk(CHUNK, true) => read,
                 _ = &mut stopped => {
                     let _ = from.stop(quinn::VarInt::from_u32(0));
